@@ -1,0 +1,104 @@
+//! Assembles the parts from a validated `Config`: store, templates, transport, worker, HTTP.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::mailer::Transport;
+use crate::render::{RenderError, Renderer};
+use crate::store::{Store, StoreError};
+use crate::worker::Worker;
+
+/// Why the process could not start; `exit_code` follows DESIGN.md (2: fix the configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("templates: {0}")]
+    Templates(#[from] RenderError),
+    #[error("outbox folder {path} cannot be created: {source}")]
+    Outbox { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Templates(_) | Self::Outbox { .. } => 2,
+            Self::Store(StoreError::Unsupported(_)) => 2,
+            Self::Store(_) => 1,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub renderer: Arc<Renderer>,
+    pub transport: Transport,
+    pub wake: Arc<Notify>,
+}
+
+impl App {
+    /// Loads templates, prepares the outbox, opens and migrates the database.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let renderer = Arc::new(Renderer::load(&config.templates)?);
+        let transport = Transport::from_config(&config);
+        transport.prepare().await.map_err(|source| StartError::Outbox {
+            path: config.outbox.display().to_string(),
+            source,
+        })?;
+        let store = Store::connect(&config.database_url, &config.database_kind).await?;
+        store.migrate().await?;
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            renderer,
+            transport,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn worker(&self) -> Worker {
+        Worker::new(
+            self.store.clone(),
+            self.renderer.clone(),
+            self.transport.clone(),
+            self.config.clone(),
+            self.wake.clone(),
+        )
+    }
+
+    pub fn state(&self) -> AppState {
+        AppState::new(
+            self.store.clone(),
+            self.renderer.clone(),
+            self.config.clone(),
+            self.wake.clone(),
+        )
+    }
+
+    /// HTTP (and, unless `no_worker`, the worker) until `shutdown`; both stop gracefully.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        with_worker: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let worker = with_worker.then(|| tokio::spawn(self.worker().run(shutdown.clone())));
+        info!(address = %listener.local_addr()?, public_url = %self.config.public_url, "listening");
+        let served = http::serve(listener, self.state(), shutdown.clone()).await;
+        shutdown.cancel();
+        if let Some(w) = worker {
+            w.await??;
+        }
+        served?;
+        self.store.close().await;
+        Ok(())
+    }
+}

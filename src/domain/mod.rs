@@ -1,0 +1,13 @@
+//! Pure types and rules: no SQL, HTTP or SMTP here.
+
+pub mod delivery;
+pub mod email;
+pub mod retry;
+pub mod subscriber;
+pub mod token;
+
+pub use delivery::{DeliveryKind, DeliveryStatus};
+pub use email::{EmailAddress, EmailError};
+pub use retry::RetryPolicy;
+pub use subscriber::{SubscriberName, SubscriberStatus};
+pub use token::{Token, TokenError};

@@ -1,0 +1,115 @@
+//! HTTP: one router per resource, merged here, sharing one `AppState`.
+
+mod error;
+mod public;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use error::HttpError;
+
+use crate::config::Config;
+use crate::render::Renderer;
+use crate::store::Store;
+
+/// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub renderer: Arc<Renderer>,
+    pub config: Arc<Config>,
+    /// Wakes an in-process worker when mail is queued.
+    pub wake: Arc<Notify>,
+    pub signup_limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+}
+
+impl AppState {
+    pub fn new(store: Store, renderer: Arc<Renderer>, config: Arc<Config>, wake: Arc<Notify>) -> Self {
+        let signup_limiter = config
+            .subscribe_per_minute
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
+        Self {
+            store,
+            renderer,
+            config,
+            wake,
+            signup_limiter,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(public::router())
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then lets open requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Some(limiter) = state.signup_limiter.clone() {
+        // Forget idle clients so the per-IP table does not grow without bound.
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => limiter.retain_recent(),
+                }
+            }
+        });
+    }
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+    }
+}
+
+/// Pages carry tokens in their URLs: never leak them through Referer, never cache them, never
+/// let another site frame the unsubscribe button.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,229 @@
+//! What a subscriber meets: the sign-up form, confirmation and one-click unsubscribe.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use minijinja::context;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppState, BODY_LIMIT, HttpError};
+use crate::domain::{EmailAddress, SubscriberName, Token};
+use crate::store::{ConfirmOutcome, SignUp, UnsubscribeOutcome, now_ms};
+use crate::worker::list_name;
+
+/// A pending address gets at most one confirmation email per this interval.
+const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// A confirmation email not sent within this time is given up (the link would be stale).
+const CONFIRMATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+const MAX_USER_AGENT: usize = 512;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/subscribe", post(subscribe))
+        .route("/confirm", get(confirm))
+        .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
+}
+
+fn page(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Result<Response, HttpError> {
+    let base = context! { list_name => list_name(&state.config), subscribe_action => "/subscribe" };
+    let html = state.renderer.render(name, context! { ..ctx, ..base })?;
+    Ok((status, Html(html)).into_response())
+}
+
+async fn index(State(state): State<AppState>) -> Result<Response, HttpError> {
+    page(&state, StatusCode::OK, "index.html.j2", context! {})
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscribeRequest {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    Form,
+}
+
+async fn subscribe(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let ip = peer.ip();
+    if let Some(limiter) = &state.signup_limiter
+        && let Err(not_until) = limiter.check_key(&ip)
+    {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        return Err(HttpError::TooManyRequests {
+            retry_after: wait.as_secs().max(1),
+        });
+    }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::PayloadTooLarge { limit: BODY_LIMIT }
+        } else {
+            HttpError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (format, request) = match mime.as_str() {
+        "application/json" => (
+            Format::Json,
+            serde_json::from_slice::<SubscribeRequest>(&body)
+                .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}")))?,
+        ),
+        "application/x-www-form-urlencoded" => (
+            Format::Form,
+            serde_urlencoded::from_bytes::<SubscribeRequest>(&body)
+                .map_err(|e| HttpError::BadRequest(format!("invalid form body: {e}")))?,
+        ),
+        _ => {
+            return Err(HttpError::UnsupportedMediaType(
+                "send the sign-up as application/json or application/x-www-form-urlencoded"
+                    .into(),
+            ));
+        }
+    };
+
+    let parsed = EmailAddress::parse(&request.email)
+        .map_err(|e| ("email", e.to_string()))
+        .and_then(|email| {
+            let name = SubscriberName::parse(request.name.as_deref().unwrap_or(""))
+                .map_err(|e| ("name", e.to_string()))?;
+            Ok((email, name))
+        });
+    let (email, name) = match parsed {
+        Ok(v) => v,
+        Err((field, message)) if format == Format::Form => {
+            // Show the form again, with the reason and what they typed (escaped on render).
+            return page(
+                &state,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "index.html.j2",
+                context! {
+                    error => format!("Please check the {field}: {message}."),
+                    email => request.email,
+                    name => request.name,
+                },
+            );
+        }
+        Err((field, message)) => return Err(HttpError::Unprocessable { field, message }),
+    };
+
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    let signup = SignUp {
+        email,
+        name,
+        ip: Some(ip.to_string()),
+        user_agent,
+    };
+    let outcome = state
+        .store
+        .sign_up(&signup, now_ms(), RESEND_AFTER, CONFIRMATION_DEADLINE)
+        .await?;
+    tracing::debug!(?outcome, "sign-up");
+    state.wake.notify_one();
+
+    // The same answer whatever the address's state: the form must not reveal who is subscribed.
+    match format {
+        Format::Json => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "status": "accepted",
+                "message": "If this address can receive the newsletter, a confirmation link is on its way.",
+            })),
+        )
+            .into_response()),
+        Format::Form => page(&state, StatusCode::ACCEPTED, "subscribed.html.j2", context! {}),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn confirm(State(state): State<AppState>, Query(q): Query<TokenQuery>) -> Result<Response, HttpError> {
+    let valid_hours = state.config.confirmation_ttl.as_secs() / 3600;
+    let invalid = |status| {
+        page(&state, status, "confirm.html.j2", context! { state => "invalid", valid_hours })
+    };
+    let Some(token) = q.token.as_deref().and_then(|t| Token::parse(t).ok()) else {
+        return invalid(StatusCode::BAD_REQUEST);
+    };
+    match state.store.confirm(&token.hash(), now_ms()).await? {
+        ConfirmOutcome::Confirmed | ConfirmOutcome::AlreadyConfirmed => page(
+            &state,
+            StatusCode::OK,
+            "confirm.html.j2",
+            context! { state => "confirmed", valid_hours },
+        ),
+        ConfirmOutcome::Invalid => invalid(StatusCode::NOT_FOUND),
+    }
+}
+
+/// Unsubscribe tokens have the same shape as every token Squeeze issues.
+fn unsubscribe_token(q: &TokenQuery) -> Option<Token> {
+    q.token.as_deref().and_then(|t| Token::parse(t).ok())
+}
+
+/// GET never changes anything: mail scanners follow links.
+async fn unsubscribe_page(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, HttpError> {
+    let Some(token) = unsubscribe_token(&q) else {
+        return page(&state, StatusCode::BAD_REQUEST, "unsubscribe.html.j2", context! { state => "invalid" });
+    };
+    match state.store.unsubscribe_token_status(token.as_str()).await? {
+        Some(_) => page(
+            &state,
+            StatusCode::OK,
+            "unsubscribe.html.j2",
+            context! { state => "ask", action => format!("?token={}", token.as_str()) },
+        ),
+        None => page(&state, StatusCode::NOT_FOUND, "unsubscribe.html.j2", context! { state => "invalid" }),
+    }
+}
+
+/// RFC 8058 one-click: the POST itself is the request, whatever its body (the standard
+/// `List-Unsubscribe=One-Click`, form-encoded or multipart, or the page's button). Answers
+/// 200 with a page, never a redirect; idempotent.
+async fn unsubscribe(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+    _body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let Some(token) = unsubscribe_token(&q) else {
+        return page(&state, StatusCode::BAD_REQUEST, "unsubscribe.html.j2", context! { state => "invalid" });
+    };
+    match state.store.unsubscribe(token.as_str(), now_ms()).await? {
+        UnsubscribeOutcome::Unsubscribed | UnsubscribeOutcome::AlreadyGone => {
+            page(&state, StatusCode::OK, "unsubscribe.html.j2", context! { state => "done" })
+        }
+        UnsubscribeOutcome::UnknownToken => {
+            page(&state, StatusCode::NOT_FOUND, "unsubscribe.html.j2", context! { state => "invalid" })
+        }
+    }
+}

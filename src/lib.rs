@@ -1,0 +1,10 @@
+//! Squeeze: a newsletter delivery pipeline. See DESIGN.md for the architecture.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod mailer;
+pub mod render;
+pub mod store;
+pub mod worker;

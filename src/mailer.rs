@@ -1,0 +1,404 @@
+//! Builds MIME messages and owns the way out: SMTP over connections Squeeze opens itself
+//! (TCP_NODELAY, see DESIGN.md), or `.eml` files in the outbox folder.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lettre::address::Envelope;
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{Address, Message};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::{Config, SmtpSecurity, SmtpSettings};
+use crate::domain::delivery::{SendFailure, is_bounce};
+use crate::render::Rendered;
+
+/// Headers that make a message a list message (RFC 2369, RFC 8058).
+#[derive(Debug, Clone)]
+pub struct ListHeaders {
+    pub list_id: String,
+    pub unsubscribe_url: String,
+    pub unsubscribe_mailto: Option<String>,
+}
+
+/// One message for one recipient, ready to be turned into bytes.
+#[derive(Debug)]
+pub struct Letter<'a> {
+    pub delivery_id: &'a str,
+    pub to_email: &'a str,
+    pub to_name: Option<&'a str>,
+    pub rendered: &'a Rendered,
+    pub list: Option<&'a ListHeaders>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("recipient address {0:?} is not valid for SMTP")]
+    Recipient(String),
+    #[error("cannot build the message: {0}")]
+    Message(#[from] lettre::error::Error),
+}
+
+/// The Message-ID of a delivery: derived from its id, so a copy re-sent after a crash carries
+/// the same Message-ID and receivers can tell it is the same message.
+pub fn message_id(delivery_id: &str, from: &Mailbox) -> String {
+    format!("<{delivery_id}@{}>", from.email.domain())
+}
+
+/// A multipart/alternative message with From, To, Subject, Date, Message-ID and, for list
+/// mail, List-Id and one-click List-Unsubscribe headers.
+pub fn build(from: &Mailbox, letter: &Letter<'_>) -> Result<(Envelope, Vec<u8>), BuildError> {
+    let to_addr: Address = letter
+        .to_email
+        .parse()
+        .map_err(|_| BuildError::Recipient(letter.to_email.to_owned()))?;
+    // A name with a control character cannot reach here (SubscriberName), but never let one
+    // become a header: drop it rather than fail the message.
+    let to_name = letter
+        .to_name
+        .filter(|n| !n.chars().any(char::is_control))
+        .map(str::to_owned);
+    let mut b = Message::builder()
+        .from(from.clone())
+        .to(Mailbox::new(to_name, to_addr))
+        .subject(letter.rendered.subject.as_str())
+        .message_id(Some(message_id(letter.delivery_id, from)))
+        .date_now();
+    if let Some(list) = letter.list {
+        let unsubscribe = match &list.unsubscribe_mailto {
+            Some(m) => format!("<{}>, <{m}>", list.unsubscribe_url),
+            None => format!("<{}>", list.unsubscribe_url),
+        };
+        b = b
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Id"),
+                list.list_id.clone(),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                unsubscribe,
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ));
+    }
+    let message = b
+        .multipart(MultiPart::alternative_plain_html(
+            letter.rendered.text.clone(),
+            letter.rendered.html.clone(),
+        ))
+        .map_err(BuildError::Message)?;
+    Ok((message.envelope().clone(), message.formatted()))
+}
+
+/// Where mail goes: chosen once from the configuration.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    Smtp(Arc<SmtpTransport>),
+    Outbox(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct SmtpTransport {
+    settings: SmtpSettings,
+    timeout: Duration,
+    hello: ClientId,
+    /// For implicit TLS (smtps://); STARTTLS goes through lettre's own TLS upgrade.
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Transport {
+    pub fn from_config(config: &Config) -> Self {
+        match &config.smtp {
+            Some(settings) => Self::smtp(settings.clone(), config.smtp_timeout),
+            None => Self::Outbox(config.outbox.clone()),
+        }
+    }
+
+    pub fn smtp(settings: SmtpSettings, timeout: Duration) -> Self {
+        let hello = match &settings.hello_name {
+            Some(n) => ClientId::Domain(n.clone()),
+            None => ClientId::default(),
+        };
+        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        // The ring provider always supports the default versions; if that ever changes, fall
+        // back to the builder's own choice rather than refusing to start.
+        let tls = tls.unwrap_or_else(|_| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+        Self::Smtp(Arc::new(SmtpTransport {
+            settings,
+            timeout,
+            hello,
+            tls: Arc::new(tls),
+        }))
+    }
+
+    /// Creates the outbox folder, so a bad path fails at start rather than on the first send.
+    pub async fn prepare(&self) -> io::Result<()> {
+        match self {
+            Self::Outbox(dir) => tokio::fs::create_dir_all(dir).await,
+            Self::Smtp(_) => Ok(()),
+        }
+    }
+
+    /// One sender per concurrent task: each owns at most one SMTP connection.
+    pub fn sender(&self) -> Sender {
+        match self {
+            Self::Smtp(t) => Sender::Smtp {
+                transport: t.clone(),
+                conn: None,
+            },
+            Self::Outbox(dir) => Sender::Outbox(dir.clone()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Smtp(t) => format!("smtp {}:{}", t.settings.host, t.settings.port),
+            Self::Outbox(dir) => format!("outbox folder {}", dir.display()),
+        }
+    }
+}
+
+pub enum Sender {
+    Smtp {
+        transport: Arc<SmtpTransport>,
+        conn: Option<Box<AsyncSmtpConnection>>,
+    },
+    Outbox(PathBuf),
+}
+
+impl Sender {
+    /// Sends one message. The connection is opened on first use and again after it breaks.
+    pub async fn send(
+        &mut self,
+        delivery_id: &str,
+        envelope: &Envelope,
+        bytes: &[u8],
+    ) -> Result<(), SendFailure> {
+        match self {
+            Self::Outbox(dir) => write_eml(dir, delivery_id, bytes)
+                .await
+                .map_err(|e| SendFailure::Transient {
+                    code: None,
+                    text: format!("cannot write to outbox {}: {e}", dir.display()),
+                }),
+            Self::Smtp { transport, conn } => {
+                let mut c = match conn.take() {
+                    Some(c) if !c.has_broken() => c,
+                    _ => transport.connect().await.map(Box::new).map_err(|text| {
+                        // Connecting, greeting, TLS and AUTH problems are the relay's (or the
+                        // configuration's), never the recipient's: always worth a retry.
+                        SendFailure::Transient { code: None, text }
+                    })?,
+                };
+                match tokio::time::timeout(transport.timeout, c.send(envelope, bytes)).await {
+                    Ok(Ok(_)) => {
+                        *conn = Some(c);
+                        Ok(())
+                    }
+                    Ok(Err(e)) => {
+                        if !c.has_broken() {
+                            *conn = Some(c);
+                        }
+                        Err(classify(&e))
+                    }
+                    Err(_) => {
+                        // Mid-transaction state is unknown after a timeout: drop the connection.
+                        Err(SendFailure::Transient {
+                            code: None,
+                            text: format!(
+                                "timed out after {}s waiting for the SMTP server",
+                                transport.timeout.as_secs()
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Says QUIT politely on shutdown.
+    pub async fn close(&mut self) {
+        if let Self::Smtp { transport, conn } = self
+            && let Some(mut c) = conn.take()
+        {
+            let _ = tokio::time::timeout(transport.timeout, c.quit()).await;
+        }
+    }
+}
+
+/// Maps lettre's error to retry or give up, in this one place.
+fn classify(e: &lettre::transport::smtp::Error) -> SendFailure {
+    let code = e.status().map(u16::from);
+    let text = e.to_string();
+    if e.is_permanent() {
+        let bounce = code.is_some_and(|c| {
+            let reply = text.split_once(": ").map_or("", |(_, r)| r);
+            is_bounce(c, reply)
+        });
+        SendFailure::Permanent { code, text, bounce }
+    } else {
+        // 4xx, timeouts, network and protocol trouble: transient.
+        SendFailure::Transient { code, text }
+    }
+}
+
+impl SmtpTransport {
+    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
+        let s = &self.settings;
+        let server = format!("{}:{}", s.host, s.port);
+        let attempt = async {
+            let tcp = TcpStream::connect((s.host.as_str(), s.port))
+                .await
+                .map_err(|e| format!("cannot connect to {server}: {e}"))?;
+            // The reason Squeeze opens its own connections: lettre never sets this, and Nagle
+            // then holds the final "." of every message for a 40 ms delayed ACK.
+            tcp.set_nodelay(true)
+                .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+            let mut conn = if s.security == SmtpSecurity::Implicit {
+                let name = rustls::pki_types::ServerName::try_from(s.host.clone())
+                    .map_err(|e| format!("{}: not a TLS server name: {e}", s.host))?;
+                let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {server} failed: {e}"))?;
+                AsyncSmtpConnection::connect_with_transport(Box::new(TlsTcp(tls)), &self.hello)
+                    .await
+            } else {
+                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await
+            }
+            .map_err(|e| format!("SMTP greeting from {server} failed: {e}"))?;
+            let starttls = match s.security {
+                SmtpSecurity::Required => true,
+                SmtpSecurity::Opportunistic => conn.can_starttls(),
+                SmtpSecurity::None | SmtpSecurity::Implicit => false,
+            };
+            if starttls {
+                let params = TlsParameters::new(s.host.clone())
+                    .map_err(|e| format!("TLS setup for {server} failed: {e}"))?;
+                conn.starttls(params, &self.hello)
+                    .await
+                    .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;
+            }
+            if let (Some(user), Some(pass)) = (&s.username, &s.password) {
+                let creds = Credentials::new(user.clone(), pass.clone());
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
+                    .await
+                    .map_err(|e| format!("SMTP AUTH at {server} failed: {e}"))?;
+            }
+            Ok(conn)
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "timed out after {}s connecting to {server}",
+                    self.timeout.as_secs()
+                ))
+            })
+    }
+}
+
+/// Writes `<delivery id>.eml` atomically; a re-send overwrites instead of duplicating.
+async fn write_eml(dir: &Path, delivery_id: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{delivery_id}.eml.tmp"));
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, dir.join(format!("{delivery_id}.eml"))).await
+}
+
+/// A TLS stream lettre can drive: `connect_with_transport` wants an `AsyncTokioStream`.
+#[derive(Debug)]
+struct TlsTcp(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl AsyncRead for TlsTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for TlsTcp {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered() -> Rendered {
+        Rendered {
+            subject: "Héllo digest".into(),
+            html: "<p>hi</p>".into(),
+            text: "hi".into(),
+        }
+    }
+
+    #[test]
+    fn builds_a_list_message_with_the_contract_headers() {
+        let from: Mailbox = "News <news@example.com>".parse().expect("mailbox");
+        let list = ListHeaders {
+            list_id: "News <news.example.com>".into(),
+            unsubscribe_url: "https://example.com/unsubscribe?token=abc".into(),
+            unsubscribe_mailto: Some("mailto:unsub@example.com".into()),
+        };
+        let r = rendered();
+        let letter = Letter {
+            delivery_id: "0190-abc",
+            to_email: "ada@example.org",
+            to_name: Some("Ada\r\nBcc: evil@x.com"),
+            rendered: &r,
+            list: Some(&list),
+        };
+        let (env, bytes) = build(&from, &letter).expect("builds");
+        // Long headers are folded (RFC 5322); compare them unfolded.
+        let text = String::from_utf8(bytes).expect("ascii").replace("\r\n ", " ");
+        assert_eq!(env.to().len(), 1);
+        assert!(text.contains("Message-ID: <0190-abc@example.com>"), "{text}");
+        assert!(text.contains("List-Unsubscribe: <https://example.com/unsubscribe?token=abc>, <mailto:unsub@example.com>"));
+        assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+        assert!(text.contains("List-Id: News <news.example.com>"));
+        assert!(text.contains("multipart/alternative"));
+        assert!(text.contains("Date: "));
+        assert!(!text.contains("Bcc"), "a name with CR/LF must not become a header");
+    }
+}

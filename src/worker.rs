@@ -1,0 +1,348 @@
+//! claim -> render -> rate-limit -> send -> record.
+//!
+//! One claim loop leases due deliveries in batches (committed before any SMTP work) and hands
+//! them to `concurrency` sender tasks, each with its own SMTP connection. Outcomes flow to one
+//! recorder task that writes them back in batched transactions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use minijinja::context;
+use rand::Rng as _;
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::domain::delivery::SendFailure;
+use crate::domain::{DeliveryKind, RetryPolicy, SubscriberStatus, Token};
+use crate::mailer::{self, Letter, Transport};
+use crate::render::{Rendered, Renderer};
+use crate::store::{ClaimedDelivery, Outcome, Recorded, Store, StoreResult, ms, now_ms};
+
+/// How long an idle worker sleeps at most before looking for due work again.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Most outcomes written back in one transaction.
+const RECORD_BATCH: usize = 256;
+
+/// Everything a worker needs; cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    store: Store,
+    renderer: Arc<Renderer>,
+    transport: Transport,
+    config: Arc<Config>,
+    retry: RetryPolicy,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    /// Nudged by the web side when it queues mail, so in-process work starts at once.
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        renderer: Arc<Renderer>,
+        transport: Transport,
+        config: Arc<Config>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let quota = Quota::per_second(config.rate).allow_burst(config.burst);
+        Self {
+            store,
+            renderer,
+            transport,
+            retry: RetryPolicy::default(),
+            limiter: Arc::new(RateLimiter::direct(quota)),
+            config,
+            wake,
+        }
+    }
+
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Runs until `shutdown` is cancelled; then stops claiming, lets messages on the wire
+    /// finish (up to `shutdown_timeout`), hands unstarted leases back, and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let concurrency = self.config.concurrency.get();
+        info!(
+            concurrency,
+            rate = self.config.rate.get(),
+            transport = %self.transport.describe(),
+            "worker started"
+        );
+        let (job_tx, job_rx) = mpsc::channel::<ClaimedDelivery>(concurrency * 2);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (out_tx, out_rx) = mpsc::channel::<Recorded>(RECORD_BATCH * 4);
+
+        let recorder = tokio::spawn(record_loop(self.store.clone(), out_rx));
+        let mut senders = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (w, rx, tx, stop) = (self.clone(), job_rx.clone(), out_tx.clone(), shutdown.clone());
+            senders.spawn(async move { w.sender_loop(rx, tx, stop).await });
+        }
+        drop(out_tx);
+
+        self.claim_loop(&job_tx, &shutdown).await;
+        drop(job_tx);
+
+        let drained = tokio::time::timeout(self.config.shutdown_timeout, async {
+            while senders.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("messages still on the wire at the shutdown timeout; their leases will expire and be retried");
+            senders.shutdown().await;
+        }
+        recorder.await??;
+        info!("worker stopped");
+        Ok(())
+    }
+
+    async fn claim_loop(&self, job_tx: &mpsc::Sender<ClaimedDelivery>, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let room = u32::try_from(job_tx.capacity()).unwrap_or(u32::MAX);
+            if room == 0 {
+                // Senders are busy: wait for one to take a job before claiming more.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => continue,
+                }
+            }
+            let claimed = match self.store.claim(now_ms(), self.config.lease, room).await {
+                Ok(c) => c,
+                Err(e) => {
+                    error!(error = %e, "claiming deliveries failed; retrying in a second");
+                    self.idle(Duration::from_secs(1), shutdown).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                let wait = match self.store.next_due().await {
+                    Ok(Some(due)) => {
+                        Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0))
+                    }
+                    _ => IDLE_POLL,
+                };
+                self.idle(wait.min(IDLE_POLL), shutdown).await;
+                continue;
+            }
+            debug!(count = claimed.len(), "claimed deliveries");
+            for d in claimed {
+                if job_tx.send(d).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn idle(&self, wait: Duration, shutdown: &CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    async fn sender_loop(
+        self,
+        jobs: Arc<Mutex<mpsc::Receiver<ClaimedDelivery>>>,
+        out: mpsc::Sender<Recorded>,
+        shutdown: CancellationToken,
+    ) {
+        let mut sender = self.transport.sender();
+        loop {
+            let job = jobs.lock().await.recv().await;
+            let Some(d) = job else { break };
+            let outcome = if shutdown.is_cancelled() {
+                Outcome::Released
+            } else {
+                let span = info_span!("send", delivery_id = %d.id, kind = d.kind.as_str());
+                self.deliver(&d, &mut sender).instrument(span).await
+            };
+            let recorded = Recorded {
+                delivery_id: d.id,
+                claim_id: d.claim_id,
+                subscriber_id: d.subscriber_id,
+                outcome,
+            };
+            if out.send(recorded).await.is_err() {
+                break;
+            }
+        }
+        sender.close().await;
+    }
+
+    /// One delivery, start to finish; every path ends in an outcome, never a panic.
+    async fn deliver(&self, d: &ClaimedDelivery, sender: &mut mailer::Sender) -> Outcome {
+        // The re-check: whoever left after this delivery was queued is not mailed.
+        let wanted = match d.kind {
+            DeliveryKind::Confirmation => SubscriberStatus::Pending,
+            DeliveryKind::Digest => SubscriberStatus::Confirmed,
+        };
+        if d.subscriber_status != wanted {
+            return Outcome::Suppressed {
+                reason: format!("subscriber is {}", d.subscriber_status),
+            };
+        }
+        let now = now_ms();
+        if now > d.expires_at {
+            return Outcome::Failed {
+                code: None,
+                error: "expired before it could be sent".into(),
+                bounce: false,
+            };
+        }
+        let rendered = match self.compose(d, now).await {
+            Ok(r) => r,
+            Err(Compose::Retry(error)) => return self.retry_or_fail(d, now, None, error),
+            Err(Compose::Fail(error)) => {
+                error!(%error, "cannot compose message");
+                return Outcome::Failed {
+                    code: None,
+                    error,
+                    bounce: false,
+                };
+            }
+        };
+        let letter = Letter {
+            delivery_id: &d.id,
+            to_email: &d.email,
+            to_name: d.name.as_deref(),
+            rendered: &rendered,
+            list: None,
+        };
+        let (envelope, bytes) = match mailer::build(&self.config.from, &letter) {
+            Ok(m) => m,
+            Err(e) => {
+                return Outcome::Failed {
+                    code: None,
+                    error: e.to_string(),
+                    bounce: false,
+                };
+            }
+        };
+        // A throttled message waits here; it is never dropped.
+        self.limiter.until_ready().await;
+        match sender.send(&d.id, &envelope, &bytes).await {
+            Ok(()) => {
+                debug!("sent");
+                Outcome::Sent
+            }
+            Err(SendFailure::Transient { code, text }) => {
+                warn!(code, error = %text, attempt = d.attempts, "transient failure");
+                self.retry_or_fail(d, now_ms(), code, text)
+            }
+            Err(SendFailure::Permanent { code, text, bounce }) => {
+                warn!(code, error = %text, bounce, "permanent failure");
+                Outcome::Failed {
+                    code,
+                    error: text,
+                    bounce,
+                }
+            }
+        }
+    }
+
+    fn retry_or_fail(&self, d: &ClaimedDelivery, now: i64, code: Option<u16>, error: String) -> Outcome {
+        let delay = self.retry.delay(d.attempts, rand::rng().random::<f64>());
+        let run_at = now + ms(delay);
+        if run_at > d.expires_at {
+            Outcome::Failed {
+                code,
+                error: format!("gave up after {} attempts: {error}", d.attempts),
+                bounce: false,
+            }
+        } else {
+            Outcome::Retry {
+                run_at,
+                code,
+                error,
+            }
+        }
+    }
+
+    async fn compose(&self, d: &ClaimedDelivery, now: i64) -> Result<Rendered, Compose> {
+        let list_name = list_name(&self.config);
+        match d.kind {
+            DeliveryKind::Confirmation => {
+                // The token is born here and only its hash is stored: the database never
+                // holds a usable confirmation link.
+                let token = Token::generate();
+                let ttl = self.config.confirmation_ttl;
+                self.store
+                    .insert_confirmation_token(&d.subscriber_id, &token.hash(), now, now + ms(ttl))
+                    .await
+                    .map_err(|e| Compose::Retry(format!("cannot store confirmation token: {e}")))?;
+                self.renderer
+                    .email(
+                        "confirmation",
+                        context! {
+                            list_name,
+                            name => d.name,
+                            confirm_url => self.config.link("/confirm", token.as_str()),
+                            valid_hours => ttl.as_secs() / 3600,
+                        },
+                    )
+                    .map_err(|e| Compose::Fail(e.to_string()))
+            }
+            DeliveryKind::Digest => Err(Compose::Fail(
+                "digest deliveries are not supported by this version".into(),
+            )),
+        }
+    }
+}
+
+enum Compose {
+    Retry(String),
+    Fail(String),
+}
+
+/// The list's name as people see it: the From display name, or "Squeeze".
+pub fn list_name(config: &Config) -> String {
+    config
+        .from
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "Squeeze".to_owned())
+}
+
+/// Writes outcomes back in batches: whatever piled up while the previous write ran goes in the
+/// next transaction. A failed write is retried, not dropped: a lost "sent" would let the lease
+/// expire and the message go out again.
+async fn record_loop(store: Store, mut rx: mpsc::Receiver<Recorded>) -> anyhow::Result<()> {
+    let mut batch: Vec<Recorded> = Vec::with_capacity(RECORD_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        write_with_retry(&store, &batch).await?;
+        batch.clear();
+    }
+    Ok(())
+}
+
+async fn write_with_retry(store: &Store, batch: &[Recorded]) -> StoreResult<()> {
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match store.record(batch, now_ms()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 20 => {
+                tries += 1;
+                error!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
