@@ -98,7 +98,6 @@ impl App {
             w.await??;
         }
         served?;
-        self.store.close().await;
         Ok(())
     }
 }

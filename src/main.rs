@@ -129,6 +129,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let store = app.store.clone();
     let result = match command {
         Command::Migrate => {
             println!("database is up to date");
@@ -143,6 +144,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
         },
     };
+    store.close().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -121,7 +121,7 @@ async fn subscribe(
                 context! {
                     error => format!("Please check the {field}: {message}."),
                     email => request.email,
-                    name => request.name,
+                    name => request.name.unwrap_or_default(),
                 },
             );
         }

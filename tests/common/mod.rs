@@ -1,0 +1,175 @@
+//! Shared test harness: a real Squeeze (HTTP on an ephemeral port, SQLite file in a temp dir,
+//! worker) wired to the in-process SMTP server.
+#![allow(dead_code)]
+
+pub mod smtp;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use squeeze::app::App;
+use squeeze::config::Config;
+use squeeze::domain::RetryPolicy;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use smtp::SmtpServer;
+
+pub const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Retries in milliseconds instead of minutes, so fault tests finish quickly.
+pub fn fast_retries() -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial(Duration::from_millis(50))
+        .max(Duration::from_millis(200))
+        .build()
+}
+
+pub struct Options {
+    pub smtp_url: Option<String>,
+    pub worker: bool,
+    pub database: Option<PathBuf>,
+    pub settings: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { smtp_url: None, worker: true, database: None, settings: Vec::new() }
+    }
+}
+
+pub struct TestApp {
+    pub url: String,
+    pub app: App,
+    pub database: PathBuf,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn(smtp: &SmtpServer) -> Self {
+        Self::spawn_with(Options { smtp_url: Some(smtp.url()), ..Options::default() }).await
+    }
+
+    pub async fn spawn_with(opts: Options) -> Self {
+        let (dir, database) = match opts.database {
+            Some(db) => (None, db),
+            None => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let db = dir.path().join("squeeze.db");
+                (Some(dir), db)
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let outbox = database.with_file_name("outbox");
+        let mut settings: Vec<(String, String)> = vec![
+            ("database_url".into(), format!("sqlite://{}", database.display())),
+            ("public_url".into(), url.clone()),
+            ("templates".into(), TEMPLATES.into()),
+            ("outbox".into(), outbox.display().to_string()),
+            ("from".into(), "Squeeze Test <news@squeeze.test>".into()),
+            ("rate".into(), "10000".into()),
+            ("subscribe_per_minute".into(), "0".into()),
+            ("smtp_timeout".into(), "2s".into()),
+            ("lease".into(), "30s".into()),
+        ];
+        if let Some(smtp) = opts.smtp_url {
+            settings.push(("smtp_url".into(), smtp));
+        }
+        settings.extend(opts.settings);
+        let config = Config::load(None, settings).expect("test config is valid");
+        let app = App::start(config).await.expect("app starts");
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        {
+            let (app, shutdown) = (app.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move { app.serve(listener, false, shutdown).await }));
+        }
+        if opts.worker {
+            let worker = app.worker().with_retry_policy(fast_retries());
+            tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        }
+        Self {
+            url,
+            app,
+            database,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            shutdown,
+            tasks,
+            _dir: dir,
+        }
+    }
+
+    /// Graceful stop (as on SIGTERM); returns once HTTP and worker have finished.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            t.await.expect("task joined").expect("task ended cleanly");
+        }
+        self.app.store.close().await;
+        self._dir.take()
+    }
+
+    pub async fn subscribe_json(&self, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/subscribe", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn subscribe(&self, email: &str) -> reqwest::Response {
+        self.subscribe_json(serde_json::json!({ "email": email })).await
+    }
+
+    pub async fn status_of(&self, email: &str) -> Option<String> {
+        self.app
+            .store
+            .subscriber_by_email(email)
+            .await
+            .expect("query")
+            .map(|s| s.status.to_string())
+    }
+
+    /// Direct SQL for assertions the API does not expose.
+    pub async fn db(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", self.database.display()))
+            .await
+            .expect("open test database")
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let pool = self.db().await;
+        let v: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.expect(sql);
+        pool.close().await;
+        v
+    }
+
+    pub async fn text(&self, sql: &str) -> String {
+        let pool = self.db().await;
+        let v: String = sqlx::query_scalar(sql).fetch_one(&pool).await.expect(sql);
+        pool.close().await;
+        v
+    }
+}
+
+/// Polls `check` until it holds, or panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

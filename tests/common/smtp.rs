@@ -1,0 +1,293 @@
+//! An SMTP server on 127.0.0.1 for tests: records what it receives and injects faults on demand
+//! (refusing greetings, 4xx/5xx at RCPT, dropping the connection during DATA, stalling).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: Vec<u8>,
+    pub auth_user: Option<String>,
+}
+
+impl Received {
+    pub fn parsed(&self) -> mailparse::ParsedMail<'_> {
+        mailparse::parse_mail(&self.data).expect("received message is valid MIME")
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.parsed().headers.iter().find(|h| h.get_key_ref().eq_ignore_ascii_case(name)).map(|h| h.get_value())
+    }
+
+    /// The decoded body of the first part with this content type.
+    pub fn part(&self, ctype: &str) -> Option<String> {
+        fn find(m: &mailparse::ParsedMail<'_>, ctype: &str) -> Option<String> {
+            if m.ctype.mimetype == ctype {
+                return m.get_body().ok();
+            }
+            m.subparts.iter().find_map(|p| find(p, ctype))
+        }
+        find(&self.parsed(), ctype)
+    }
+
+    pub fn text(&self) -> String {
+        self.part("text/plain").unwrap_or_default()
+    }
+
+    /// The first link in the text part that starts with `prefix`.
+    pub fn link(&self, prefix: &str) -> Option<String> {
+        let text = self.text();
+        let start = text.find(prefix)?;
+        let link: String = text[start..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '>')
+            .collect();
+        Some(link)
+    }
+}
+
+#[derive(Default)]
+pub struct Faults {
+    /// Answer the next N connections with `421` and close.
+    pub refuse_greetings: usize,
+    /// Replies for RCPT TO:<addr>, used one per attempt before the default 250.
+    pub rcpt_replies: HashMap<String, VecDeque<String>>,
+    /// Replies for RCPT TO:<addr>, every time.
+    pub rcpt_always: HashMap<String, String>,
+    /// Close the connection after reading the next N message bodies, without answering.
+    pub drop_after_data: usize,
+    /// Accept connections and then never answer.
+    pub stall: bool,
+    /// Require AUTH PLAIN/LOGIN with these credentials.
+    pub credentials: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    received: Mutex<Vec<Received>>,
+    faults: Mutex<Faults>,
+    connections: Mutex<usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Clone)]
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl SmtpServer {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind test SMTP server");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let _ = session(stream, s).await;
+                });
+            }
+        });
+        Self { addr, shared, task: Arc::new(task) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    /// Stops accepting connections (existing sessions end when their peers go).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.shared.faults)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.shared.received).clone()
+    }
+
+    pub fn count(&self) -> usize {
+        lock(&self.shared.received).len()
+    }
+
+    pub fn connections(&self) -> usize {
+        *lock(&self.shared.connections)
+    }
+
+    pub fn to(&self, rcpt: &str) -> Vec<Received> {
+        self.received().into_iter().filter(|m| m.rcpts.iter().any(|r| r == rcpt)).collect()
+    }
+
+    /// Waits until at least `n` messages arrived, or panics after `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} messages at the SMTP server within {timeout:?}, got {}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn addr_of(arg: &str) -> String {
+    let start = arg.find('<').map_or(0, |i| i + 1);
+    let end = arg[start..].find('>').map_or(arg.len(), |i| start + i);
+    arg[start..end].to_owned()
+}
+
+async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    *lock(&shared.connections) += 1;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let (stall, refuse) = {
+        let mut f = lock(&shared.faults);
+        let refuse = f.refuse_greetings > 0;
+        if refuse {
+            f.refuse_greetings -= 1;
+        }
+        (f.stall, refuse)
+    };
+    if stall {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return Ok(());
+    }
+    if refuse {
+        write.write_all(b"421 4.3.2 try again later\r\n").await?;
+        return Ok(());
+    }
+    write.write_all(b"220 test-smtp ESMTP\r\n").await?;
+    let mut from = String::new();
+    let mut rcpts = Vec::new();
+    let mut auth_user: Option<String> = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_owned();
+        let upper = cmd.to_ascii_uppercase();
+        let needs_auth = lock(&shared.faults).credentials.clone();
+        if upper.starts_with("EHLO") {
+            write
+                .write_all(b"250-test-smtp\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n")
+                .await?;
+        } else if upper.starts_with("HELO") {
+            write.write_all(b"250 test-smtp\r\n").await?;
+        } else if upper.starts_with("AUTH PLAIN") {
+            let mut arg = cmd.get(11..).unwrap_or("").trim().to_owned();
+            if arg.is_empty() {
+                write.write_all(b"334 \r\n").await?;
+                line.clear();
+                reader.read_line(&mut line).await?;
+                arg = line.trim().to_owned();
+            }
+            let decoded = base64::engine::general_purpose::STANDARD.decode(arg).unwrap_or_default();
+            let parts: Vec<String> = decoded.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            let (user, pass) = (parts.get(1).cloned().unwrap_or_default(), parts.get(2).cloned().unwrap_or_default());
+            if needs_auth.as_ref().is_none_or(|(u, p)| *u == user && *p == pass) {
+                auth_user = Some(user);
+                write.write_all(b"235 2.7.0 Authentication successful\r\n").await?;
+            } else {
+                write.write_all(b"535 5.7.8 Authentication credentials invalid\r\n").await?;
+            }
+        } else if upper.starts_with("MAIL FROM") {
+            if needs_auth.is_some() && auth_user.is_none() {
+                write.write_all(b"530 5.7.0 Authentication required\r\n").await?;
+                continue;
+            }
+            from = addr_of(&cmd);
+            rcpts.clear();
+            write.write_all(b"250 2.1.0 Ok\r\n").await?;
+        } else if upper.starts_with("RCPT TO") {
+            let rcpt = addr_of(&cmd);
+            let reply = {
+                let mut f = lock(&shared.faults);
+                f.rcpt_always
+                    .get(&rcpt)
+                    .cloned()
+                    .or_else(|| f.rcpt_replies.get_mut(&rcpt).and_then(VecDeque::pop_front))
+            };
+            match reply {
+                Some(r) => write.write_all(format!("{r}\r\n").as_bytes()).await?,
+                None => {
+                    rcpts.push(rcpt);
+                    write.write_all(b"250 2.1.5 Ok\r\n").await?;
+                }
+            }
+        } else if upper == "DATA" {
+            if rcpts.is_empty() {
+                write.write_all(b"554 5.5.1 No valid recipients\r\n").await?;
+                continue;
+            }
+            write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+            let mut data = Vec::new();
+            loop {
+                let mut l = Vec::new();
+                if reader.read_until(b'\n', &mut l).await? == 0 {
+                    return Ok(());
+                }
+                if l == b".\r\n" {
+                    break;
+                }
+                let body = if l.starts_with(b"..") { &l[1..] } else { &l[..] };
+                data.extend_from_slice(body);
+            }
+            let drop_now = {
+                let mut f = lock(&shared.faults);
+                let d = f.drop_after_data > 0;
+                if d {
+                    f.drop_after_data -= 1;
+                }
+                d
+            };
+            if drop_now {
+                return Ok(());
+            }
+            lock(&shared.received).push(Received {
+                from: from.clone(),
+                rcpts: std::mem::take(&mut rcpts),
+                data,
+                auth_user: auth_user.clone(),
+            });
+            write.write_all(b"250 2.0.0 Ok: queued\r\n").await?;
+        } else if upper == "RSET" {
+            rcpts.clear();
+            write.write_all(b"250 2.0.0 Ok\r\n").await?;
+        } else if upper == "NOOP" {
+            write.write_all(b"250 2.0.0 Ok\r\n").await?;
+        } else if upper == "QUIT" {
+            write.write_all(b"221 2.0.0 Bye\r\n").await?;
+            return Ok(());
+        } else {
+            write.write_all(b"502 5.5.2 Command not recognized\r\n").await?;
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Sign-up, double opt-in and one-click unsubscribe over real HTTP and a real SMTP server.
+
+mod common;
+
+use common::{SmtpServer, TestApp, WAIT};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn sign_up_confirm_and_one_click_unsubscribe() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+
+    let res = app
+        .subscribe_json(json!({ "email": "Ada@Example.COM", "name": "Ada <b>L</b>" }))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    // Stored pending, domain lower-cased, with consent evidence.
+    let s = app.app.store.subscriber_by_email("Ada@example.com").await.expect("db").expect("stored");
+    assert_eq!(s.status.as_str(), "pending");
+    assert_eq!(s.consent_ip.as_deref(), Some("127.0.0.1"));
+    assert!(s.consent_at > 0);
+
+    let mail = smtp.wait_for(1, WAIT).await.remove(0);
+    assert_eq!(mail.rcpts, vec!["Ada@example.com"]);
+    assert!(mail.header("Subject").is_some_and(|s| s.contains("Confirm")));
+    let id = mail.header("Message-ID").expect("Message-ID");
+    let delivery_id = app.text("SELECT id FROM deliveries WHERE kind = 'confirmation'").await;
+    assert_eq!(id, format!("<{delivery_id}@squeeze.test>"));
+    assert!(mail.header("Date").is_some());
+    assert!(mail.part("text/html").is_some_and(|h| h.contains("Ada &lt;b&gt;L&lt;&#x2f;b&gt;")));
+    let link = mail.link(&format!("{}/confirm?token=", app.url)).expect("confirm link in text part");
+    // Only the hash of the token is in the database.
+    let token = link.split("token=").nth(1).expect("token");
+    assert_eq!(app.scalar(&format!("SELECT COUNT(*) FROM confirmation_tokens WHERE token_hash LIKE '%{token}%'")).await, 0);
+
+    let page = app.http.get(&link).send().await.expect("confirm");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.expect("body").contains("confirmed"));
+    assert_eq!(app.status_of("Ada@example.com").await.as_deref(), Some("confirmed"));
+
+    // The same link again: the same friendly page, nothing changes.
+    let again = app.http.get(&link).send().await.expect("confirm again");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.text().await.expect("body").contains("confirmed"));
+
+    let unsub_token = app.text("SELECT unsubscribe_token FROM subscribers").await;
+    let unsub_url = format!("{}/unsubscribe?token={unsub_token}", app.url);
+    // GET shows a button and changes nothing (mail scanners follow links).
+    let get = app.http.get(&unsub_url).send().await.expect("get");
+    assert_eq!(get.status(), StatusCode::OK);
+    assert!(get.text().await.expect("body").contains("<button"));
+    assert_eq!(app.status_of("Ada@example.com").await.as_deref(), Some("confirmed"));
+
+    // RFC 8058 one-click POST: 200, no redirect, idempotent.
+    for _ in 0..2 {
+        let post = app
+            .http
+            .post(&unsub_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(post.status(), StatusCode::OK);
+        assert_eq!(app.status_of("Ada@example.com").await.as_deref(), Some("unsubscribed"));
+    }
+
+    // A replayed confirmation link must not re-enrol someone who left.
+    let replay = app.http.get(&link).send().await.expect("replay");
+    assert_eq!(replay.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.status_of("Ada@example.com").await.as_deref(), Some("unsubscribed"));
+    assert_eq!(smtp.count(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_click_unsubscribe_accepts_multipart_bodies() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("grace@example.com").await;
+    let token = app.text("SELECT unsubscribe_token FROM subscribers").await;
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ--\r\n";
+    let res = app
+        .http
+        .post(format!("{}/unsubscribe?token={token}", app.url))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.status_of("grace@example.com").await.as_deref(), Some("unsubscribed"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forged_and_unknown_tokens_get_clear_pages_and_change_nothing() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("linus@example.com").await;
+    let unknown = "A".repeat(43);
+    for (method, path, expected) in [
+        ("GET", "/confirm".to_owned(), StatusCode::BAD_REQUEST),
+        ("GET", "/confirm?token=not-a-token".to_owned(), StatusCode::BAD_REQUEST),
+        ("GET", format!("/confirm?token={unknown}"), StatusCode::NOT_FOUND),
+        ("GET", "/unsubscribe?token=%0d%0a".to_owned(), StatusCode::BAD_REQUEST),
+        ("GET", format!("/unsubscribe?token={unknown}"), StatusCode::NOT_FOUND),
+        ("POST", format!("/unsubscribe?token={unknown}"), StatusCode::NOT_FOUND),
+        ("POST", "/unsubscribe".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        let url = format!("{}{path}", app.url);
+        let req = if method == "GET" { app.http.get(&url) } else { app.http.post(&url) };
+        let res = req.send().await.expect("request");
+        assert_eq!(res.status(), expected, "{method} {path}");
+        let body = res.text().await.expect("body");
+        assert!(body.contains("<h1>"), "{method} {path} renders a page");
+    }
+    assert_eq!(app.status_of("linus@example.com").await.as_deref(), Some("pending"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn expired_confirmation_link_offers_a_new_one_without_revealing_the_address() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("hopper@example.com").await;
+    let mail = smtp.wait_for(1, WAIT).await.remove(0);
+    let link = mail.link(&format!("{}/confirm?token=", app.url)).expect("link");
+
+    let pool = app.db().await;
+    sqlx::query("UPDATE confirmation_tokens SET expires_at = 0").execute(&pool).await.expect("expire");
+    pool.close().await;
+
+    let res = app.http.get(&link).send().await.expect("confirm");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let body = res.text().await.expect("body");
+    assert!(body.contains("name=\"email\""), "offers a new link");
+    assert!(!body.contains("hopper"), "does not reveal the address");
+    // Same page as for a token that never existed.
+    let unknown = app.http.get(format!("{}/confirm?token={}", app.url, "B".repeat(43))).send().await.expect("unknown");
+    assert_eq!(unknown.text().await.expect("body"), body);
+    assert_eq!(app.status_of("hopper@example.com").await.as_deref(), Some("pending"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_answer_is_identical_for_new_pending_and_confirmed_addresses() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    let first = app.subscribe("known@example.com").await;
+    let (status, body) = (first.status(), first.text().await.expect("body"));
+    let mail = smtp.wait_for(1, WAIT).await.remove(0);
+    let pending = app.subscribe("known@example.com").await;
+    assert_eq!((pending.status(), pending.text().await.expect("body")), (status, body.clone()));
+    let link = mail.link(&format!("{}/confirm?token=", app.url)).expect("link");
+    app.http.get(&link).send().await.expect("confirm");
+    let confirmed = app.subscribe("known@example.com").await;
+    assert_eq!((confirmed.status(), confirmed.text().await.expect("body")), (status, body.clone()));
+    let fresh = app.subscribe("fresh@example.com").await;
+    assert_eq!((fresh.status(), fresh.text().await.expect("body")), (status, body));
+
+    // Form posts get the same page for every state too.
+    let mut pages = Vec::new();
+    for email in ["known@example.com", "other@example.com"] {
+        let res = app
+            .http
+            .post(format!("{}/subscribe", app.url))
+            .form(&[("email", email)])
+            .send()
+            .await
+            .expect("form");
+        pages.push((res.status(), res.text().await.expect("body")));
+    }
+    assert_eq!(pages[0], pages[1]);
+    assert_eq!(pages[0].0, StatusCode::ACCEPTED);
+
+    // The pending address got one confirmation only (re-sends are limited to one per 10 min).
+    smtp.wait_for(3, WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(smtp.to("known@example.com").len(), 1);
+    assert_eq!(smtp.to("fresh@example.com").len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_and_hostile_addresses_are_refused_stored_nowhere_and_never_mailed() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    let long_local = format!("{}@example.com", "a".repeat(65));
+    let long_total = format!("a@{}.com", vec!["b".repeat(60); 5].join("."));
+    let hostile = [
+        "",
+        "plainaddress",
+        "@example.com",
+        "ada@",
+        "ada@@example.com",
+        "ada@example.com\r\nBcc: victim@example.org",
+        "ada@example.com\nSubject: spam",
+        "ada\r@example.com",
+        "Ada Lovelace <ada@example.com>",
+        "<ada@example.com>",
+        "ada @example.com",
+        "ada@exa mple.com",
+        "\"ada\"@example.com",
+        "ada@[127.0.0.1]",
+        "ada@localhost",
+        "ada..lovelace@example.com",
+        ".ada@example.com",
+        "ada@-example.com",
+        "ada\u{0}@example.com",
+        "ada\u{7}@example.com",
+        "ada\u{85}@example.com",
+        "adä@example.com",
+        "ada@exämple.com",
+        "ada(comment)@example.com",
+        long_local.as_str(),
+        long_total.as_str(),
+    ];
+    for email in hostile {
+        let res = app.subscribe(email).await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{email:?}");
+        let body: serde_json::Value = res.json().await.expect("json error");
+        assert_eq!(body["field"], "email", "{email:?}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("email address") || e.contains("domain") || e.contains("before the @")), "{email:?}: {body}");
+
+        let form = app
+            .http
+            .post(format!("{}/subscribe", app.url))
+            .form(&[("email", email)])
+            .send()
+            .await
+            .expect("form");
+        assert_eq!(form.status(), StatusCode::UNPROCESSABLE_ENTITY, "form {email:?}");
+        assert!(form.text().await.expect("body").contains("class=\"error\""));
+    }
+    // Names are checked too.
+    let res = app.subscribe_json(json!({"email": "ok@example.com", "name": "x\r\nBcc: y@z.com"})).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Bodies that are not a sign-up.
+    let res = app.http.post(format!("{}/subscribe", app.url)).header("content-type", "application/json").body("{not json").send().await.expect("req");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = app.http.post(format!("{}/subscribe", app.url)).header("content-type", "text/plain").body("email=a@b.com").send().await.expect("req");
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM subscribers").await, 0);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM deliveries").await, 0);
+    // A valid sentinel proves the worker was running: it is the only message sent.
+    app.subscribe("sentinel@example.com").await;
+    smtp.wait_for(1, WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(smtp.count(), 1);
+    assert_eq!(smtp.received()[0].rcpts, vec!["sentinel@example.com"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_store_nothing() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    let big = json!({ "email": "big@example.com", "name": "x".repeat(20 * 1024) });
+    let res = app.subscribe_json(big).await;
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("larger than")));
+    let form = app
+        .http
+        .post(format!("{}/subscribe", app.url))
+        .form(&[("email", "big@example.com"), ("name", &"y".repeat(17 * 1024))])
+        .send()
+        .await
+        .expect("form");
+    assert_eq!(form.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM subscribers").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sign_ups_are_rate_limited_per_client_ip() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(common::Options {
+        smtp_url: Some(smtp.url()),
+        settings: vec![("subscribe_per_minute".into(), "3".into())],
+        ..Default::default()
+    })
+    .await;
+    for i in 0..3 {
+        let res = app.subscribe(&format!("r{i}@example.com")).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+    }
+    let res = app.subscribe("r9@example.com").await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after));
+    assert!(app.status_of("r9@example.com").await.is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sign_up_page_and_health_check() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    let page = app.http.get(&app.url).send().await.expect("index");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let html = page.text().await.expect("body");
+    assert!(html.contains("We respect your privacy and will never spam you."));
+    assert!(html.contains("name=\"email\""));
+    let health = app.http.get(format!("{}/healthz", app.url)).send().await.expect("healthz");
+    assert_eq!(health.status(), StatusCode::OK);
+    app.stop().await;
+}
