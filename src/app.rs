@@ -20,7 +20,10 @@ pub enum StartError {
     #[error("templates: {0}")]
     Templates(#[from] RenderError),
     #[error("outbox folder {path} cannot be created: {source}")]
-    Outbox { path: String, source: std::io::Error },
+    Outbox {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -49,10 +52,13 @@ impl App {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let renderer = Arc::new(Renderer::load(&config.templates)?);
         let transport = Transport::from_config(&config);
-        transport.prepare().await.map_err(|source| StartError::Outbox {
-            path: config.outbox.display().to_string(),
-            source,
-        })?;
+        transport
+            .prepare()
+            .await
+            .map_err(|source| StartError::Outbox {
+                path: config.outbox.display().to_string(),
+                source,
+            })?;
         let store = Store::connect(&config.database_url, &config.database_kind).await?;
         store.migrate().await?;
         Ok(Self {

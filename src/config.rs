@@ -14,22 +14,86 @@ use url::Url;
 /// Every setting: its key in squeeze.toml (and flag `--key-with-dashes`, env `SQUEEZE_KEY`),
 /// its default, and what it means. The README's reference table is this list.
 pub const SETTINGS: &[(&str, &str, &str)] = &[
-    ("database_url", "sqlite://squeeze.db", "Database URL; the scheme picks the backend."),
-    ("bind", "127.0.0.1:8080", "Address the HTTP server listens on."),
-    ("public_url", "http://<bind>", "Base URL of links in emails and pages."),
-    ("smtp_url", "", "SMTP relay (smtp://user:pass@host:port, ?tls=required|opportunistic, smtps://); unset writes .eml files to `outbox`."),
-    ("outbox", "./outbox", "Folder for .eml files when no SMTP relay is set."),
-    ("from", "Squeeze <newsletter@squeeze.localhost>", "From mailbox of every email."),
-    ("admin_token", "", "Bearer token for the admin API and dashboard; unset disables them."),
-    ("rate", "50", "Messages per second, across all senders of the process."),
-    ("burst", "<rate>", "Messages that may go out at once before `rate` paces them."),
-    ("concurrency", "4", "SMTP connections (messages on the wire at once)."),
-    ("templates", "./templates", "Folder of email and page templates."),
-    ("confirmation_ttl", "48h", "How long a confirmation link stays valid."),
-    ("subscribe_per_minute", "10", "Sign-up requests per client IP per minute (0: no limit)."),
-    ("smtp_timeout", "30s", "Timeout for connecting and for each SMTP command."),
-    ("lease", "5m", "How long a claimed delivery is reserved before another worker may take it."),
-    ("shutdown_timeout", "30s", "How long a stopping worker waits for messages on the wire."),
+    (
+        "database_url",
+        "sqlite://squeeze.db",
+        "Database URL; the scheme picks the backend.",
+    ),
+    (
+        "bind",
+        "127.0.0.1:8080",
+        "Address the HTTP server listens on.",
+    ),
+    (
+        "public_url",
+        "http://<bind>",
+        "Base URL of links in emails and pages.",
+    ),
+    (
+        "smtp_url",
+        "",
+        "SMTP relay (smtp://user:pass@host:port, ?tls=required|opportunistic, smtps://); unset writes .eml files to `outbox`.",
+    ),
+    (
+        "outbox",
+        "./outbox",
+        "Folder for .eml files when no SMTP relay is set.",
+    ),
+    (
+        "from",
+        "Squeeze <newsletter@squeeze.localhost>",
+        "From mailbox of every email.",
+    ),
+    (
+        "admin_token",
+        "",
+        "Bearer token for the admin API and dashboard; unset disables them.",
+    ),
+    (
+        "rate",
+        "50",
+        "Messages per second, across all senders of the process.",
+    ),
+    (
+        "burst",
+        "<rate>",
+        "Messages that may go out at once before `rate` paces them.",
+    ),
+    (
+        "concurrency",
+        "4",
+        "SMTP connections (messages on the wire at once).",
+    ),
+    (
+        "templates",
+        "./templates",
+        "Folder of email and page templates.",
+    ),
+    (
+        "confirmation_ttl",
+        "48h",
+        "How long a confirmation link stays valid.",
+    ),
+    (
+        "subscribe_per_minute",
+        "10",
+        "Sign-up requests per client IP per minute (0: no limit).",
+    ),
+    (
+        "smtp_timeout",
+        "30s",
+        "Timeout for connecting and for each SMTP command.",
+    ),
+    (
+        "lease",
+        "5m",
+        "How long a claimed delivery is reserved before another worker may take it.",
+    ),
+    (
+        "shutdown_timeout",
+        "30s",
+        "How long a stopping worker waits for messages on the wire.",
+    ),
 ];
 
 /// Where a value came from, so an error can say what to edit.
@@ -135,9 +199,8 @@ impl SmtpSettings {
                 ));
             }
         };
-        let decode = |s: &str| {
-            percent_decode(s).ok_or_else(|| "credentials are not valid UTF-8".to_owned())
-        };
+        let decode =
+            |s: &str| percent_decode(s).ok_or_else(|| "credentials are not valid UTF-8".to_owned());
         let username = (!url.username().is_empty())
             .then(|| decode(url.username()))
             .transpose()?;
@@ -262,10 +325,13 @@ impl Config {
         };
 
         let b = value("bind", "127.0.0.1:8080");
-        let bind: SocketAddr = b
-            .0
-            .parse()
-            .map_err(|_| bad("bind", b, &"expected an IP address and port, like 127.0.0.1:8080"))?;
+        let bind: SocketAddr = b.0.parse().map_err(|_| {
+            bad(
+                "bind",
+                b,
+                &"expected an IP address and port, like 127.0.0.1:8080",
+            )
+        })?;
 
         let default_public = format!("http://{bind}");
         let p = get("public_url").unwrap_or((&default_public, &default));
@@ -299,7 +365,11 @@ impl Config {
 
         let r = value("rate", "50");
         let rate = parse_nonzero(r.0).ok_or_else(|| {
-            bad("rate", r, &"expected a whole number of messages per second, at least 1")
+            bad(
+                "rate",
+                r,
+                &"expected a whole number of messages per second, at least 1",
+            )
         })?;
         let burst = match get("burst") {
             Some(bv) => parse_nonzero(bv.0)
@@ -307,12 +377,11 @@ impl Config {
             None => rate,
         };
         let c = value("concurrency", "4");
-        let concurrency = c
-            .0
-            .parse::<NonZeroUsize>()
-            .ok()
-            .filter(|n| n.get() <= 1000)
-            .ok_or_else(|| bad("concurrency", c, &"expected a whole number from 1 to 1000"))?;
+        let concurrency =
+            c.0.parse::<NonZeroUsize>()
+                .ok()
+                .filter(|n| n.get() <= 1000)
+                .ok_or_else(|| bad("concurrency", c, &"expected a whole number from 1 to 1000"))?;
 
         let t = value("templates", "./templates");
         let templates = PathBuf::from(t.0);
@@ -321,11 +390,13 @@ impl Config {
         }
 
         let s = value("subscribe_per_minute", "10");
-        let subscribe_per_minute = s
-            .0
-            .parse::<u32>()
-            .map(NonZeroU32::new)
-            .map_err(|_| bad("subscribe_per_minute", s, &"expected a whole number (0: no limit)"))?;
+        let subscribe_per_minute = s.0.parse::<u32>().map(NonZeroU32::new).map_err(|_| {
+            bad(
+                "subscribe_per_minute",
+                s,
+                &"expected a whole number (0: no limit)",
+            )
+        })?;
 
         let duration = |key: &'static str, fallback: &'static str| {
             let d = value(key, fallback);
@@ -371,9 +442,8 @@ fn parse_nonzero(s: &str) -> Option<NonZeroU32> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!("cannot read config file {}: {e}.", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}.", path.display())))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         ConfigError(format!(
             "config file {} is not valid TOML: {}.",
@@ -420,7 +490,13 @@ mod tests {
             ),
         );
         for (k, v) in pairs {
-            values.insert((*k).to_owned(), ((*v).to_owned(), Source::Env(format!("SQUEEZE_{}", k.to_uppercase()))));
+            values.insert(
+                (*k).to_owned(),
+                (
+                    (*v).to_owned(),
+                    Source::Env(format!("SQUEEZE_{}", k.to_uppercase())),
+                ),
+            );
         }
         Config::from_values(&values)
     }

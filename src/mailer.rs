@@ -130,7 +130,8 @@ impl Transport {
             Some(n) => ClientId::Domain(n.clone()),
             None => ClientId::default(),
         };
-        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -195,12 +196,14 @@ impl Sender {
         bytes: &[u8],
     ) -> Result<(), SendFailure> {
         match self {
-            Self::Outbox(dir) => write_eml(dir, delivery_id, bytes)
-                .await
-                .map_err(|e| SendFailure::Transient {
-                    code: None,
-                    text: format!("cannot write to outbox {}: {e}", dir.display()),
-                }),
+            Self::Outbox(dir) => {
+                write_eml(dir, delivery_id, bytes)
+                    .await
+                    .map_err(|e| SendFailure::Transient {
+                        code: None,
+                        text: format!("cannot write to outbox {}: {e}", dir.display()),
+                    })
+            }
             Self::Smtp { transport, conn } => {
                 let mut c = match conn.take() {
                     Some(c) if !c.has_broken() => c,
@@ -391,14 +394,22 @@ mod tests {
         };
         let (env, bytes) = build(&from, &letter).expect("builds");
         // Long headers are folded (RFC 5322); compare them unfolded.
-        let text = String::from_utf8(bytes).expect("ascii").replace("\r\n ", " ");
+        let text = String::from_utf8(bytes)
+            .expect("ascii")
+            .replace("\r\n ", " ");
         assert_eq!(env.to().len(), 1);
-        assert!(text.contains("Message-ID: <0190-abc@example.com>"), "{text}");
+        assert!(
+            text.contains("Message-ID: <0190-abc@example.com>"),
+            "{text}"
+        );
         assert!(text.contains("List-Unsubscribe: <https://example.com/unsubscribe?token=abc>, <mailto:unsub@example.com>"));
         assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
         assert!(text.contains("List-Id: News <news.example.com>"));
         assert!(text.contains("multipart/alternative"));
         assert!(text.contains("Date: "));
-        assert!(!text.contains("Bcc"), "a name with CR/LF must not become a header");
+        assert!(
+            !text.contains("Bcc"),
+            "a name with CR/LF must not become a header"
+        );
     }
 }

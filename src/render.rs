@@ -171,6 +171,9 @@ mod tests {
         std::fs::write(dir.path().join("bad.html.j2"), "line one\n{% if %}\n").expect("write");
         let err = Renderer::load(dir.path()).expect_err("syntax error");
         let msg = err.to_string();
-        assert!(msg.contains("bad.html.j2") && msg.contains("line 2"), "{msg}");
+        assert!(
+            msg.contains("bad.html.j2") && msg.contains("line 2"),
+            "{msg}"
+        );
     }
 }

@@ -81,7 +81,12 @@ impl Worker {
         let recorder = tokio::spawn(record_loop(self.store.clone(), out_rx));
         let mut senders = tokio::task::JoinSet::new();
         for _ in 0..concurrency {
-            let (w, rx, tx, stop) = (self.clone(), job_rx.clone(), out_tx.clone(), shutdown.clone());
+            let (w, rx, tx, stop) = (
+                self.clone(),
+                job_rx.clone(),
+                out_tx.clone(),
+                shutdown.clone(),
+            );
             senders.spawn(async move { w.sender_loop(rx, tx, stop).await });
         }
         drop(out_tx);
@@ -94,7 +99,9 @@ impl Worker {
         })
         .await;
         if drained.is_err() {
-            warn!("messages still on the wire at the shutdown timeout; their leases will expire and be retried");
+            warn!(
+                "messages still on the wire at the shutdown timeout; their leases will expire and be retried"
+            );
             senders.shutdown().await;
         }
         recorder.await??;
@@ -102,7 +109,11 @@ impl Worker {
         Ok(())
     }
 
-    async fn claim_loop(&self, job_tx: &mpsc::Sender<ClaimedDelivery>, shutdown: &CancellationToken) {
+    async fn claim_loop(
+        &self,
+        job_tx: &mpsc::Sender<ClaimedDelivery>,
+        shutdown: &CancellationToken,
+    ) {
         while !shutdown.is_cancelled() {
             let room = u32::try_from(job_tx.capacity()).unwrap_or(u32::MAX);
             if room == 0 {
@@ -247,7 +258,13 @@ impl Worker {
         }
     }
 
-    fn retry_or_fail(&self, d: &ClaimedDelivery, now: i64, code: Option<u16>, error: String) -> Outcome {
+    fn retry_or_fail(
+        &self,
+        d: &ClaimedDelivery,
+        now: i64,
+        code: Option<u16>,
+        error: String,
+    ) -> Outcome {
         let delay = self.retry.delay(d.attempts, rand::rng().random::<f64>());
         let run_at = now + ms(delay);
         if run_at > d.expires_at {

@@ -16,28 +16,53 @@ async fn sign_up_confirm_and_one_click_unsubscribe() {
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     // Stored pending, domain lower-cased, with consent evidence.
-    let s = app.app.store.subscriber_by_email("Ada@example.com").await.expect("db").expect("stored");
+    let s = app
+        .app
+        .store
+        .subscriber_by_email("Ada@example.com")
+        .await
+        .expect("db")
+        .expect("stored");
     assert_eq!(s.status.as_str(), "pending");
     assert_eq!(s.consent_ip.as_deref(), Some("127.0.0.1"));
     assert!(s.consent_at > 0);
 
     let mail = smtp.wait_for(1, WAIT).await.remove(0);
     assert_eq!(mail.rcpts, vec!["Ada@example.com"]);
-    assert!(mail.header("Subject").is_some_and(|s| s.contains("Confirm")));
+    assert!(
+        mail.header("Subject")
+            .is_some_and(|s| s.contains("Confirm"))
+    );
     let id = mail.header("Message-ID").expect("Message-ID");
-    let delivery_id = app.text("SELECT id FROM deliveries WHERE kind = 'confirmation'").await;
+    let delivery_id = app
+        .text("SELECT id FROM deliveries WHERE kind = 'confirmation'")
+        .await;
     assert_eq!(id, format!("<{delivery_id}@squeeze.test>"));
     assert!(mail.header("Date").is_some());
-    assert!(mail.part("text/html").is_some_and(|h| h.contains("Ada &lt;b&gt;L&lt;&#x2f;b&gt;")));
-    let link = mail.link(&format!("{}/confirm?token=", app.url)).expect("confirm link in text part");
+    assert!(
+        mail.part("text/html")
+            .is_some_and(|h| h.contains("Ada &lt;b&gt;L&lt;&#x2f;b&gt;"))
+    );
+    let link = mail
+        .link(&format!("{}/confirm?token=", app.url))
+        .expect("confirm link in text part");
     // Only the hash of the token is in the database.
     let token = link.split("token=").nth(1).expect("token");
-    assert_eq!(app.scalar(&format!("SELECT COUNT(*) FROM confirmation_tokens WHERE token_hash LIKE '%{token}%'")).await, 0);
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM confirmation_tokens WHERE token_hash LIKE '%{token}%'"
+        ))
+        .await,
+        0
+    );
 
     let page = app.http.get(&link).send().await.expect("confirm");
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.expect("body").contains("confirmed"));
-    assert_eq!(app.status_of("Ada@example.com").await.as_deref(), Some("confirmed"));
+    assert_eq!(
+        app.status_of("Ada@example.com").await.as_deref(),
+        Some("confirmed")
+    );
 
     // The same link again: the same friendly page, nothing changes.
     let again = app.http.get(&link).send().await.expect("confirm again");
@@ -50,7 +75,10 @@ async fn sign_up_confirm_and_one_click_unsubscribe() {
     let get = app.http.get(&unsub_url).send().await.expect("get");
     assert_eq!(get.status(), StatusCode::OK);
     assert!(get.text().await.expect("body").contains("<button"));
-    assert_eq!(app.status_of("Ada@example.com").await.as_deref(), Some("confirmed"));
+    assert_eq!(
+        app.status_of("Ada@example.com").await.as_deref(),
+        Some("confirmed")
+    );
 
     // RFC 8058 one-click POST: 200, no redirect, idempotent.
     for _ in 0..2 {
@@ -63,13 +91,19 @@ async fn sign_up_confirm_and_one_click_unsubscribe() {
             .await
             .expect("post");
         assert_eq!(post.status(), StatusCode::OK);
-        assert_eq!(app.status_of("Ada@example.com").await.as_deref(), Some("unsubscribed"));
+        assert_eq!(
+            app.status_of("Ada@example.com").await.as_deref(),
+            Some("unsubscribed")
+        );
     }
 
     // A replayed confirmation link must not re-enrol someone who left.
     let replay = app.http.get(&link).send().await.expect("replay");
     assert_eq!(replay.status(), StatusCode::NOT_FOUND);
-    assert_eq!(app.status_of("Ada@example.com").await.as_deref(), Some("unsubscribed"));
+    assert_eq!(
+        app.status_of("Ada@example.com").await.as_deref(),
+        Some("unsubscribed")
+    );
     assert_eq!(smtp.count(), 1);
     app.stop().await;
 }
@@ -90,7 +124,10 @@ async fn one_click_unsubscribe_accepts_multipart_bodies() {
         .await
         .expect("post");
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(app.status_of("grace@example.com").await.as_deref(), Some("unsubscribed"));
+    assert_eq!(
+        app.status_of("grace@example.com").await.as_deref(),
+        Some("unsubscribed")
+    );
     app.stop().await;
 }
 
@@ -102,21 +139,48 @@ async fn forged_and_unknown_tokens_get_clear_pages_and_change_nothing() {
     let unknown = "A".repeat(43);
     for (method, path, expected) in [
         ("GET", "/confirm".to_owned(), StatusCode::BAD_REQUEST),
-        ("GET", "/confirm?token=not-a-token".to_owned(), StatusCode::BAD_REQUEST),
-        ("GET", format!("/confirm?token={unknown}"), StatusCode::NOT_FOUND),
-        ("GET", "/unsubscribe?token=%0d%0a".to_owned(), StatusCode::BAD_REQUEST),
-        ("GET", format!("/unsubscribe?token={unknown}"), StatusCode::NOT_FOUND),
-        ("POST", format!("/unsubscribe?token={unknown}"), StatusCode::NOT_FOUND),
+        (
+            "GET",
+            "/confirm?token=not-a-token".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            format!("/confirm?token={unknown}"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "GET",
+            "/unsubscribe?token=%0d%0a".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            format!("/unsubscribe?token={unknown}"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            format!("/unsubscribe?token={unknown}"),
+            StatusCode::NOT_FOUND,
+        ),
         ("POST", "/unsubscribe".to_owned(), StatusCode::BAD_REQUEST),
     ] {
         let url = format!("{}{path}", app.url);
-        let req = if method == "GET" { app.http.get(&url) } else { app.http.post(&url) };
+        let req = if method == "GET" {
+            app.http.get(&url)
+        } else {
+            app.http.post(&url)
+        };
         let res = req.send().await.expect("request");
         assert_eq!(res.status(), expected, "{method} {path}");
         let body = res.text().await.expect("body");
         assert!(body.contains("<h1>"), "{method} {path} renders a page");
     }
-    assert_eq!(app.status_of("linus@example.com").await.as_deref(), Some("pending"));
+    assert_eq!(
+        app.status_of("linus@example.com").await.as_deref(),
+        Some("pending")
+    );
     app.stop().await;
 }
 
@@ -126,10 +190,15 @@ async fn expired_confirmation_link_offers_a_new_one_without_revealing_the_addres
     let app = TestApp::spawn(&smtp).await;
     app.subscribe("hopper@example.com").await;
     let mail = smtp.wait_for(1, WAIT).await.remove(0);
-    let link = mail.link(&format!("{}/confirm?token=", app.url)).expect("link");
+    let link = mail
+        .link(&format!("{}/confirm?token=", app.url))
+        .expect("link");
 
     let pool = app.db().await;
-    sqlx::query("UPDATE confirmation_tokens SET expires_at = 0").execute(&pool).await.expect("expire");
+    sqlx::query("UPDATE confirmation_tokens SET expires_at = 0")
+        .execute(&pool)
+        .await
+        .expect("expire");
     pool.close().await;
 
     let res = app.http.get(&link).send().await.expect("confirm");
@@ -138,9 +207,17 @@ async fn expired_confirmation_link_offers_a_new_one_without_revealing_the_addres
     assert!(body.contains("name=\"email\""), "offers a new link");
     assert!(!body.contains("hopper"), "does not reveal the address");
     // Same page as for a token that never existed.
-    let unknown = app.http.get(format!("{}/confirm?token={}", app.url, "B".repeat(43))).send().await.expect("unknown");
+    let unknown = app
+        .http
+        .get(format!("{}/confirm?token={}", app.url, "B".repeat(43)))
+        .send()
+        .await
+        .expect("unknown");
     assert_eq!(unknown.text().await.expect("body"), body);
-    assert_eq!(app.status_of("hopper@example.com").await.as_deref(), Some("pending"));
+    assert_eq!(
+        app.status_of("hopper@example.com").await.as_deref(),
+        Some("pending")
+    );
     app.stop().await;
 }
 
@@ -152,13 +229,24 @@ async fn the_answer_is_identical_for_new_pending_and_confirmed_addresses() {
     let (status, body) = (first.status(), first.text().await.expect("body"));
     let mail = smtp.wait_for(1, WAIT).await.remove(0);
     let pending = app.subscribe("known@example.com").await;
-    assert_eq!((pending.status(), pending.text().await.expect("body")), (status, body.clone()));
-    let link = mail.link(&format!("{}/confirm?token=", app.url)).expect("link");
+    assert_eq!(
+        (pending.status(), pending.text().await.expect("body")),
+        (status, body.clone())
+    );
+    let link = mail
+        .link(&format!("{}/confirm?token=", app.url))
+        .expect("link");
     app.http.get(&link).send().await.expect("confirm");
     let confirmed = app.subscribe("known@example.com").await;
-    assert_eq!((confirmed.status(), confirmed.text().await.expect("body")), (status, body.clone()));
+    assert_eq!(
+        (confirmed.status(), confirmed.text().await.expect("body")),
+        (status, body.clone())
+    );
     let fresh = app.subscribe("fresh@example.com").await;
-    assert_eq!((fresh.status(), fresh.text().await.expect("body")), (status, body));
+    assert_eq!(
+        (fresh.status(), fresh.text().await.expect("body")),
+        (status, body)
+    );
 
     // Form posts get the same page for every state too.
     let mut pages = Vec::new();
@@ -222,7 +310,14 @@ async fn malformed_and_hostile_addresses_are_refused_stored_nowhere_and_never_ma
         assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{email:?}");
         let body: serde_json::Value = res.json().await.expect("json error");
         assert_eq!(body["field"], "email", "{email:?}");
-        assert!(body["error"].as_str().is_some_and(|e| e.contains("email address") || e.contains("domain") || e.contains("before the @")), "{email:?}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("email address")
+                    || e.contains("domain")
+                    || e.contains("before the @")),
+            "{email:?}: {body}"
+        );
 
         let form = app
             .http
@@ -231,16 +326,36 @@ async fn malformed_and_hostile_addresses_are_refused_stored_nowhere_and_never_ma
             .send()
             .await
             .expect("form");
-        assert_eq!(form.status(), StatusCode::UNPROCESSABLE_ENTITY, "form {email:?}");
+        assert_eq!(
+            form.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "form {email:?}"
+        );
         assert!(form.text().await.expect("body").contains("class=\"error\""));
     }
     // Names are checked too.
-    let res = app.subscribe_json(json!({"email": "ok@example.com", "name": "x\r\nBcc: y@z.com"})).await;
+    let res = app
+        .subscribe_json(json!({"email": "ok@example.com", "name": "x\r\nBcc: y@z.com"}))
+        .await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // Bodies that are not a sign-up.
-    let res = app.http.post(format!("{}/subscribe", app.url)).header("content-type", "application/json").body("{not json").send().await.expect("req");
+    let res = app
+        .http
+        .post(format!("{}/subscribe", app.url))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("req");
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-    let res = app.http.post(format!("{}/subscribe", app.url)).header("content-type", "text/plain").body("email=a@b.com").send().await.expect("req");
+    let res = app
+        .http
+        .post(format!("{}/subscribe", app.url))
+        .header("content-type", "text/plain")
+        .body("email=a@b.com")
+        .send()
+        .await
+        .expect("req");
     assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     assert_eq!(app.scalar("SELECT COUNT(*) FROM subscribers").await, 0);
@@ -262,11 +377,18 @@ async fn oversized_bodies_get_413_and_store_nothing() {
     let res = app.subscribe_json(big).await;
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: serde_json::Value = res.json().await.expect("json");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("larger than")));
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than"))
+    );
     let form = app
         .http
         .post(format!("{}/subscribe", app.url))
-        .form(&[("email", "big@example.com"), ("name", &"y".repeat(17 * 1024))])
+        .form(&[
+            ("email", "big@example.com"),
+            ("name", &"y".repeat(17 * 1024)),
+        ])
         .send()
         .await
         .expect("form");
@@ -311,7 +433,12 @@ async fn sign_up_page_and_health_check() {
     let html = page.text().await.expect("body");
     assert!(html.contains("We respect your privacy and will never spam you."));
     assert!(html.contains("name=\"email\""));
-    let health = app.http.get(format!("{}/healthz", app.url)).send().await.expect("healthz");
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(health.status(), StatusCode::OK);
     app.stop().await;
 }

@@ -122,9 +122,15 @@ pub fn is_bounce(code: u16, text: &str) -> bool {
 
 fn mentions_unknown_user(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    ["user unknown", "unknown user", "no such user", "does not exist", "mailbox unavailable"]
-        .iter()
-        .any(|p| t.contains(p))
+    [
+        "user unknown",
+        "unknown user",
+        "no such user",
+        "does not exist",
+        "mailbox unavailable",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
 }
 
 #[cfg(test)]
@@ -144,7 +150,10 @@ mod tests {
     #[test]
     fn recognises_hard_bounces() {
         assert!(is_bounce(550, "5.1.1 <x@y.z>: Recipient address rejected"));
-        assert!(is_bounce(550, "Requested action not taken: mailbox unavailable"));
+        assert!(is_bounce(
+            550,
+            "Requested action not taken: mailbox unavailable"
+        ));
         assert!(!is_bounce(550, "5.7.1 Message rejected as spam"));
         assert!(!is_bounce(552, "5.2.2 Mailbox full"));
     }

@@ -105,7 +105,9 @@ fn parse_domain(domain: &str) -> Result<String, EmailError> {
     }
     for label in &labels {
         if label.is_empty() {
-            return Err(EmailError::Domain("it has an empty label (two dots in a row?)"));
+            return Err(EmailError::Domain(
+                "it has an empty label (two dots in a row?)",
+            ));
         }
         if label.len() > MAX_LABEL {
             return Err(EmailError::Domain("a label is longer than 63 characters"));
@@ -171,11 +173,26 @@ mod tests {
             ("\"quoted\"@example.com", EmailError::LocalCharacter('"')),
             (".ada@example.com", EmailError::LocalDots),
             ("a..da@example.com", EmailError::LocalDots),
-            ("ada@localhost", EmailError::Domain("it needs a dot, as in example.com")),
-            ("ada@[127.0.0.1]", EmailError::Domain("only letters, digits, hyphens and dots are allowed")),
-            ("ada@1.2.3.4", EmailError::Domain("an IP address is not a mail domain")),
-            ("ada@-x.com", EmailError::Domain("a label starts or ends with a hyphen")),
-            ("ada@x..com", EmailError::Domain("it has an empty label (two dots in a row?)")),
+            (
+                "ada@localhost",
+                EmailError::Domain("it needs a dot, as in example.com"),
+            ),
+            (
+                "ada@[127.0.0.1]",
+                EmailError::Domain("only letters, digits, hyphens and dots are allowed"),
+            ),
+            (
+                "ada@1.2.3.4",
+                EmailError::Domain("an IP address is not a mail domain"),
+            ),
+            (
+                "ada@-x.com",
+                EmailError::Domain("a label starts or ends with a hyphen"),
+            ),
+            (
+                "ada@x..com",
+                EmailError::Domain("it has an empty label (two dots in a row?)"),
+            ),
             ("ada(comment)@x.com", EmailError::LocalCharacter('(')),
         ];
         for (input, expected) in cases {

@@ -107,7 +107,10 @@ mod tests {
             SubscriberName::parse("Ada\r\nBcc: x@y.z"),
             Err(NameError::ControlCharacter)
         );
-        assert_eq!(SubscriberName::parse(&"é".repeat(101)), Err(NameError::TooLong));
+        assert_eq!(
+            SubscriberName::parse(&"é".repeat(101)),
+            Err(NameError::TooLong)
+        );
         assert!(SubscriberName::parse(&"é".repeat(100)).is_ok());
     }
 }

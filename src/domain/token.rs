@@ -72,7 +72,13 @@ mod tests {
 
     #[test]
     fn rejects_forged_shapes() {
-        for bad in ["", "abc", &"A".repeat(44), &format!("{}=", "A".repeat(42)), &"!".repeat(43)] {
+        for bad in [
+            "",
+            "abc",
+            &"A".repeat(44),
+            &format!("{}=", "A".repeat(42)),
+            &"!".repeat(43),
+        ] {
             assert_eq!(Token::parse(bad), Err(TokenError), "{bad:?}");
         }
     }

@@ -1,9 +1,9 @@
 //! One error type for every handler: client mistakes get a precise message and a 4xx; server
 //! faults are logged with their cause and answered with a generic 500.
 
+use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +19,10 @@ pub enum HttpError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{field}: {message}")]
-    Unprocessable { field: &'static str, message: String },
+    Unprocessable {
+        field: &'static str,
+        message: String,
+    },
     #[error("too many requests; try again in {retry_after} seconds")]
     TooManyRequests { retry_after: u64 },
     #[error("{0}")]

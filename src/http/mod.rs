@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, renderer: Arc<Renderer>, config: Arc<Config>, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Store,
+        renderer: Arc<Renderer>,
+        config: Arc<Config>,
+        wake: Arc<Notify>,
+    ) -> Self {
         let signup_limiter = config
             .subscribe_per_minute
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
@@ -100,8 +105,14 @@ async fn healthz(State(state): State<AppState>) -> Response {
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -32,7 +32,12 @@ pub fn router() -> Router<AppState> {
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
 }
 
-fn page(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Result<Response, HttpError> {
+fn page(
+    state: &AppState,
+    status: StatusCode,
+    name: &str,
+    ctx: minijinja::Value,
+) -> Result<Response, HttpError> {
     let base = context! { list_name => list_name(&state.config), subscribe_action => "/subscribe" };
     let html = state.renderer.render(name, context! { ..ctx, ..base })?;
     Ok((status, Html(html)).into_response())
@@ -83,7 +88,12 @@ async fn subscribe(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let (format, request) = match mime.as_str() {
         "application/json" => (
             Format::Json,
@@ -97,8 +107,7 @@ async fn subscribe(
         ),
         _ => {
             return Err(HttpError::UnsupportedMediaType(
-                "send the sign-up as application/json or application/x-www-form-urlencoded"
-                    .into(),
+                "send the sign-up as application/json or application/x-www-form-urlencoded".into(),
             ));
         }
     };
@@ -164,10 +173,18 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-async fn confirm(State(state): State<AppState>, Query(q): Query<TokenQuery>) -> Result<Response, HttpError> {
+async fn confirm(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, HttpError> {
     let valid_hours = state.config.confirmation_ttl.as_secs() / 3600;
     let invalid = |status| {
-        page(&state, status, "confirm.html.j2", context! { state => "invalid", valid_hours })
+        page(
+            &state,
+            status,
+            "confirm.html.j2",
+            context! { state => "invalid", valid_hours },
+        )
     };
     let Some(token) = q.token.as_deref().and_then(|t| Token::parse(t).ok()) else {
         return invalid(StatusCode::BAD_REQUEST);
@@ -194,7 +211,12 @@ async fn unsubscribe_page(
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, HttpError> {
     let Some(token) = unsubscribe_token(&q) else {
-        return page(&state, StatusCode::BAD_REQUEST, "unsubscribe.html.j2", context! { state => "invalid" });
+        return page(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "unsubscribe.html.j2",
+            context! { state => "invalid" },
+        );
     };
     match state.store.unsubscribe_token_status(token.as_str()).await? {
         Some(_) => page(
@@ -203,7 +225,12 @@ async fn unsubscribe_page(
             "unsubscribe.html.j2",
             context! { state => "ask", action => format!("?token={}", token.as_str()) },
         ),
-        None => page(&state, StatusCode::NOT_FOUND, "unsubscribe.html.j2", context! { state => "invalid" }),
+        None => page(
+            &state,
+            StatusCode::NOT_FOUND,
+            "unsubscribe.html.j2",
+            context! { state => "invalid" },
+        ),
     }
 }
 
@@ -216,14 +243,25 @@ async fn unsubscribe(
     _body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let Some(token) = unsubscribe_token(&q) else {
-        return page(&state, StatusCode::BAD_REQUEST, "unsubscribe.html.j2", context! { state => "invalid" });
+        return page(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "unsubscribe.html.j2",
+            context! { state => "invalid" },
+        );
     };
     match state.store.unsubscribe(token.as_str(), now_ms()).await? {
-        UnsubscribeOutcome::Unsubscribed | UnsubscribeOutcome::AlreadyGone => {
-            page(&state, StatusCode::OK, "unsubscribe.html.j2", context! { state => "done" })
-        }
-        UnsubscribeOutcome::UnknownToken => {
-            page(&state, StatusCode::NOT_FOUND, "unsubscribe.html.j2", context! { state => "invalid" })
-        }
+        UnsubscribeOutcome::Unsubscribed | UnsubscribeOutcome::AlreadyGone => page(
+            &state,
+            StatusCode::OK,
+            "unsubscribe.html.j2",
+            context! { state => "done" },
+        ),
+        UnsubscribeOutcome::UnknownToken => page(
+            &state,
+            StatusCode::NOT_FOUND,
+            "unsubscribe.html.j2",
+            context! { state => "invalid" },
+        ),
     }
 }

@@ -8,8 +8,8 @@ use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    ClaimedDelivery, ConfirmOutcome, DeliveryRow, Millis, Outcome, Recorded, SignUp,
-    SignUpOutcome, StoreResult, SubscriberRow, UnsubscribeOutcome, parse_col,
+    ClaimedDelivery, ConfirmOutcome, DeliveryRow, Millis, Outcome, Recorded, SignUp, SignUpOutcome,
+    StoreResult, SubscriberRow, UnsubscribeOutcome, parse_col,
 };
 use crate::domain::{SubscriberStatus, Token};
 
@@ -161,7 +161,11 @@ impl Sqlite {
         Ok(())
     }
 
-    pub(super) async fn confirm(&self, token_hash: &str, now: Millis) -> StoreResult<ConfirmOutcome> {
+    pub(super) async fn confirm(
+        &self,
+        token_hash: &str,
+        now: Millis,
+    ) -> StoreResult<ConfirmOutcome> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT t.subscriber_id, t.expires_at, t.used_at, s.status
@@ -221,7 +225,11 @@ impl Sqlite {
         status.as_deref().map(parse_col).transpose()
     }
 
-    pub(super) async fn unsubscribe(&self, token: &str, now: Millis) -> StoreResult<UnsubscribeOutcome> {
+    pub(super) async fn unsubscribe(
+        &self,
+        token: &str,
+        now: Millis,
+    ) -> StoreResult<UnsubscribeOutcome> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT id, status FROM subscribers WHERE unsubscribe_token = ?")
             .bind(token)
@@ -390,7 +398,10 @@ impl Sqlite {
         Ok(due)
     }
 
-    pub(super) async fn subscriber_by_email(&self, email: &str) -> StoreResult<Option<SubscriberRow>> {
+    pub(super) async fn subscriber_by_email(
+        &self,
+        email: &str,
+    ) -> StoreResult<Option<SubscriberRow>> {
         let row = sqlx::query(
             "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent
              FROM subscribers WHERE email = ?",
@@ -418,7 +429,10 @@ impl Sqlite {
             .await?)
     }
 
-    pub(super) async fn deliveries_for(&self, subscriber_id: &str) -> StoreResult<Vec<DeliveryRow>> {
+    pub(super) async fn deliveries_for(
+        &self,
+        subscriber_id: &str,
+    ) -> StoreResult<Vec<DeliveryRow>> {
         let rows = sqlx::query(
             "SELECT id, kind, subscriber_id, status, attempts, smtp_code, last_error
              FROM deliveries WHERE subscriber_id = ? ORDER BY created_at, id",

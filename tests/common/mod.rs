@@ -35,7 +35,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { smtp_url: None, worker: true, database: None, settings: Vec::new() }
+        Self {
+            smtp_url: None,
+            worker: true,
+            database: None,
+            settings: Vec::new(),
+        }
     }
 }
 
@@ -51,7 +56,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(smtp: &SmtpServer) -> Self {
-        Self::spawn_with(Options { smtp_url: Some(smtp.url()), ..Options::default() }).await
+        Self::spawn_with(Options {
+            smtp_url: Some(smtp.url()),
+            ..Options::default()
+        })
+        .await
     }
 
     pub async fn spawn_with(opts: Options) -> Self {
@@ -63,11 +72,16 @@ impl TestApp {
                 (Some(dir), db)
             }
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let outbox = database.with_file_name("outbox");
         let mut settings: Vec<(String, String)> = vec![
-            ("database_url".into(), format!("sqlite://{}", database.display())),
+            (
+                "database_url".into(),
+                format!("sqlite://{}", database.display()),
+            ),
             ("public_url".into(), url.clone()),
             ("templates".into(), TEMPLATES.into()),
             ("outbox".into(), outbox.display().to_string()),
@@ -87,7 +101,9 @@ impl TestApp {
         let mut tasks = Vec::new();
         {
             let (app, shutdown) = (app.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move { app.serve(listener, false, shutdown).await }));
+            tasks.push(tokio::spawn(async move {
+                app.serve(listener, false, shutdown).await
+            }));
         }
         if opts.worker {
             let worker = app.worker().with_retry_policy(fast_retries());
@@ -127,7 +143,8 @@ impl TestApp {
     }
 
     pub async fn subscribe(&self, email: &str) -> reqwest::Response {
-        self.subscribe_json(serde_json::json!({ "email": email })).await
+        self.subscribe_json(serde_json::json!({ "email": email }))
+            .await
     }
 
     pub async fn status_of(&self, email: &str) -> Option<String> {
@@ -169,7 +186,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -24,7 +24,11 @@ impl Received {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.parsed().headers.iter().find(|h| h.get_key_ref().eq_ignore_ascii_case(name)).map(|h| h.get_value())
+        self.parsed()
+            .headers
+            .iter()
+            .find(|h| h.get_key_ref().eq_ignore_ascii_case(name))
+            .map(|h| h.get_value())
     }
 
     /// The decoded body of the first part with this content type.
@@ -94,7 +98,9 @@ impl SmtpServer {
     }
 
     pub async fn start_on(addr: &str) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("bind test SMTP server");
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("bind test SMTP server");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
@@ -106,7 +112,11 @@ impl SmtpServer {
                 });
             }
         });
-        Self { addr, shared, task: Arc::new(task) }
+        Self {
+            addr,
+            shared,
+            task: Arc::new(task),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -135,7 +145,10 @@ impl SmtpServer {
     }
 
     pub fn to(&self, rcpt: &str) -> Vec<Received> {
-        self.received().into_iter().filter(|m| m.rcpts.iter().any(|r| r == rcpt)).collect()
+        self.received()
+            .into_iter()
+            .filter(|m| m.rcpts.iter().any(|r| r == rcpt))
+            .collect()
     }
 
     /// Waits until at least `n` messages arrived, or panics after `timeout`.
@@ -197,7 +210,9 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
         let needs_auth = lock(&shared.faults).credentials.clone();
         if upper.starts_with("EHLO") {
             write
-                .write_all(b"250-test-smtp\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n")
+                .write_all(
+                    b"250-test-smtp\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n",
+                )
                 .await?;
         } else if upper.starts_with("HELO") {
             write.write_all(b"250 test-smtp\r\n").await?;
@@ -209,18 +224,35 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
                 reader.read_line(&mut line).await?;
                 arg = line.trim().to_owned();
             }
-            let decoded = base64::engine::general_purpose::STANDARD.decode(arg).unwrap_or_default();
-            let parts: Vec<String> = decoded.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
-            let (user, pass) = (parts.get(1).cloned().unwrap_or_default(), parts.get(2).cloned().unwrap_or_default());
-            if needs_auth.as_ref().is_none_or(|(u, p)| *u == user && *p == pass) {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(arg)
+                .unwrap_or_default();
+            let parts: Vec<String> = decoded
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            let (user, pass) = (
+                parts.get(1).cloned().unwrap_or_default(),
+                parts.get(2).cloned().unwrap_or_default(),
+            );
+            if needs_auth
+                .as_ref()
+                .is_none_or(|(u, p)| *u == user && *p == pass)
+            {
                 auth_user = Some(user);
-                write.write_all(b"235 2.7.0 Authentication successful\r\n").await?;
+                write
+                    .write_all(b"235 2.7.0 Authentication successful\r\n")
+                    .await?;
             } else {
-                write.write_all(b"535 5.7.8 Authentication credentials invalid\r\n").await?;
+                write
+                    .write_all(b"535 5.7.8 Authentication credentials invalid\r\n")
+                    .await?;
             }
         } else if upper.starts_with("MAIL FROM") {
             if needs_auth.is_some() && auth_user.is_none() {
-                write.write_all(b"530 5.7.0 Authentication required\r\n").await?;
+                write
+                    .write_all(b"530 5.7.0 Authentication required\r\n")
+                    .await?;
                 continue;
             }
             from = addr_of(&cmd);
@@ -244,10 +276,14 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
             }
         } else if upper == "DATA" {
             if rcpts.is_empty() {
-                write.write_all(b"554 5.5.1 No valid recipients\r\n").await?;
+                write
+                    .write_all(b"554 5.5.1 No valid recipients\r\n")
+                    .await?;
                 continue;
             }
-            write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+            write
+                .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                .await?;
             let mut data = Vec::new();
             loop {
                 let mut l = Vec::new();
@@ -257,7 +293,11 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
                 if l == b".\r\n" {
                     break;
                 }
-                let body = if l.starts_with(b"..") { &l[1..] } else { &l[..] };
+                let body = if l.starts_with(b"..") {
+                    &l[1..]
+                } else {
+                    &l[..]
+                };
                 data.extend_from_slice(body);
             }
             let drop_now = {
@@ -287,7 +327,9 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
             write.write_all(b"221 2.0.0 Bye\r\n").await?;
             return Ok(());
         } else {
-            write.write_all(b"502 5.5.2 Command not recognized\r\n").await?;
+            write
+                .write_all(b"502 5.5.2 Command not recognized\r\n")
+                .await?;
         }
     }
 }

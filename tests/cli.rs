@@ -1,0 +1,184 @@
+//! The `squeeze` binary: exit codes and one-sentence errors for bad configuration.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+
+fn squeeze(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squeeze"));
+    cmd.current_dir(dir).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SQUEEZE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SQUEEZE_TEMPLATES", TEMPLATES);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run squeeze")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_sentence_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    /// Arguments, environment, and what the error sentence must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            &["migrate"],
+            &[("SQUEEZE_RATE", "0")],
+            &["`rate`", "SQUEEZE_RATE", "at least 1"],
+        ),
+        (&["migrate"], &[("SQUEEZE_RATE", "fast")], &["`rate`"]),
+        (
+            &["migrate", "--database-url", "mysql://db/x"],
+            &[],
+            &["`database_url`", "--database-url", "sqlite://"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_TEMPLATES", "/no/such/dir")],
+            &["`templates`", "no such folder"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_SMTP_URL", "http://relay.example")],
+            &["`smtp_url`", "smtp://"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_SMTP_URL", "not a url")],
+            &["`smtp_url`", "not a URL"],
+        ),
+        (&["migrate"], &[("SQUEEZE_BIND", "everywhere")], &["`bind`"]),
+        (
+            &["migrate"],
+            &[("SQUEEZE_PUBLIC_URL", "ftp://x")],
+            &["`public_url`"],
+        ),
+        (&["migrate"], &[("SQUEEZE_FROM", "nobody")], &["`from`"]),
+        (
+            &["migrate"],
+            &[("SQUEEZE_CONCURRENCY", "0")],
+            &["`concurrency`"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_CONFIRMATION_TTL", "forever")],
+            &["`confirmation_ttl`"],
+        ),
+        (
+            &["migrate", "--config", "missing.toml"],
+            &[],
+            &["missing.toml"],
+        ),
+    ];
+    for (args, env, needles) in cases {
+        let out = squeeze(dir.path(), args, env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        for n in *needles {
+            assert!(
+                err.contains(n),
+                "{args:?} {env:?}: expected {n:?} in {err:?}"
+            );
+        }
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(
+        !dir.path().join("squeeze.db").exists(),
+        "nothing is created on bad config"
+    );
+}
+
+#[test]
+fn config_file_layers_are_checked_and_flags_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("squeeze.toml"), "rate = 0\n").expect("write");
+    let out = squeeze(dir.path(), &["migrate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("squeeze.toml"), "{}", stderr(&out));
+    // The environment beats the file, the flag beats the environment.
+    let out = squeeze(dir.path(), &["migrate"], &[("SQUEEZE_RATE", "5")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = squeeze(
+        dir.path(),
+        &["migrate", "--rate", "0"],
+        &[("SQUEEZE_RATE", "5")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--rate"));
+
+    std::fs::write(dir.path().join("squeeze.toml"), "speed = 3\n").expect("write");
+    let out = squeeze(dir.path(), &["migrate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown setting `speed`"));
+
+    std::fs::write(dir.path().join("squeeze.toml"), "rate = [\n").expect("write");
+    let out = squeeze(dir.path(), &["migrate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not valid TOML"));
+}
+
+#[test]
+fn a_broken_template_stops_start_up_with_its_name_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).expect("mkdir");
+    for entry in std::fs::read_dir(TEMPLATES).expect("templates") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), templates.join(entry.file_name())).expect("copy");
+    }
+    std::fs::write(templates.join("confirmation.txt.j2"), "Hi\n{{ name }\n").expect("break it");
+    let out = squeeze(
+        dir.path(),
+        &["migrate"],
+        &[("SQUEEZE_TEMPLATES", "templates")],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("confirmation.txt.j2") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn migrate_creates_the_database_and_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = squeeze(dir.path(), &["migrate"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(dir.path().join("squeeze.db").exists());
+    // Migrating again is a no-op.
+    assert_eq!(
+        squeeze(dir.path(), &["migrate"], &[]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        squeeze(dir.path(), &["frobnicate"], &[]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        squeeze(dir.path(), &["serve", "--bogus"], &[])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn an_address_in_use_is_a_runtime_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = squeeze(dir.path(), &["serve", "--bind", &addr], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`bind`"));
+}

@@ -1,0 +1,277 @@
+//! The durable queue and its worker against a real SMTP server: restarts, dead workers,
+//! transient and permanent failures, authentication, the outbox.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Options, SmtpServer, TestApp, WAIT, eventually};
+use squeeze::store::now_ms;
+
+fn opts(smtp: &SmtpServer) -> Options {
+    Options {
+        smtp_url: Some(smtp.url()),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn a_queued_confirmation_survives_a_worker_restart_and_is_delivered_once() {
+    let smtp = SmtpServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("squeeze.db");
+
+    // Web only: the sign-up is queued, nothing is sent.
+    let web = TestApp::spawn_with(Options {
+        worker: false,
+        database: Some(db.clone()),
+        ..opts(&smtp)
+    })
+    .await;
+    assert_eq!(web.subscribe("restart@example.com").await.status(), 202);
+    web.stop().await;
+    assert_eq!(smtp.count(), 0);
+
+    // A worker starts later and delivers it.
+    let worker = TestApp::spawn_with(Options {
+        database: Some(db.clone()),
+        ..opts(&smtp)
+    })
+    .await;
+    smtp.wait_for(1, WAIT).await;
+    worker.stop().await;
+
+    // Another start sends nothing again.
+    let again = TestApp::spawn_with(Options {
+        database: Some(db.clone()),
+        ..opts(&smtp)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        again
+            .scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
+            .await,
+        1
+    );
+    again.stop().await;
+    assert_eq!(smtp.count(), 1);
+}
+
+#[tokio::test]
+async fn a_dead_workers_lease_expires_and_the_delivery_is_claimed_again() {
+    let smtp = SmtpServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("squeeze.db");
+    let lease = vec![("lease".to_owned(), "1s".to_owned())];
+
+    let web = TestApp::spawn_with(Options {
+        worker: false,
+        database: Some(db.clone()),
+        settings: lease.clone(),
+        ..opts(&smtp)
+    })
+    .await;
+    web.subscribe("lease@example.com").await;
+    // A worker claims the row and dies before sending anything.
+    let claimed = web
+        .app
+        .store
+        .claim(now_ms(), Duration::from_secs(1), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    // While the lease holds, nobody else can take it.
+    assert!(
+        web.app
+            .store
+            .claim(now_ms(), Duration::from_secs(1), 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    web.stop().await;
+
+    let worker = TestApp::spawn_with(Options {
+        database: Some(db),
+        settings: lease,
+        ..opts(&smtp)
+    })
+    .await;
+    smtp.wait_for(1, WAIT).await;
+    eventually("delivery recorded as sent", WAIT, || async {
+        worker
+            .scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent' AND attempts = 2")
+            .await
+            == 1
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(smtp.count(), 1);
+}
+
+#[tokio::test]
+async fn a_4xx_at_rcpt_is_retried_then_delivered() {
+    let smtp = SmtpServer::start().await;
+    smtp.faults().rcpt_replies.insert(
+        "retry@example.com".into(),
+        [
+            "451 4.7.1 Greylisted, try again".to_owned(),
+            "452 4.2.2 Mailbox full".to_owned(),
+        ]
+        .into(),
+    );
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("retry@example.com").await;
+    smtp.wait_for(1, WAIT).await;
+    eventually("sent after retries", WAIT, || async {
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent' AND attempts = 3")
+            .await
+            == 1
+    })
+    .await;
+    app.stop().await;
+    assert_eq!(smtp.count(), 1);
+}
+
+#[tokio::test]
+async fn a_5_1_1_reply_fails_at_once_keeps_the_reply_and_marks_the_subscriber_bounced() {
+    let smtp = SmtpServer::start().await;
+    smtp.faults().rcpt_always.insert(
+        "ghost@example.com".into(),
+        "550 5.1.1 <ghost@example.com>: Recipient address rejected: User unknown".into(),
+    );
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("ghost@example.com").await;
+    eventually("delivery failed", WAIT, || async {
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'")
+            .await
+            == 1
+    })
+    .await;
+    let sub = app
+        .app
+        .store
+        .subscriber_by_email("ghost@example.com")
+        .await
+        .expect("db")
+        .expect("row");
+    let d = &app.app.store.deliveries_for(&sub.id).await.expect("db")[0];
+    assert_eq!(d.attempts, 1, "a permanent failure is not retried");
+    assert_eq!(d.smtp_code, Some(550));
+    assert!(
+        d.last_error.as_deref().is_some_and(|e| e.contains("5.1.1")),
+        "{:?}",
+        d.last_error
+    );
+    assert_eq!(sub.status.as_str(), "bounced");
+    // A bounced address is never mailed again, whatever the form says.
+    assert_eq!(app.subscribe("ghost@example.com").await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM deliveries").await, 1);
+    app.stop().await;
+    assert_eq!(smtp.count(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_greeting_and_a_connection_dropped_during_data_are_retried() {
+    let smtp = SmtpServer::start().await;
+    {
+        let mut f = smtp.faults();
+        f.refuse_greetings = 2;
+        f.drop_after_data = 1;
+    }
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("flaky@example.com").await;
+    smtp.wait_for(1, WAIT).await;
+    eventually("sent", WAIT, || async {
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
+            .await
+            == 1
+    })
+    .await;
+    assert!(app.scalar("SELECT attempts FROM deliveries").await >= 3);
+    app.stop().await;
+    assert_eq!(smtp.count(), 1);
+}
+
+#[tokio::test]
+async fn a_stalled_server_times_out_and_delivery_recovers_when_it_answers_again() {
+    let smtp = SmtpServer::start().await;
+    smtp.faults().stall = true;
+    let app = TestApp::spawn_with(Options {
+        settings: vec![("smtp_timeout".into(), "300ms".into())],
+        ..opts(&smtp)
+    })
+    .await;
+    app.subscribe("patient@example.com").await;
+    eventually("a timeout is recorded", WAIT, || async {
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'queued' AND last_error LIKE '%timed out%'").await == 1
+    })
+    .await;
+    smtp.faults().stall = false;
+    smtp.wait_for(1, WAIT).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn smtp_auth_uses_the_credentials_of_the_url() {
+    let smtp = SmtpServer::start().await;
+    smtp.faults().credentials = Some(("mailer".into(), "s3cr3t:pw".into()));
+    let wrong = TestApp::spawn_with(Options {
+        smtp_url: Some(format!("smtp://mailer:wrong@{}", smtp.addr)),
+        ..Options::default()
+    })
+    .await;
+    wrong.subscribe("auth@example.com").await;
+    eventually("auth failure recorded, delivery kept for retry", WAIT, || async {
+        wrong.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'queued' AND last_error LIKE '%AUTH%'").await == 1
+    })
+    .await;
+    let db = wrong.database.clone();
+    let dir = wrong.stop().await;
+    assert_eq!(smtp.count(), 0);
+
+    let right = TestApp::spawn_with(Options {
+        smtp_url: Some(format!("smtp://mailer:s3cr3t%3Apw@{}", smtp.addr)),
+        database: Some(db),
+        ..Options::default()
+    })
+    .await;
+    let mail = smtp.wait_for(1, WAIT).await.remove(0);
+    assert_eq!(mail.auth_user.as_deref(), Some("mailer"));
+    right.stop().await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn without_an_smtp_url_mail_goes_to_the_outbox_as_eml_files() {
+    let app = TestApp::spawn_with(Options::default()).await;
+    app.subscribe("outbox@example.com").await;
+    let outbox = app.database.with_file_name("outbox");
+    eventually("an .eml file in the outbox", WAIT, || async {
+        std::fs::read_dir(&outbox)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    let file = std::fs::read_dir(&outbox)
+        .expect("outbox")
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .expect("eml");
+    let bytes = std::fs::read(file.path()).expect("read");
+    let mail = mailparse::parse_mail(&bytes).expect("MIME");
+    let to = mail
+        .headers
+        .iter()
+        .find(|h| h.get_key_ref() == "To")
+        .map(|h| h.get_value());
+    assert_eq!(to.as_deref(), Some("outbox@example.com"));
+    let id = app.text("SELECT id FROM deliveries").await;
+    assert_eq!(file.file_name().to_string_lossy(), format!("{id}.eml"));
+    app.stop().await;
+}
