@@ -11,89 +11,26 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use url::Url;
 
-/// Every setting: its key in squeeze.toml (and flag `--key-with-dashes`, env `SQUEEZE_KEY`),
-/// its default, and what it means. The README's reference table is this list.
-pub const SETTINGS: &[(&str, &str, &str)] = &[
-    (
-        "database_url",
-        "sqlite://squeeze.db",
-        "Database URL; the scheme picks the backend.",
-    ),
-    (
-        "bind",
-        "127.0.0.1:8080",
-        "Address the HTTP server listens on.",
-    ),
-    (
-        "public_url",
-        "http://<bind>",
-        "Base URL of links in emails and pages.",
-    ),
-    (
-        "smtp_url",
-        "",
-        "SMTP relay (smtp://user:pass@host:port, ?tls=required|opportunistic, smtps://); unset writes .eml files to `outbox`.",
-    ),
-    (
-        "outbox",
-        "./outbox",
-        "Folder for .eml files when no SMTP relay is set.",
-    ),
-    (
-        "from",
-        "Squeeze <newsletter@squeeze.localhost>",
-        "From mailbox of every email.",
-    ),
-    (
-        "admin_token",
-        "",
-        "Bearer token for the admin API and dashboard; unset disables them.",
-    ),
-    (
-        "rate",
-        "50",
-        "Messages per second, across all senders of the process.",
-    ),
-    (
-        "burst",
-        "<rate>",
-        "Messages that may go out at once before `rate` paces them.",
-    ),
-    (
-        "concurrency",
-        "4",
-        "SMTP connections (messages on the wire at once).",
-    ),
-    (
-        "templates",
-        "./templates",
-        "Folder of email and page templates.",
-    ),
-    (
-        "confirmation_ttl",
-        "48h",
-        "How long a confirmation link stays valid.",
-    ),
-    (
-        "subscribe_per_minute",
-        "10",
-        "Sign-up requests per client IP per minute (0: no limit).",
-    ),
-    (
-        "smtp_timeout",
-        "30s",
-        "Timeout for connecting and for each SMTP command.",
-    ),
-    (
-        "lease",
-        "5m",
-        "How long a claimed delivery is reserved before another worker may take it.",
-    ),
-    (
-        "shutdown_timeout",
-        "30s",
-        "How long a stopping worker waits for messages on the wire.",
-    ),
+/// Every setting's key: in squeeze.toml as is, as the environment variable `SQUEEZE_<KEY>` and
+/// as the flag `--key-with-dashes`. Defaults and meanings: the README's configuration table
+/// (a test keeps the two in step).
+pub const SETTINGS: &[&str] = &[
+    "database_url",
+    "bind",
+    "public_url",
+    "smtp_url",
+    "outbox",
+    "from",
+    "admin_token",
+    "rate",
+    "burst",
+    "concurrency",
+    "templates",
+    "confirmation_ttl",
+    "subscribe_per_minute",
+    "smtp_timeout",
+    "lease",
+    "shutdown_timeout",
 ];
 
 /// Where a value came from, so an error can say what to edit.
@@ -275,7 +212,7 @@ impl Config {
                 values.insert(k, (v, Source::File(path.clone())));
             }
         }
-        for (key, _, _) in SETTINGS {
+        for key in SETTINGS {
             let var = format!("SQUEEZE_{}", key.to_ascii_uppercase());
             match std::env::var(&var) {
                 Ok(v) => {
@@ -453,7 +390,7 @@ fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     })?;
     let mut out = Vec::new();
     for (key, v) in table {
-        if !SETTINGS.iter().any(|(k, _, _)| *k == key) {
+        if !SETTINGS.contains(&key.as_str()) {
             return Err(ConfigError(format!(
                 "config file {} has an unknown setting `{key}`; known settings are listed in the README.",
                 path.display()
@@ -551,6 +488,17 @@ mod tests {
         assert_eq!((s.security, s.port), (SmtpSecurity::Implicit, 465));
         let s = SmtpSettings::from_url("smtp://relay.example?tls=required").expect("valid");
         assert_eq!((s.security, s.port), (SmtpSecurity::Required, 587));
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting() {
+        let readme = include_str!("../README.md");
+        for key in SETTINGS {
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "README lacks {key}"
+            );
+        }
     }
 
     #[test]
