@@ -7,10 +7,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::compose::Composer;
 use crate::config::Config;
+use crate::editor::Editor;
 use crate::http::{self, AppState};
 use crate::mailer::Transport;
 use crate::render::{RenderError, Renderer};
+use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
 use crate::worker::Worker;
 
@@ -36,6 +39,13 @@ impl StartError {
             Self::Store(_) => 1,
         }
     }
+}
+
+/// What a `serve` process runs besides HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub scheduler: bool,
+    pub worker: bool,
 }
 
 #[derive(Clone)]
@@ -70,10 +80,27 @@ impl App {
         })
     }
 
+    pub fn composer(&self) -> Composer {
+        Composer::new(self.renderer.clone(), self.config.clone())
+    }
+
+    pub fn editor(&self) -> Editor {
+        Editor::new(self.store.clone(), self.composer())
+    }
+
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler::new(
+            self.store.clone(),
+            self.composer().list_name().to_owned(),
+            self.config.missed_grace,
+            self.config.digest_ttl,
+        )
+    }
+
     pub fn worker(&self) -> Worker {
         Worker::new(
             self.store.clone(),
-            self.renderer.clone(),
+            self.composer(),
             self.transport.clone(),
             self.config.clone(),
             self.wake.clone(),
@@ -83,23 +110,33 @@ impl App {
     pub fn state(&self) -> AppState {
         AppState::new(
             self.store.clone(),
-            self.renderer.clone(),
+            self.editor(),
+            self.composer(),
             self.config.clone(),
             self.wake.clone(),
         )
     }
 
-    /// HTTP (and, unless `no_worker`, the worker) until `shutdown`; both stop gracefully.
+    /// HTTP, plus the scheduler and worker where `roles` says so, until `shutdown`; all stop
+    /// gracefully.
     pub async fn serve(
         &self,
         listener: TcpListener,
-        with_worker: bool,
+        roles: Roles,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let worker = with_worker.then(|| tokio::spawn(self.worker().run(shutdown.clone())));
+        let worker = roles
+            .worker
+            .then(|| tokio::spawn(self.worker().run(shutdown.clone())));
+        let scheduler = roles
+            .scheduler
+            .then(|| tokio::spawn(self.scheduler().run(shutdown.clone())));
         info!(address = %listener.local_addr()?, public_url = %self.config.public_url, "listening");
         let served = http::serve(listener, self.state(), shutdown.clone()).await;
         shutdown.cancel();
+        if let Some(s) = scheduler {
+            s.await?;
+        }
         if let Some(w) = worker {
             w.await??;
         }

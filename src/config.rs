@@ -31,6 +31,10 @@ pub const SETTINGS: &[&str] = &[
     "smtp_timeout",
     "lease",
     "shutdown_timeout",
+    "list_id",
+    "unsubscribe_mailto",
+    "missed_grace",
+    "digest_ttl",
 ];
 
 /// Where a value came from, so an error can say what to edit.
@@ -190,6 +194,14 @@ pub struct Config {
     pub smtp_timeout: Duration,
     pub lease: Duration,
     pub shutdown_timeout: Duration,
+    /// RFC 2919 List-Id header value, e.g. `News <news.example.com>`.
+    pub list_id: String,
+    /// `mailto:` URI offered in List-Unsubscribe besides the one-click URL.
+    pub unsubscribe_mailto: Option<String>,
+    /// A digest whose send time passed while nothing ran is still sent within this window.
+    pub missed_grace: Duration,
+    /// How long a one-off digest's deliveries are retried (daily ones: until the next).
+    pub digest_ttl: Duration,
 }
 
 /// Raw `key -> value` pairs from one layer.
@@ -343,7 +355,47 @@ impl Config {
                 .ok_or_else(|| bad(key, d, &"expected a duration like 30s, 5m or 48h"))
         };
 
+        let list_id = match get("list_id") {
+            Some(l) => {
+                let ok = !l.0.chars().any(char::is_control)
+                    && l.0.len() <= 200
+                    && l.0.trim_end().ends_with('>')
+                    && l.0.contains('<');
+                if !ok {
+                    return Err(bad(
+                        "list_id",
+                        l,
+                        &"expected `Name <id.example.com>` on one line",
+                    ));
+                }
+                l.0.to_owned()
+            }
+            None => {
+                let name = from
+                    .name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "Squeeze".into());
+                let name: String = name
+                    .chars()
+                    .filter(|c| !matches!(c, '<' | '>' | '"'))
+                    .collect();
+                format!("{name} <{}.{}>", from.email.user(), from.email.domain())
+            }
+        };
+        let unsubscribe_mailto = get("unsubscribe_mailto")
+            .map(|m| {
+                crate::domain::EmailAddress::parse(m.0)
+                    .map(|a| format!("mailto:{a}?subject=unsubscribe"))
+                    .map_err(|e| bad("unsubscribe_mailto", m, &e))
+            })
+            .transpose()?;
+
         Ok(Self {
+            list_id,
+            unsubscribe_mailto,
+            missed_grace: duration("missed_grace", "6h")?,
+            digest_ttl: duration("digest_ttl", "24h")?,
             database_url: db.0.to_owned(),
             database_kind,
             bind,

@@ -1,10 +1,13 @@
 //! Squeeze: a newsletter delivery pipeline. See DESIGN.md for the architecture.
 
 pub mod app;
+pub mod compose;
 pub mod config;
 pub mod domain;
+pub mod editor;
 pub mod http;
 pub mod mailer;
 pub mod render;
+pub mod scheduler;
 pub mod store;
 pub mod worker;

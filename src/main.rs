@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use squeeze::app::App;
+use squeeze::app::{App, Roles};
 use squeeze::config::{Config, Layer};
 use tokio_util::sync::CancellationToken;
 
@@ -137,7 +137,13 @@ async fn run(command: Command, config: Config) -> ExitCode {
         }
         Command::Worker => app.worker().run(shutdown).await,
         Command::Serve { no_worker } => match tokio::net::TcpListener::bind(bind).await {
-            Ok(listener) => app.serve(listener, !no_worker, shutdown).await,
+            Ok(listener) => {
+                let roles = Roles {
+                    scheduler: true,
+                    worker: !no_worker,
+                };
+                app.serve(listener, roles, shutdown).await
+            }
             Err(e) => {
                 eprintln!("squeeze: cannot listen on {bind} (setting `bind`): {e}.");
                 return ExitCode::from(1);

@@ -58,6 +58,9 @@ const REQUIRED: &[&str] = &[
     "confirmation.subject.j2",
     "confirmation.html.j2",
     "confirmation.txt.j2",
+    "digest.subject.j2",
+    "digest.html.j2",
+    "digest.txt.j2",
 ];
 
 pub struct Renderer {

@@ -4,21 +4,22 @@
 //! them to `concurrency` sender tasks, each with its own SMTP connection. Outcomes flow to one
 //! recorder task that writes them back in batched transactions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use minijinja::context;
 use rand::Rng as _;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
+use crate::compose::{Composer, DigestContent};
 use crate::config::Config;
 use crate::domain::delivery::SendFailure;
 use crate::domain::{DeliveryKind, RetryPolicy, SubscriberStatus, Token};
-use crate::mailer::{self, Letter, Transport};
-use crate::render::{Rendered, Renderer};
+use crate::mailer::{self, Letter, ListHeaders, Transport};
+use crate::render::Rendered;
 use crate::store::{ClaimedDelivery, Outcome, Recorded, Store, StoreResult, ms, now_ms};
 
 /// How long an idle worker sleeps at most before looking for due work again.
@@ -30,7 +31,9 @@ const RECORD_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct Worker {
     store: Store,
-    renderer: Arc<Renderer>,
+    composer: Composer,
+    /// Each digest's content, loaded once and shared by all its emails.
+    digests: Arc<Mutex<HashMap<String, Arc<DigestContent>>>>,
     transport: Transport,
     config: Arc<Config>,
     retry: RetryPolicy,
@@ -42,7 +45,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         store: Store,
-        renderer: Arc<Renderer>,
+        composer: Composer,
         transport: Transport,
         config: Arc<Config>,
         wake: Arc<Notify>,
@@ -50,7 +53,8 @@ impl Worker {
         let quota = Quota::per_second(config.rate).allow_burst(config.burst);
         Self {
             store,
-            renderer,
+            composer,
+            digests: Arc::new(Mutex::new(HashMap::new())),
             transport,
             retry: RetryPolicy::default(),
             limiter: Arc::new(RateLimiter::direct(quota)),
@@ -207,7 +211,7 @@ impl Worker {
                 bounce: false,
             };
         }
-        let rendered = match self.compose(d, now).await {
+        let (rendered, list) = match self.compose(d, now).await {
             Ok(r) => r,
             Err(Compose::Retry(error)) => return self.retry_or_fail(d, now, None, error),
             Err(Compose::Fail(error)) => {
@@ -224,7 +228,7 @@ impl Worker {
             to_email: &d.email,
             to_name: d.name.as_deref(),
             rendered: &rendered,
-            list: None,
+            list: list.as_ref(),
         };
         let (envelope, bytes) = match mailer::build(&self.config.from, &letter) {
             Ok(m) => m,
@@ -282,50 +286,65 @@ impl Worker {
         }
     }
 
-    async fn compose(&self, d: &ClaimedDelivery, now: i64) -> Result<Rendered, Compose> {
-        let list_name = list_name(&self.config);
+    async fn compose(
+        &self,
+        d: &ClaimedDelivery,
+        now: i64,
+    ) -> Result<(Rendered, Option<ListHeaders>), Compose> {
         match d.kind {
             DeliveryKind::Confirmation => {
                 // The token is born here and only its hash is stored: the database never
                 // holds a usable confirmation link.
                 let token = Token::generate();
-                let ttl = self.config.confirmation_ttl;
+                let expires = now + ms(self.config.confirmation_ttl);
                 self.store
-                    .insert_confirmation_token(&d.subscriber_id, &token.hash(), now, now + ms(ttl))
+                    .insert_confirmation_token(&d.subscriber_id, &token.hash(), now, expires)
                     .await
                     .map_err(|e| Compose::Retry(format!("cannot store confirmation token: {e}")))?;
-                self.renderer
-                    .email(
-                        "confirmation",
-                        context! {
-                            list_name,
-                            name => d.name,
-                            confirm_url => self.config.link("/confirm", token.as_str()),
-                            valid_hours => ttl.as_secs() / 3600,
-                        },
-                    )
-                    .map_err(|e| Compose::Fail(e.to_string()))
+                let rendered = self
+                    .composer
+                    .confirmation(d.name.as_deref(), token.as_str())
+                    .map_err(|e| Compose::Fail(e.to_string()))?;
+                Ok((rendered, None))
             }
-            DeliveryKind::Digest => Err(Compose::Fail(
-                "digest deliveries are not supported by this version".into(),
-            )),
+            DeliveryKind::Digest => {
+                let content = self.digest_content(d).await?;
+                let (rendered, list) = self
+                    .composer
+                    .digest(&content, d.name.as_deref(), &d.unsubscribe_token)
+                    .map_err(|e| Compose::Fail(e.to_string()))?;
+                Ok((rendered, Some(list)))
+            }
         }
+    }
+
+    async fn digest_content(&self, d: &ClaimedDelivery) -> Result<Arc<DigestContent>, Compose> {
+        let id = d
+            .digest_id
+            .as_deref()
+            .ok_or_else(|| Compose::Fail("digest delivery without a digest".into()))?;
+        if let Some(c) = self.digests.lock().await.get(id) {
+            return Ok(c.clone());
+        }
+        let digest = self
+            .store
+            .digest(id)
+            .await
+            .map_err(|e| Compose::Retry(format!("cannot load digest {id}: {e}")))?
+            .ok_or_else(|| Compose::Fail(format!("digest {id} does not exist")))?;
+        let content = Arc::new(DigestContent::new(&digest));
+        let mut cache = self.digests.lock().await;
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), content.clone());
+        Ok(content)
     }
 }
 
 enum Compose {
     Retry(String),
     Fail(String),
-}
-
-/// The list's name as people see it: the From display name, or "Squeeze".
-pub fn list_name(config: &Config) -> String {
-    config
-        .from
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "Squeeze".to_owned())
 }
 
 /// Writes outcomes back in batches: whatever piled up while the previous write ran goes in the

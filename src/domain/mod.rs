@@ -1,12 +1,14 @@
 //! Pure types and rules: no SQL, HTTP or SMTP here.
 
 pub mod delivery;
+pub mod digest;
 pub mod email;
 pub mod retry;
 pub mod subscriber;
 pub mod token;
 
 pub use delivery::{DeliveryKind, DeliveryStatus};
+pub use digest::{DailySchedule, DigestStatus, Invalid, ItemSelection, NewDigest, NewItem};
 pub use email::{EmailAddress, EmailError};
 pub use retry::RetryPolicy;
 pub use subscriber::{SubscriberName, SubscriberStatus};

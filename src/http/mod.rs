@@ -1,5 +1,6 @@
 //! HTTP: one router per resource, merged here, sharing one `AppState`.
 
+mod admin;
 mod error;
 mod public;
 
@@ -19,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::HttpError;
 
+use crate::compose::Composer;
 use crate::config::Config;
-use crate::render::Renderer;
+use crate::editor::Editor;
 use crate::store::Store;
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
@@ -29,7 +31,8 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub renderer: Arc<Renderer>,
+    pub editor: Editor,
+    pub composer: Composer,
     pub config: Arc<Config>,
     /// Wakes an in-process worker when mail is queued.
     pub wake: Arc<Notify>,
@@ -39,7 +42,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         store: Store,
-        renderer: Arc<Renderer>,
+        editor: Editor,
+        composer: Composer,
         config: Arc<Config>,
         wake: Arc<Notify>,
     ) -> Self {
@@ -48,7 +52,8 @@ impl AppState {
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
         Self {
             store,
-            renderer,
+            editor,
+            composer,
             config,
             wake,
             signup_limiter,
@@ -59,6 +64,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public::router())
+        .merge(admin::router(state.clone()))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(security_headers))

@@ -16,7 +16,6 @@ use serde_json::json;
 use super::{AppState, BODY_LIMIT, HttpError};
 use crate::domain::{EmailAddress, SubscriberName, Token};
 use crate::store::{ConfirmOutcome, SignUp, UnsubscribeOutcome, now_ms};
-use crate::worker::list_name;
 
 /// A pending address gets at most one confirmation email per this interval.
 const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
@@ -38,8 +37,12 @@ fn page(
     name: &str,
     ctx: minijinja::Value,
 ) -> Result<Response, HttpError> {
-    let base = context! { list_name => list_name(&state.config), subscribe_action => "/subscribe" };
-    let html = state.renderer.render(name, context! { ..ctx, ..base })?;
+    let base =
+        context! { list_name => state.composer.list_name(), subscribe_action => "/subscribe" };
+    let html = state
+        .composer
+        .renderer()
+        .render(name, context! { ..ctx, ..base })?;
     Ok((status, Html(html)).into_response())
 }
 

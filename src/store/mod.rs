@@ -5,7 +5,12 @@ mod sqlite;
 use std::time::Duration;
 
 use crate::config::DatabaseKind;
-use crate::domain::{DeliveryKind, DeliveryStatus, EmailAddress, SubscriberName, SubscriberStatus};
+use serde::Serialize;
+
+use crate::domain::{
+    DailySchedule, DeliveryKind, DeliveryStatus, DigestStatus, EmailAddress, NewDigest, NewItem,
+    SubscriberName, SubscriberStatus,
+};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -19,6 +24,10 @@ pub enum StoreError {
     Unsupported(String),
     #[error("the database holds a value this version does not understand: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Milliseconds since the Unix epoch: how every time is stored.
@@ -117,15 +126,100 @@ pub struct Recorded {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubscriberRow {
     pub id: String,
     pub email: String,
     pub name: Option<String>,
+    #[serde(serialize_with = "as_str")]
     pub status: SubscriberStatus,
+    #[serde(serialize_with = "rfc3339")]
     pub consent_at: Millis,
     pub consent_ip: Option<String>,
     pub consent_user_agent: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub confirmed_at: Option<Millis>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemRow {
+    pub id: String,
+    pub title: String,
+    pub url: String,
+    pub summary: String,
+    pub source: Option<String>,
+    /// `pending` (waiting for a digest) or `used`.
+    pub status: String,
+    pub digest_id: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DigestRow {
+    pub id: String,
+    pub subject: String,
+    pub intro: Option<String>,
+    #[serde(serialize_with = "as_str")]
+    pub status: DigestStatus,
+    pub paused_reason: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub send_at: Option<Millis>,
+    /// Set for digests the daily schedule made: the local date they were for.
+    pub daily_date: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub expires_at: Option<Millis>,
+    pub recipients: Option<i64>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub started_at: Option<Millis>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub finished_at: Option<Millis>,
+    /// Why the scheduler did what it did (missed, …).
+    pub note: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Millis,
+    pub item_count: i64,
+    /// Loaded by [`Store::digest`]; empty in listings.
+    pub items: Vec<ItemRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRow {
+    #[serde(serialize_with = "rfc3339")]
+    pub at: Millis,
+    pub kind: String,
+    pub digest_id: Option<String>,
+    pub message: String,
+}
+
+/// The stored daily schedule and the last local date it handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSchedule {
+    pub schedule: DailySchedule,
+    pub last_date: Option<String>,
+}
+
+pub fn to_rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&to_rfc3339(*ms))
+}
+
+fn rfc3339_opt<S: serde::Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&to_rfc3339(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+fn as_str<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +353,131 @@ impl Store {
 
     pub async fn deliveries_for(&self, subscriber_id: &str) -> StoreResult<Vec<DeliveryRow>> {
         dispatch!(self, b => b.deliveries_for(subscriber_id).await)
+    }
+}
+
+impl Store {
+    pub async fn add_item(&self, item: &NewItem, now: Millis) -> StoreResult<ItemRow> {
+        dispatch!(self, b => b.add_item(item, now).await)
+    }
+
+    pub async fn list_items(&self, status: Option<&str>) -> StoreResult<Vec<ItemRow>> {
+        dispatch!(self, b => b.list_items(status).await)
+    }
+
+    /// Deletes a pending item; one already in a digest is kept (`Conflict`).
+    pub async fn delete_item(&self, id: &str) -> StoreResult<()> {
+        dispatch!(self, b => b.delete_item(id).await)
+    }
+
+    /// Creates a draft from pending items (named, or all of them), marking them used.
+    /// `daily_date` makes it the daily digest of that local date (at most one per date).
+    pub async fn create_digest(
+        &self,
+        d: &NewDigest,
+        daily_date: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<DigestRow> {
+        dispatch!(self, b => b.create_digest(d, daily_date, now).await)
+    }
+
+    pub async fn digest(&self, id: &str) -> StoreResult<Option<DigestRow>> {
+        dispatch!(self, b => b.digest(id).await)
+    }
+
+    pub async fn list_digests(&self, limit: u32) -> StoreResult<Vec<DigestRow>> {
+        dispatch!(self, b => b.list_digests(limit).await)
+    }
+
+    /// `draft` or `scheduled` -> `scheduled` at `send_at`.
+    pub async fn schedule_digest(&self, id: &str, send_at: Millis, now: Millis) -> StoreResult<()> {
+        dispatch!(self, b => b.schedule_digest(id, send_at, now).await)
+    }
+
+    /// Before sending only; its items become pending again.
+    pub async fn cancel_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
+        dispatch!(self, b => b.cancel_digest(id, now).await)
+    }
+
+    /// `scheduled` or `sending` -> `paused` (idempotent): workers stop claiming its mail.
+    pub async fn pause_digest(&self, id: &str, reason: &str, now: Millis) -> StoreResult<()> {
+        dispatch!(self, b => b.pause_digest(id, reason, now).await)
+    }
+
+    /// `paused` -> whatever it was before (idempotent for a digest that is not paused).
+    pub async fn resume_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
+        dispatch!(self, b => b.resume_digest(id, now).await)
+    }
+
+    /// Scheduled digests whose time has come.
+    pub async fn due_digests(&self, now: Millis) -> StoreResult<Vec<DigestRow>> {
+        dispatch!(self, b => b.due_digests(now).await)
+    }
+
+    /// Fan-out: one set-based statement makes one delivery per confirmed subscriber (unique
+    /// per digest and subscriber) and moves the digest to `sending`. `None` if the digest was
+    /// no longer `scheduled` (another scheduler got there first).
+    pub async fn fan_out(
+        &self,
+        id: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<Option<u64>> {
+        dispatch!(self, b => b.fan_out(id, expires_at, now).await)
+    }
+
+    pub async fn mark_missed(&self, id: &str, note: &str, now: Millis) -> StoreResult<bool> {
+        dispatch!(self, b => b.mark_missed(id, note, now).await)
+    }
+
+    /// `sending` digests with nothing left queued or on the wire become `sent`.
+    pub async fn finish_digests(&self, now: Millis) -> StoreResult<Vec<String>> {
+        dispatch!(self, b => b.finish_digests(now).await)
+    }
+
+    pub async fn schedule(&self) -> StoreResult<Option<StoredSchedule>> {
+        dispatch!(self, b => b.schedule().await)
+    }
+
+    /// Saves the schedule; `handled_through` is the local date already taken care of, so
+    /// setting a time earlier than now does not fire at once.
+    pub async fn put_schedule(
+        &self,
+        s: &DailySchedule,
+        handled_through: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        dispatch!(self, b => b.put_schedule(s, handled_through, now).await)
+    }
+
+    /// Compare-and-set of the last handled date: true for the one caller that moves it to
+    /// `date`, so a daily firing is handled once.
+    pub async fn take_daily_date(&self, date: &str, now: Millis) -> StoreResult<bool> {
+        dispatch!(self, b => b.take_daily_date(date, now).await)
+    }
+
+    pub async fn add_event(
+        &self,
+        kind: &str,
+        digest_id: Option<&str>,
+        message: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        dispatch!(self, b => b.add_event(kind, digest_id, message, now).await)
+    }
+
+    pub async fn events(&self, limit: u32) -> StoreResult<Vec<EventRow>> {
+        dispatch!(self, b => b.events(limit).await)
+    }
+
+    /// A page of subscribers in id order (ids are time-ordered), after `after` if given.
+    pub async fn list_subscribers(
+        &self,
+        status: Option<SubscriberStatus>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> StoreResult<Vec<SubscriberRow>> {
+        dispatch!(self, b => b.list_subscribers(status, limit, after).await)
     }
 }
 

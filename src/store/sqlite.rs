@@ -3,15 +3,18 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    ClaimedDelivery, ConfirmOutcome, DeliveryRow, Millis, Outcome, Recorded, SignUp, SignUpOutcome,
-    StoreResult, SubscriberRow, UnsubscribeOutcome, parse_col,
+    ClaimedDelivery, ConfirmOutcome, DeliveryRow, DigestRow, EventRow, ItemRow, Millis, Outcome,
+    Recorded, SignUp, SignUpOutcome, StoreError, StoreResult, StoredSchedule, SubscriberRow,
+    UnsubscribeOutcome, parse_col,
 };
-use crate::domain::{SubscriberStatus, Token};
+use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem, SubscriberStatus, Token};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -277,8 +280,10 @@ impl Sqlite {
                  attempts = attempts + 1, updated_at = ?3
              WHERE id IN (
                  SELECT id FROM deliveries
-                 WHERE (status = 'queued' AND run_at <= ?3)
-                    OR (status = 'sending' AND lease_until < ?3)
+                 WHERE ((status = 'queued' AND run_at <= ?3)
+                        OR (status = 'sending' AND lease_until < ?3))
+                   AND (digest_id IS NULL OR digest_id NOT IN
+                        (SELECT id FROM digests WHERE status = 'paused'))
                  ORDER BY run_at
                  LIMIT ?4)",
         )
@@ -403,24 +408,14 @@ impl Sqlite {
         email: &str,
     ) -> StoreResult<Option<SubscriberRow>> {
         let row = sqlx::query(
-            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent
+            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
+                    confirmed_at, created_at
              FROM subscribers WHERE email = ?",
         )
         .bind(email)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(SubscriberRow {
-                id: r.try_get("id")?,
-                email: r.try_get("email")?,
-                name: r.try_get("name")?,
-                status: parse_col(r.try_get("status")?)?,
-                consent_at: r.try_get("consent_at")?,
-                consent_ip: r.try_get("consent_ip")?,
-                consent_user_agent: r.try_get("consent_user_agent")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(subscriber_from_row).transpose()
     }
 
     pub(super) async fn subscriber_count(&self) -> StoreResult<i64> {
@@ -455,6 +450,539 @@ impl Sqlite {
                 })
             })
             .collect()
+    }
+}
+
+const DIGEST_COLUMNS: &str = "id, subject, intro, status, paused_reason, send_at, daily_date,
+    expires_at, recipients, started_at, finished_at, note, created_at,
+    (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count";
+
+fn digest_from_row(r: &SqliteRow) -> StoreResult<DigestRow> {
+    Ok(DigestRow {
+        id: r.try_get("id")?,
+        subject: r.try_get("subject")?,
+        intro: r.try_get("intro")?,
+        status: parse_col(r.try_get("status")?)?,
+        paused_reason: r.try_get("paused_reason")?,
+        send_at: r.try_get("send_at")?,
+        daily_date: r.try_get("daily_date")?,
+        expires_at: r.try_get("expires_at")?,
+        recipients: r.try_get("recipients")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        note: r.try_get("note")?,
+        created_at: r.try_get("created_at")?,
+        item_count: r.try_get("item_count")?,
+        items: Vec::new(),
+    })
+}
+
+fn item_from_row(r: &SqliteRow) -> StoreResult<ItemRow> {
+    Ok(ItemRow {
+        id: r.try_get("id")?,
+        title: r.try_get("title")?,
+        url: r.try_get("url")?,
+        summary: r.try_get("summary")?,
+        source: r.try_get("source")?,
+        status: r.try_get("status")?,
+        digest_id: r.try_get("digest_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn subscriber_from_row(r: &SqliteRow) -> StoreResult<SubscriberRow> {
+    Ok(SubscriberRow {
+        id: r.try_get("id")?,
+        email: r.try_get("email")?,
+        name: r.try_get("name")?,
+        status: parse_col(r.try_get("status")?)?,
+        consent_at: r.try_get("consent_at")?,
+        consent_ip: r.try_get("consent_ip")?,
+        consent_user_agent: r.try_get("consent_user_agent")?,
+        confirmed_at: r.try_get("confirmed_at")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn not_found(what: &str, id: &str) -> StoreError {
+    StoreError::NotFound(format!("no {what} with id {id}"))
+}
+
+impl Sqlite {
+    pub(super) async fn add_item(&self, item: &NewItem, now: Millis) -> StoreResult<ItemRow> {
+        let id = new_id();
+        sqlx::query(
+            "INSERT INTO items (id, title, url, summary, source, status, created_at)
+             VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+        )
+        .bind(&id)
+        .bind(&item.title)
+        .bind(&item.url)
+        .bind(&item.summary)
+        .bind(&item.source)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(ItemRow {
+            id,
+            title: item.title.clone(),
+            url: item.url.clone(),
+            summary: item.summary.clone(),
+            source: item.source.clone(),
+            status: "pending".into(),
+            digest_id: None,
+            created_at: now,
+        })
+    }
+
+    pub(super) async fn list_items(&self, status: Option<&str>) -> StoreResult<Vec<ItemRow>> {
+        let rows = sqlx::query(
+            "SELECT id, title, url, summary, source, status, digest_id, created_at FROM items
+             WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at, id LIMIT 1000",
+        )
+        .bind(status)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(item_from_row).collect()
+    }
+
+    pub(super) async fn delete_item(&self, id: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM items WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match status.as_deref() {
+            None => return Err(not_found("item", id)),
+            Some("pending") => {}
+            Some(_) => {
+                return Err(StoreError::Conflict(format!(
+                    "item {id} is part of a digest; cancel that digest first"
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM items WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn create_digest(
+        &self,
+        d: &NewDigest,
+        daily_date: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<DigestRow> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let item_ids: Vec<String> = match &d.items {
+            ItemSelection::Pending => sqlx::query_scalar(
+                "SELECT id FROM items WHERE status = 'pending' ORDER BY created_at, id LIMIT 100",
+            )
+            .fetch_all(&mut *tx)
+            .await?,
+            ItemSelection::Ids(ids) => {
+                for id in ids {
+                    let status: Option<String> =
+                        sqlx::query_scalar("SELECT status FROM items WHERE id = ?")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    match status.as_deref() {
+                        None => return Err(not_found("item", id)),
+                        Some("pending") => {}
+                        Some(_) => {
+                            return Err(StoreError::Conflict(format!(
+                                "item {id} is already part of another digest"
+                            )));
+                        }
+                    }
+                }
+                let mut seen = std::collections::HashSet::new();
+                ids.iter().filter(|i| seen.insert(*i)).cloned().collect()
+            }
+        };
+        if item_ids.is_empty() {
+            return Err(StoreError::Conflict("there are no pending items".into()));
+        }
+        let id = new_id();
+        sqlx::query(
+            "INSERT INTO digests (id, subject, intro, status, daily_date, created_at, updated_at)
+             VALUES (?, ?, ?, 'draft', ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&d.subject)
+        .bind(&d.intro)
+        .bind(daily_date)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (position, item) in item_ids.iter().enumerate() {
+            sqlx::query("INSERT INTO digest_items (digest_id, item_id, position) VALUES (?, ?, ?)")
+                .bind(&id)
+                .bind(item)
+                .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE items SET status = 'used', digest_id = ? WHERE id = ?")
+                .bind(&id)
+                .bind(item)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.digest(&id)
+            .await?
+            .ok_or_else(|| not_found("digest", &id))
+    }
+
+    pub(super) async fn digest(&self, id: &str) -> StoreResult<Option<DigestRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {DIGEST_COLUMNS} FROM digests WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut digest = digest_from_row(&row)?;
+        let items = sqlx::query(
+            "SELECT i.id, i.title, i.url, i.summary, i.source, i.status, i.digest_id, i.created_at
+             FROM digest_items di JOIN items i ON i.id = di.item_id
+             WHERE di.digest_id = ? ORDER BY di.position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        digest.items = items
+            .iter()
+            .map(item_from_row)
+            .collect::<StoreResult<_>>()?;
+        Ok(Some(digest))
+    }
+
+    pub(super) async fn list_digests(&self, limit: u32) -> StoreResult<Vec<DigestRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DIGEST_COLUMNS} FROM digests ORDER BY created_at DESC, id DESC LIMIT ?"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(digest_from_row).collect()
+    }
+
+    /// Runs a guarded state change (`… WHERE id = ? AND status IN (…)`); when it changes
+    /// nothing, says why: no such digest, or `refuse(current status)`.
+    async fn transition<'q>(
+        &self,
+        id: &str,
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        refuse: impl Fn(&str) -> String,
+    ) -> StoreResult<()> {
+        if query.execute(&self.pool).await?.rows_affected() == 1 {
+            return Ok(());
+        }
+        match self.digest_status(id).await? {
+            None => Err(not_found("digest", id)),
+            Some(s) => Err(StoreError::Conflict(refuse(&s))),
+        }
+    }
+
+    pub(super) async fn schedule_digest(
+        &self,
+        id: &str,
+        send_at: Millis,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let q = sqlx::query(
+            "UPDATE digests SET status = 'scheduled', send_at = ?, updated_at = ?
+             WHERE id = ? AND status IN ('draft', 'scheduled')",
+        )
+        .bind(send_at)
+        .bind(now)
+        .bind(id);
+        self.transition(id, q, |s| {
+            format!("digest {id} is {s}; only a draft or scheduled digest can be scheduled")
+        })
+        .await
+    }
+
+    pub(super) async fn cancel_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM digests WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match status.as_deref() {
+            None => return Err(not_found("digest", id)),
+            Some("cancelled") => return Ok(()),
+            Some("draft" | "scheduled") => {}
+            Some(s) => {
+                return Err(StoreError::Conflict(format!(
+                    "digest {id} is {s}; only a draft or scheduled digest can be cancelled (pause a sending one)"
+                )));
+            }
+        }
+        sqlx::query("UPDATE digests SET status = 'cancelled', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE items SET status = 'pending', digest_id = NULL WHERE digest_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM digest_items WHERE digest_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn pause_digest(
+        &self,
+        id: &str,
+        reason: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        if self.digest_status(id).await?.as_deref() == Some("paused") {
+            return Ok(());
+        }
+        let q = sqlx::query(
+            "UPDATE digests SET paused_from = status, status = 'paused', paused_reason = ?,
+                 updated_at = ?
+             WHERE id = ? AND status IN ('scheduled', 'sending')",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(id);
+        self.transition(id, q, |s| {
+            format!("digest {id} is {s}; only a scheduled or sending digest can be paused")
+        })
+        .await
+    }
+
+    pub(super) async fn resume_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
+        match self.digest_status(id).await?.as_deref() {
+            None => Err(not_found("digest", id)),
+            Some("paused") => {
+                let q = sqlx::query(
+                    "UPDATE digests SET status = COALESCE(paused_from, 'scheduled'),
+                         paused_from = NULL, updated_at = ?
+                     WHERE id = ? AND status = 'paused'",
+                )
+                .bind(now)
+                .bind(id);
+                self.transition(id, q, |s| format!("digest {id} is {s}, not paused"))
+                    .await
+            }
+            Some("scheduled" | "sending" | "sent") => Ok(()),
+            Some(s) => Err(StoreError::Conflict(format!(
+                "digest {id} is {s}; only a paused digest can be resumed"
+            ))),
+        }
+    }
+
+    async fn digest_status(&self, id: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT status FROM digests WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn due_digests(&self, now: Millis) -> StoreResult<Vec<DigestRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DIGEST_COLUMNS} FROM digests
+             WHERE status = 'scheduled' AND send_at <= ? ORDER BY send_at"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(digest_from_row).collect()
+    }
+
+    pub(super) async fn fan_out(
+        &self,
+        id: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<Option<u64>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let moved = sqlx::query(
+            "UPDATE digests SET status = 'sending', started_at = ?2, expires_at = ?3,
+                 updated_at = ?2
+             WHERE id = ?1 AND status = 'scheduled'",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        // The snapshot: confirmed subscribers at this moment, one row each, never twice.
+        let inserted = sqlx::query(
+            "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, run_at,
+                 expires_at, created_at, updated_at)
+             SELECT lower(hex(randomblob(16))), 'digest', s.id, ?1, 'queued', ?2, ?3, ?2, ?2
+             FROM subscribers s WHERE s.status = 'confirmed'
+             ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE digests SET recipients = (SELECT COUNT(*) FROM deliveries WHERE digest_id = ?1) WHERE id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(inserted))
+    }
+
+    pub(super) async fn mark_missed(&self, id: &str, note: &str, now: Millis) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE digests SET status = 'missed', note = ?, updated_at = ?
+             WHERE id = ? AND status = 'scheduled'",
+        )
+        .bind(note)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    pub(super) async fn finish_digests(&self, now: Millis) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE digests SET status = 'sent', finished_at = ?1, updated_at = ?1
+             WHERE status = 'sending' AND NOT EXISTS (
+                 SELECT 1 FROM deliveries d
+                 WHERE d.digest_id = digests.id AND d.status IN ('queued', 'sending'))
+             RETURNING id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn schedule(&self) -> StoreResult<Option<StoredSchedule>> {
+        let row = sqlx::query(
+            "SELECT time, timezone, enabled, last_date FROM daily_schedule WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let time: String = r.try_get("time")?;
+        let tz: String = r.try_get("timezone")?;
+        let enabled: bool = r.try_get("enabled")?;
+        let schedule = DailySchedule::parse(&time, &tz, enabled)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(StoredSchedule {
+            schedule,
+            last_date: r.try_get("last_date")?,
+        }))
+    }
+
+    pub(super) async fn put_schedule(
+        &self,
+        s: &DailySchedule,
+        handled_through: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO daily_schedule (id, time, timezone, enabled, last_date, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET time = ?1, timezone = ?2, enabled = ?3,
+                 last_date = CASE WHEN last_date IS NULL OR last_date < ?4 THEN ?4 ELSE last_date END,
+                 updated_at = ?5",
+        )
+        .bind(s.time_str())
+        .bind(s.timezone.name())
+        .bind(s.enabled)
+        .bind(handled_through)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn take_daily_date(&self, date: &str, now: Millis) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE daily_schedule SET last_date = ?1, updated_at = ?2
+             WHERE id = 1 AND (last_date IS NULL OR last_date < ?1)",
+        )
+        .bind(date)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    pub(super) async fn add_event(
+        &self,
+        kind: &str,
+        digest_id: Option<&str>,
+        message: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO events (at, kind, digest_id, message) VALUES (?, ?, ?, ?)")
+            .bind(now)
+            .bind(kind)
+            .bind(digest_id)
+            .bind(message)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn events(&self, limit: u32) -> StoreResult<Vec<EventRow>> {
+        let rows =
+            sqlx::query("SELECT at, kind, digest_id, message FROM events ORDER BY id DESC LIMIT ?")
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRow {
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    digest_id: r.try_get("digest_id")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn list_subscribers(
+        &self,
+        status: Option<SubscriberStatus>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> StoreResult<Vec<SubscriberRow>> {
+        let rows = sqlx::query(
+            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
+                    confirmed_at, created_at
+             FROM subscribers
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id > ?2)
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(status.map(|s| s.as_str()))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(subscriber_from_row).collect()
     }
 }
 

@@ -7,7 +7,7 @@ pub mod smtp;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use squeeze::app::App;
+use squeeze::app::{App, Roles};
 use squeeze::config::Config;
 use squeeze::domain::RetryPolicy;
 use tokio::task::JoinHandle;
@@ -17,6 +17,7 @@ pub use smtp::SmtpServer;
 
 pub const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
 pub const WAIT: Duration = Duration::from_secs(10);
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// Retries in milliseconds instead of minutes, so fault tests finish quickly.
 pub fn fast_retries() -> RetryPolicy {
@@ -29,6 +30,8 @@ pub fn fast_retries() -> RetryPolicy {
 pub struct Options {
     pub smtp_url: Option<String>,
     pub worker: bool,
+    /// The real scheduler loop; off by default so tests drive `tick(now)` with their own clock.
+    pub scheduler: bool,
     pub database: Option<PathBuf>,
     pub settings: Vec<(String, String)>,
 }
@@ -38,6 +41,7 @@ impl Default for Options {
         Self {
             smtp_url: None,
             worker: true,
+            scheduler: false,
             database: None,
             settings: Vec::new(),
         }
@@ -90,6 +94,7 @@ impl TestApp {
             ("subscribe_per_minute".into(), "0".into()),
             ("smtp_timeout".into(), "2s".into()),
             ("lease".into(), "30s".into()),
+            ("admin_token".into(), ADMIN_TOKEN.into()),
         ];
         if let Some(smtp) = opts.smtp_url {
             settings.push(("smtp_url".into(), smtp));
@@ -101,8 +106,12 @@ impl TestApp {
         let mut tasks = Vec::new();
         {
             let (app, shutdown) = (app.clone(), shutdown.clone());
+            let roles = Roles {
+                scheduler: opts.scheduler,
+                worker: false,
+            };
             tasks.push(tokio::spawn(async move {
-                app.serve(listener, false, shutdown).await
+                app.serve(listener, roles, shutdown).await
             }));
         }
         if opts.worker {
@@ -154,6 +163,20 @@ impl TestApp {
             .await
             .expect("query")
             .map(|s| s.status.to_string())
+    }
+
+    /// An admin API request with the bearer token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Runs a SQL statement against the test database.
+    pub async fn exec(&self, sql: &str) {
+        let pool = self.db().await;
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+        pool.close().await;
     }
 
     /// Direct SQL for assertions the API does not expose.

@@ -1,0 +1,387 @@
+//! Items, digests and the daily schedule: validation and time rules, no I/O.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// A field an editor got wrong, and why; the HTTP edge answers 422 with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+pub fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Single-line text: trimmed, 1..=max characters, no control characters (so it can never
+/// break a header such as Subject).
+pub fn line(field: &'static str, value: &str, max: usize) -> Result<String, Invalid> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            "must be one line without control characters",
+        ));
+    }
+    if v.chars().count() > max {
+        return Err(invalid(field, format!("must be at most {max} characters")));
+    }
+    Ok(v.to_owned())
+}
+
+/// Multi-line text: newlines and tabs allowed, other control characters not.
+pub fn text(field: &'static str, value: &str, max: usize) -> Result<String, Invalid> {
+    let v = value.trim();
+    if v.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    if v.chars().count() > max {
+        return Err(invalid(field, format!("must be at most {max} characters")));
+    }
+    Ok(v.replace("\r\n", "\n"))
+}
+
+/// A news item as an editor submits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewItem {
+    pub title: String,
+    pub url: String,
+    pub summary: String,
+    pub source: Option<String>,
+}
+
+impl NewItem {
+    pub fn parse(
+        title: &str,
+        url: &str,
+        summary: &str,
+        source: Option<&str>,
+    ) -> Result<Self, Invalid> {
+        let title = line("title", title, 200)?;
+        let url = http_url(url)?;
+        let summary = text("summary", summary, 2000)?;
+        let source = match source.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(s) => Some(line("source", s, 100)?),
+            None => None,
+        };
+        Ok(Self {
+            title,
+            url,
+            summary,
+            source,
+        })
+    }
+}
+
+fn http_url(raw: &str) -> Result<String, Invalid> {
+    let raw = raw.trim();
+    if raw.len() > 2048 {
+        return Err(invalid("url", "must be at most 2048 characters"));
+    }
+    let url = url::Url::parse(raw).map_err(|e| invalid("url", format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid("url", "must be an http:// or https:// URL"));
+    }
+    Ok(url.into())
+}
+
+/// What an editor writes to create a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDigest {
+    pub subject: String,
+    pub intro: Option<String>,
+    pub items: ItemSelection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemSelection {
+    /// These items, in this order.
+    Ids(Vec<String>),
+    /// Every pending item, oldest first.
+    Pending,
+}
+
+impl NewDigest {
+    pub fn parse(
+        subject: &str,
+        intro: Option<&str>,
+        items: ItemSelection,
+    ) -> Result<Self, Invalid> {
+        let subject = line("subject", subject, 200)?;
+        let intro = match intro.map(|i| text("intro", i, 5000)).transpose()? {
+            Some(i) if !i.is_empty() => Some(i),
+            _ => None,
+        };
+        if let ItemSelection::Ids(ids) = &items {
+            if ids.is_empty() {
+                return Err(invalid("items", "a digest needs at least one item"));
+            }
+            if ids.len() > 100 {
+                return Err(invalid("items", "a digest takes at most 100 items"));
+            }
+        }
+        Ok(Self {
+            subject,
+            intro,
+            items,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DigestStatus {
+    Draft,
+    Scheduled,
+    Sending,
+    Paused,
+    Sent,
+    Cancelled,
+    /// Its send time passed while nothing ran, beyond the grace window.
+    Missed,
+}
+
+impl DigestStatus {
+    pub const ALL: [Self; 7] = [
+        Self::Draft,
+        Self::Scheduled,
+        Self::Sending,
+        Self::Paused,
+        Self::Sent,
+        Self::Cancelled,
+        Self::Missed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Scheduled => "scheduled",
+            Self::Sending => "sending",
+            Self::Paused => "paused",
+            Self::Sent => "sent",
+            Self::Cancelled => "cancelled",
+            Self::Missed => "missed",
+        }
+    }
+}
+
+impl fmt::Display for DigestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DigestStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown digest status {s:?}"))
+    }
+}
+
+/// When a digest should go out: a moment, or "now".
+pub fn parse_send_at(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Invalid> {
+    if raw.trim().eq_ignore_ascii_case("now") {
+        return Ok(now);
+    }
+    let at = DateTime::parse_from_rfc3339(raw.trim())
+        .map_err(|_| {
+            invalid(
+                "send_at",
+                "must be \"now\" or an RFC 3339 time such as 2026-12-01T07:00:00+01:00",
+            )
+        })?
+        .with_timezone(&Utc);
+    // A minute of slack for clocks and round trips; anything older is a mistake.
+    if at < now - Duration::minutes(1) {
+        return Err(invalid("send_at", "is in the past"));
+    }
+    Ok(at)
+}
+
+/// The editors' daily schedule: a wall-clock time in a named time zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailySchedule {
+    pub time: NaiveTime,
+    pub timezone: Tz,
+    pub enabled: bool,
+}
+
+impl DailySchedule {
+    pub fn parse(time: &str, timezone: &str, enabled: bool) -> Result<Self, Invalid> {
+        let time = NaiveTime::parse_from_str(time.trim(), "%H:%M")
+            .map_err(|_| invalid("time", "must be HH:MM on a 24-hour clock, such as 07:00"))?;
+        let timezone: Tz = timezone.trim().parse().map_err(|_| {
+            invalid(
+                "timezone",
+                "must be an IANA time zone name such as Europe/Madrid or UTC",
+            )
+        })?;
+        Ok(Self {
+            time,
+            timezone,
+            enabled,
+        })
+    }
+
+    pub fn time_str(&self) -> String {
+        self.time.format("%H:%M").to_string()
+    }
+
+    /// The instant the digest of local day `date` fires. A time that does not exist that day
+    /// (spring forward) fires at the first valid minute after it; a time that exists twice
+    /// (fall back) fires once, at the first.
+    pub fn fire_time(&self, date: NaiveDate) -> DateTime<Utc> {
+        let mut local = date.and_time(self.time);
+        for _ in 0..(24 * 60) {
+            if let Some(t) = self.timezone.from_local_datetime(&local).earliest() {
+                return t.with_timezone(&Utc);
+            }
+            local += Duration::minutes(1);
+        }
+        // No zone has a gap of a day; fall back to reading the time as UTC.
+        date.and_time(self.time).and_utc()
+    }
+
+    /// The latest firing at or before `now`, with its local date: the only one that may
+    /// still be sent (older ones are never caught up, so daily digests cannot pile up).
+    pub fn latest_due(&self, now: DateTime<Utc>) -> (NaiveDate, DateTime<Utc>) {
+        let today = now.with_timezone(&self.timezone).date_naive();
+        let t = self.fire_time(today);
+        if t <= now {
+            (today, t)
+        } else {
+            let yesterday = today.pred_opt().unwrap_or(today);
+            (yesterday, self.fire_time(yesterday))
+        }
+    }
+
+    /// The next firing strictly after `now`.
+    pub fn next_after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let mut date = now.with_timezone(&self.timezone).date_naive();
+        loop {
+            let t = self.fire_time(date);
+            if t > now {
+                return t;
+            }
+            match date.succ_opt() {
+                Some(d) => date = d,
+                None => return t,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn madrid(time: &str) -> DailySchedule {
+        DailySchedule::parse(time, "Europe/Madrid", true).expect("valid")
+    }
+
+    #[test]
+    fn seven_local_is_seven_local_on_both_sides_of_a_dst_change() {
+        let s = madrid("07:00");
+        // Winter (CET, +01:00) and summer (CEST, +02:00).
+        let before = s.fire_time(NaiveDate::from_ymd_opt(2026, 3, 28).expect("date"));
+        let after = s.fire_time(NaiveDate::from_ymd_opt(2026, 3, 29).expect("date"));
+        assert_eq!(before, utc("2026-03-28T06:00:00Z"));
+        assert_eq!(after, utc("2026-03-29T05:00:00Z"));
+        let autumn = s.fire_time(NaiveDate::from_ymd_opt(2026, 10, 25).expect("date"));
+        assert_eq!(autumn, utc("2026-10-25T06:00:00Z"));
+    }
+
+    #[test]
+    fn a_time_that_does_not_exist_fires_at_the_first_valid_minute_after_it() {
+        // 2026-03-29 02:00 -> 03:00 in Madrid: 02:30 does not exist.
+        let s = madrid("02:30");
+        let t = s.fire_time(NaiveDate::from_ymd_opt(2026, 3, 29).expect("date"));
+        assert_eq!(t, utc("2026-03-29T01:00:00Z")); // 03:00 CEST
+    }
+
+    #[test]
+    fn a_repeated_hour_fires_once_at_its_first_occurrence() {
+        // 2026-10-25 03:00 -> 02:00 in Madrid: 02:30 happens twice.
+        let s = madrid("02:30");
+        let day = NaiveDate::from_ymd_opt(2026, 10, 25).expect("date");
+        assert_eq!(s.fire_time(day), utc("2026-10-25T00:30:00Z")); // 02:30 CEST
+        // Between the two occurrences, the day's firing is already in the past: it is due
+        // once, and the next one is tomorrow.
+        let between = utc("2026-10-25T01:10:00Z");
+        assert_eq!(s.latest_due(between).0, day);
+        assert_eq!(s.next_after(between), utc("2026-10-26T01:30:00Z"));
+    }
+
+    #[test]
+    fn latest_due_is_today_after_the_time_and_yesterday_before_it() {
+        let s = madrid("07:00");
+        let (d, t) = s.latest_due(utc("2026-12-01T06:30:00Z"));
+        assert_eq!(d, NaiveDate::from_ymd_opt(2026, 12, 1).expect("date"));
+        assert_eq!(t, utc("2026-12-01T06:00:00Z"));
+        let (d, _) = s.latest_due(utc("2026-12-01T05:30:00Z"));
+        assert_eq!(d, NaiveDate::from_ymd_opt(2026, 11, 30).expect("date"));
+    }
+
+    #[test]
+    fn schedule_and_send_at_validation() {
+        assert!(DailySchedule::parse("7am", "UTC", true).is_err());
+        assert!(DailySchedule::parse("25:00", "UTC", true).is_err());
+        assert_eq!(
+            DailySchedule::parse("07:00", "Mars/Olympus", true).map_err(|e| e.field),
+            Err("timezone")
+        );
+        let now = utc("2026-12-01T10:00:00Z");
+        assert_eq!(parse_send_at("now", now), Ok(now));
+        assert_eq!(
+            parse_send_at("2026-12-01T12:00:00+01:00", now),
+            Ok(utc("2026-12-01T11:00:00Z"))
+        );
+        assert_eq!(
+            parse_send_at("2026-11-30T10:00:00Z", now).map_err(|e| e.message),
+            Err("is in the past".to_owned())
+        );
+        assert!(parse_send_at("tomorrow", now).is_err());
+    }
+
+    #[test]
+    fn items_and_digests_are_validated() {
+        assert!(NewItem::parse("Rust 2.0", "https://example.com/a", "sum", None).is_ok());
+        assert_eq!(
+            NewItem::parse("x", "javascript:alert(1)", "", None).map_err(|e| e.field),
+            Err("url")
+        );
+        assert_eq!(
+            NewItem::parse("a\r\nBcc: x", "https://e.com", "", None).map_err(|e| e.field),
+            Err("title")
+        );
+        assert_eq!(
+            NewDigest::parse("Hi\nBcc: x@y.z", None, ItemSelection::Pending).map_err(|e| e.field),
+            Err("subject")
+        );
+        assert_eq!(
+            NewDigest::parse("Hi", None, ItemSelection::Ids(vec![])).map_err(|e| e.field),
+            Err("items")
+        );
+    }
+}

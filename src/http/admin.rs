@@ -1,0 +1,335 @@
+//! The editors' and operators' API under `/api`, behind the admin token.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use super::{AppState, HttpError};
+use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem};
+use crate::editor::{EditorError, PreviewFormat};
+use crate::store::now_ms;
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/items", post(add_item).get(list_items))
+        .route("/api/items/{id}", delete(delete_item))
+        .route("/api/digests", post(create_digest).get(list_digests))
+        .route("/api/digests/{id}", get(get_digest))
+        .route("/api/digests/{id}/preview", get(preview))
+        .route("/api/digests/{id}/schedule", post(schedule))
+        .route("/api/digests/{id}/cancel", post(cancel))
+        .route("/api/digests/{id}/pause", post(pause))
+        .route("/api/digests/{id}/resume", post(resume))
+        .route("/api/schedule", get(get_schedule).put(put_schedule))
+        .route("/api/subscribers", get(list_subscribers))
+        .route("/api/events", get(list_events))
+        .route_layer(middleware::from_fn_with_state(state, require_admin))
+}
+
+/// Whether `given` is the configured admin token, compared in constant time (both sides are
+/// hashed first, so not even the length leaks).
+pub fn token_matches(expected: &str, given: &str) -> bool {
+    let a = Sha256::digest(expected.as_bytes());
+    let b = Sha256::digest(given.as_bytes());
+    a.ct_eq(&b).into()
+}
+
+pub const DISABLED: &str =
+    "the admin API is disabled: set SQUEEZE_ADMIN_TOKEN (at least 16 characters) to enable it";
+
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, HttpError> {
+    let Some(expected) = state.config.admin_token.as_deref() else {
+        return Err(HttpError::Unavailable(DISABLED.into()));
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(token) if token_matches(expected, token) => Ok(next.run(request).await),
+        Some(_) => Err(HttpError::Unauthorized("the admin token is wrong".into())),
+        None => Err(HttpError::Unauthorized(
+            "send the admin token as `Authorization: Bearer <token>`".into(),
+        )),
+    }
+}
+
+impl From<EditorError> for HttpError {
+    fn from(e: EditorError) -> Self {
+        match e {
+            EditorError::Invalid(i) => Self::Unprocessable {
+                field: i.field,
+                message: i.message,
+            },
+            EditorError::NotFound(m) => Self::NotFound(m),
+            EditorError::Conflict(m) => Self::Conflict(m),
+            EditorError::Template(m) => Self::Unprocessable {
+                field: "template",
+                message: m,
+            },
+            EditorError::Store(e) => Self::internal(e),
+        }
+    }
+}
+
+/// JSON body whose rejections are answered in our error format, with serde's precise reason.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(HttpError::UnsupportedMediaType(
+                "send the body as application/json".into(),
+            )),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(HttpError::PayloadTooLarge {
+                    limit: super::BODY_LIMIT,
+                })
+            }
+            Err(JsonRejection::JsonDataError(e)) => Err(HttpError::BadRequest(format!(
+                "the JSON does not fit: {}",
+                e.body_text()
+            ))),
+            Err(e) => Err(HttpError::BadRequest(format!(
+                "invalid JSON body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ItemBody {
+    title: String,
+    url: String,
+    #[serde(default)]
+    summary: String,
+    source: Option<String>,
+}
+
+async fn add_item(
+    State(s): State<AppState>,
+    ApiJson(b): ApiJson<ItemBody>,
+) -> Result<Response, HttpError> {
+    let item = NewItem::parse(&b.title, &b.url, &b.summary, b.source.as_deref())
+        .map_err(EditorError::from)?;
+    let row = s.editor.add_item(&item, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(row)).into_response())
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    status: Option<String>,
+}
+
+async fn list_items(
+    State(s): State<AppState>,
+    Query(q): Query<StatusQuery>,
+) -> Result<Response, HttpError> {
+    let items = s.editor.list_items(q.status.as_deref()).await?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+async fn delete_item(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    s.editor.delete_item(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ItemsField {
+    Ids(Vec<String>),
+    Word(String),
+}
+
+#[derive(Deserialize)]
+struct DigestBody {
+    subject: String,
+    intro: Option<String>,
+    items: ItemsField,
+}
+
+async fn create_digest(
+    State(s): State<AppState>,
+    ApiJson(b): ApiJson<DigestBody>,
+) -> Result<Response, HttpError> {
+    let items = match b.items {
+        ItemsField::Ids(ids) => ItemSelection::Ids(ids),
+        ItemsField::Word(w) if w == "pending" => ItemSelection::Pending,
+        ItemsField::Word(_) => {
+            return Err(HttpError::Unprocessable {
+                field: "items",
+                message: "must be a list of item ids or \"pending\"".into(),
+            });
+        }
+    };
+    let new = NewDigest::parse(&b.subject, b.intro.as_deref(), items).map_err(EditorError::from)?;
+    let digest = s.editor.create_digest(&new, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(digest)).into_response())
+}
+
+async fn list_digests(State(s): State<AppState>) -> Result<Response, HttpError> {
+    Ok(Json(json!({ "digests": s.editor.list_digests().await? })).into_response())
+}
+
+async fn get_digest(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    Ok(Json(s.editor.digest(&id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct PreviewQuery {
+    format: Option<String>,
+}
+
+async fn preview(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PreviewQuery>,
+) -> Result<Response, HttpError> {
+    let format = match q.format.as_deref() {
+        None | Some("html") => PreviewFormat::Html,
+        Some("text") => PreviewFormat::Text,
+        Some(_) => {
+            return Err(HttpError::Unprocessable {
+                field: "format",
+                message: "must be html or text".into(),
+            });
+        }
+    };
+    let body = s.editor.preview(&id, format).await?;
+    let content_type = match format {
+        PreviewFormat::Html => "text/html; charset=utf-8",
+        PreviewFormat::Text => "text/plain; charset=utf-8",
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+#[derive(Deserialize)]
+struct ScheduleBody {
+    send_at: String,
+}
+
+async fn schedule(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<ScheduleBody>,
+) -> Result<Response, HttpError> {
+    Ok(Json(s.editor.schedule(&id, &b.send_at, Utc::now()).await?).into_response())
+}
+
+async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, HttpError> {
+    Ok(Json(s.editor.cancel(&id, now_ms()).await?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct PauseBody {
+    reason: Option<String>,
+}
+
+async fn pause(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    // The body is optional: an empty POST pauses with a default reason.
+    let body: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PauseBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let reason = body
+        .reason
+        .map(|r| crate::domain::digest::line("reason", &r, 500))
+        .transpose()
+        .map_err(EditorError::from)?
+        .unwrap_or_else(|| "paused by an editor".into());
+    Ok(Json(s.editor.pause(&id, &reason, now_ms()).await?).into_response())
+}
+
+async fn resume(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, HttpError> {
+    Ok(Json(s.editor.resume(&id, now_ms()).await?).into_response())
+}
+
+async fn get_schedule(State(s): State<AppState>) -> Result<Response, HttpError> {
+    match s.editor.schedule_view(Utc::now()).await? {
+        Some(v) => Ok(Json(v).into_response()),
+        None => Err(HttpError::NotFound(
+            "no daily schedule is set; PUT /api/schedule with {\"time\", \"timezone\", \"enabled\"}".into(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct ScheduleSetBody {
+    time: String,
+    timezone: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn put_schedule(
+    State(s): State<AppState>,
+    ApiJson(b): ApiJson<ScheduleSetBody>,
+) -> Result<Response, HttpError> {
+    let schedule =
+        DailySchedule::parse(&b.time, &b.timezone, b.enabled).map_err(EditorError::from)?;
+    Ok(Json(s.editor.set_schedule(&schedule, Utc::now()).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct SubscribersQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+async fn list_subscribers(
+    State(s): State<AppState>,
+    Query(q): Query<SubscribersQuery>,
+) -> Result<Response, HttpError> {
+    let limit = q.limit.unwrap_or(100);
+    let page = s
+        .editor
+        .list_subscribers(q.status.as_deref(), limit, q.after.as_deref())
+        .await?;
+    let next = (page.len() == limit.clamp(1, 1000) as usize)
+        .then(|| page.last().map(|p| p.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "subscribers": page, "next_after": next })).into_response())
+}
+
+async fn list_events(State(s): State<AppState>) -> Result<Response, HttpError> {
+    Ok(Json(json!({ "events": s.store.events(100).await? })).into_response())
+}

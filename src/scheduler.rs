@@ -1,0 +1,191 @@
+//! Turns intent into deliveries: fires the daily schedule, fans out due digests, marks missed
+//! ones, and closes finished ones. `tick(now)` takes the time as an argument, so tests drive
+//! it with any clock and never sleep.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, error, info, info_span, warn};
+
+use crate::domain::{ItemSelection, NewDigest};
+use crate::store::{Store, StoreError, StoreResult, ms};
+
+const TICK: Duration = Duration::from_secs(1);
+
+/// What one tick did; for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    /// The daily digest created for a local date, if one was due.
+    pub daily_created: Option<String>,
+    /// Digests fanned out, with the number of deliveries each got.
+    pub fanned_out: Vec<(String, u64)>,
+    pub missed: Vec<String>,
+    pub finished: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Scheduler {
+    store: Store,
+    list_name: String,
+    grace: Duration,
+    digest_ttl: Duration,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, list_name: String, grace: Duration, digest_ttl: Duration) -> Self {
+        Self {
+            store,
+            list_name,
+            grace,
+            digest_ttl,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        info!("scheduler started");
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.tick(Utc::now()).await {
+                error!(error = %e, "scheduler tick failed; trying again");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    pub async fn tick(&self, now: DateTime<Utc>) -> StoreResult<TickReport> {
+        let mut report = TickReport {
+            daily_created: self.daily(now).await?,
+            ..TickReport::default()
+        };
+        let now_ms = now.timestamp_millis();
+        for digest in self.store.due_digests(now_ms).await? {
+            let send_at = digest.send_at.unwrap_or(now_ms);
+            let late = now_ms - send_at;
+            if late > ms(self.grace) {
+                let note = format!(
+                    "not sent: its time passed {} min ago while nothing was running, beyond the {} min grace window",
+                    late / 60_000,
+                    self.grace.as_secs() / 60
+                );
+                if self.store.mark_missed(&digest.id, &note, now_ms).await? {
+                    warn!(digest_id = %digest.id, "{note}");
+                    self.store
+                        .add_event("missed", Some(&digest.id), &note, now_ms)
+                        .await?;
+                    report.missed.push(digest.id);
+                }
+                continue;
+            }
+            let expires_at = self.expiry(send_at).await?;
+            let span = info_span!("digest_run", digest_id = %digest.id);
+            let fanned = self
+                .store
+                .fan_out(&digest.id, expires_at, now_ms)
+                .instrument(span.clone())
+                .await?;
+            if let Some(n) = fanned {
+                span.in_scope(|| info!(recipients = n, "digest fanned out"));
+                self.store
+                    .add_event(
+                        "fan_out",
+                        Some(&digest.id),
+                        &format!("queued for {n} confirmed subscribers"),
+                        now_ms,
+                    )
+                    .await?;
+                report.fanned_out.push((digest.id, n));
+            }
+        }
+        for id in self.store.finish_digests(now_ms).await? {
+            info!(digest_id = %id, "digest sent");
+            report.finished.push(id);
+        }
+        Ok(report)
+    }
+
+    /// Deliveries give up when the next daily digest is due, or after `digest_ttl` when
+    /// there is no daily schedule: an old digest is never delivered after a newer one.
+    async fn expiry(&self, send_at: i64) -> StoreResult<i64> {
+        let schedule = self.store.schedule().await?;
+        Ok(match schedule {
+            Some(s) if s.schedule.enabled => {
+                let at = DateTime::from_timestamp_millis(send_at).unwrap_or_default();
+                s.schedule.next_after(at).timestamp_millis()
+            }
+            _ => send_at + ms(self.digest_ttl),
+        })
+    }
+
+    /// The daily schedule's latest firing, if not handled yet: a digest of the pending items,
+    /// or a recorded reason why nothing was sent. Only the latest firing is considered, so a
+    /// process that was down for days sends at most one digest, never a backlog.
+    async fn daily(&self, now: DateTime<Utc>) -> StoreResult<Option<String>> {
+        let Some(stored) = self.store.schedule().await? else {
+            return Ok(None);
+        };
+        let s = &stored.schedule;
+        if !s.enabled {
+            return Ok(None);
+        }
+        let (date, fire) = s.latest_due(now);
+        let date_str = date.to_string();
+        if stored.last_date.as_deref() >= Some(date_str.as_str()) {
+            return Ok(None);
+        }
+        let now_ms = now.timestamp_millis();
+        if !self.store.take_daily_date(&date_str, now_ms).await? {
+            return Ok(None); // another scheduler handled it
+        }
+        let late = now - fire;
+        if late.to_std().unwrap_or_default() > self.grace {
+            let note = format!(
+                "daily digest for {date_str} not sent: its time ({}) passed while nothing was running, beyond the grace window",
+                fire.to_rfc3339()
+            );
+            warn!("{note}");
+            self.store
+                .add_event("daily_missed", None, &note, now_ms)
+                .await?;
+            return Ok(None);
+        }
+        let subject = format!("{} · {}", self.list_name, date.format("%A %-d %B %Y"));
+        let new = NewDigest {
+            subject,
+            intro: None,
+            items: ItemSelection::Pending,
+        };
+        match self
+            .store
+            .create_digest(&new, Some(&date_str), now_ms)
+            .await
+        {
+            Ok(d) => {
+                self.store
+                    .schedule_digest(&d.id, fire.timestamp_millis(), now_ms)
+                    .await?;
+                let msg = format!(
+                    "daily digest for {date_str} created with {} items",
+                    d.item_count
+                );
+                info!(digest_id = %d.id, "{msg}");
+                self.store
+                    .add_event("daily", Some(&d.id), &msg, now_ms)
+                    .await?;
+                Ok(Some(date_str))
+            }
+            Err(StoreError::Conflict(_)) => {
+                let msg =
+                    format!("daily digest for {date_str} not sent: there were no pending items");
+                info!("{msg}");
+                self.store
+                    .add_event("daily_empty", None, &msg, now_ms)
+                    .await?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
