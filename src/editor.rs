@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::compose::Composer;
-use crate::domain::{DailySchedule, Invalid, NewDigest, NewItem, SubscriberStatus};
+use crate::domain::{DailySchedule, Invalid, ItemSelection, NewDigest, NewItem, SubscriberStatus};
 use crate::render::Rendered;
 use crate::store::{DigestRow, ItemRow, Millis, Store, StoreError, StoredSchedule, SubscriberRow};
 
@@ -34,6 +34,39 @@ impl From<StoreError> for EditorError {
 }
 
 pub type EditorResult<T> = Result<T, EditorError>;
+
+/// A digest as editors write it, in JSON (API) or TOML/JSON (CLI file):
+/// `{"subject", "intro"?, "items": ["id", …] | "pending"}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestRequest {
+    pub subject: String,
+    pub intro: Option<String>,
+    pub items: ItemsField,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ItemsField {
+    Ids(Vec<String>),
+    Word(String),
+}
+
+impl DigestRequest {
+    pub fn parse(self) -> Result<NewDigest, Invalid> {
+        let items = match self.items {
+            ItemsField::Ids(ids) => ItemSelection::Ids(ids),
+            ItemsField::Word(w) if w == "pending" => ItemSelection::Pending,
+            ItemsField::Word(_) => {
+                return Err(crate::domain::digest::invalid(
+                    "items",
+                    "must be a list of item ids or \"pending\"",
+                ));
+            }
+        };
+        NewDigest::parse(&self.subject, self.intro.as_deref(), items)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PreviewFormat {

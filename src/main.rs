@@ -3,9 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use squeeze::app::{App, Roles};
 use squeeze::config::{Config, Layer};
+use squeeze::domain::{DailySchedule, NewItem};
+use squeeze::editor::{DigestRequest, Editor, EditorError, EditorResult, PreviewFormat};
+use squeeze::store::{DigestRow, ItemRow, now_ms, to_rfc3339};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -96,6 +100,111 @@ enum Command {
     Worker,
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// News items, the raw material of digests.
+    #[command(subcommand)]
+    Items(ItemsCommand),
+    /// Create, preview and schedule digests.
+    #[command(subcommand)]
+    Digest(DigestCommand),
+    /// The daily schedule.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Who the digest reaches.
+    #[command(subcommand)]
+    Subscribers(SubscribersCommand),
+}
+
+#[derive(Subcommand)]
+enum ItemsCommand {
+    /// Add an item (http(s) URL; HTML in fields is shown as text).
+    Add {
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "")]
+        summary: String,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// List items (default: all).
+    List {
+        #[arg(long, value_parser = ["pending", "used"])]
+        status: Option<String>,
+    },
+    /// Delete a pending item.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum DigestCommand {
+    /// Create a draft from a TOML or JSON file: subject, intro (optional), items = [ids] or "pending".
+    Create {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List digests, newest first.
+    List,
+    /// Show one digest with its items.
+    Show { id: String },
+    /// Print what a sample subscriber would receive (HTML, or --text).
+    Preview {
+        id: String,
+        #[arg(long)]
+        text: bool,
+    },
+    /// Schedule a digest: --at <RFC 3339 time> or --now.
+    Schedule {
+        id: String,
+        #[arg(
+            long,
+            value_name = "TIME",
+            conflicts_with = "now",
+            required_unless_present = "now"
+        )]
+        at: Option<String>,
+        #[arg(long)]
+        now: bool,
+    },
+    /// Cancel a digest before it is sent; its items become pending again.
+    Cancel { id: String },
+    /// Pause a scheduled or sending digest.
+    Pause {
+        id: String,
+        #[arg(long, default_value = "paused by an editor")]
+        reason: String,
+    },
+    /// Resume a paused digest where it stopped.
+    Resume { id: String },
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Send a digest of the pending items every day at a local time.
+    Set {
+        /// Local time, HH:MM.
+        #[arg(long, value_name = "HH:MM")]
+        daily: String,
+        /// IANA time zone, such as Europe/Madrid.
+        #[arg(long, value_name = "ZONE")]
+        tz: String,
+        /// Keep the schedule but stop sending.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Show the daily schedule and its next run.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum SubscribersCommand {
+    /// List subscribers, oldest first.
+    List {
+        #[arg(long, value_parser = ["pending", "confirmed", "unsubscribed", "bounced"])]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,6 +244,10 @@ async fn run(command: Command, config: Config) -> ExitCode {
             println!("database is up to date");
             Ok(())
         }
+        Command::Items(c) => return editor_exit(items(&app.editor(), c).await),
+        Command::Digest(c) => return editor_exit(digest(&app.editor(), c).await),
+        Command::Schedule(c) => return editor_exit(schedule(&app.editor(), c).await),
+        Command::Subscribers(c) => return editor_exit(subscribers(&app.editor(), c).await),
         Command::Worker => app.worker().run(shutdown).await,
         Command::Serve { no_worker } => match tokio::net::TcpListener::bind(bind).await {
             Ok(listener) => {
@@ -158,6 +271,181 @@ async fn run(command: Command, config: Config) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Editors' mistakes (bad input, unknown id, broken template) exit 2; conflicts with the
+/// current state and database trouble exit 1.
+fn editor_exit(result: EditorResult<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("squeeze: {e}.");
+            match e {
+                EditorError::Invalid(_) | EditorError::NotFound(_) | EditorError::Template(_) => {
+                    ExitCode::from(2)
+                }
+                EditorError::Conflict(_) | EditorError::Store(_) => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn print_items(items: &[ItemRow]) {
+    println!("{:<36}  {:<7}  TITLE", "ID", "STATUS");
+    for i in items {
+        println!("{:<36}  {:<7}  {}", i.id, i.status, i.title);
+    }
+}
+
+fn print_digest(d: &DigestRow) {
+    println!("id:         {}", d.id);
+    println!("subject:    {}", d.subject);
+    println!("status:     {}", d.status);
+    if let Some(at) = d.send_at {
+        println!("send at:    {}", to_rfc3339(at));
+    }
+    if let Some(n) = d.recipients {
+        println!("recipients: {n}");
+    }
+    if let Some(r) = &d.paused_reason {
+        println!("paused:     {r}");
+    }
+    if let Some(n) = &d.note {
+        println!("note:       {n}");
+    }
+    for (i, item) in d.items.iter().enumerate() {
+        println!("  {}. {} <{}>", i + 1, item.title, item.url);
+    }
+}
+
+async fn items(editor: &Editor, c: ItemsCommand) -> EditorResult<()> {
+    match c {
+        ItemsCommand::Add {
+            title,
+            url,
+            summary,
+            source,
+        } => {
+            let item = NewItem::parse(&title, &url, &summary, source.as_deref())?;
+            let row = editor.add_item(&item, now_ms()).await?;
+            println!("{}", row.id);
+        }
+        ItemsCommand::List { status } => print_items(&editor.list_items(status.as_deref()).await?),
+        ItemsCommand::Delete { id } => {
+            editor.delete_item(&id).await?;
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn digest(editor: &Editor, c: DigestCommand) -> EditorResult<()> {
+    match c {
+        DigestCommand::Create { file } => {
+            let request = read_digest_file(&file)?;
+            let d = editor.create_digest(&request.parse()?, now_ms()).await?;
+            print_digest(&d);
+        }
+        DigestCommand::List => {
+            println!(
+                "{:<36}  {:<9}  {:<25}  {:>10}  SUBJECT",
+                "ID", "STATUS", "SEND AT", "RECIPIENTS"
+            );
+            for d in editor.list_digests().await? {
+                let at = d.send_at.map(to_rfc3339).unwrap_or_default();
+                let n = d.recipients.map(|n| n.to_string()).unwrap_or_default();
+                println!(
+                    "{:<36}  {:<9}  {:<25}  {:>10}  {}",
+                    d.id, d.status, at, n, d.subject
+                );
+            }
+        }
+        DigestCommand::Show { id } => print_digest(&editor.digest(&id).await?),
+        DigestCommand::Preview { id, text } => {
+            let format = if text {
+                PreviewFormat::Text
+            } else {
+                PreviewFormat::Html
+            };
+            print!("{}", editor.preview(&id, format).await?);
+        }
+        DigestCommand::Schedule { id, at, now } => {
+            let when = if now {
+                "now".to_owned()
+            } else {
+                at.unwrap_or_default()
+            };
+            print_digest(&editor.schedule(&id, &when, Utc::now()).await?);
+        }
+        DigestCommand::Cancel { id } => print_digest(&editor.cancel(&id, now_ms()).await?),
+        DigestCommand::Pause { id, reason } => {
+            let reason = squeeze::domain::digest::line("reason", &reason, 500)?;
+            print_digest(&editor.pause(&id, &reason, now_ms()).await?);
+        }
+        DigestCommand::Resume { id } => print_digest(&editor.resume(&id, now_ms()).await?),
+    }
+    Ok(())
+}
+
+/// TOML unless the file name ends in `.json`.
+fn read_digest_file(path: &std::path::Path) -> EditorResult<DigestRequest> {
+    let invalid = |m: String| EditorError::Invalid(squeeze::domain::digest::invalid("file", m));
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        serde_json::from_str(&text)
+            .map_err(|e| invalid(format!("{} is not a valid digest: {e}", path.display())))
+    } else {
+        toml::from_str(&text).map_err(|e| {
+            invalid(format!(
+                "{} is not a valid digest: {}",
+                path.display(),
+                e.message()
+            ))
+        })
+    }
+}
+
+async fn schedule(editor: &Editor, c: ScheduleCommand) -> EditorResult<()> {
+    let view = match c {
+        ScheduleCommand::Set { daily, tz, disable } => {
+            let s = DailySchedule::parse(&daily, &tz, !disable)?;
+            Some(editor.set_schedule(&s, Utc::now()).await?)
+        }
+        ScheduleCommand::Show => editor.schedule_view(Utc::now()).await?,
+    };
+    match view {
+        Some(v) => {
+            println!(
+                "daily at {} {} ({})",
+                v.time,
+                v.timezone,
+                if v.enabled { "enabled" } else { "disabled" }
+            );
+            if let Some(next) = v.next_run {
+                println!("next run: {next}");
+            }
+        }
+        None => println!(
+            "no daily schedule; set one with `squeeze schedule set --daily 07:00 --tz Europe/Madrid`"
+        ),
+    }
+    Ok(())
+}
+
+async fn subscribers(editor: &Editor, c: SubscribersCommand) -> EditorResult<()> {
+    let SubscribersCommand::List { status, limit } = c;
+    println!("{:<36}  {:<12}  EMAIL", "ID", "STATUS");
+    for s in editor
+        .list_subscribers(status.as_deref(), limit, None)
+        .await?
+    {
+        println!("{:<36}  {:<12}  {}", s.id, s.status, s.email);
+    }
+    Ok(())
 }
 
 async fn cancel_on_signal(token: CancellationToken) {

@@ -182,3 +182,107 @@ fn an_address_in_use_is_a_runtime_failure() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("`bind`"));
 }
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn editors_work_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| squeeze(dir.path(), args, &[]);
+
+    let out = run(&[
+        "items",
+        "add",
+        "--title",
+        "Rust <b>2.0</b>",
+        "--url",
+        "https://example.com/r",
+        "--summary",
+        "Big news",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let item_id = stdout(&out).trim().to_owned();
+    let out = run(&[
+        "items",
+        "add",
+        "--title",
+        "Bad",
+        "--url",
+        "javascript:alert(1)",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("url"), "{}", stderr(&out));
+    let out = run(&["items", "list", "--status", "pending"]);
+    assert!(stdout(&out).contains(&item_id));
+
+    std::fs::write(
+        dir.path().join("digest.toml"),
+        "subject = \"Monday\"\nintro = \"Hello\"\nitems = \"pending\"\n",
+    )
+    .expect("write");
+    let out = run(&["digest", "create", "--file", "digest.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let digest_id = stdout(&out)
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("id:"))
+        .expect("id line")
+        .trim()
+        .to_owned();
+    assert!(stdout(&out).contains("status:     draft"));
+
+    let out = run(&["digest", "preview", &digest_id, "--text"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Rust <b>2.0</b>") && stdout(&out).contains("Sample Subscriber"));
+    let out = run(&["digest", "preview", &digest_id]);
+    assert!(stdout(&out).contains("Rust &lt;b&gt;2.0&lt;&#x2f;b&gt;"));
+
+    let out = run(&[
+        "digest",
+        "schedule",
+        &digest_id,
+        "--at",
+        "2001-01-01T00:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("in the past"), "{}", stderr(&out));
+    let out = run(&["digest", "schedule", &digest_id]);
+    assert_eq!(out.status.code(), Some(2), "--at or --now is required");
+    let out = run(&["digest", "schedule", &digest_id, "--now"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("scheduled"));
+    let out = run(&["digest", "list"]);
+    assert!(stdout(&out).contains(&digest_id) && stdout(&out).contains("Monday"));
+    let out = run(&["digest", "cancel", "no-such-digest"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no digest with id no-such-digest"));
+
+    std::fs::write(
+        dir.path().join("bad.json"),
+        "{\"subject\": \"x\", \"items\": 3}",
+    )
+    .expect("write");
+    let out = run(&["digest", "create", "--file", "bad.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bad.json"));
+
+    let out = run(&[
+        "schedule",
+        "set",
+        "--daily",
+        "07:00",
+        "--tz",
+        "Europe/Madrid",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&["schedule", "show"]);
+    assert!(
+        stdout(&out).contains("daily at 07:00 Europe/Madrid (enabled)")
+            && stdout(&out).contains("next run:")
+    );
+    let out = run(&["schedule", "set", "--daily", "07:00", "--tz", "Mars/Base"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("timezone"));
+}

@@ -15,8 +15,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::{AppState, HttpError};
-use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem};
-use crate::editor::{EditorError, PreviewFormat};
+use crate::domain::{DailySchedule, NewItem};
+use crate::editor::{DigestRequest, EditorError, PreviewFormat};
 use crate::store::now_ms;
 
 pub fn router(state: AppState) -> Router<AppState> {
@@ -159,35 +159,11 @@ async fn delete_item(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ItemsField {
-    Ids(Vec<String>),
-    Word(String),
-}
-
-#[derive(Deserialize)]
-struct DigestBody {
-    subject: String,
-    intro: Option<String>,
-    items: ItemsField,
-}
-
 async fn create_digest(
     State(s): State<AppState>,
-    ApiJson(b): ApiJson<DigestBody>,
+    ApiJson(b): ApiJson<DigestRequest>,
 ) -> Result<Response, HttpError> {
-    let items = match b.items {
-        ItemsField::Ids(ids) => ItemSelection::Ids(ids),
-        ItemsField::Word(w) if w == "pending" => ItemSelection::Pending,
-        ItemsField::Word(_) => {
-            return Err(HttpError::Unprocessable {
-                field: "items",
-                message: "must be a list of item ids or \"pending\"".into(),
-            });
-        }
-    };
-    let new = NewDigest::parse(&b.subject, b.intro.as_deref(), items).map_err(EditorError::from)?;
+    let new = b.parse().map_err(EditorError::from)?;
     let digest = s.editor.create_digest(&new, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(digest)).into_response())
 }
