@@ -11,6 +11,8 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use url::Url;
 
+use crate::domain::RetryPolicy;
+
 /// Every setting's key: in squeeze.toml as is, as the environment variable `SQUEEZE_<KEY>` and
 /// as the flag `--key-with-dashes`. Defaults and meanings: the README's configuration table
 /// (a test keeps the two in step).
@@ -35,6 +37,12 @@ pub const SETTINGS: &[&str] = &[
     "unsubscribe_mailto",
     "missed_grace",
     "digest_ttl",
+    "domain_rates",
+    "throttle_cooldown",
+    "retry_initial",
+    "retry_max",
+    "pause_threshold",
+    "pause_window",
 ];
 
 /// Where a value came from, so an error can say what to edit.
@@ -202,6 +210,15 @@ pub struct Config {
     pub missed_grace: Duration,
     /// How long a one-off digest's deliveries are retried (daily ones: until the next).
     pub digest_ttl: Duration,
+    /// Per-recipient-domain limits, messages per second, paced evenly.
+    pub domain_rates: Vec<(String, NonZeroU32)>,
+    /// How long a domain that answered 421/451/454 is left alone.
+    pub throttle_cooldown: Duration,
+    pub retry: RetryPolicy,
+    /// Share of failed attempts (permanent, or connection-level) in a digest's last
+    /// `pause_window` attempts beyond which the digest pauses itself.
+    pub pause_threshold: f64,
+    pub pause_window: usize,
 }
 
 /// Raw `key -> value` pairs from one layer.
@@ -391,7 +408,36 @@ impl Config {
             })
             .transpose()?;
 
+        let domain_rates = match get("domain_rates") {
+            Some(d) => parse_domain_rates(d.0).map_err(|e| bad("domain_rates", d, &e))?,
+            None => Vec::new(),
+        };
+        let p = value("pause_threshold", "20%");
+        let pause_threshold = parse_share(p.0)
+            .ok_or_else(|| bad("pause_threshold", p, &"expected a share such as 20% or 0.2"))?;
+        let w = value("pause_window", "200");
+        let pause_window =
+            w.0.parse::<usize>()
+                .ok()
+                .filter(|n| (10..=100_000).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "pause_window",
+                        w,
+                        &"expected a whole number from 10 to 100000",
+                    )
+                })?;
+        let retry = RetryPolicy::builder()
+            .initial(duration("retry_initial", "30s")?)
+            .max(duration("retry_max", "30m")?)
+            .build();
+
         Ok(Self {
+            domain_rates,
+            throttle_cooldown: duration("throttle_cooldown", "30s")?,
+            retry,
+            pause_threshold,
+            pause_window,
             list_id,
             unsubscribe_mailto,
             missed_grace: duration("missed_grace", "6h")?,
@@ -426,6 +472,37 @@ impl Config {
     }
 }
 
+/// `gmail.com=20, outlook.com=10` (messages per second per domain).
+fn parse_domain_rates(s: &str) -> Result<Vec<(String, NonZeroU32)>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (domain, rate) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` should look like example.com=20"))?;
+            let domain = domain.trim().to_ascii_lowercase();
+            if domain.is_empty() || !domain.contains('.') || domain.contains(char::is_whitespace) {
+                return Err(format!("`{domain}` is not a domain"));
+            }
+            let rate = parse_nonzero(rate.trim().trim_end_matches("/s")).ok_or_else(|| {
+                format!("the rate for {domain} must be a whole number, at least 1")
+            })?;
+            Ok((domain, rate))
+        })
+        .collect()
+}
+
+/// `20%` or `0.2`.
+fn parse_share(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().ok()? / 100.0,
+        None => s.parse::<f64>().ok()?,
+    };
+    (v > 0.0 && v <= 1.0).then_some(v)
+}
+
 fn parse_nonzero(s: &str) -> Option<NonZeroU32> {
     s.trim().parse().ok()
 }
@@ -453,6 +530,12 @@ fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // domain_rates = { "gmail.com" = 20 }
+            toml::Value::Table(t) => t
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
             _ => {
                 return Err(ConfigError(format!(
                     "config file {}: setting `{key}` must be a string or a number.",
@@ -513,12 +596,36 @@ mod tests {
             ("admin_token", "short", "16"),
             ("confirmation_ttl", "soon", "duration"),
             ("templates", "/no/such/folder", "no such folder"),
+            ("domain_rates", "gmail.com", "example.com=20"),
+            ("domain_rates", "gmail.com=0", "at least 1"),
+            ("pause_threshold", "150%", "share"),
+            ("pause_window", "3", "10 to 100000"),
+            ("retry_initial", "0s", "duration"),
         ];
         for (key, value, expected) in cases {
             let err = load(&[(key, value)]).expect_err(key).to_string();
             assert!(err.contains(expected), "{key}: {err}");
             assert!(err.contains("SQUEEZE_"), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn domain_rates_and_shares_parse() {
+        let c = load(&[
+            ("domain_rates", "Gmail.com=20, outlook.com=10/s"),
+            ("pause_threshold", "25%"),
+        ])
+        .expect("valid");
+        let rates: Vec<(String, u32)> = c
+            .domain_rates
+            .iter()
+            .map(|(d, r)| (d.clone(), r.get()))
+            .collect();
+        assert_eq!(
+            rates,
+            vec![("gmail.com".to_owned(), 20), ("outlook.com".to_owned(), 10)]
+        );
+        assert!((c.pause_threshold - 0.25).abs() < 1e-9);
     }
 
     #[test]

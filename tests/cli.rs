@@ -253,6 +253,12 @@ fn editors_work_from_the_command_line() {
     let out = run(&["digest", "schedule", &digest_id, "--now"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("scheduled"));
+    let out = run(&["digest", "pause", &digest_id, "--reason", "wrong subject"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("status:     paused") && stdout(&out).contains("wrong subject"));
+    let out = run(&["digest", "resume", &digest_id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("status:     scheduled"));
     let out = run(&["digest", "list"]);
     assert!(stdout(&out).contains(&digest_id) && stdout(&out).contains("Monday"));
     let out = run(&["digest", "cancel", "no-such-digest"]);

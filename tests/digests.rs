@@ -10,37 +10,10 @@ use chrono::{DateTime, Utc};
 use common::{Options, SmtpServer, TEMPLATES, TestApp, WAIT, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use squeeze::domain::{DailySchedule, Token};
+use squeeze::domain::DailySchedule;
 
-/// Inserts subscribers straight into the database: `(status, how many)`. Returns the emails
-/// of the confirmed ones.
 async fn seed(app: &TestApp, groups: &[(&str, usize)]) -> Vec<String> {
-    let pool = app.db().await;
-    let mut tx = pool.begin().await.expect("tx");
-    let mut confirmed = Vec::new();
-    for (status, n) in groups {
-        for i in 0..*n {
-            let email = format!("{status}{i}@example.com");
-            sqlx::query(
-                "INSERT INTO subscribers (id, email, name, status, unsubscribe_token, consent_at, created_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, 0, 0, 0)",
-            )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(&email)
-            .bind(format!("Reader {i}"))
-            .bind(*status)
-            .bind(Token::generate().as_str())
-            .execute(&mut *tx)
-            .await
-            .expect("seed");
-            if *status == "confirmed" {
-                confirmed.push(email);
-            }
-        }
-    }
-    tx.commit().await.expect("commit");
-    pool.close().await;
-    confirmed
+    common::seed(app, groups, "example.com").await
 }
 
 async fn json_of(res: reqwest::Response) -> (StatusCode, Value) {

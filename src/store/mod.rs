@@ -116,6 +116,10 @@ pub enum Outcome {
     },
     /// Never started (shutdown): hand the lease back without counting an attempt.
     Released,
+    /// Not attempted now (its domain is cooling down): due again at `run_at`, no attempt spent.
+    Deferred {
+        run_at: Millis,
+    },
 }
 
 #[derive(Debug, Clone)]

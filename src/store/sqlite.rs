@@ -373,6 +373,12 @@ impl Sqlite {
                          attempts = MAX(attempts - 1, 0), updated_at = ?1
                      WHERE id = ?2 AND claim_id = ?3 AND status = 'sending'",
                 ),
+                Outcome::Deferred { run_at } => base(
+                    "UPDATE deliveries SET status = 'queued', lease_until = NULL, claim_id = NULL,
+                         attempts = MAX(attempts - 1, 0), run_at = ?4, updated_at = ?1
+                     WHERE id = ?2 AND claim_id = ?3 AND status = 'sending'",
+                )
+                .bind(*run_at),
             };
             q.execute(&mut *tx).await?;
             if let Outcome::Failed { bounce: true, .. } = r.outcome {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use squeeze::app::{App, Roles};
 use squeeze::config::Config;
-use squeeze::domain::RetryPolicy;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,14 +17,6 @@ pub use smtp::SmtpServer;
 pub const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
 pub const WAIT: Duration = Duration::from_secs(10);
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-
-/// Retries in milliseconds instead of minutes, so fault tests finish quickly.
-pub fn fast_retries() -> RetryPolicy {
-    RetryPolicy::builder()
-        .initial(Duration::from_millis(50))
-        .max(Duration::from_millis(200))
-        .build()
-}
 
 pub struct Options {
     pub smtp_url: Option<String>,
@@ -95,6 +86,10 @@ impl TestApp {
             ("smtp_timeout".into(), "2s".into()),
             ("lease".into(), "30s".into()),
             ("admin_token".into(), ADMIN_TOKEN.into()),
+            // Retries in milliseconds instead of minutes, so fault tests finish quickly.
+            ("retry_initial".into(), "50ms".into()),
+            ("retry_max".into(), "200ms".into()),
+            ("throttle_cooldown".into(), "100ms".into()),
         ];
         if let Some(smtp) = opts.smtp_url {
             settings.push(("smtp_url".into(), smtp));
@@ -115,7 +110,7 @@ impl TestApp {
             }));
         }
         if opts.worker {
-            let worker = app.worker().with_retry_policy(fast_retries());
+            let worker = app.worker();
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         }
         Self {
@@ -215,4 +210,126 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The `squeeze` binary as a child process (for crash and signal tests), logging to a file in
+/// the database's folder.
+pub fn spawn_squeeze(
+    args: &[&str],
+    database: &std::path::Path,
+    env: &[(&str, String)],
+) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(database.with_file_name("squeeze.log"))
+        .expect("log file");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_squeeze"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SQUEEZE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .current_dir(database.parent().expect("folder"))
+        .env(
+            "SQUEEZE_DATABASE_URL",
+            format!("sqlite://{}", database.display()),
+        )
+        .env("SQUEEZE_TEMPLATES", TEMPLATES)
+        .env("SQUEEZE_FROM", "Squeeze Test <news@squeeze.test>")
+        .env("RUST_LOG", "squeeze=info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn squeeze")
+}
+
+/// Sends SIGTERM (graceful stop) to a child.
+pub fn terminate(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+}
+
+/// Waits for a child to exit, up to `timeout`.
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process did not exit within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Inserts subscribers straight into the database: `(status, how many)`, with addresses
+/// `<status><i>@<domain>`. Returns the emails of the confirmed ones.
+pub async fn seed(app: &TestApp, groups: &[(&str, usize)], domain: &str) -> Vec<String> {
+    let pool = app.db().await;
+    let mut tx = pool.begin().await.expect("tx");
+    let mut confirmed = Vec::new();
+    for (status, n) in groups {
+        for i in 0..*n {
+            let email = format!("{status}{i}@{domain}");
+            sqlx::query(
+                "INSERT INTO subscribers (id, email, name, status, unsubscribe_token, consent_at, created_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, 0, 0, 0)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(&email)
+            .bind(format!("Reader {i}"))
+            .bind(*status)
+            .bind(squeeze::domain::Token::generate().as_str())
+            .execute(&mut *tx)
+            .await
+            .expect("seed");
+            if *status == "confirmed" {
+                confirmed.push(email);
+            }
+        }
+    }
+    tx.commit().await.expect("commit");
+    pool.close().await;
+    confirmed
+}
+
+/// Makes a digest of one fresh item and fans it out now; returns its id.
+pub async fn send_digest_now(app: &TestApp) -> String {
+    use squeeze::domain::{ItemSelection, NewDigest, NewItem};
+    let now = squeeze::store::now_ms();
+    let item = NewItem::parse("News", "https://example.com/n", "Summary", None).expect("item");
+    app.app.store.add_item(&item, now).await.expect("item");
+    let d = NewDigest::parse("Today", None, ItemSelection::Pending).expect("digest");
+    let digest = app
+        .app
+        .store
+        .create_digest(&d, None, now)
+        .await
+        .expect("digest");
+    app.app
+        .store
+        .schedule_digest(&digest.id, now, now)
+        .await
+        .expect("schedule");
+    let report = app
+        .app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    assert_eq!(report.fanned_out.len(), 1, "fanned out");
+    digest.id
 }

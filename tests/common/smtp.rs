@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub at: std::time::Instant,
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
@@ -72,11 +73,22 @@ pub struct Faults {
     pub stall: bool,
     /// Require AUTH PLAIN/LOGIN with these credentials.
     pub credentials: Option<(String, String)>,
+    /// Wait this long before answering each message body (messages stay "on the wire").
+    pub data_delay: Option<Duration>,
+}
+
+/// One RCPT TO as the server saw it, and what it answered.
+#[derive(Debug, Clone)]
+pub struct RcptAttempt {
+    pub at: std::time::Instant,
+    pub rcpt: String,
+    pub reply: String,
 }
 
 #[derive(Default)]
 struct Shared {
     received: Mutex<Vec<Received>>,
+    rcpts: Mutex<Vec<RcptAttempt>>,
     faults: Mutex<Faults>,
     connections: Mutex<usize>,
 }
@@ -138,6 +150,10 @@ impl SmtpServer {
 
     pub fn count(&self) -> usize {
         lock(&self.shared.received).len()
+    }
+
+    pub fn rcpt_attempts(&self) -> Vec<RcptAttempt> {
+        lock(&self.shared.rcpts).clone()
     }
 
     pub fn connections(&self) -> usize {
@@ -267,13 +283,16 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
                     .cloned()
                     .or_else(|| f.rcpt_replies.get_mut(&rcpt).and_then(VecDeque::pop_front))
             };
-            match reply {
-                Some(r) => write.write_all(format!("{r}\r\n").as_bytes()).await?,
-                None => {
-                    rcpts.push(rcpt);
-                    write.write_all(b"250 2.1.5 Ok\r\n").await?;
-                }
+            let answer = reply.unwrap_or_else(|| "250 2.1.5 Ok".to_owned());
+            lock(&shared.rcpts).push(RcptAttempt {
+                at: std::time::Instant::now(),
+                rcpt: rcpt.clone(),
+                reply: answer.clone(),
+            });
+            if answer.starts_with('2') {
+                rcpts.push(rcpt);
             }
+            write.write_all(format!("{answer}\r\n").as_bytes()).await?;
         } else if upper == "DATA" {
             if rcpts.is_empty() {
                 write
@@ -311,7 +330,12 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
             if drop_now {
                 return Ok(());
             }
+            let delay = lock(&shared.faults).data_delay;
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
             lock(&shared.received).push(Received {
+                at: std::time::Instant::now(),
                 from: from.clone(),
                 rcpts: std::mem::take(&mut rcpts),
                 data,

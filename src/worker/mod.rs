@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng as _;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +20,12 @@ use crate::domain::{DeliveryKind, RetryPolicy, SubscriberStatus, Token};
 use crate::mailer::{self, Letter, ListHeaders, Transport};
 use crate::render::Rendered;
 use crate::store::{ClaimedDelivery, Outcome, Recorded, Store, StoreResult, ms, now_ms};
+
+mod autopause;
+mod limits;
+
+pub use autopause::AutoPause;
+pub use limits::{Limits, is_throttle};
 
 /// How long an idle worker sleeps at most before looking for due work again.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -37,7 +42,8 @@ pub struct Worker {
     transport: Transport,
     config: Arc<Config>,
     retry: RetryPolicy,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    limits: Arc<Limits>,
+    autopause: Arc<AutoPause>,
     /// Nudged by the web side when it queues mail, so in-process work starts at once.
     wake: Arc<Notify>,
 }
@@ -50,22 +56,23 @@ impl Worker {
         config: Arc<Config>,
         wake: Arc<Notify>,
     ) -> Self {
-        let quota = Quota::per_second(config.rate).allow_burst(config.burst);
+        let limits = Limits::new(
+            config.rate,
+            config.burst,
+            &config.domain_rates,
+            config.throttle_cooldown,
+        );
         Self {
             store,
             composer,
             digests: Arc::new(Mutex::new(HashMap::new())),
             transport,
-            retry: RetryPolicy::default(),
-            limiter: Arc::new(RateLimiter::direct(quota)),
+            retry: config.retry.clone(),
+            limits: Arc::new(limits),
+            autopause: Arc::new(AutoPause::new(config.pause_threshold, config.pause_window)),
             config,
             wake,
         }
-    }
-
-    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
     }
 
     /// Runs until `shutdown` is cancelled; then stops claiming, lets messages on the wire
@@ -80,7 +87,9 @@ impl Worker {
         );
         let (job_tx, job_rx) = mpsc::channel::<ClaimedDelivery>(concurrency * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let (out_tx, out_rx) = mpsc::channel::<Recorded>(RECORD_BATCH * 4);
+        // Small on purpose: an outcome waiting here is a sent message not yet recorded, which a
+        // crash would send again. Senders wait for the recorder rather than run ahead of it.
+        let (out_tx, out_rx) = mpsc::channel::<Recorded>(concurrency * 4);
 
         let recorder = tokio::spawn(record_loop(self.store.clone(), out_rx));
         let mut senders = tokio::task::JoinSet::new();
@@ -211,6 +220,13 @@ impl Worker {
                 bounce: false,
             };
         }
+        let domain = d.email.rsplit_once('@').map_or("", |(_, dom)| dom);
+        if let Some(left) = self.limits.cooling(domain) {
+            // The domain asked us to slow down: leave it alone, without spending an attempt.
+            return Outcome::Deferred {
+                run_at: now + ms(left),
+            };
+        }
         let (rendered, list) = match self.compose(d, now).await {
             Ok(r) => r,
             Err(Compose::Retry(error)) => return self.retry_or_fail(d, now, None, error),
@@ -241,14 +257,22 @@ impl Worker {
             }
         };
         // A throttled message waits here; it is never dropped.
-        self.limiter.until_ready().await;
-        match sender.send(&d.id, &envelope, &bytes).await {
+        self.limits.wait(domain).await;
+        let result = sender.send(&d.id, &envelope, &bytes).await;
+        if let Some(digest_id) = &d.digest_id {
+            self.watch_health(digest_id, &result).await;
+        }
+        match result {
             Ok(()) => {
                 debug!("sent");
                 Outcome::Sent
             }
             Err(SendFailure::Transient { code, text }) => {
                 warn!(code, error = %text, attempt = d.attempts, "transient failure");
+                if is_throttle(code) {
+                    warn!(domain, "domain asks to slow down; cooling it down");
+                    self.limits.throttled(domain);
+                }
                 self.retry_or_fail(d, now_ms(), code, text)
             }
             Err(SendFailure::Permanent { code, text, bounce }) => {
@@ -259,6 +283,29 @@ impl Worker {
                     bounce,
                 }
             }
+        }
+    }
+
+    /// Feeds the digest's auto-pause window: permanent failures and connection-level trouble
+    /// count against it, a 4xx reply does not.
+    async fn watch_health(&self, digest_id: &str, result: &Result<(), SendFailure>) {
+        let failed = match result {
+            Ok(()) => false,
+            Err(SendFailure::Permanent { .. }) => true,
+            Err(SendFailure::Transient { code, .. }) => code.is_none(),
+        };
+        let Some(reason) = self.autopause.record(digest_id, failed) else {
+            return;
+        };
+        warn!(digest_id, %reason, "pausing digest");
+        let now = now_ms();
+        let paused = self.store.pause_digest(digest_id, &reason, now).await;
+        let logged = self
+            .store
+            .add_event("auto_pause", Some(digest_id), &reason, now)
+            .await;
+        if let Err(e) = paused.and(logged) {
+            error!(digest_id, error = %e, "could not pause the digest");
         }
     }
 
