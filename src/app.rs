@@ -35,7 +35,6 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Templates(_) | Self::Outbox { .. } => 2,
-            Self::Store(StoreError::Unsupported(_)) => 2,
             Self::Store(_) => 1,
         }
     }

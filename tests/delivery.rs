@@ -18,8 +18,7 @@ fn opts(smtp: &SmtpServer) -> Options {
 #[tokio::test]
 async fn a_queued_confirmation_survives_a_worker_restart_and_is_delivered_once() {
     let smtp = SmtpServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("squeeze.db");
+    let db = common::TestDb::new().await;
 
     // Web only: the sign-up is queued, nothing is sent.
     let web = TestApp::spawn_with(Options {
@@ -61,8 +60,7 @@ async fn a_queued_confirmation_survives_a_worker_restart_and_is_delivered_once()
 #[tokio::test]
 async fn a_dead_workers_lease_expires_and_the_delivery_is_claimed_again() {
     let smtp = SmtpServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("squeeze.db");
+    let db = common::TestDb::new().await;
     let lease = vec![("lease".to_owned(), "1s".to_owned())];
 
     let web = TestApp::spawn_with(Options {
@@ -229,7 +227,7 @@ async fn smtp_auth_uses_the_credentials_of_the_url() {
     })
     .await;
     let db = wrong.database.clone();
-    let dir = wrong.stop().await;
+    wrong.stop().await;
     assert_eq!(smtp.count(), 0);
 
     let right = TestApp::spawn_with(Options {
@@ -241,14 +239,13 @@ async fn smtp_auth_uses_the_credentials_of_the_url() {
     let mail = smtp.wait_for(1, WAIT).await.remove(0);
     assert_eq!(mail.auth_user.as_deref(), Some("mailer"));
     right.stop().await;
-    drop(dir);
 }
 
 #[tokio::test]
 async fn without_an_smtp_url_mail_goes_to_the_outbox_as_eml_files() {
     let app = TestApp::spawn_with(Options::default()).await;
     app.subscribe("outbox@example.com").await;
-    let outbox = app.database.with_file_name("outbox");
+    let outbox = app.outbox.clone();
     eventually("an .eml file in the outbox", WAIT, || async {
         std::fs::read_dir(&outbox)
             .map(|d| {

@@ -395,8 +395,7 @@ async fn fan_out_reaches_exactly_the_confirmed_subscribers_once_with_list_header
 #[tokio::test]
 async fn unsubscribing_between_fan_out_and_send_is_honoured() {
     let smtp = SmtpServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("squeeze.db");
+    let db = common::TestDb::new().await;
     let web = TestApp::spawn_with(Options {
         worker: false,
         database: Some(db.clone()),

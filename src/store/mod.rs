@@ -1,6 +1,8 @@
 //! The only place with SQL. One API; the database URL's scheme picks the implementation.
 
-mod sqlite;
+mod sql;
+
+pub use sql::WORK_CHANNEL;
 
 use std::time::Duration;
 
@@ -20,8 +22,6 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("{0}")]
-    Unsupported(String),
     #[error("the database holds a value this version does not understand: {0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -240,47 +240,33 @@ pub struct DeliveryRow {
 /// The store. Cheap to clone (a pool handle).
 #[derive(Clone, Debug)]
 pub struct Store {
-    backend: Backend,
-}
-
-#[derive(Clone, Debug)]
-enum Backend {
-    Sqlite(sqlite::Sqlite),
-}
-
-macro_rules! dispatch {
-    ($self:ident, $b:ident => $e:expr) => {
-        match &$self.backend {
-            Backend::Sqlite($b) => $e,
-        }
-    };
+    sql: sql::Sql,
+    kind: DatabaseKind,
 }
 
 impl Store {
-    /// Opens (creating an SQLite file if needed) without migrating.
+    /// Opens the database the URL names (creating an SQLite file if needed), without migrating.
     pub async fn connect(url: &str, kind: &DatabaseKind) -> StoreResult<Self> {
-        let backend = match kind {
-            DatabaseKind::Sqlite => Backend::Sqlite(sqlite::Sqlite::connect(url).await?),
-            DatabaseKind::Postgres => {
-                return Err(StoreError::Unsupported(
-                    "PostgreSQL is not supported by this build yet; use a sqlite:// database_url"
-                        .into(),
-                ));
-            }
-        };
-        Ok(Self { backend })
+        Ok(Self {
+            sql: sql::Sql::connect(url, kind).await?,
+            kind: kind.clone(),
+        })
+    }
+
+    pub fn kind(&self) -> &DatabaseKind {
+        &self.kind
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
-        dispatch!(self, b => b.migrate().await)
+        self.sql.migrate().await
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
-        dispatch!(self, b => b.ping().await)
+        self.sql.ping().await
     }
 
     pub async fn close(&self) {
-        dispatch!(self, b => b.close().await)
+        self.sql.close().await
     }
 
     /// Records a sign-up and, in the same transaction, queues its confirmation email when one
@@ -292,7 +278,7 @@ impl Store {
         resend_after: Duration,
         confirmation_deadline: Duration,
     ) -> StoreResult<SignUpOutcome> {
-        dispatch!(self, b => b.sign_up(s, now, ms(resend_after), ms(confirmation_deadline)).await)
+        self.sql.sign_up(s, now, ms(resend_after), ms(confirmation_deadline)).await
     }
 
     pub async fn insert_confirmation_token(
@@ -302,11 +288,11 @@ impl Store {
         now: Millis,
         expires_at: Millis,
     ) -> StoreResult<()> {
-        dispatch!(self, b => b.insert_confirmation_token(subscriber_id, token_hash, now, expires_at).await)
+        self.sql.insert_confirmation_token(subscriber_id, token_hash, now, expires_at).await
     }
 
     pub async fn confirm(&self, token_hash: &str, now: Millis) -> StoreResult<ConfirmOutcome> {
-        dispatch!(self, b => b.confirm(token_hash, now).await)
+        self.sql.confirm(token_hash, now).await
     }
 
     /// The status of the subscriber an unsubscribe token belongs to, if any.
@@ -314,12 +300,12 @@ impl Store {
         &self,
         token: &str,
     ) -> StoreResult<Option<SubscriberStatus>> {
-        dispatch!(self, b => b.unsubscribe_token_status(token).await)
+        self.sql.unsubscribe_token_status(token).await
     }
 
     /// Unsubscribes and suppresses whatever is still queued for them.
     pub async fn unsubscribe(&self, token: &str, now: Millis) -> StoreResult<UnsubscribeOutcome> {
-        dispatch!(self, b => b.unsubscribe(token, now).await)
+        self.sql.unsubscribe(token, now).await
     }
 
     /// Leases up to `limit` due deliveries (queued and due, or sending with an expired lease)
@@ -330,7 +316,7 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        dispatch!(self, b => b.claim(now, ms(lease), limit).await)
+        self.sql.claim(now, ms(lease), limit).await
     }
 
     /// Writes outcomes in one transaction. Each update only applies while the row still
@@ -339,39 +325,39 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
-        dispatch!(self, b => b.record(outcomes, now).await)
+        self.sql.record(outcomes, now).await
     }
 
     /// When the next queued delivery is due, if any: lets an idle worker sleep exactly so long.
     pub async fn next_due(&self) -> StoreResult<Option<Millis>> {
-        dispatch!(self, b => b.next_due().await)
+        self.sql.next_due().await
     }
 
     pub async fn subscriber_by_email(&self, email: &str) -> StoreResult<Option<SubscriberRow>> {
-        dispatch!(self, b => b.subscriber_by_email(email).await)
+        self.sql.subscriber_by_email(email).await
     }
 
     pub async fn subscriber_count(&self) -> StoreResult<i64> {
-        dispatch!(self, b => b.subscriber_count().await)
+        self.sql.subscriber_count().await
     }
 
     pub async fn deliveries_for(&self, subscriber_id: &str) -> StoreResult<Vec<DeliveryRow>> {
-        dispatch!(self, b => b.deliveries_for(subscriber_id).await)
+        self.sql.deliveries_for(subscriber_id).await
     }
 }
 
 impl Store {
     pub async fn add_item(&self, item: &NewItem, now: Millis) -> StoreResult<ItemRow> {
-        dispatch!(self, b => b.add_item(item, now).await)
+        self.sql.add_item(item, now).await
     }
 
     pub async fn list_items(&self, status: Option<&str>) -> StoreResult<Vec<ItemRow>> {
-        dispatch!(self, b => b.list_items(status).await)
+        self.sql.list_items(status).await
     }
 
     /// Deletes a pending item; one already in a digest is kept (`Conflict`).
     pub async fn delete_item(&self, id: &str) -> StoreResult<()> {
-        dispatch!(self, b => b.delete_item(id).await)
+        self.sql.delete_item(id).await
     }
 
     /// Creates a draft from pending items (named, or all of them), marking them used.
@@ -382,40 +368,40 @@ impl Store {
         daily_date: Option<&str>,
         now: Millis,
     ) -> StoreResult<DigestRow> {
-        dispatch!(self, b => b.create_digest(d, daily_date, now).await)
+        self.sql.create_digest(d, daily_date, now).await
     }
 
     pub async fn digest(&self, id: &str) -> StoreResult<Option<DigestRow>> {
-        dispatch!(self, b => b.digest(id).await)
+        self.sql.digest(id).await
     }
 
     pub async fn list_digests(&self, limit: u32) -> StoreResult<Vec<DigestRow>> {
-        dispatch!(self, b => b.list_digests(limit).await)
+        self.sql.list_digests(limit).await
     }
 
     /// `draft` or `scheduled` -> `scheduled` at `send_at`.
     pub async fn schedule_digest(&self, id: &str, send_at: Millis, now: Millis) -> StoreResult<()> {
-        dispatch!(self, b => b.schedule_digest(id, send_at, now).await)
+        self.sql.schedule_digest(id, send_at, now).await
     }
 
     /// Before sending only; its items become pending again.
     pub async fn cancel_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
-        dispatch!(self, b => b.cancel_digest(id, now).await)
+        self.sql.cancel_digest(id, now).await
     }
 
     /// `scheduled` or `sending` -> `paused` (idempotent): workers stop claiming its mail.
     pub async fn pause_digest(&self, id: &str, reason: &str, now: Millis) -> StoreResult<()> {
-        dispatch!(self, b => b.pause_digest(id, reason, now).await)
+        self.sql.pause_digest(id, reason, now).await
     }
 
     /// `paused` -> whatever it was before (idempotent for a digest that is not paused).
     pub async fn resume_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
-        dispatch!(self, b => b.resume_digest(id, now).await)
+        self.sql.resume_digest(id, now).await
     }
 
     /// Scheduled digests whose time has come.
     pub async fn due_digests(&self, now: Millis) -> StoreResult<Vec<DigestRow>> {
-        dispatch!(self, b => b.due_digests(now).await)
+        self.sql.due_digests(now).await
     }
 
     /// Fan-out: one set-based statement makes one delivery per confirmed subscriber (unique
@@ -427,20 +413,20 @@ impl Store {
         expires_at: Millis,
         now: Millis,
     ) -> StoreResult<Option<u64>> {
-        dispatch!(self, b => b.fan_out(id, expires_at, now).await)
+        self.sql.fan_out(id, expires_at, now).await
     }
 
     pub async fn mark_missed(&self, id: &str, note: &str, now: Millis) -> StoreResult<bool> {
-        dispatch!(self, b => b.mark_missed(id, note, now).await)
+        self.sql.mark_missed(id, note, now).await
     }
 
     /// `sending` digests with nothing left queued or on the wire become `sent`.
     pub async fn finish_digests(&self, now: Millis) -> StoreResult<Vec<String>> {
-        dispatch!(self, b => b.finish_digests(now).await)
+        self.sql.finish_digests(now).await
     }
 
     pub async fn schedule(&self) -> StoreResult<Option<StoredSchedule>> {
-        dispatch!(self, b => b.schedule().await)
+        self.sql.schedule().await
     }
 
     /// Saves the schedule; `handled_through` is the local date already taken care of, so
@@ -451,13 +437,13 @@ impl Store {
         handled_through: &str,
         now: Millis,
     ) -> StoreResult<()> {
-        dispatch!(self, b => b.put_schedule(s, handled_through, now).await)
+        self.sql.put_schedule(s, handled_through, now).await
     }
 
     /// Compare-and-set of the last handled date: true for the one caller that moves it to
     /// `date`, so a daily firing is handled once.
     pub async fn take_daily_date(&self, date: &str, now: Millis) -> StoreResult<bool> {
-        dispatch!(self, b => b.take_daily_date(date, now).await)
+        self.sql.take_daily_date(date, now).await
     }
 
     pub async fn add_event(
@@ -467,11 +453,11 @@ impl Store {
         message: &str,
         now: Millis,
     ) -> StoreResult<()> {
-        dispatch!(self, b => b.add_event(kind, digest_id, message, now).await)
+        self.sql.add_event(kind, digest_id, message, now).await
     }
 
     pub async fn events(&self, limit: u32) -> StoreResult<Vec<EventRow>> {
-        dispatch!(self, b => b.events(limit).await)
+        self.sql.events(limit).await
     }
 
     /// A page of subscribers in id order (ids are time-ordered), after `after` if given.
@@ -481,7 +467,7 @@ impl Store {
         limit: u32,
         after: Option<&str>,
     ) -> StoreResult<Vec<SubscriberRow>> {
-        dispatch!(self, b => b.list_subscribers(status, limit, after).await)
+        self.sql.list_subscribers(status, limit, after).await
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod smtp;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use squeeze::app::{App, Roles};
@@ -23,7 +24,7 @@ pub struct Options {
     pub worker: bool,
     /// The real scheduler loop; off by default so tests drive `tick(now)` with their own clock.
     pub scheduler: bool,
-    pub database: Option<PathBuf>,
+    pub database: Option<TestDb>,
     pub settings: Vec<(String, String)>,
 }
 
@@ -39,14 +40,106 @@ impl Default for Options {
     }
 }
 
+/// A fresh database for one test: an SQLite file in a temporary folder, or — when
+/// `SQUEEZE_TEST_DATABASE=postgres` — a schema of its own in the PostgreSQL database at
+/// `SQUEEZE_TEST_POSTGRES_URL` (default `postgres://root@127.0.0.1:5432/test`), dropped when
+/// the last clone goes.
+#[derive(Clone)]
+pub struct TestDb(Arc<DbInner>);
+
+struct DbInner {
+    url: String,
+    /// Holds the SQLite file, the outbox and logs.
+    dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+pub fn postgres_base_url() -> String {
+    std::env::var("SQUEEZE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+}
+
+/// Whether this run exercises PostgreSQL instead of SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("SQUEEZE_TEST_DATABASE").is_ok_and(|v| v == "postgres")
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        if on_postgres() {
+            Self::postgres().await.unwrap_or_else(|e| panic!("PostgreSQL for the test suite: {e}"))
+        } else {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}", dir.path().join("squeeze.db").display());
+            Self(Arc::new(DbInner { url, dir, postgres: None }))
+        }
+    }
+
+    /// A new schema in the test PostgreSQL database, or why there is none.
+    pub async fn postgres() -> Result<Self, String> {
+        use sqlx::Connection as _;
+        let base = postgres_base_url();
+        let mut conn = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&base))
+            .await
+            .map_err(|_| format!("no answer from {base}"))?
+            .map_err(|e| format!("cannot connect to {base}: {e}"))?;
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.close().await.ok();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        Ok(Self(Arc::new(DbInner { url, dir, postgres: Some((base, schema)) })))
+    }
+
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.0.dir.path()
+    }
+
+    pub async fn pool(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(self.url())
+            .await
+            .expect("open test database")
+    }
+}
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        if let Some((base, schema)) = self.postgres.take() {
+            // Drop is not async; a short-lived runtime on its own thread does the clean-up.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async {
+                    use sqlx::Connection as _;
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
+                        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut c).await;
+                    }
+                });
+                Ok::<(), std::io::Error>(())
+            })
+            .join();
+        }
+    }
+}
+
 pub struct TestApp {
     pub url: String,
     pub app: App,
-    pub database: PathBuf,
+    pub database: TestDb,
+    pub outbox: PathBuf,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -59,24 +152,17 @@ impl TestApp {
     }
 
     pub async fn spawn_with(opts: Options) -> Self {
-        let (dir, database) = match opts.database {
-            Some(db) => (None, db),
-            None => {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let db = dir.path().join("squeeze.db");
-                (Some(dir), db)
-            }
+        let database = match opts.database {
+            Some(db) => db,
+            None => TestDb::new().await,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let outbox = database.with_file_name("outbox");
+        let outbox = database.dir().join("outbox");
         let mut settings: Vec<(String, String)> = vec![
-            (
-                "database_url".into(),
-                format!("sqlite://{}", database.display()),
-            ),
+            ("database_url".into(), database.url().to_owned()),
             ("public_url".into(), url.clone()),
             ("templates".into(), TEMPLATES.into()),
             ("outbox".into(), outbox.display().to_string()),
@@ -117,24 +203,23 @@ impl TestApp {
             url,
             app,
             database,
+            outbox,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("client"),
             shutdown,
             tasks,
-            _dir: dir,
         }
     }
 
     /// Graceful stop (as on SIGTERM); returns once HTTP and worker have finished.
-    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
         for t in self.tasks.drain(..) {
             t.await.expect("task joined").expect("task ended cleanly");
         }
         self.app.store.close().await;
-        self._dir.take()
     }
 
     pub async fn subscribe_json(&self, body: serde_json::Value) -> reqwest::Response {
@@ -174,11 +259,9 @@ impl TestApp {
         pool.close().await;
     }
 
-    /// Direct SQL for assertions the API does not expose.
-    pub async fn db(&self) -> sqlx::SqlitePool {
-        sqlx::SqlitePool::connect(&format!("sqlite://{}", self.database.display()))
-            .await
-            .expect("open test database")
+    /// Direct SQL for assertions the API does not expose (`$1` parameters: both backends).
+    pub async fn db(&self) -> sqlx::AnyPool {
+        self.database.pool().await
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
@@ -216,13 +299,13 @@ where
 /// the database's folder.
 pub fn spawn_squeeze(
     args: &[&str],
-    database: &std::path::Path,
+    database: &TestDb,
     env: &[(&str, String)],
 ) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(database.with_file_name("squeeze.log"))
+        .open(database.dir().join("squeeze.log"))
         .expect("log file");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_squeeze"));
     for (k, _) in std::env::vars() {
@@ -231,11 +314,8 @@ pub fn spawn_squeeze(
         }
     }
     cmd.args(args)
-        .current_dir(database.parent().expect("folder"))
-        .env(
-            "SQUEEZE_DATABASE_URL",
-            format!("sqlite://{}", database.display()),
-        )
+        .current_dir(database.dir())
+        .env("SQUEEZE_DATABASE_URL", database.url())
         .env("SQUEEZE_TEMPLATES", TEMPLATES)
         .env("SQUEEZE_FROM", "Squeeze Test <news@squeeze.test>")
         .env("RUST_LOG", "squeeze=info")
@@ -286,7 +366,7 @@ pub async fn seed(app: &TestApp, groups: &[(&str, usize)], domain: &str) -> Vec<
             let email = format!("{status}{i}@{domain}");
             sqlx::query(
                 "INSERT INTO subscribers (id, email, name, status, unsubscribe_token, consent_at, created_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, 0, 0, 0)",
+                 VALUES ($1, $2, $3, $4, $5, 0, 0, 0)",
             )
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(&email)

@@ -1,12 +1,11 @@
-//! SQLite implementation of the store (the embedded default).
+//! The store's SQL, one implementation for both backends through sqlx's `Any` driver: the
+//! statements are portable (`$n` parameters, `ON CONFLICT`, `RETURNING`), and the few real
+//! differences (locking, random ids, notifications) are methods of `Dialect`.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor as _, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -14,36 +13,128 @@ use super::{
     Recorded, SignUp, SignUpOutcome, StoreError, StoreResult, StoredSchedule, SubscriberRow,
     UnsubscribeOutcome, parse_col,
 };
+use crate::config::DatabaseKind;
 use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem, SubscriberStatus, Token};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel a PostgreSQL store notifies when it queues mail, so idle workers wake at once.
+pub const WORK_CHANNEL: &str = "squeeze_work";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Row locks for read-then-write transactions (SQLite's `BEGIN IMMEDIATE` already holds
+    /// the database's write lock).
+    fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Lets concurrent workers claim disjoint rows without waiting for each other.
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// A random 128-bit id computed by the database, for set-based inserts.
+    fn random_id(self) -> &'static str {
+        match self {
+            Self::Sqlite => "lower(hex(randomblob(16)))",
+            Self::Postgres => "gen_random_uuid()::text",
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
-pub(super) struct Sqlite {
-    pool: SqlitePool,
+pub(super) struct Sql {
+    pool: AnyPool,
+    dialect: Dialect,
 }
 
 fn new_id() -> String {
     Uuid::now_v7().to_string()
 }
 
-impl Sqlite {
-    pub(super) async fn connect(url: &str) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
+/// SQLite creates the file when the URL asks for mode `rwc`.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+impl Sql {
+    pub(super) async fn connect(url: &str, kind: &DatabaseKind) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let (pool, dialect) = match kind {
+            DatabaseKind::Sqlite => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&sqlite_url(url))
+                    .await?;
+                (pool, Dialect::Sqlite)
+            }
+            DatabaseKind::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                (pool, Dialect::Postgres)
+            }
+        };
+        Ok(Self { pool, dialect })
+    }
+
+    /// A transaction that will write: on SQLite it takes the write lock up front, so a read
+    /// inside it cannot go stale; on PostgreSQL reads lock their rows (`for_update`).
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Wakes idle workers (PostgreSQL: delivered at commit); SQLite runs in one process,
+    /// where the in-process notification does this.
+    async fn notify_work(&self, tx: &mut Transaction<'static, Any>) -> StoreResult<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(WORK_CHANNEL)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
+        match self.dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
         Ok(())
     }
 
@@ -63,74 +154,70 @@ impl Sqlite {
         resend_after: Millis,
         deadline: Millis,
     ) -> StoreResult<SignUpOutcome> {
-        // IMMEDIATE: take the write lock up front, so the read below cannot go stale.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let existing = sqlx::query(
-            "SELECT id, status, confirmation_queued_at FROM subscribers WHERE email = ?",
-        )
-        .bind(s.email.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let mut tx = self.begin_write().await?;
         let name = s.name.as_ref().map(|n| n.as_str());
+        // Insert first: of two concurrent sign-ups for a new address exactly one inserts,
+        // and the other finds (and locks) the row below.
+        let id = new_id();
+        let inserted = sqlx::query(
+            "INSERT INTO subscribers (id, email, name, status, unsubscribe_token,
+                 consent_at, consent_ip, consent_user_agent, confirmation_queued_at,
+                 created_at, updated_at)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $5, $5, $5)
+             ON CONFLICT (email) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(s.email.as_str())
+        .bind(name)
+        .bind(Token::generate().as_str())
+        .bind(now)
+        .bind(&s.ip)
+        .bind(&s.user_agent)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
 
-        let subscriber_id = match existing {
-            None => {
-                let id = new_id();
-                sqlx::query(
-                    "INSERT INTO subscribers (id, email, name, status, unsubscribe_token,
-                         consent_at, consent_ip, consent_user_agent, confirmation_queued_at,
-                         created_at, updated_at)
-                     VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&id)
-                .bind(s.email.as_str())
-                .bind(name)
-                .bind(Token::generate().as_str())
-                .bind(now)
-                .bind(&s.ip)
-                .bind(&s.user_agent)
-                .bind(now)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                id
+        let subscriber_id = if inserted == 1 {
+            id
+        } else {
+            let row = sqlx::query(&format!(
+                "SELECT id, status, confirmation_queued_at FROM subscribers WHERE email = $1{}",
+                self.dialect.for_update()
+            ))
+            .bind(s.email.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            let id: String = row.try_get("id")?;
+            let status: SubscriberStatus = parse_col(row.try_get("status")?)?;
+            let queued_at: Option<Millis> = row.try_get("confirmation_queued_at")?;
+            match status {
+                SubscriberStatus::Confirmed => return Ok(SignUpOutcome::AlreadyConfirmed),
+                SubscriberStatus::Bounced => return Ok(SignUpOutcome::Bounced),
+                SubscriberStatus::Pending | SubscriberStatus::Unsubscribed => {}
             }
-            Some(row) => {
-                let id: String = row.try_get("id")?;
-                let status: SubscriberStatus = parse_col(row.try_get("status")?)?;
-                let queued_at: Option<Millis> = row.try_get("confirmation_queued_at")?;
-                match status {
-                    SubscriberStatus::Confirmed => return Ok(SignUpOutcome::AlreadyConfirmed),
-                    SubscriberStatus::Bounced => return Ok(SignUpOutcome::Bounced),
-                    SubscriberStatus::Pending | SubscriberStatus::Unsubscribed => {}
-                }
-                if queued_at.is_some_and(|t| now - t < resend_after) {
-                    return Ok(SignUpOutcome::RecentlyQueued);
-                }
-                // A returning or repeated sign-up is new consent: record its evidence.
-                sqlx::query(
-                    "UPDATE subscribers SET status = 'pending', name = COALESCE(?, name),
-                         consent_at = ?, consent_ip = ?, consent_user_agent = ?,
-                         unsubscribed_at = NULL, confirmation_queued_at = ?, updated_at = ?
-                     WHERE id = ?",
-                )
-                .bind(name)
-                .bind(now)
-                .bind(&s.ip)
-                .bind(&s.user_agent)
-                .bind(now)
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-                id
+            if queued_at.is_some_and(|t| now - t < resend_after) {
+                return Ok(SignUpOutcome::RecentlyQueued);
             }
+            // A returning or repeated sign-up is new consent: record its evidence.
+            sqlx::query(
+                "UPDATE subscribers SET status = 'pending', name = COALESCE($1, name),
+                     consent_at = $2, consent_ip = $3, consent_user_agent = $4,
+                     unsubscribed_at = NULL, confirmation_queued_at = $2, updated_at = $2
+                 WHERE id = $5",
+            )
+            .bind(name)
+            .bind(now)
+            .bind(&s.ip)
+            .bind(&s.user_agent)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            id
         };
         sqlx::query(
             "INSERT INTO deliveries (id, kind, subscriber_id, status, run_at, expires_at,
                  created_at, updated_at)
-             VALUES (?, 'confirmation', ?, 'queued', ?, ?, ?, ?)",
+             VALUES ($1, 'confirmation', $2, 'queued', $3, $4, $5, $6)",
         )
         .bind(new_id())
         .bind(&subscriber_id)
@@ -140,6 +227,7 @@ impl Sqlite {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        self.notify_work(&mut tx).await?;
         tx.commit().await?;
         Ok(SignUpOutcome::ConfirmationQueued)
     }
@@ -153,7 +241,7 @@ impl Sqlite {
     ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO confirmation_tokens (token_hash, subscriber_id, created_at, expires_at)
-             VALUES (?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(token_hash)
         .bind(subscriber_id)
@@ -169,12 +257,13 @@ impl Sqlite {
         token_hash: &str,
         now: Millis,
     ) -> StoreResult<ConfirmOutcome> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!(
             "SELECT t.subscriber_id, t.expires_at, t.used_at, s.status
              FROM confirmation_tokens t JOIN subscribers s ON s.id = t.subscriber_id
-             WHERE t.token_hash = ?",
-        )
+             WHERE t.token_hash = $1{}",
+            self.dialect.for_update()
+        ))
         .bind(token_hash)
         .fetch_optional(&mut *tx)
         .await?;
@@ -192,8 +281,8 @@ impl Sqlite {
             (None, _) if expires_at <= now => ConfirmOutcome::Invalid,
             (None, SubscriberStatus::Pending) => {
                 sqlx::query(
-                    "UPDATE subscribers SET status = 'confirmed', confirmed_at = ?, updated_at = ?
-                     WHERE id = ? AND status = 'pending'",
+                    "UPDATE subscribers SET status = 'confirmed', confirmed_at = $1, updated_at = $2
+                     WHERE id = $3 AND status = 'pending'",
                 )
                 .bind(now)
                 .bind(now)
@@ -206,7 +295,7 @@ impl Sqlite {
             (None, _) => ConfirmOutcome::Invalid,
         };
         if used_at.is_none() && outcome != ConfirmOutcome::Invalid {
-            sqlx::query("UPDATE confirmation_tokens SET used_at = ? WHERE token_hash = ?")
+            sqlx::query("UPDATE confirmation_tokens SET used_at = $1 WHERE token_hash = $2")
                 .bind(now)
                 .bind(token_hash)
                 .execute(&mut *tx)
@@ -221,7 +310,7 @@ impl Sqlite {
         token: &str,
     ) -> StoreResult<Option<SubscriberStatus>> {
         let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM subscribers WHERE unsubscribe_token = ?")
+            sqlx::query_scalar("SELECT status FROM subscribers WHERE unsubscribe_token = $1")
                 .bind(token)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -233,9 +322,12 @@ impl Sqlite {
         token: &str,
         now: Millis,
     ) -> StoreResult<UnsubscribeOutcome> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query("SELECT id, status FROM subscribers WHERE unsubscribe_token = ?")
-            .bind(token)
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "SELECT id, status FROM subscribers WHERE unsubscribe_token = $1{}",
+            self.dialect.for_update()
+        ))
+        .bind(token)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -246,9 +338,9 @@ impl Sqlite {
         let outcome = match status {
             SubscriberStatus::Pending | SubscriberStatus::Confirmed => {
                 sqlx::query(
-                    "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = ?,
-                         updated_at = ?
-                     WHERE id = ?",
+                    "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = $1,
+                         updated_at = $2
+                     WHERE id = $3",
                 )
                 .bind(now)
                 .bind(now)
@@ -273,20 +365,23 @@ impl Sqlite {
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let claim_id = new_id();
-        // One statement: atomic on SQLite, committed before any SMTP work.
-        let claimed = sqlx::query(
-            "UPDATE deliveries
-             SET status = 'sending', lease_until = ?1, claim_id = ?2,
-                 attempts = attempts + 1, updated_at = ?3
-             WHERE id IN (
+        // One statement, committed before any SMTP work. On PostgreSQL, SKIP LOCKED lets
+        // concurrent workers pick disjoint rows without waiting for each other.
+        let claimed = sqlx::query(&format!(
+            "WITH picked AS MATERIALIZED (
                  SELECT id FROM deliveries
-                 WHERE ((status = 'queued' AND run_at <= ?3)
-                        OR (status = 'sending' AND lease_until < ?3))
+                 WHERE ((status = 'queued' AND run_at <= $3)
+                        OR (status = 'sending' AND lease_until < $3))
                    AND (digest_id IS NULL OR digest_id NOT IN
                         (SELECT id FROM digests WHERE status = 'paused'))
                  ORDER BY run_at
-                 LIMIT ?4)",
-        )
+                 LIMIT $4{})
+             UPDATE deliveries
+             SET status = 'sending', lease_until = $1, claim_id = $2,
+                 attempts = attempts + 1, updated_at = $3
+             WHERE id IN (SELECT id FROM picked)",
+            self.dialect.skip_locked()
+        ))
         .bind(now + lease)
         .bind(&claim_id)
         .bind(now)
@@ -302,7 +397,7 @@ impl Sqlite {
                     s.id AS subscriber_id, s.email, s.name, s.status AS subscriber_status,
                     s.unsubscribe_token
              FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-             WHERE d.claim_id = ? AND d.status = 'sending'
+             WHERE d.claim_id = $1 AND d.status = 'sending'
              ORDER BY d.run_at",
         )
         .bind(&claim_id)
@@ -328,7 +423,7 @@ impl Sqlite {
     }
 
     pub(super) async fn record(&self, outcomes: &[Recorded], now: Millis) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for r in outcomes {
             // ?1 = now, ?2 = delivery id, ?3 = claim id; outcome-specific values follow.
             let base = |sql| {
@@ -339,52 +434,52 @@ impl Sqlite {
             };
             let q = match &r.outcome {
                 Outcome::Sent => base(
-                    "UPDATE deliveries SET status = 'sent', sent_at = ?1, lease_until = NULL,
-                         last_error = NULL, smtp_code = NULL, updated_at = ?1
-                     WHERE id = ?2 AND claim_id = ?3 AND status = 'sending'",
+                    "UPDATE deliveries SET status = 'sent', sent_at = $1, lease_until = NULL,
+                         last_error = NULL, smtp_code = NULL, updated_at = $1
+                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
                 ),
                 Outcome::Retry {
                     run_at,
                     code,
                     error,
                 } => base(
-                    "UPDATE deliveries SET status = 'queued', run_at = ?4, lease_until = NULL,
-                         smtp_code = ?5, last_error = ?6, updated_at = ?1
-                     WHERE id = ?2 AND claim_id = ?3 AND status = 'sending'",
+                    "UPDATE deliveries SET status = 'queued', run_at = $4, lease_until = NULL,
+                         smtp_code = $5, last_error = $6, updated_at = $1
+                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
                 )
                 .bind(*run_at)
                 .bind(code.map(i64::from))
                 .bind(error.as_str()),
                 Outcome::Failed { code, error, .. } => base(
                     "UPDATE deliveries SET status = 'failed', lease_until = NULL,
-                         smtp_code = ?4, last_error = ?5, updated_at = ?1
-                     WHERE id = ?2 AND claim_id = ?3 AND status = 'sending'",
+                         smtp_code = $4, last_error = $5, updated_at = $1
+                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
                 )
                 .bind(code.map(i64::from))
                 .bind(error.as_str()),
                 Outcome::Suppressed { reason } => base(
                     "UPDATE deliveries SET status = 'suppressed', lease_until = NULL,
-                         last_error = ?4, updated_at = ?1
-                     WHERE id = ?2 AND claim_id = ?3 AND status = 'sending'",
+                         last_error = $4, updated_at = $1
+                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
                 )
                 .bind(reason.as_str()),
                 Outcome::Released => base(
                     "UPDATE deliveries SET status = 'queued', lease_until = NULL, claim_id = NULL,
-                         attempts = MAX(attempts - 1, 0), updated_at = ?1
-                     WHERE id = ?2 AND claim_id = ?3 AND status = 'sending'",
+                         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = $1
+                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
                 ),
                 Outcome::Deferred { run_at } => base(
                     "UPDATE deliveries SET status = 'queued', lease_until = NULL, claim_id = NULL,
-                         attempts = MAX(attempts - 1, 0), run_at = ?4, updated_at = ?1
-                     WHERE id = ?2 AND claim_id = ?3 AND status = 'sending'",
+                         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, run_at = $4, updated_at = $1
+                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
                 )
                 .bind(*run_at),
             };
             q.execute(&mut *tx).await?;
             if let Outcome::Failed { bounce: true, .. } = r.outcome {
                 sqlx::query(
-                    "UPDATE subscribers SET status = 'bounced', bounced_at = ?1, updated_at = ?1
-                     WHERE id = ?2 AND status IN ('pending', 'confirmed')",
+                    "UPDATE subscribers SET status = 'bounced', bounced_at = $1, updated_at = $1
+                     WHERE id = $2 AND status IN ('pending', 'confirmed')",
                 )
                 .bind(now)
                 .bind(r.subscriber_id.as_str())
@@ -416,7 +511,7 @@ impl Sqlite {
         let row = sqlx::query(
             "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
                     confirmed_at, created_at
-             FROM subscribers WHERE email = ?",
+             FROM subscribers WHERE email = $1",
         )
         .bind(email)
         .fetch_optional(&self.pool)
@@ -436,7 +531,7 @@ impl Sqlite {
     ) -> StoreResult<Vec<DeliveryRow>> {
         let rows = sqlx::query(
             "SELECT id, kind, subscriber_id, status, attempts, smtp_code, last_error
-             FROM deliveries WHERE subscriber_id = ? ORDER BY created_at, id",
+             FROM deliveries WHERE subscriber_id = $1 ORDER BY created_at, id",
         )
         .bind(subscriber_id)
         .fetch_all(&self.pool)
@@ -463,7 +558,7 @@ const DIGEST_COLUMNS: &str = "id, subject, intro, status, paused_reason, send_at
     expires_at, recipients, started_at, finished_at, note, created_at,
     (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count";
 
-fn digest_from_row(r: &SqliteRow) -> StoreResult<DigestRow> {
+fn digest_from_row(r: &AnyRow) -> StoreResult<DigestRow> {
     Ok(DigestRow {
         id: r.try_get("id")?,
         subject: r.try_get("subject")?,
@@ -483,7 +578,7 @@ fn digest_from_row(r: &SqliteRow) -> StoreResult<DigestRow> {
     })
 }
 
-fn item_from_row(r: &SqliteRow) -> StoreResult<ItemRow> {
+fn item_from_row(r: &AnyRow) -> StoreResult<ItemRow> {
     Ok(ItemRow {
         id: r.try_get("id")?,
         title: r.try_get("title")?,
@@ -496,7 +591,7 @@ fn item_from_row(r: &SqliteRow) -> StoreResult<ItemRow> {
     })
 }
 
-fn subscriber_from_row(r: &SqliteRow) -> StoreResult<SubscriberRow> {
+fn subscriber_from_row(r: &AnyRow) -> StoreResult<SubscriberRow> {
     Ok(SubscriberRow {
         id: r.try_get("id")?,
         email: r.try_get("email")?,
@@ -514,12 +609,12 @@ fn not_found(what: &str, id: &str) -> StoreError {
     StoreError::NotFound(format!("no {what} with id {id}"))
 }
 
-impl Sqlite {
+impl Sql {
     pub(super) async fn add_item(&self, item: &NewItem, now: Millis) -> StoreResult<ItemRow> {
         let id = new_id();
         sqlx::query(
             "INSERT INTO items (id, title, url, summary, source, status, created_at)
-             VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
         )
         .bind(&id)
         .bind(&item.title)
@@ -544,7 +639,7 @@ impl Sqlite {
     pub(super) async fn list_items(&self, status: Option<&str>) -> StoreResult<Vec<ItemRow>> {
         let rows = sqlx::query(
             "SELECT id, title, url, summary, source, status, digest_id, created_at FROM items
-             WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at, id LIMIT 1000",
+             WHERE $1 IS NULL OR status = $1 ORDER BY created_at, id LIMIT 1000",
         )
         .bind(status)
         .fetch_all(&self.pool)
@@ -553,9 +648,12 @@ impl Sqlite {
     }
 
     pub(super) async fn delete_item(&self, id: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM items WHERE id = ?")
-            .bind(id)
+        let mut tx = self.begin_write().await?;
+        let status: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT status FROM items WHERE id = $1{}",
+            self.dialect.for_update()
+        ))
+        .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
         match status.as_deref() {
@@ -567,7 +665,7 @@ impl Sqlite {
                 )));
             }
         }
-        sqlx::query("DELETE FROM items WHERE id = ?")
+        sqlx::query("DELETE FROM items WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -581,18 +679,21 @@ impl Sqlite {
         daily_date: Option<&str>,
         now: Millis,
     ) -> StoreResult<DigestRow> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let item_ids: Vec<String> = match &d.items {
-            ItemSelection::Pending => sqlx::query_scalar(
-                "SELECT id FROM items WHERE status = 'pending' ORDER BY created_at, id LIMIT 100",
-            )
+            ItemSelection::Pending => sqlx::query_scalar(&format!(
+                "SELECT id FROM items WHERE status = 'pending' ORDER BY created_at, id LIMIT 100{}",
+                self.dialect.for_update()
+            ))
             .fetch_all(&mut *tx)
             .await?,
             ItemSelection::Ids(ids) => {
                 for id in ids {
-                    let status: Option<String> =
-                        sqlx::query_scalar("SELECT status FROM items WHERE id = ?")
-                            .bind(id)
+                    let status: Option<String> = sqlx::query_scalar(&format!(
+                        "SELECT status FROM items WHERE id = $1{}",
+                        self.dialect.for_update()
+                    ))
+                    .bind(id)
                             .fetch_optional(&mut *tx)
                             .await?;
                     match status.as_deref() {
@@ -615,7 +716,7 @@ impl Sqlite {
         let id = new_id();
         sqlx::query(
             "INSERT INTO digests (id, subject, intro, status, daily_date, created_at, updated_at)
-             VALUES (?, ?, ?, 'draft', ?, ?, ?)",
+             VALUES ($1, $2, $3, 'draft', $4, $5, $6)",
         )
         .bind(&id)
         .bind(&d.subject)
@@ -626,13 +727,13 @@ impl Sqlite {
         .execute(&mut *tx)
         .await?;
         for (position, item) in item_ids.iter().enumerate() {
-            sqlx::query("INSERT INTO digest_items (digest_id, item_id, position) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO digest_items (digest_id, item_id, position) VALUES ($1, $2, $3)")
                 .bind(&id)
                 .bind(item)
                 .bind(i64::try_from(position).unwrap_or(i64::MAX))
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE items SET status = 'used', digest_id = ? WHERE id = ?")
+            sqlx::query("UPDATE items SET status = 'used', digest_id = $1 WHERE id = $2")
                 .bind(&id)
                 .bind(item)
                 .execute(&mut *tx)
@@ -646,7 +747,7 @@ impl Sqlite {
 
     pub(super) async fn digest(&self, id: &str) -> StoreResult<Option<DigestRow>> {
         let row = sqlx::query(&format!(
-            "SELECT {DIGEST_COLUMNS} FROM digests WHERE id = ?"
+            "SELECT {DIGEST_COLUMNS} FROM digests WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -656,7 +757,7 @@ impl Sqlite {
         let items = sqlx::query(
             "SELECT i.id, i.title, i.url, i.summary, i.source, i.status, i.digest_id, i.created_at
              FROM digest_items di JOIN items i ON i.id = di.item_id
-             WHERE di.digest_id = ? ORDER BY di.position",
+             WHERE di.digest_id = $1 ORDER BY di.position",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -670,7 +771,7 @@ impl Sqlite {
 
     pub(super) async fn list_digests(&self, limit: u32) -> StoreResult<Vec<DigestRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {DIGEST_COLUMNS} FROM digests ORDER BY created_at DESC, id DESC LIMIT ?"
+            "SELECT {DIGEST_COLUMNS} FROM digests ORDER BY created_at DESC, id DESC LIMIT $1"
         ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -683,7 +784,7 @@ impl Sqlite {
     async fn transition<'q>(
         &self,
         id: &str,
-        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
         refuse: impl Fn(&str) -> String,
     ) -> StoreResult<()> {
         if query.execute(&self.pool).await?.rows_affected() == 1 {
@@ -702,8 +803,8 @@ impl Sqlite {
         now: Millis,
     ) -> StoreResult<()> {
         let q = sqlx::query(
-            "UPDATE digests SET status = 'scheduled', send_at = ?, updated_at = ?
-             WHERE id = ? AND status IN ('draft', 'scheduled')",
+            "UPDATE digests SET status = 'scheduled', send_at = $1, updated_at = $2
+             WHERE id = $3 AND status IN ('draft', 'scheduled')",
         )
         .bind(send_at)
         .bind(now)
@@ -715,10 +816,13 @@ impl Sqlite {
     }
 
     pub(super) async fn cancel_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM digests WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
+        let mut tx = self.begin_write().await?;
+        let status: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT status FROM digests WHERE id = $1{}",
+            self.dialect.for_update()
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
             .await?;
         match status.as_deref() {
             None => return Err(not_found("digest", id)),
@@ -730,16 +834,16 @@ impl Sqlite {
                 )));
             }
         }
-        sqlx::query("UPDATE digests SET status = 'cancelled', updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE digests SET status = 'cancelled', updated_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE items SET status = 'pending', digest_id = NULL WHERE digest_id = ?")
+        sqlx::query("UPDATE items SET status = 'pending', digest_id = NULL WHERE digest_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM digest_items WHERE digest_id = ?")
+        sqlx::query("DELETE FROM digest_items WHERE digest_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -757,9 +861,9 @@ impl Sqlite {
             return Ok(());
         }
         let q = sqlx::query(
-            "UPDATE digests SET paused_from = status, status = 'paused', paused_reason = ?,
-                 updated_at = ?
-             WHERE id = ? AND status IN ('scheduled', 'sending')",
+            "UPDATE digests SET paused_from = status, status = 'paused', paused_reason = $1,
+                 updated_at = $2
+             WHERE id = $3 AND status IN ('scheduled', 'sending')",
         )
         .bind(reason)
         .bind(now)
@@ -776,8 +880,8 @@ impl Sqlite {
             Some("paused") => {
                 let q = sqlx::query(
                     "UPDATE digests SET status = COALESCE(paused_from, 'scheduled'),
-                         paused_from = NULL, updated_at = ?
-                     WHERE id = ? AND status = 'paused'",
+                         paused_from = NULL, updated_at = $1
+                     WHERE id = $2 AND status = 'paused'",
                 )
                 .bind(now)
                 .bind(id);
@@ -793,7 +897,7 @@ impl Sqlite {
 
     async fn digest_status(&self, id: &str) -> StoreResult<Option<String>> {
         Ok(
-            sqlx::query_scalar("SELECT status FROM digests WHERE id = ?")
+            sqlx::query_scalar("SELECT status FROM digests WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -803,7 +907,7 @@ impl Sqlite {
     pub(super) async fn due_digests(&self, now: Millis) -> StoreResult<Vec<DigestRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {DIGEST_COLUMNS} FROM digests
-             WHERE status = 'scheduled' AND send_at <= ? ORDER BY send_at"
+             WHERE status = 'scheduled' AND send_at <= $1 ORDER BY send_at"
         ))
         .bind(now)
         .fetch_all(&self.pool)
@@ -817,11 +921,11 @@ impl Sqlite {
         expires_at: Millis,
         now: Millis,
     ) -> StoreResult<Option<u64>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let moved = sqlx::query(
-            "UPDATE digests SET status = 'sending', started_at = ?2, expires_at = ?3,
-                 updated_at = ?2
-             WHERE id = ?1 AND status = 'scheduled'",
+            "UPDATE digests SET status = 'sending', started_at = $2, expires_at = $3,
+                 updated_at = $2
+             WHERE id = $1 AND status = 'scheduled'",
         )
         .bind(id)
         .bind(now)
@@ -833,31 +937,36 @@ impl Sqlite {
             return Ok(None);
         }
         // The snapshot: confirmed subscribers at this moment, one row each, never twice.
-        let inserted = sqlx::query(
+        let inserted = sqlx::query(&format!(
             "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, run_at,
                  expires_at, created_at, updated_at)
-             SELECT lower(hex(randomblob(16))), 'digest', s.id, ?1, 'queued', ?2, ?3, ?2, ?2
+             SELECT {}, 'digest', s.id, $1, 'queued', $2, $3, $2, $2
              FROM subscribers s WHERE s.status = 'confirmed'
              ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
-        )
+            self.dialect.random_id()
+        ))
         .bind(id)
         .bind(now)
         .bind(expires_at)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query("UPDATE digests SET recipients = (SELECT COUNT(*) FROM deliveries WHERE digest_id = ?1) WHERE id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE digests SET recipients = (SELECT COUNT(*) FROM deliveries WHERE digest_id = $1)
+             WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        self.notify_work(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(inserted))
     }
 
     pub(super) async fn mark_missed(&self, id: &str, note: &str, now: Millis) -> StoreResult<bool> {
         let done = sqlx::query(
-            "UPDATE digests SET status = 'missed', note = ?, updated_at = ?
-             WHERE id = ? AND status = 'scheduled'",
+            "UPDATE digests SET status = 'missed', note = $1, updated_at = $2
+             WHERE id = $3 AND status = 'scheduled'",
         )
         .bind(note)
         .bind(now)
@@ -870,7 +979,7 @@ impl Sqlite {
 
     pub(super) async fn finish_digests(&self, now: Millis) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "UPDATE digests SET status = 'sent', finished_at = ?1, updated_at = ?1
+            "UPDATE digests SET status = 'sent', finished_at = $1, updated_at = $1
              WHERE status = 'sending' AND NOT EXISTS (
                  SELECT 1 FROM deliveries d
                  WHERE d.digest_id = digests.id AND d.status IN ('queued', 'sending'))
@@ -883,14 +992,15 @@ impl Sqlite {
 
     pub(super) async fn schedule(&self) -> StoreResult<Option<StoredSchedule>> {
         let row = sqlx::query(
-            "SELECT time, timezone, enabled, last_date FROM daily_schedule WHERE id = 1",
+            "SELECT time, timezone, CAST(enabled AS INTEGER) AS enabled, last_date
+             FROM daily_schedule WHERE id = 1",
         )
         .fetch_optional(&self.pool)
         .await?;
         let Some(r) = row else { return Ok(None) };
         let time: String = r.try_get("time")?;
         let tz: String = r.try_get("timezone")?;
-        let enabled: bool = r.try_get("enabled")?;
+        let enabled = r.try_get::<i64, _>("enabled")? != 0;
         let schedule = DailySchedule::parse(&time, &tz, enabled)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Some(StoredSchedule {
@@ -907,10 +1017,11 @@ impl Sqlite {
     ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO daily_schedule (id, time, timezone, enabled, last_date, updated_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (id) DO UPDATE SET time = ?1, timezone = ?2, enabled = ?3,
-                 last_date = CASE WHEN last_date IS NULL OR last_date < ?4 THEN ?4 ELSE last_date END,
-                 updated_at = ?5",
+             VALUES (1, $1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET time = $1, timezone = $2, enabled = $3,
+                 last_date = CASE WHEN daily_schedule.last_date IS NULL
+                     OR daily_schedule.last_date < $4 THEN $4 ELSE daily_schedule.last_date END,
+                 updated_at = $5",
         )
         .bind(s.time_str())
         .bind(s.timezone.name())
@@ -924,8 +1035,8 @@ impl Sqlite {
 
     pub(super) async fn take_daily_date(&self, date: &str, now: Millis) -> StoreResult<bool> {
         let done = sqlx::query(
-            "UPDATE daily_schedule SET last_date = ?1, updated_at = ?2
-             WHERE id = 1 AND (last_date IS NULL OR last_date < ?1)",
+            "UPDATE daily_schedule SET last_date = $1, updated_at = $2
+             WHERE id = 1 AND (last_date IS NULL OR last_date < $1)",
         )
         .bind(date)
         .bind(now)
@@ -942,7 +1053,7 @@ impl Sqlite {
         message: &str,
         now: Millis,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO events (at, kind, digest_id, message) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO events (at, kind, digest_id, message) VALUES ($1, $2, $3, $4)")
             .bind(now)
             .bind(kind)
             .bind(digest_id)
@@ -954,7 +1065,7 @@ impl Sqlite {
 
     pub(super) async fn events(&self, limit: u32) -> StoreResult<Vec<EventRow>> {
         let rows =
-            sqlx::query("SELECT at, kind, digest_id, message FROM events ORDER BY id DESC LIMIT ?")
+            sqlx::query("SELECT at, kind, digest_id, message FROM events ORDER BY id DESC LIMIT $1")
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
@@ -980,8 +1091,8 @@ impl Sqlite {
             "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
                     confirmed_at, created_at
              FROM subscribers
-             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id > ?2)
-             ORDER BY id LIMIT ?3",
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id > $2)
+             ORDER BY id LIMIT $3",
         )
         .bind(status.map(|s| s.as_str()))
         .bind(after)
@@ -994,14 +1105,14 @@ impl Sqlite {
 
 /// Queued mail for someone who left is suppressed at once, not just skipped at send time.
 async fn suppress_queued(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     subscriber_id: &str,
     reason: &str,
     now: Millis,
 ) -> StoreResult<()> {
     sqlx::query(
-        "UPDATE deliveries SET status = 'suppressed', last_error = ?, updated_at = ?
-         WHERE subscriber_id = ? AND status = 'queued'",
+        "UPDATE deliveries SET status = 'suppressed', last_error = $1, updated_at = $2
+         WHERE subscriber_id = $3 AND status = 'queued'",
     )
     .bind(reason)
     .bind(now)
