@@ -42,10 +42,30 @@ impl Scheduler {
         }
     }
 
+    /// Ticks every second while this node holds the scheduler role; otherwise keeps trying
+    /// to take it, so another node takes over within a second or two of the leader dying.
     pub async fn run(self, shutdown: CancellationToken) {
-        info!("scheduler started");
+        let mut leadership = None;
         while !shutdown.is_cancelled() {
-            if let Err(e) = self.tick(Utc::now()).await {
+            match &mut leadership {
+                None => match self.store.try_lead().await {
+                    Ok(Some(l)) => {
+                        info!("this node is now the scheduler");
+                        leadership = Some(l);
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "cannot take the scheduler role"),
+                },
+                Some(l) => {
+                    if !self.store.still_leading(l).await {
+                        warn!("lost the scheduler role (database connection closed)");
+                        leadership = None;
+                    }
+                }
+            }
+            if leadership.is_some()
+                && let Err(e) = self.tick(Utc::now()).await
+            {
                 error!(error = %e, "scheduler tick failed; trying again");
             }
             tokio::select! {

@@ -2,7 +2,7 @@
 
 mod sql;
 
-pub use sql::WORK_CHANNEL;
+pub use sql::{Leadership, SCHEDULER_LOCK, WORK_CHANNEL};
 
 use std::time::Duration;
 
@@ -257,6 +257,46 @@ impl Store {
         &self.kind
     }
 
+    /// Tries to take the scheduler role (PostgreSQL: an advisory lock held by a dedicated
+    /// connection). `None`: another node is the scheduler.
+    pub async fn try_lead(&self) -> StoreResult<Option<Leadership>> {
+        self.sql.try_lead().await
+    }
+
+    pub async fn still_leading(&self, l: &mut Leadership) -> bool {
+        self.sql.still_leading(l).await
+    }
+
+    /// On PostgreSQL, wakes `wake` whenever any node queues mail (LISTEN/NOTIFY).
+    pub async fn forward_work_notifications(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        self.sql.forward_work_notifications(wake, shutdown).await;
+    }
+
+    /// Records a worker's heartbeat and returns the number of live workers.
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        host: &str,
+        now: Millis,
+        alive_within: Duration,
+    ) -> StoreResult<i64> {
+        self.sql
+            .heartbeat(worker_id, host, now, ms(alive_within))
+            .await
+    }
+
+    pub async fn live_workers(&self, now: Millis, alive_within: Duration) -> StoreResult<i64> {
+        self.sql.live_workers(now, ms(alive_within)).await
+    }
+
+    pub async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
+        self.sql.deregister(worker_id).await
+    }
+
     pub async fn migrate(&self) -> StoreResult<()> {
         self.sql.migrate().await
     }
@@ -278,7 +318,9 @@ impl Store {
         resend_after: Duration,
         confirmation_deadline: Duration,
     ) -> StoreResult<SignUpOutcome> {
-        self.sql.sign_up(s, now, ms(resend_after), ms(confirmation_deadline)).await
+        self.sql
+            .sign_up(s, now, ms(resend_after), ms(confirmation_deadline))
+            .await
     }
 
     pub async fn insert_confirmation_token(
@@ -288,7 +330,9 @@ impl Store {
         now: Millis,
         expires_at: Millis,
     ) -> StoreResult<()> {
-        self.sql.insert_confirmation_token(subscriber_id, token_hash, now, expires_at).await
+        self.sql
+            .insert_confirmation_token(subscriber_id, token_hash, now, expires_at)
+            .await
     }
 
     pub async fn confirm(&self, token_hash: &str, now: Millis) -> StoreResult<ConfirmOutcome> {

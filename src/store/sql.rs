@@ -59,6 +59,17 @@ impl Dialect {
 pub(super) struct Sql {
     pool: AnyPool,
     dialect: Dialect,
+    url: String,
+}
+
+/// The scheduler role's advisory lock is (this, hash of the schema): one scheduler per
+/// installation, even when several share a database in different schemas.
+pub const SCHEDULER_LOCK: i32 = 0x5371_7565; // "Sque"
+
+/// Holding this makes a process the one scheduler: on PostgreSQL it owns a connection with
+/// the session-level advisory lock, released when the connection closes (also on a crash).
+pub struct Leadership {
+    conn: Option<sqlx::AnyConnection>,
 }
 
 fn new_id() -> String {
@@ -106,7 +117,113 @@ impl Sql {
                 (pool, Dialect::Postgres)
             }
         };
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Tries to become the scheduler. SQLite runs one process, so it always succeeds there
+    /// (and fan-out is idempotent anyway).
+    pub(super) async fn try_lead(&self) -> StoreResult<Option<Leadership>> {
+        if self.dialect == Dialect::Sqlite {
+            return Ok(Some(Leadership { conn: None }));
+        }
+        // A connection of its own, not the pool's: the lock lives as long as the session.
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
+                .bind(SCHEDULER_LOCK)
+                .fetch_one(&mut conn)
+                .await?;
+        Ok(got.then_some(Leadership { conn: Some(conn) }))
+    }
+
+    /// Whether the leadership's connection (and so its lock) is still alive.
+    pub(super) async fn still_leading(&self, l: &mut Leadership) -> bool {
+        match &mut l.conn {
+            None => true,
+            Some(conn) => sqlx::query("SELECT 1").execute(conn).await.is_ok(),
+        }
+    }
+
+    /// Forwards PostgreSQL notifications of new work to `wake` until `shutdown`.
+    pub(super) async fn forward_work_notifications(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        if self.dialect != Dialect::Postgres {
+            return;
+        }
+        while !shutdown.is_cancelled() {
+            let listener = async {
+                let mut l = sqlx::postgres::PgListener::connect(&self.url).await?;
+                l.listen(WORK_CHANNEL).await?;
+                loop {
+                    l.recv().await?;
+                    wake.notify_one();
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = listener => if let Err(e) = r {
+                    tracing::warn!(error = %e, "work notifications lost; idle workers poll until they return");
+                },
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Records a worker's heartbeat; returns how many workers are alive (heartbeat within
+    /// `alive_within`), this one included.
+    pub(super) async fn heartbeat(
+        &self,
+        worker_id: &str,
+        host: &str,
+        now: Millis,
+        alive_within: Millis,
+    ) -> StoreResult<i64> {
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, started_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = $4",
+        )
+        .bind(worker_id)
+        .bind(host)
+        .bind(i64::from(std::process::id()))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        // Forget workers long gone, so the table stays small.
+        sqlx::query("DELETE FROM workers WHERE heartbeat_at < $1")
+            .bind(now - 3_600_000)
+            .execute(&self.pool)
+            .await?;
+        self.live_workers(now, alive_within).await
+    }
+
+    pub(super) async fn live_workers(&self, now: Millis, alive_within: Millis) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM workers WHERE heartbeat_at >= $1")
+                .bind(now - alive_within)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(worker_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// A transaction that will write: on SQLite it takes the write lock up front, so a read
@@ -328,8 +445,8 @@ impl Sql {
             self.dialect.for_update()
         ))
         .bind(token)
-            .fetch_optional(&mut *tx)
-            .await?;
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else {
             return Ok(UnsubscribeOutcome::UnknownToken);
         };
@@ -654,8 +771,8 @@ impl Sql {
             self.dialect.for_update()
         ))
         .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        .fetch_optional(&mut *tx)
+        .await?;
         match status.as_deref() {
             None => return Err(not_found("item", id)),
             Some("pending") => {}
@@ -694,8 +811,8 @@ impl Sql {
                         self.dialect.for_update()
                     ))
                     .bind(id)
-                            .fetch_optional(&mut *tx)
-                            .await?;
+                    .fetch_optional(&mut *tx)
+                    .await?;
                     match status.as_deref() {
                         None => return Err(not_found("item", id)),
                         Some("pending") => {}
@@ -727,12 +844,14 @@ impl Sql {
         .execute(&mut *tx)
         .await?;
         for (position, item) in item_ids.iter().enumerate() {
-            sqlx::query("INSERT INTO digest_items (digest_id, item_id, position) VALUES ($1, $2, $3)")
-                .bind(&id)
-                .bind(item)
-                .bind(i64::try_from(position).unwrap_or(i64::MAX))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO digest_items (digest_id, item_id, position) VALUES ($1, $2, $3)",
+            )
+            .bind(&id)
+            .bind(item)
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("UPDATE items SET status = 'used', digest_id = $1 WHERE id = $2")
                 .bind(&id)
                 .bind(item)
@@ -823,7 +942,7 @@ impl Sql {
         ))
         .bind(id)
         .fetch_optional(&mut *tx)
-            .await?;
+        .await?;
         match status.as_deref() {
             None => return Err(not_found("digest", id)),
             Some("cancelled") => return Ok(()),
@@ -1064,11 +1183,12 @@ impl Sql {
     }
 
     pub(super) async fn events(&self, limit: u32) -> StoreResult<Vec<EventRow>> {
-        let rows =
-            sqlx::query("SELECT at, kind, digest_id, message FROM events ORDER BY id DESC LIMIT $1")
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT at, kind, digest_id, message FROM events ORDER BY id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(EventRow {

@@ -17,6 +17,7 @@ pub fn is_throttle(code: Option<u16>) -> bool {
 pub struct Limits {
     /// Replaced, not mutated, when the process's share of the global rate changes.
     global: RwLock<Arc<DefaultDirectRateLimiter>>,
+    rate: std::sync::atomic::AtomicU32,
     burst: NonZeroU32,
     domains: HashMap<String, DefaultDirectRateLimiter>,
     cooldown: Duration,
@@ -40,6 +41,7 @@ impl Limits {
             .collect();
         Self {
             global: RwLock::new(Arc::new(global_limiter(rate, burst))),
+            rate: std::sync::atomic::AtomicU32::new(rate.get()),
             burst,
             domains,
             cooldown,
@@ -49,8 +51,15 @@ impl Limits {
 
     /// Changes the global rate (e.g. this worker's share of a cluster-wide rate).
     pub fn set_rate(&self, rate: NonZeroU32) {
+        self.rate
+            .store(rate.get(), std::sync::atomic::Ordering::Relaxed);
         let limiter = Arc::new(global_limiter(rate, self.burst.min(rate)));
         *self.global.write().unwrap_or_else(|e| e.into_inner()) = limiter;
+    }
+
+    /// The global rate in force, messages per second.
+    pub fn rate(&self) -> u32 {
+        self.rate.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits for the global limiter, then the recipient domain's: a throttled message waits,

@@ -31,6 +31,9 @@ pub use limits::{Limits, is_throttle};
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Most outcomes written back in one transaction.
 const RECORD_BATCH: usize = 256;
+/// How often a worker says it is alive, and how recent a heartbeat must be to count.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const ALIVE_WITHIN: Duration = Duration::from_secs(6);
 
 /// Everything a worker needs; cheap to clone.
 #[derive(Clone)]
@@ -85,6 +88,33 @@ impl Worker {
             transport = %self.transport.describe(),
             "worker started"
         );
+        // Register before claiming anything, so the rate is shared from the first message.
+        let worker_id = uuid::Uuid::now_v7().to_string();
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        self.share_rate(&worker_id, &host).await;
+        let heartbeat = {
+            let (w, id, host, stop) = (
+                self.clone(),
+                worker_id.clone(),
+                host.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(HEARTBEAT) => w.share_rate(&id, &host).await,
+                    }
+                }
+            })
+        };
+        let notifications = tokio::spawn({
+            let (store, wake, stop) = (self.store.clone(), self.wake.clone(), shutdown.clone());
+            async move { store.forward_work_notifications(wake, stop).await }
+        });
+
         let (job_tx, job_rx) = mpsc::channel::<ClaimedDelivery>(concurrency * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
         // Small on purpose: an outcome waiting here is a sent message not yet recorded, which a
@@ -118,8 +148,34 @@ impl Worker {
             senders.shutdown().await;
         }
         recorder.await??;
+        heartbeat.abort();
+        notifications.abort();
+        if let Err(e) = self.store.deregister(&worker_id).await {
+            warn!(error = %e, "could not deregister; the others will notice the missing heartbeat");
+        }
         info!("worker stopped");
         Ok(())
+    }
+
+    /// Heartbeats, and takes this worker's share of the global rate: `rate / live workers`.
+    async fn share_rate(&self, worker_id: &str, host: &str) {
+        match self
+            .store
+            .heartbeat(worker_id, host, now_ms(), ALIVE_WITHIN)
+            .await
+        {
+            Ok(live) => {
+                let live = u32::try_from(live.max(1)).unwrap_or(u32::MAX);
+                let share = (self.config.rate.get() / live).max(1);
+                if self.limits.rate() != share {
+                    info!(live_workers = live, rate = share, "sharing the global rate");
+                    self.limits.set_rate(
+                        std::num::NonZeroU32::new(share).unwrap_or(std::num::NonZeroU32::MIN),
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "heartbeat failed; keeping the current rate"),
+        }
     }
 
     async fn claim_loop(

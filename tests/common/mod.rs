@@ -67,11 +67,17 @@ pub fn on_postgres() -> bool {
 impl TestDb {
     pub async fn new() -> Self {
         if on_postgres() {
-            Self::postgres().await.unwrap_or_else(|e| panic!("PostgreSQL for the test suite: {e}"))
+            Self::postgres()
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL for the test suite: {e}"))
         } else {
             let dir = tempfile::tempdir().expect("tempdir");
             let url = format!("sqlite://{}", dir.path().join("squeeze.db").display());
-            Self(Arc::new(DbInner { url, dir, postgres: None }))
+            Self(Arc::new(DbInner {
+                url,
+                dir,
+                postgres: None,
+            }))
         }
     }
 
@@ -79,10 +85,11 @@ impl TestDb {
     pub async fn postgres() -> Result<Self, String> {
         use sqlx::Connection as _;
         let base = postgres_base_url();
-        let mut conn = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&base))
-            .await
-            .map_err(|_| format!("no answer from {base}"))?
-            .map_err(|e| format!("cannot connect to {base}: {e}"))?;
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&base))
+                .await
+                .map_err(|_| format!("no answer from {base}"))?
+                .map_err(|e| format!("cannot connect to {base}: {e}"))?;
         let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE SCHEMA {schema}"))
             .execute(&mut conn)
@@ -92,7 +99,11 @@ impl TestDb {
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
         let dir = tempfile::tempdir().expect("tempdir");
-        Ok(Self(Arc::new(DbInner { url, dir, postgres: Some((base, schema)) })))
+        Ok(Self(Arc::new(DbInner {
+            url,
+            dir,
+            postgres: Some((base, schema)),
+        })))
     }
 
     pub fn url(&self) -> &str {
@@ -118,11 +129,15 @@ impl Drop for DbInner {
         if let Some((base, schema)) = self.postgres.take() {
             // Drop is not async; a short-lived runtime on its own thread does the clean-up.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 rt.block_on(async {
                     use sqlx::Connection as _;
                     if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
-                        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut c).await;
+                        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                            .execute(&mut c)
+                            .await;
                     }
                 });
                 Ok::<(), std::io::Error>(())
