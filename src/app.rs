@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::editor::Editor;
 use crate::http::{self, AppState};
 use crate::mailer::Transport;
+use crate::metrics::Metrics;
 use crate::render::{RenderError, Renderer};
 use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
@@ -29,13 +30,15 @@ pub enum StartError {
     },
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Templates(_) | Self::Outbox { .. } => 2,
-            Self::Store(_) => 1,
+            Self::Store(_) | Self::Metrics(_) => 1,
         }
     }
 }
@@ -54,6 +57,7 @@ pub struct App {
     pub renderer: Arc<Renderer>,
     pub transport: Transport,
     pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -76,6 +80,7 @@ impl App {
             renderer,
             transport,
             wake: Arc::new(Notify::new()),
+            metrics: Arc::new(Metrics::new()?),
         })
     }
 
@@ -103,6 +108,7 @@ impl App {
             self.transport.clone(),
             self.config.clone(),
             self.wake.clone(),
+            self.metrics.clone(),
         )
     }
 
@@ -113,6 +119,7 @@ impl App {
             self.composer(),
             self.config.clone(),
             self.wake.clone(),
+            self.metrics.clone(),
         )
     }
 

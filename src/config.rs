@@ -43,6 +43,8 @@ pub const SETTINGS: &[&str] = &[
     "retry_max",
     "pause_threshold",
     "pause_window",
+    "metrics_token",
+    "log_format",
 ];
 
 /// Where a value came from, so an error can say what to edit.
@@ -72,7 +74,7 @@ pub struct ConfigError(String);
 
 impl ConfigError {
     fn setting(key: &str, value: &str, source: &Source, problem: impl fmt::Display) -> Self {
-        let shown = if key == "admin_token" || key == "smtp_url" {
+        let shown = if matches!(key, "admin_token" | "smtp_url" | "metrics_token") {
             "<hidden>".to_owned()
         } else {
             format!("{value:?}")
@@ -219,6 +221,15 @@ pub struct Config {
     /// `pause_window` attempts beyond which the digest pauses itself.
     pub pause_threshold: f64,
     pub pause_window: usize,
+    /// A token that may read /metrics (besides the admin token), for Prometheus.
+    pub metrics_token: Option<String>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Raw `key -> value` pairs from one layer.
@@ -427,12 +438,26 @@ impl Config {
                         &"expected a whole number from 10 to 100000",
                     )
                 })?;
+        let metrics_token = match get("metrics_token") {
+            Some(t) if t.0.len() < 16 => {
+                return Err(bad("metrics_token", t, &"use at least 16 characters"));
+            }
+            other => other.map(|t| t.0.to_owned()),
+        };
+        let l = value("log_format", "text");
+        let log_format = match l.0 {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(bad("log_format", l, &"expected text or json")),
+        };
         let retry = RetryPolicy::builder()
             .initial(duration("retry_initial", "30s")?)
             .max(duration("retry_max", "30m")?)
             .build();
 
         Ok(Self {
+            metrics_token,
+            log_format,
             domain_rates,
             throttle_cooldown: duration("throttle_cooldown", "30s")?,
             retry,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use squeeze::app::{App, Roles};
-use squeeze::config::{Config, Layer};
+use squeeze::config::{Config, Layer, LogFormat};
 use squeeze::domain::{DailySchedule, NewItem};
 use squeeze::editor::{DigestRequest, Editor, EditorError, EditorResult, PreviewFormat};
 use squeeze::store::{DigestRow, ItemRow, now_ms, to_rfc3339};
@@ -59,6 +59,30 @@ struct Settings {
     lease: Option<String>,
     #[arg(long, global = true, value_name = "DURATION")]
     shutdown_timeout: Option<String>,
+    #[arg(long, global = true, value_name = "LIST_ID")]
+    list_id: Option<String>,
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    unsubscribe_mailto: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION")]
+    missed_grace: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION")]
+    digest_ttl: Option<String>,
+    #[arg(long, global = true, value_name = "DOMAIN=RATE,…")]
+    domain_rates: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION")]
+    throttle_cooldown: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION")]
+    retry_initial: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION")]
+    retry_max: Option<String>,
+    #[arg(long, global = true, value_name = "SHARE")]
+    pause_threshold: Option<String>,
+    #[arg(long, global = true, value_name = "N")]
+    pause_window: Option<String>,
+    #[arg(long, global = true, value_name = "TOKEN")]
+    metrics_token: Option<String>,
+    #[arg(long, global = true, value_name = "text|json")]
+    log_format: Option<String>,
 }
 
 impl Settings {
@@ -80,6 +104,18 @@ impl Settings {
             ("smtp_timeout", self.smtp_timeout),
             ("lease", self.lease),
             ("shutdown_timeout", self.shutdown_timeout),
+            ("list_id", self.list_id),
+            ("unsubscribe_mailto", self.unsubscribe_mailto),
+            ("missed_grace", self.missed_grace),
+            ("digest_ttl", self.digest_ttl),
+            ("domain_rates", self.domain_rates),
+            ("throttle_cooldown", self.throttle_cooldown),
+            ("retry_initial", self.retry_initial),
+            ("retry_max", self.retry_max),
+            ("pause_threshold", self.pause_threshold),
+            ("pause_window", self.pause_window),
+            ("metrics_token", self.metrics_token),
+            ("log_format", self.log_format),
         ];
         pairs
             .into_iter()
@@ -112,6 +148,14 @@ enum Command {
     /// Who the digest reaches.
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// Delivery statistics: overall, or of one digest.
+    Stats {
+        /// Print JSON (the same shape as GET /api/stats and /api/digests/{id}/stats).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "ID")]
+        digest: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,7 +253,6 @@ enum SubscribersCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let config = match Config::load(cli.config.as_deref(), cli.settings.into_layer()) {
         Ok(c) => c,
         Err(e) => {
@@ -217,6 +260,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_tracing(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -248,6 +292,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Digest(c) => return editor_exit(digest(&app.editor(), c).await),
         Command::Schedule(c) => return editor_exit(schedule(&app.editor(), c).await),
         Command::Subscribers(c) => return editor_exit(subscribers(&app.editor(), c).await),
+        Command::Stats { json, digest } => return editor_exit(stats(&app, json, digest).await),
         Command::Worker => app.worker().run(shutdown).await,
         Command::Serve { no_worker } => match tokio::net::TcpListener::bind(bind).await {
             Ok(listener) => {
@@ -448,6 +493,111 @@ async fn subscribers(editor: &Editor, c: SubscribersCommand) -> EditorResult<()>
     Ok(())
 }
 
+async fn stats(app: &App, json: bool, digest: Option<String>) -> EditorResult<()> {
+    match digest {
+        Some(id) => {
+            let d = squeeze::stats::digest(&app.store, &id)
+                .await?
+                .ok_or_else(|| EditorError::NotFound(format!("no digest with id {id}")))?;
+            if json {
+                print_json(&d);
+            } else {
+                print_digest_stats(&d);
+            }
+        }
+        None => {
+            let o = squeeze::stats::overall(&app.store, now_ms()).await?;
+            if json {
+                print_json(&o);
+            } else {
+                print_overall(&o);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("squeeze: cannot encode JSON: {e}."),
+    }
+}
+
+fn print_digest_stats(d: &squeeze::stats::DigestStats) {
+    let row = |k: &str, v: String| println!("{k:<13}{v}");
+    row("digest", format!("{}  {}", d.id, d.subject));
+    row("status", d.status.clone());
+    if let Some(r) = &d.paused_reason {
+        row("paused", r.clone());
+    }
+    row("recipients", d.recipients.to_string());
+    let c = &d.deliveries;
+    for (k, v) in [
+        ("sent", c.sent),
+        ("queued", c.queued),
+        ("retrying", c.retrying),
+        ("sending", c.sending),
+        ("failed", c.failed),
+        ("bounced", c.bounced),
+        ("suppressed", c.suppressed),
+    ] {
+        row(k, v.to_string());
+    }
+    row("progress", format!("{:.1}%", d.progress * 100.0));
+    if let Some(t) = d.throughput_per_second {
+        row("throughput", format!("{t} msg/s"));
+    }
+    if let (Some(p50), Some(p95)) = (d.latency.p50_ms, d.latency.p95_ms) {
+        row("latency", format!("p50 {p50} ms, p95 {p95} ms"));
+    }
+    if !d.reply_codes.is_empty() {
+        let codes: Vec<String> = d
+            .reply_codes
+            .iter()
+            .map(|r| format!("{} ×{}", r.code, r.count))
+            .collect();
+        row("reply codes", codes.join(", "));
+    }
+    for (k, v) in [("started", &d.started_at), ("finished", &d.finished_at)] {
+        if let Some(v) = v {
+            row(k, v.clone());
+        }
+    }
+}
+
+fn print_overall(o: &squeeze::stats::Overall) {
+    let row = |k: &str, v: String| println!("{k:<15}{v}");
+    println!("subscribers");
+    for (status, n) in &o.subscribers {
+        println!("  {status:<15}{n}");
+    }
+    if let Some(r) = o.confirmation_rate {
+        row("confirmation rate (30 days)", format!(" {:.1}%", r * 100.0));
+    }
+    let last = o.last_30_days.last();
+    if let Some(d) = last {
+        row(
+            "today",
+            format!(
+                "{} sign-ups, {} confirmations, {} unsubscribes",
+                d.signups, d.confirmations, d.unsubscribes
+            ),
+        );
+    }
+    row("queue depth", o.queue.depth.to_string());
+    row(
+        "oldest due",
+        format!("{:.1} s", o.queue.oldest_due_age_seconds),
+    );
+    row("workers alive", o.workers_alive.to_string());
+    if let Some(d) = &o.current_digest {
+        println!();
+        print_digest_stats(d);
+    }
+}
+
 async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -471,12 +621,20 @@ async fn cancel_on_signal(token: CancellationToken) {
     token.cancel();
 }
 
-fn init_tracing() {
+/// Human-readable logs by default, JSON lines with `log_format = json`; `RUST_LOG` filters.
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("squeeze=info,warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }

@@ -61,6 +61,8 @@ const REQUIRED: &[&str] = &[
     "digest.subject.j2",
     "digest.html.j2",
     "digest.txt.j2",
+    "admin.html.j2",
+    "admin_login.html.j2",
 ];
 
 pub struct Renderer {

@@ -292,3 +292,17 @@ fn editors_work_from_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("timezone"));
 }
+
+#[test]
+fn every_setting_is_also_a_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for key in squeeze::config::SETTINGS {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let out = squeeze(dir.path(), &["migrate", &flag, "definitely not valid"], &[]);
+        let err = stderr(&out);
+        assert!(
+            !err.contains("unexpected argument"),
+            "{flag} is not a flag: {err}"
+        );
+    }
+}

@@ -142,6 +142,22 @@ impl AsRef<str> for EmailAddress {
     }
 }
 
+/// Replaces anything that looks like an email address in free text (an SMTP reply, an error)
+/// with `<address>`, so logs above debug level never carry one.
+pub fn redact_addresses(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            if word.contains('@') {
+                let trimmed = word.trim_matches(|c: char| "<>[](),;:'\"".contains(c));
+                word.replacen(trimmed, "<address>", 1)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +214,15 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(EmailAddress::parse(input), Err(expected), "{input:?}");
         }
+    }
+
+    #[test]
+    fn redacts_addresses_from_free_text() {
+        assert_eq!(
+            redact_addresses("550 5.1.1 <ada@example.com>: Recipient address rejected"),
+            "550 5.1.1 <<address>>: Recipient address rejected"
+        );
+        assert_eq!(redact_addresses("no address here"), "no address here");
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/schedule", get(get_schedule).put(put_schedule))
         .route("/api/subscribers", get(list_subscribers))
         .route("/api/events", get(list_events))
+        .route("/api/stats", get(overall_stats))
+        .route("/api/digests/{id}/stats", get(digest_stats))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -308,4 +310,18 @@ async fn list_subscribers(
 
 async fn list_events(State(s): State<AppState>) -> Result<Response, HttpError> {
     Ok(Json(json!({ "events": s.store.events(100).await? })).into_response())
+}
+
+async fn overall_stats(State(s): State<AppState>) -> Result<Response, HttpError> {
+    Ok(Json(crate::stats::overall(&s.store, now_ms()).await?).into_response())
+}
+
+async fn digest_stats(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    match crate::stats::digest(&s.store, &id).await? {
+        Some(stats) => Ok(Json(stats).into_response()),
+        None => Err(HttpError::NotFound(format!("no digest with id {id}"))),
+    }
 }

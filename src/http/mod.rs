@@ -1,6 +1,7 @@
 //! HTTP: one router per resource, merged here, sharing one `AppState`.
 
 mod admin;
+mod dashboard;
 mod error;
 mod public;
 
@@ -23,6 +24,7 @@ pub use error::HttpError;
 use crate::compose::Composer;
 use crate::config::Config;
 use crate::editor::Editor;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
@@ -37,6 +39,7 @@ pub struct AppState {
     /// Wakes an in-process worker when mail is queued.
     pub wake: Arc<Notify>,
     pub signup_limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
         composer: Composer,
         config: Arc<Config>,
         wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let signup_limiter = config
             .subscribe_per_minute
@@ -57,6 +61,7 @@ impl AppState {
             config,
             wake,
             signup_limiter,
+            metrics,
         }
     }
 }
@@ -65,6 +70,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public::router())
         .merge(admin::router(state.clone()))
+        .merge(dashboard::router())
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(security_headers))

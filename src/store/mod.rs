@@ -88,6 +88,8 @@ pub struct ClaimedDelivery {
     pub digest_id: Option<String>,
     pub attempts: u32,
     pub expires_at: Millis,
+    /// When it was queued: the start of its enqueue-to-sent latency.
+    pub created_at: Millis,
     pub subscriber_id: String,
     pub email: String,
     pub name: Option<String>,
@@ -198,6 +200,74 @@ pub struct EventRow {
     pub message: String,
 }
 
+/// Deliveries by state, for one digest or all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryCounts {
+    /// Waiting for a first attempt.
+    pub queued: i64,
+    /// Waiting for another attempt after a transient failure.
+    pub retrying: i64,
+    /// Leased by a worker (on the wire, or about to be).
+    pub sending: i64,
+    pub sent: i64,
+    /// Given up, other than hard bounces.
+    pub failed: i64,
+    /// Failed because the address does not exist.
+    pub bounced: i64,
+    pub suppressed: i64,
+    #[serde(skip)]
+    pub first_sent_at: Option<Millis>,
+    #[serde(skip)]
+    pub last_sent_at: Option<Millis>,
+}
+
+impl DeliveryCounts {
+    pub fn total(&self) -> i64 {
+        self.queued
+            + self.retrying
+            + self.sending
+            + self.sent
+            + self.failed
+            + self.bounced
+            + self.suppressed
+    }
+
+    /// Not final yet.
+    pub fn pending(&self) -> i64 {
+        self.queued + self.retrying + self.sending
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureRow {
+    pub delivery_id: String,
+    pub kind: String,
+    pub digest_id: Option<String>,
+    pub email: String,
+    pub smtp_code: Option<i64>,
+    pub error: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: Millis,
+}
+
+/// Subscriber timestamps that per-day statistics count.
+#[derive(Debug, Clone, Copy)]
+pub enum DayColumn {
+    SignedUp,
+    Confirmed,
+    Unsubscribed,
+}
+
+impl DayColumn {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::SignedUp => "created_at",
+            Self::Confirmed => "confirmed_at",
+            Self::Unsubscribed => "unsubscribed_at",
+        }
+    }
+}
+
 /// The stored daily schedule and the last local date it handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSchedule {
@@ -295,6 +365,42 @@ impl Store {
 
     pub async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
         self.sql.deregister(worker_id).await
+    }
+
+    pub async fn delivery_counts(&self, digest_id: Option<&str>) -> StoreResult<DeliveryCounts> {
+        self.sql.delivery_counts(digest_id).await
+    }
+
+    pub async fn latency_at_rank(&self, digest_id: &str, rank: i64) -> StoreResult<Option<Millis>> {
+        self.sql.latency_at_rank(digest_id, rank).await
+    }
+
+    pub async fn reply_codes(&self, digest_id: &str, limit: i64) -> StoreResult<Vec<(i64, i64)>> {
+        self.sql.reply_codes(digest_id, limit).await
+    }
+
+    pub async fn subscriber_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.sql.subscriber_counts().await
+    }
+
+    pub async fn per_day(&self, column: DayColumn, since: Millis) -> StoreResult<Vec<(i64, i64)>> {
+        self.sql.per_day(column, since).await
+    }
+
+    pub async fn confirmation_counts(&self, since: Millis) -> StoreResult<(i64, i64)> {
+        self.sql.confirmation_counts(since).await
+    }
+
+    pub async fn oldest_due(&self, now: Millis) -> StoreResult<Option<Millis>> {
+        self.sql.oldest_due(now).await
+    }
+
+    pub async fn sent_per_minute(&self, since: Millis) -> StoreResult<Vec<(i64, i64)>> {
+        self.sql.sent_per_minute(since).await
+    }
+
+    pub async fn recent_failures(&self, limit: i64) -> StoreResult<Vec<FailureRow>> {
+        self.sql.recent_failures(limit).await
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {

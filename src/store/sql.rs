@@ -9,9 +9,9 @@ use sqlx::{Any, AnyPool, Executor as _, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
-    ClaimedDelivery, ConfirmOutcome, DeliveryRow, DigestRow, EventRow, ItemRow, Millis, Outcome,
-    Recorded, SignUp, SignUpOutcome, StoreError, StoreResult, StoredSchedule, SubscriberRow,
-    UnsubscribeOutcome, parse_col,
+    ClaimedDelivery, ConfirmOutcome, DayColumn, DeliveryCounts, DeliveryRow, DigestRow, EventRow,
+    FailureRow, ItemRow, Millis, Outcome, Recorded, SignUp, SignUpOutcome, StoreError, StoreResult,
+    StoredSchedule, SubscriberRow, UnsubscribeOutcome, parse_col,
 };
 use crate::config::DatabaseKind;
 use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem, SubscriberStatus, Token};
@@ -510,7 +510,7 @@ impl Sql {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
-            "SELECT d.id, d.kind, d.digest_id, d.attempts, d.expires_at,
+            "SELECT d.id, d.kind, d.digest_id, d.attempts, d.expires_at, d.created_at,
                     s.id AS subscriber_id, s.email, s.name, s.status AS subscriber_status,
                     s.unsubscribe_token
              FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
@@ -529,6 +529,7 @@ impl Sql {
                     digest_id: r.try_get("digest_id")?,
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                     expires_at: r.try_get("expires_at")?,
+                    created_at: r.try_get("created_at")?,
                     subscriber_id: r.try_get("subscriber_id")?,
                     email: r.try_get("email")?,
                     name: r.try_get("name")?,
@@ -567,13 +568,18 @@ impl Sql {
                 .bind(*run_at)
                 .bind(code.map(i64::from))
                 .bind(error.as_str()),
-                Outcome::Failed { code, error, .. } => base(
+                Outcome::Failed {
+                    code,
+                    error,
+                    bounce,
+                } => base(
                     "UPDATE deliveries SET status = 'failed', lease_until = NULL,
-                         smtp_code = $4, last_error = $5, updated_at = $1
+                         smtp_code = $4, last_error = $5, bounce = $6, updated_at = $1
                      WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
                 )
                 .bind(code.map(i64::from))
-                .bind(error.as_str()),
+                .bind(error.as_str())
+                .bind(i64::from(*bounce)),
                 Outcome::Suppressed { reason } => base(
                     "UPDATE deliveries SET status = 'suppressed', lease_until = NULL,
                          last_error = $4, updated_at = $1
@@ -1220,6 +1226,169 @@ impl Sql {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(subscriber_from_row).collect()
+    }
+}
+
+impl Sql {
+    pub(super) async fn delivery_counts(
+        &self,
+        digest_id: Option<&str>,
+    ) -> StoreResult<DeliveryCounts> {
+        let r = sqlx::query(
+            "SELECT
+                 COUNT(CASE WHEN status = 'queued' AND attempts = 0 THEN 1 END) AS queued,
+                 COUNT(CASE WHEN status = 'queued' AND attempts > 0 THEN 1 END) AS retrying,
+                 COUNT(CASE WHEN status = 'sending' THEN 1 END) AS sending,
+                 COUNT(CASE WHEN status = 'sent' THEN 1 END) AS sent,
+                 COUNT(CASE WHEN status = 'failed' AND bounce = 0 THEN 1 END) AS failed,
+                 COUNT(CASE WHEN status = 'failed' AND bounce <> 0 THEN 1 END) AS bounced,
+                 COUNT(CASE WHEN status = 'suppressed' THEN 1 END) AS suppressed,
+                 MIN(sent_at) AS first_sent_at,
+                 MAX(sent_at) AS last_sent_at
+             FROM deliveries WHERE CAST($1 AS TEXT) IS NULL OR digest_id = $1",
+        )
+        .bind(digest_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(DeliveryCounts {
+            queued: r.try_get("queued")?,
+            retrying: r.try_get("retrying")?,
+            sending: r.try_get("sending")?,
+            sent: r.try_get("sent")?,
+            failed: r.try_get("failed")?,
+            bounced: r.try_get("bounced")?,
+            suppressed: r.try_get("suppressed")?,
+            first_sent_at: r.try_get("first_sent_at")?,
+            last_sent_at: r.try_get("last_sent_at")?,
+        })
+    }
+
+    /// The enqueue-to-sent latency at rank `rank` (0-based) among a digest's sent messages.
+    pub(super) async fn latency_at_rank(
+        &self,
+        digest_id: &str,
+        rank: i64,
+    ) -> StoreResult<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT sent_at - created_at AS latency FROM deliveries
+             WHERE digest_id = $1 AND status = 'sent'
+             ORDER BY latency LIMIT 1 OFFSET $2",
+        )
+        .bind(digest_id)
+        .bind(rank)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn reply_codes(
+        &self,
+        digest_id: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT smtp_code, COUNT(*) AS n FROM deliveries
+             WHERE digest_id = $1 AND smtp_code IS NOT NULL
+             GROUP BY smtp_code ORDER BY n DESC, smtp_code LIMIT $2",
+        )
+        .bind(digest_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("smtp_code")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    pub(super) async fn subscriber_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM subscribers GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Counts per UTC day (days since the epoch) of a subscriber timestamp column since `since`.
+    pub(super) async fn per_day(
+        &self,
+        column: DayColumn,
+        since: Millis,
+    ) -> StoreResult<Vec<(i64, i64)>> {
+        let col = column.as_str();
+        let rows = sqlx::query(&format!(
+            "SELECT {col} / 86400000 AS day, COUNT(*) AS n FROM subscribers
+             WHERE {col} >= $1 GROUP BY {col} / 86400000 ORDER BY day"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("day")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Of the sign-ups since `since`: how many, and how many are confirmed (or were, before
+    /// leaving).
+    pub(super) async fn confirmation_counts(&self, since: Millis) -> StoreResult<(i64, i64)> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS total, COUNT(confirmed_at) AS confirmed
+             FROM subscribers WHERE created_at >= $1",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((r.try_get("total")?, r.try_get("confirmed")?))
+    }
+
+    /// When the longest-waiting due delivery became due.
+    pub(super) async fn oldest_due(&self, now: Millis) -> StoreResult<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(run_at) FROM deliveries WHERE status = 'queued' AND run_at <= $1",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Messages sent per minute (minutes since the epoch) since `since`.
+    pub(super) async fn sent_per_minute(&self, since: Millis) -> StoreResult<Vec<(i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT sent_at / 60000 AS minute, COUNT(*) AS n FROM deliveries
+             WHERE status = 'sent' AND sent_at >= $1
+             GROUP BY sent_at / 60000 ORDER BY minute",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("minute")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    pub(super) async fn recent_failures(&self, limit: i64) -> StoreResult<Vec<FailureRow>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.kind, d.digest_id, s.email, d.smtp_code, d.last_error, d.updated_at
+             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE d.status = 'failed' ORDER BY d.updated_at DESC, d.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailureRow {
+                    delivery_id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    digest_id: r.try_get("digest_id")?,
+                    email: r.try_get("email")?,
+                    smtp_code: r.try_get("smtp_code")?,
+                    error: r
+                        .try_get::<Option<String>, _>("last_error")?
+                        .unwrap_or_default(),
+                    at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
     }
 }
 

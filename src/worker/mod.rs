@@ -16,8 +16,10 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use crate::compose::{Composer, DigestContent};
 use crate::config::Config;
 use crate::domain::delivery::SendFailure;
+use crate::domain::email::redact_addresses;
 use crate::domain::{DeliveryKind, RetryPolicy, SubscriberStatus, Token};
 use crate::mailer::{self, Letter, ListHeaders, Transport};
+use crate::metrics::Metrics;
 use crate::render::Rendered;
 use crate::store::{ClaimedDelivery, Outcome, Recorded, Store, StoreResult, ms, now_ms};
 
@@ -49,6 +51,7 @@ pub struct Worker {
     autopause: Arc<AutoPause>,
     /// Nudged by the web side when it queues mail, so in-process work starts at once.
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -58,6 +61,7 @@ impl Worker {
         transport: Transport,
         config: Arc<Config>,
         wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let limits = Limits::new(
             config.rate,
@@ -75,6 +79,7 @@ impl Worker {
             autopause: Arc::new(AutoPause::new(config.pause_threshold, config.pause_window)),
             config,
             wake,
+            metrics,
         }
     }
 
@@ -243,6 +248,9 @@ impl Worker {
                 let span = info_span!("send", delivery_id = %d.id, kind = d.kind.as_str());
                 self.deliver(&d, &mut sender).instrument(span).await
             };
+            let latency =
+                Duration::from_millis(u64::try_from(now_ms() - d.created_at).unwrap_or(0));
+            self.metrics.outcome(d.kind, &outcome, Some(latency));
             let recorded = Recorded {
                 delivery_id: d.id,
                 claim_id: d.claim_id,
@@ -314,7 +322,9 @@ impl Worker {
         };
         // A throttled message waits here; it is never dropped.
         self.limits.wait(domain).await;
+        let started = std::time::Instant::now();
         let result = sender.send(&d.id, &envelope, &bytes).await;
+        self.metrics.smtp_send(d.kind, started.elapsed());
         if let Some(digest_id) = &d.digest_id {
             self.watch_health(digest_id, &result).await;
         }
@@ -324,7 +334,7 @@ impl Worker {
                 Outcome::Sent
             }
             Err(SendFailure::Transient { code, text }) => {
-                warn!(code, error = %text, attempt = d.attempts, "transient failure");
+                warn!(code, error = %redact_addresses(&text), attempt = d.attempts, "transient failure");
                 if is_throttle(code) {
                     warn!(domain, "domain asks to slow down; cooling it down");
                     self.limits.throttled(domain);
@@ -332,7 +342,7 @@ impl Worker {
                 self.retry_or_fail(d, now_ms(), code, text)
             }
             Err(SendFailure::Permanent { code, text, bounce }) => {
-                warn!(code, error = %text, bounce, "permanent failure");
+                warn!(code, error = %redact_addresses(&text), bounce, "permanent failure");
                 Outcome::Failed {
                     code,
                     error: text,

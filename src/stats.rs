@@ -1,0 +1,232 @@
+//! The numbers operators see, computed by the store with aggregate queries (never by loading
+//! rows), shaped for the JSON API, the CLI table, the dashboard and /metrics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::domain::{DigestStatus, SubscriberStatus};
+use crate::store::{
+    DayColumn, DeliveryCounts, DigestRow, FailureRow, Millis, Store, StoreResult, to_rfc3339,
+};
+
+const DAY_MS: i64 = 86_400_000;
+/// A worker is alive while its heartbeat is at most this old (it beats every 2 s).
+pub const WORKER_ALIVE: Duration = Duration::from_secs(6);
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50_ms: Option<i64>,
+    pub p95_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReplyCode {
+    pub code: i64,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DigestStats {
+    pub id: String,
+    pub subject: String,
+    pub status: String,
+    pub paused_reason: Option<String>,
+    /// Deliveries made at fan-out.
+    pub recipients: i64,
+    #[serde(flatten)]
+    pub deliveries: DeliveryCounts,
+    /// Share of deliveries that reached a final state (sent, failed, bounced, suppressed).
+    pub progress: f64,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Messages sent per second from the start of sending to the last message sent.
+    pub throughput_per_second: Option<f64>,
+    /// Enqueue-to-sent latency of the sent messages.
+    pub latency: Latency,
+    /// The most frequent SMTP reply codes of failed and retried attempts (last reply kept).
+    pub reply_codes: Vec<ReplyCode>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Day {
+    pub date: String,
+    pub signups: i64,
+    pub confirmations: i64,
+    pub unsubscribes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Queue {
+    /// Deliveries not final yet: queued, retrying and sending.
+    pub depth: i64,
+    /// Seconds the longest-waiting due delivery has waited; 0 when nothing is due.
+    pub oldest_due_age_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Overall {
+    /// Every status, zero included.
+    pub subscribers: BTreeMap<String, i64>,
+    /// Oldest first, one entry per UTC day.
+    pub last_30_days: Vec<Day>,
+    /// Of the sign-ups of the last 30 days, the share that confirmed.
+    pub confirmation_rate: Option<f64>,
+    pub deliveries: DeliveryCounts,
+    pub queue: Queue,
+    pub workers_alive: i64,
+    /// The digest sending now (or paused), else the latest one sent.
+    pub current_digest: Option<DigestStats>,
+}
+
+/// Stats of one digest; `None` if there is no such digest.
+pub async fn digest(store: &Store, id: &str) -> StoreResult<Option<DigestStats>> {
+    match store.digest(id).await? {
+        Some(d) => Ok(Some(of_digest(store, &d).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn of_digest(store: &Store, d: &DigestRow) -> StoreResult<DigestStats> {
+    let counts = store.delivery_counts(Some(&d.id)).await?;
+    let total = counts.total();
+    let progress = if total == 0 {
+        if d.status == DigestStatus::Sent {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        (total - counts.pending()) as f64 / total as f64
+    };
+    let throughput = match (d.started_at, counts.last_sent_at) {
+        (Some(start), Some(last)) if counts.sent > 0 => {
+            let secs = ((last - start).max(1)) as f64 / 1000.0;
+            Some((counts.sent as f64 / secs * 10.0).round() / 10.0)
+        }
+        _ => None,
+    };
+    let rank = |q: f64| ((counts.sent - 1) as f64 * q).floor() as i64;
+    let latency = if counts.sent > 0 {
+        Latency {
+            p50_ms: store.latency_at_rank(&d.id, rank(0.5)).await?,
+            p95_ms: store.latency_at_rank(&d.id, rank(0.95)).await?,
+        }
+    } else {
+        Latency {
+            p50_ms: None,
+            p95_ms: None,
+        }
+    };
+    let reply_codes = store
+        .reply_codes(&d.id, 5)
+        .await?
+        .into_iter()
+        .map(|(code, count)| ReplyCode { code, count })
+        .collect();
+    Ok(DigestStats {
+        id: d.id.clone(),
+        subject: d.subject.clone(),
+        status: d.status.to_string(),
+        paused_reason: d.paused_reason.clone(),
+        recipients: d.recipients.unwrap_or(0),
+        deliveries: counts,
+        progress,
+        started_at: d.started_at.map(to_rfc3339),
+        finished_at: d.finished_at.map(to_rfc3339),
+        throughput_per_second: throughput,
+        latency,
+        reply_codes,
+    })
+}
+
+pub async fn overall(store: &Store, now: Millis) -> StoreResult<Overall> {
+    let mut subscribers: BTreeMap<String, i64> = SubscriberStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    for (status, n) in store.subscriber_counts().await? {
+        subscribers.insert(status, n);
+    }
+
+    let today = now.div_euclid(DAY_MS);
+    let first_day = today - 29;
+    let since = first_day * DAY_MS;
+    let signups: BTreeMap<i64, i64> = store
+        .per_day(DayColumn::SignedUp, since)
+        .await?
+        .into_iter()
+        .collect();
+    let confirmations: BTreeMap<i64, i64> = store
+        .per_day(DayColumn::Confirmed, since)
+        .await?
+        .into_iter()
+        .collect();
+    let unsubscribes: BTreeMap<i64, i64> = store
+        .per_day(DayColumn::Unsubscribed, since)
+        .await?
+        .into_iter()
+        .collect();
+    let last_30_days = (first_day..=today)
+        .map(|day| Day {
+            date: to_rfc3339(day * DAY_MS)[..10].to_owned(),
+            signups: signups.get(&day).copied().unwrap_or(0),
+            confirmations: confirmations.get(&day).copied().unwrap_or(0),
+            unsubscribes: unsubscribes.get(&day).copied().unwrap_or(0),
+        })
+        .collect();
+    let (total, confirmed) = store.confirmation_counts(since).await?;
+    let confirmation_rate = (total > 0).then(|| confirmed as f64 / total as f64);
+
+    let deliveries = store.delivery_counts(None).await?;
+    let oldest = store.oldest_due(now).await?;
+    let queue = Queue {
+        depth: deliveries.pending(),
+        oldest_due_age_seconds: oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+    };
+    let workers_alive = store.live_workers(now, WORKER_ALIVE).await?;
+
+    let recent = store.list_digests(20).await?;
+    let current = recent
+        .iter()
+        .find(|d| matches!(d.status, DigestStatus::Sending | DigestStatus::Paused))
+        .or_else(|| recent.iter().find(|d| d.status == DigestStatus::Sent));
+    let current_digest = match current {
+        Some(d) => Some(of_digest(store, d).await?),
+        None => None,
+    };
+    Ok(Overall {
+        subscribers,
+        last_30_days,
+        confirmation_rate,
+        deliveries,
+        queue,
+        workers_alive,
+        current_digest,
+    })
+}
+
+/// What the dashboard shows besides [`Overall`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Activity {
+    /// Messages sent in each of the last `minutes` minutes, oldest first.
+    pub sent_per_minute: Vec<i64>,
+    pub recent_failures: Vec<FailureRow>,
+}
+
+pub async fn activity(store: &Store, now: Millis, minutes: i64) -> StoreResult<Activity> {
+    let this_minute = now.div_euclid(60_000);
+    let first = this_minute - minutes + 1;
+    let per: BTreeMap<i64, i64> = store
+        .sent_per_minute(first * 60_000)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Activity {
+        sent_per_minute: (first..=this_minute)
+            .map(|m| per.get(&m).copied().unwrap_or(0))
+            .collect(),
+        recent_failures: store.recent_failures(20).await?,
+    })
+}

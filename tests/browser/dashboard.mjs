@@ -1,0 +1,31 @@
+// Logs in to the dashboard in headless Chromium (Debian's, not a downloaded one), reads what
+// an operator sees, and keeps a screenshot. Usage: node dashboard.mjs BASE_URL TOKEN PNG
+import { chromium } from 'playwright-core';
+
+const [base, token, screenshot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run', '--disable-quic'],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  await page.goto(`${base}/admin`);
+  const loginStatus = await page.locator('h1').textContent();
+  await page.fill('#token', token);
+  await Promise.all([page.waitForURL(`${base}/admin`), page.click('button[type=submit]')]);
+  await page.waitForSelector('#progress-figure');
+  const result = {
+    login: loginStatus,
+    progress: (await page.textContent('#progress-figure')).trim(),
+    bar: await page.getAttribute('[role=progressbar]', 'aria-valuenow'),
+    failures: (await page.textContent('#failures')).replace(/\s+/g, ' ').trim(),
+    chartBars: await page.locator('#sent-chart rect').count(),
+    cookies: (await page.context().cookies()).map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })),
+  };
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(JSON.stringify(result));
+} finally {
+  await browser.close();
+}

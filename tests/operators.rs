@@ -1,0 +1,482 @@
+//! What operators see: stats as JSON and in the CLI, Prometheus metrics, and the dashboard in
+//! a real browser — all showing the numbers of one seeded scenario.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, Options, SmtpServer, TestApp, eventually, seed, send_digest_now};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+const METRICS_TOKEN: &str = "metrics-token-0123456789";
+
+/// Ten confirmed subscribers get a digest: 4 are sent, 2 fail (550 5.7.1), 1 bounces
+/// (550 5.1.1), 1 unsubscribed after fan-out (suppressed), 2 are still queued.
+async fn scenario(smtp: &SmtpServer) -> (TestApp, String) {
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        worker: false,
+        settings: vec![("metrics_token".into(), METRICS_TOKEN.into())],
+        ..Options::default()
+    })
+    .await;
+    seed(&app, &[("confirmed", 10)], "example.com").await;
+    {
+        let mut f = smtp.faults();
+        for r in ["confirmed7@example.com", "confirmed8@example.com"] {
+            f.rcpt_always
+                .insert(r.into(), "550 5.7.1 Message rejected: policy".into());
+        }
+        f.rcpt_always.insert(
+            "confirmed6@example.com".into(),
+            "550 5.1.1 No such user here".into(),
+        );
+    }
+    let id = send_digest_now(&app).await;
+    app.exec(
+        "UPDATE subscribers SET status = 'unsubscribed' WHERE email = 'confirmed9@example.com'",
+    )
+    .await;
+    app.exec(&format!(
+        "UPDATE deliveries SET run_at = {} WHERE subscriber_id IN (SELECT id FROM subscribers WHERE email IN ('confirmed4@example.com', 'confirmed5@example.com'))",
+        squeeze::store::now_ms() + 3_600_000
+    ))
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(app.app.worker().run(stop.clone()));
+    eventually("8 deliveries final", Duration::from_secs(10), || async {
+        app.scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('sent', 'failed', 'suppressed')",
+        )
+        .await
+            == 8
+    })
+    .await;
+    stop.cancel();
+    worker.await.expect("join").expect("worker");
+    (app, id)
+}
+
+fn check_digest_numbers(d: &Value) {
+    for (key, n) in [
+        ("recipients", 10),
+        ("sent", 4),
+        ("failed", 2),
+        ("bounced", 1),
+        ("suppressed", 1),
+        ("queued", 2),
+        ("retrying", 0),
+        ("sending", 0),
+    ] {
+        assert_eq!(d[key], n, "{key} in {d}");
+    }
+    assert_eq!(d["progress"], 0.8);
+    assert_eq!(d["reply_codes"][0]["code"], 550);
+    assert_eq!(d["reply_codes"][0]["count"], 3);
+    assert!(d["latency"]["p50_ms"].is_number() && d["latency"]["p95_ms"].is_number());
+    assert!(d["throughput_per_second"].is_number());
+}
+
+#[tokio::test]
+async fn json_stats_and_the_cli_show_the_seeded_numbers() {
+    let smtp = SmtpServer::start().await;
+    let (app, id) = scenario(&smtp).await;
+
+    let d: Value = app
+        .admin(Method::GET, &format!("/api/digests/{id}/stats"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    check_digest_numbers(&d);
+    let o: Value = app
+        .admin(Method::GET, "/api/stats")
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(o["subscribers"]["confirmed"], 8, "{o}");
+    assert_eq!(o["subscribers"]["bounced"], 1);
+    assert_eq!(o["subscribers"]["unsubscribed"], 1);
+    assert_eq!(o["subscribers"]["pending"], 0);
+    assert_eq!(o["queue"]["depth"], 2);
+    assert_eq!(o["last_30_days"].as_array().map(Vec::len), Some(30));
+    check_digest_numbers(&o["current_digest"]);
+    let res = app
+        .http
+        .get(format!("{}/api/stats", app.url))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = app
+        .admin(Method::GET, "/api/digests/nope/stats")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // The CLI reads the same database.
+    let db = app.database.clone();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_squeeze"))
+            .args(args)
+            .current_dir(db.dir())
+            .env("SQUEEZE_DATABASE_URL", db.url())
+            .env("SQUEEZE_TEMPLATES", common::TEMPLATES)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json: Value =
+        serde_json::from_str(&run(&["stats", "--json", "--digest", &id])).expect("CLI JSON");
+    check_digest_numbers(&json);
+    let table = run(&["stats", "--digest", &id]);
+    for line in [
+        "sent         4",
+        "failed       2",
+        "bounced      1",
+        "suppressed   1",
+        "queued       2",
+        "progress     80.0%",
+    ] {
+        assert!(table.contains(line), "{line:?} in\n{table}");
+    }
+    let overall = run(&["stats"]);
+    assert!(
+        overall.contains("confirmed      8") && overall.contains("queue depth    2"),
+        "{overall}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_need_a_token() {
+    let smtp = SmtpServer::start().await;
+    let (app, _) = scenario(&smtp).await;
+    let url = format!("{}/metrics", app.url);
+    assert_eq!(
+        app.http.get(&url).send().await.expect("req").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let body = app
+        .http
+        .get(&url)
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .expect("req")
+        .text()
+        .await
+        .expect("body");
+    let admin = app
+        .http
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(admin.status(), StatusCode::OK);
+
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid Prometheus text");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing in\n{body}"))
+    };
+    assert_eq!(
+        value(
+            "squeeze_messages_total",
+            &[("kind", "digest"), ("outcome", "sent"), ("class", "2xx")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            "squeeze_messages_total",
+            &[("kind", "digest"), ("outcome", "failed"), ("class", "5xx")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "squeeze_messages_total",
+            &[("kind", "digest"), ("outcome", "bounced"), ("class", "5xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "squeeze_messages_total",
+            &[
+                ("kind", "digest"),
+                ("outcome", "suppressed"),
+                ("class", "none")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(value("squeeze_queue_depth", &[]), 2.0);
+    assert_eq!(
+        value("squeeze_subscribers", &[("status", "confirmed")]),
+        8.0
+    );
+    assert_eq!(value("squeeze_subscribers", &[("status", "pending")]), 0.0);
+    let histogram = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "squeeze_smtp_send_seconds")
+        .expect("histogram");
+    match &histogram.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            assert!(buckets.iter().any(|b| b.count >= 7.0), "{buckets:?}")
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "squeeze_delivery_latency_seconds")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_needs_a_login_and_shows_progress_and_failures() {
+    let smtp = SmtpServer::start().await;
+    let (app, id) = scenario(&smtp).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("client");
+    let page = http
+        .get(format!("{}/admin", app.url))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
+    assert!(page.text().await.expect("body").contains("name=\"token\""));
+    let wrong = http
+        .post(format!("{}/admin/login", app.url))
+        .form(&[("token", "nope")])
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let ok = http
+        .post(format!("{}/admin/login", app.url))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let set_cookie = ok.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    assert!(
+        !set_cookie.contains(ADMIN_TOKEN),
+        "the token itself is never the cookie"
+    );
+    let html = http
+        .get(format!("{}/admin", app.url))
+        .send()
+        .await
+        .expect("req")
+        .text()
+        .await
+        .expect("body");
+    assert!(html.contains("8 of 10 done (80.0%)"), "progress figure");
+    assert!(
+        html.contains("5.7.1 Message rejected: policy"),
+        "failure reason"
+    );
+    assert!(
+        html.contains(&format!("action=\"/admin/digests/{id}/pause\"")),
+        "a pause button while sending"
+    );
+    // Pause from the dashboard.
+    let res = http
+        .post(format!("{}/admin/digests/{id}/pause", app.url))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
+            .await,
+        "paused"
+    );
+    let out = http
+        .post(format!("{}/admin/logout", app.url))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        http.get(format!("{}/admin", app.url))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.stop().await;
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn browser_missing() -> Option<String> {
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        return Some(format!(
+            "no Chromium at {chromium} (apt-get install chromium)"
+        ));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("node is not installed".into());
+    }
+    let module = concat!(env!("CARGO_MANIFEST_DIR"), "/node_modules/playwright-core");
+    if !std::path::Path::new(module).exists() {
+        return Some("playwright-core is not installed (npm ci)".into());
+    }
+    None
+}
+
+#[tokio::test]
+async fn the_dashboard_renders_in_headless_chromium() {
+    if let Some(why) = browser_missing() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "the browser test must run under CI=true: {why}"
+        );
+        eprintln!("skipping the browser test: {why}");
+        return;
+    }
+    let smtp = SmtpServer::start().await;
+    let (app, _) = scenario(&smtp).await;
+    let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/dashboard.png");
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/dashboard.mjs"
+        ))
+        .args([&app.url, ADMIN_TOKEN, shot])
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    assert_eq!(seen["progress"], "8 of 10 done (80.0%)", "{seen}");
+    assert_eq!(seen["bar"], "80");
+    assert!(
+        seen["failures"]
+            .as_str()
+            .is_some_and(|f| f.contains("5.1.1 No such user here") && f.contains("5.7.1")),
+        "{seen}"
+    );
+    assert_eq!(seen["chartBars"], 180);
+    assert_eq!(seen["cookies"][0]["httpOnly"], true);
+    assert_eq!(seen["cookies"][0]["sameSite"], "Strict");
+    assert!(
+        std::fs::metadata(shot).is_ok_and(|m| m.len() > 1000),
+        "screenshot kept at {shot}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logs_carry_delivery_ids_as_json_and_never_an_address() {
+    let smtp = SmtpServer::start().await;
+    smtp.faults().rcpt_always.insert(
+        "confirmed0@example.com".into(),
+        "550 5.1.1 <confirmed0@example.com>: Recipient address rejected: User unknown".into(),
+    );
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    seed(&app, &[("confirmed", 3)], "example.com").await;
+    send_digest_now(&app).await;
+    let db = app.database.clone();
+    let mut worker = common::spawn_squeeze(
+        &["worker"],
+        &db,
+        &[
+            ("SQUEEZE_SMTP_URL", smtp.url()),
+            ("SQUEEZE_LOG_FORMAT", "json".to_owned()),
+            ("RUST_LOG", "squeeze=info".to_owned()),
+        ],
+    );
+    smtp.wait_for(2, Duration::from_secs(10)).await;
+    eventually(
+        "the bounce is recorded",
+        Duration::from_secs(10),
+        || async {
+            app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'")
+                .await
+                == 1
+        },
+    )
+    .await;
+    common::terminate(&worker);
+    common::wait_exit(&mut worker, Duration::from_secs(10)).await;
+    let log = std::fs::read_to_string(db.dir().join("squeeze.log")).expect("log");
+    assert!(
+        !log.contains("@example.com"),
+        "an address in the logs:\n{log}"
+    );
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let failure = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "permanent failure")
+        .unwrap_or_else(|| panic!("no permanent failure logged:\n{log}"));
+    assert_eq!(failure["level"], "WARN");
+    assert!(
+        failure["span"]["delivery_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{failure}"
+    );
+    assert!(
+        failure["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("<address>")),
+        "{failure}"
+    );
+    app.stop().await;
+}
