@@ -306,3 +306,70 @@ fn every_setting_is_also_a_flag() {
         );
     }
 }
+
+#[test]
+fn subscribers_import_export_and_forget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| squeeze(dir.path(), args, &[]);
+    let write =
+        |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+
+    write(
+        "people.csv",
+        "email,name\nAda@Example.com,Ada Lovelace\nbob@example.com,\n",
+    );
+    let out = run(&["subscribers", "import", "people.csv"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 sent a confirmation email"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["subscribers", "import", "people.csv", "--confirmed"]);
+    assert!(
+        stdout(&out).contains("0 added as confirmed, 2 already known"),
+        "known addresses are left alone"
+    );
+
+    write(
+        "bad.csv",
+        "email\nok@example.com\nnot-an-address\nx@y.z\r\nBcc: a@b.c\n",
+    );
+    let out = run(&["subscribers", "import", "bad.csv", "--confirmed"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("line 3") && stderr(&out).contains("nothing was imported"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["subscribers", "list"]);
+    assert!(
+        !stdout(&out).contains("ok@example.com"),
+        "an invalid file imports nothing"
+    );
+
+    write("confirmed.csv", "email\ncarol@example.com\n");
+    let out = run(&["subscribers", "import", "confirmed.csv", "--confirmed"]);
+    assert!(stdout(&out).contains("1 added as confirmed"));
+    let out = run(&["subscribers", "export"]);
+    assert_eq!(out.status.code(), Some(0));
+    let csv = stdout(&out);
+    assert!(csv.starts_with("email,name,status,"));
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.contains("Ada@example.com,Ada Lovelace,pending"));
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("carol@example.com,,confirmed,")
+                && l.ends_with("import of confirmed.csv")),
+        "{csv}"
+    );
+    let out = run(&["subscribers", "export", "--status", "confirmed"]);
+    assert_eq!(stdout(&out).lines().count(), 2);
+
+    let out = run(&["subscribers", "forget", "carol@example.com"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&["subscribers", "forget", "carol@example.com"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no subscriber with the address carol@example.com"));
+    assert!(!stdout(&run(&["subscribers", "export"])).contains("carol"));
+}

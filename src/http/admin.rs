@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/digests/{id}/resume", post(resume))
         .route("/api/schedule", get(get_schedule).put(put_schedule))
         .route("/api/subscribers", get(list_subscribers))
+        .route("/api/subscribers/{email}", delete(forget_subscriber))
         .route("/api/events", get(list_events))
         .route("/api/stats", get(overall_stats))
         .route("/api/digests/{id}/stats", get(digest_stats))
@@ -324,4 +325,13 @@ async fn digest_stats(
         Some(stats) => Ok(Json(stats).into_response()),
         None => Err(HttpError::NotFound(format!("no digest with id {id}"))),
     }
+}
+
+/// Right to erasure: the subscriber and everything about them.
+async fn forget_subscriber(
+    State(s): State<AppState>,
+    Path(email): Path<String>,
+) -> Result<Response, HttpError> {
+    s.editor.forget(&email).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

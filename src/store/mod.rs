@@ -403,6 +403,21 @@ impl Store {
         self.sql.recent_failures(limit).await
     }
 
+    /// Adds confirmed subscribers, leaving known addresses untouched; returns how many were new.
+    pub async fn import_confirmed(
+        &self,
+        rows: &[(EmailAddress, Option<SubscriberName>)],
+        source: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        self.sql.import_confirmed(rows, source, now).await
+    }
+
+    /// Erases a subscriber and everything about them; false if the address is unknown.
+    pub async fn forget(&self, email: &str) -> StoreResult<bool> {
+        self.sql.forget(email).await
+    }
+
     pub async fn migrate(&self) -> StoreResult<()> {
         self.sql.migrate().await
     }

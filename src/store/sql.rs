@@ -14,7 +14,10 @@ use super::{
     StoredSchedule, SubscriberRow, UnsubscribeOutcome, parse_col,
 };
 use crate::config::DatabaseKind;
-use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem, SubscriberStatus, Token};
+use crate::domain::{
+    DailySchedule, EmailAddress, ItemSelection, NewDigest, NewItem, SubscriberName,
+    SubscriberStatus, Token,
+};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -1389,6 +1392,61 @@ impl Sql {
                 })
             })
             .collect()
+    }
+}
+
+impl Sql {
+    /// Inserts already-confirmed subscribers (an import whose consent the operator vouches
+    /// for); addresses already known are left exactly as they are. Returns how many were new.
+    pub(super) async fn import_confirmed(
+        &self,
+        rows: &[(EmailAddress, Option<SubscriberName>)],
+        source: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let mut inserted = 0;
+        for (email, name) in rows {
+            inserted += sqlx::query(
+                "INSERT INTO subscribers (id, email, name, status, unsubscribe_token, consent_at,
+                     consent_user_agent, confirmed_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'confirmed', $4, $5, $6, $5, $5, $5)
+                 ON CONFLICT (email) DO NOTHING",
+            )
+            .bind(new_id())
+            .bind(email.as_str())
+            .bind(name.as_ref().map(SubscriberName::as_str))
+            .bind(Token::generate().as_str())
+            .bind(now)
+            .bind(source)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Erases a subscriber with their tokens and deliveries (right to erasure).
+    pub(super) async fn forget(&self, email: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let id: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM subscribers WHERE email = $1{}",
+            self.dialect.for_update()
+        ))
+        .bind(email)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else { return Ok(false) };
+        for sql in [
+            "DELETE FROM deliveries WHERE subscriber_id = $1",
+            "DELETE FROM confirmation_tokens WHERE subscriber_id = $1",
+            "DELETE FROM subscribers WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(&id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
