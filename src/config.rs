@@ -45,6 +45,7 @@ pub const SETTINGS: &[&str] = &[
     "pause_window",
     "metrics_token",
     "log_format",
+    "smtp_ca_file",
 ];
 
 /// Where a value came from, so an error can say what to edit.
@@ -106,6 +107,8 @@ pub struct SmtpSettings {
     pub password: Option<String>,
     /// Name sent in EHLO (the URL's path, as in lettre's URL form).
     pub hello_name: Option<String>,
+    /// Extra trusted root certificates (PEM), for a relay with a private CA.
+    pub extra_roots_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for SmtpSettings {
@@ -167,6 +170,7 @@ impl SmtpSettings {
             username,
             password,
             hello_name: (!path.is_empty()).then(|| path.to_owned()),
+            extra_roots_pem: None,
         })
     }
 }
@@ -317,9 +321,16 @@ impl Config {
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .ok_or_else(|| bad("public_url", p, &"expected an http:// or https:// URL"))?;
 
-        let smtp = get("smtp_url")
+        let mut smtp = get("smtp_url")
             .map(|s| SmtpSettings::from_url(s.0).map_err(|e| bad("smtp_url", s, &e)))
             .transpose()?;
+        if let Some(ca) = get("smtp_ca_file") {
+            let pem =
+                read_certificates(Path::new(ca.0)).map_err(|e| bad("smtp_ca_file", ca, &e))?;
+            if let Some(s) = smtp.as_mut() {
+                s.extra_roots_pem = Some(pem);
+            }
+        }
 
         let f = value("from", "Squeeze <newsletter@squeeze.localhost>");
         if f.0.chars().any(char::is_control) {
@@ -495,6 +506,20 @@ impl Config {
         url.query_pairs_mut().clear().append_pair("token", token);
         url.into()
     }
+}
+
+/// Reads a PEM file that must hold at least one certificate.
+fn read_certificates(path: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it ({e})"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("it is not a PEM certificate file ({e})"))?;
+    if certs.is_empty() {
+        return Err("it holds no PEM certificate".into());
+    }
+    Ok(pem)
 }
 
 /// `gmail.com=20, outlook.com=10` (messages per second per domain).

@@ -12,7 +12,9 @@ use lettre::address::Envelope;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{Address, Message};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -108,13 +110,23 @@ pub enum Transport {
     Outbox(PathBuf),
 }
 
-#[derive(Debug)]
 pub struct SmtpTransport {
     settings: SmtpSettings,
     timeout: Duration,
     hello: ClientId,
-    /// For implicit TLS (smtps://); STARTTLS goes through lettre's own TLS upgrade.
+    /// For implicit TLS (smtps://), over our own TCP connection.
     tls: Arc<rustls::ClientConfig>,
+    /// For STARTTLS, through lettre's upgrade; both trust the same roots.
+    starttls: Option<TlsParameters>,
+}
+
+impl std::fmt::Debug for SmtpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpTransport")
+            .field("settings", &self.settings)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Transport {
@@ -130,13 +142,24 @@ impl Transport {
             Some(n) => ClientId::Domain(n.clone()),
             None => ClientId::default(),
         };
-        let roots =
+        let extra: Vec<rustls::pki_types::CertificateDer<'static>> = settings
+            .extra_roots_pem
+            .as_deref()
+            .map(|pem| {
+                use rustls::pki_types::pem::PemObject as _;
+                rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+                    .filter_map(Result::ok)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        // The configuration checked these parse; a rejected one simply is not trusted.
+        let _ = roots.add_parsable_certificates(extra);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth());
         // The ring provider always supports the default versions; if that ever changes, fall
         // back to the builder's own choice rather than refusing to start.
         let tls = tls.unwrap_or_else(|_| {
@@ -144,11 +167,21 @@ impl Transport {
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth()
         });
+        let mut params = TlsParameters::builder(settings.host.clone());
+        if let Some(cert) = settings
+            .extra_roots_pem
+            .as_deref()
+            .and_then(|pem| Certificate::from_pem(pem).ok())
+        {
+            params = params.add_root_certificate(cert);
+        }
+        let starttls = params.build().ok();
         Self::Smtp(Arc::new(SmtpTransport {
             settings,
             timeout,
             hello,
             tls: Arc::new(tls),
+            starttls,
         }))
     }
 
@@ -296,8 +329,10 @@ impl SmtpTransport {
                 SmtpSecurity::None | SmtpSecurity::Implicit => false,
             };
             if starttls {
-                let params = TlsParameters::new(s.host.clone())
-                    .map_err(|e| format!("TLS setup for {server} failed: {e}"))?;
+                let params = self
+                    .starttls
+                    .clone()
+                    .ok_or_else(|| format!("TLS setup for {server} failed"))?;
                 conn.starttls(params, &self.hello)
                     .await
                     .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;

@@ -83,6 +83,8 @@ struct Settings {
     metrics_token: Option<String>,
     #[arg(long, global = true, value_name = "text|json")]
     log_format: Option<String>,
+    #[arg(long, global = true, value_name = "PEM_FILE")]
+    smtp_ca_file: Option<String>,
 }
 
 impl Settings {
@@ -116,6 +118,7 @@ impl Settings {
             ("pause_window", self.pause_window),
             ("metrics_token", self.metrics_token),
             ("log_format", self.log_format),
+            ("smtp_ca_file", self.smtp_ca_file),
         ];
         pairs
             .into_iter()

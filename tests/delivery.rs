@@ -272,3 +272,67 @@ async fn without_an_smtp_url_mail_goes_to_the_outbox_as_eml_files() {
     assert_eq!(file.file_name().to_string_lossy(), format!("{id}.eml"));
     app.stop().await;
 }
+
+async fn tls_app(smtp_url: String, ca_pem: Option<&str>) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = Vec::new();
+    if let Some(pem) = ca_pem {
+        let path = dir.path().join("relay-ca.pem");
+        std::fs::write(&path, pem).expect("write CA");
+        settings.push(("smtp_ca_file".to_owned(), path.display().to_string()));
+    }
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp_url),
+        settings,
+        ..Options::default()
+    })
+    .await;
+    (app, dir)
+}
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_with_a_private_ca() {
+    let (acceptor, pem) = common::smtp::localhost_tls();
+    let starttls =
+        SmtpServer::start_with("127.0.0.1:0", common::smtp::Tls::Starttls(acceptor.clone())).await;
+    starttls.faults().credentials = Some(("mailer".into(), "pw".into()));
+    let url = format!(
+        "smtp://mailer:pw@localhost:{}?tls=required",
+        starttls.addr.port()
+    );
+    let (app, _dir) = tls_app(url, Some(&pem)).await;
+    app.subscribe("tls@example.com").await;
+    let mail = starttls.wait_for(1, WAIT).await.remove(0);
+    assert!(mail.tls, "sent after STARTTLS");
+    assert_eq!(mail.auth_user.as_deref(), Some("mailer"));
+    app.stop().await;
+
+    let implicit =
+        SmtpServer::start_with("127.0.0.1:0", common::smtp::Tls::Implicit(acceptor)).await;
+    let (app, _dir) = tls_app(
+        format!("smtps://localhost:{}", implicit.addr.port()),
+        Some(&pem),
+    )
+    .await;
+    app.subscribe("smtps@example.com").await;
+    assert!(implicit.wait_for(1, WAIT).await[0].tls);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_relay_certificate_is_refused_and_the_mail_kept() {
+    let (acceptor, _) = common::smtp::localhost_tls();
+    let smtp = SmtpServer::start_with("127.0.0.1:0", common::smtp::Tls::Starttls(acceptor)).await;
+    let (app, _dir) = tls_app(
+        format!("smtp://localhost:{}?tls=required", smtp.addr.port()),
+        None,
+    )
+    .await;
+    app.subscribe("careful@example.com").await;
+    eventually("a TLS failure is recorded and the delivery kept", WAIT, || async {
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'queued' AND last_error LIKE '%STARTTLS%'").await == 1
+    })
+    .await;
+    assert_eq!(smtp.count(), 0);
+    app.stop().await;
+}

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: std::time::Instant,
+    /// Whether the session was encrypted (STARTTLS or implicit TLS).
+    pub tls: bool,
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
@@ -85,6 +87,40 @@ pub struct RcptAttempt {
     pub reply: String,
 }
 
+/// How the server offers TLS.
+#[derive(Clone)]
+pub enum Tls {
+    None,
+    /// Advertises STARTTLS.
+    Starttls(tokio_rustls::TlsAcceptor),
+    /// TLS from the first byte (smtps).
+    Implicit(tokio_rustls::TlsAcceptor),
+}
+
+/// A self-signed certificate for `localhost`: the acceptor, and the PEM a client must trust.
+pub fn localhost_tls() -> (tokio_rustls::TlsAcceptor, String) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let pem = cert.cert.pem();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .expect("server config");
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        pem,
+    )
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 #[derive(Default)]
 struct Shared {
     received: Mutex<Vec<Received>>,
@@ -110,6 +146,10 @@ impl SmtpServer {
     }
 
     pub async fn start_on(addr: &str) -> Self {
+        Self::start_with(addr, Tls::None).await
+    }
+
+    pub async fn start_with(addr: &str, tls: Tls) -> Self {
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind test SMTP server");
@@ -118,9 +158,19 @@ impl SmtpServer {
         let s = shared.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let s = s.clone();
+                let (s, tls) = (s.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = session(stream, s).await;
+                    *lock(&s.connections) += 1;
+                    let _ = match tls {
+                        Tls::Implicit(acceptor) => match acceptor.accept(stream).await {
+                            Ok(t) => session(Box::new(t), s, None, true, true).await,
+                            Err(_) => Ok(()),
+                        },
+                        Tls::Starttls(acceptor) => {
+                            session(Box::new(stream), s, Some(acceptor), false, true).await
+                        }
+                        Tls::None => session(Box::new(stream), s, None, false, true).await,
+                    };
                 });
             }
         });
@@ -191,9 +241,16 @@ fn addr_of(arg: &str) -> String {
     arg[start..end].to_owned()
 }
 
-async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
-    *lock(&shared.connections) += 1;
-    let (read, mut write) = stream.into_split();
+/// One SMTP session. `starttls`: offered and not yet used; `encrypted`: TLS is on; `greet`:
+/// false after STARTTLS, where the client speaks first (EHLO again).
+async fn session(
+    stream: Box<dyn Io>,
+    shared: Arc<Shared>,
+    starttls: Option<tokio_rustls::TlsAcceptor>,
+    encrypted: bool,
+    greet: bool,
+) -> std::io::Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
     let (stall, refuse) = {
         let mut f = lock(&shared.faults);
@@ -211,7 +268,9 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
         write.write_all(b"421 4.3.2 try again later\r\n").await?;
         return Ok(());
     }
-    write.write_all(b"220 test-smtp ESMTP\r\n").await?;
+    if greet {
+        write.write_all(b"220 test-smtp ESMTP\r\n").await?;
+    }
     let mut from = String::new();
     let mut rcpts = Vec::new();
     let mut auth_user: Option<String> = None;
@@ -225,11 +284,23 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
         let upper = cmd.to_ascii_uppercase();
         let needs_auth = lock(&shared.faults).credentials.clone();
         if upper.starts_with("EHLO") {
-            write
-                .write_all(
-                    b"250-test-smtp\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n",
-                )
-                .await?;
+            let offer = if starttls.is_some() {
+                "250-STARTTLS\r\n"
+            } else {
+                ""
+            };
+            let reply = format!(
+                "250-test-smtp\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n{offer}250 AUTH PLAIN LOGIN\r\n"
+            );
+            write.write_all(reply.as_bytes()).await?;
+        } else if upper == "STARTTLS" && starttls.is_some() {
+            write.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+            let plain = reader.into_inner().unsplit(write);
+            let Some(acceptor) = starttls else {
+                return Ok(());
+            };
+            let tls = acceptor.accept(plain).await?;
+            return Box::pin(session(Box::new(tls), shared, None, true, false)).await;
         } else if upper.starts_with("HELO") {
             write.write_all(b"250 test-smtp\r\n").await?;
         } else if upper.starts_with("AUTH PLAIN") {
@@ -336,6 +407,7 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
             }
             lock(&shared.received).push(Received {
                 at: std::time::Instant::now(),
+                tls: encrypted,
                 from: from.clone(),
                 rcpts: std::mem::take(&mut rcpts),
                 data,
