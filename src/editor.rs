@@ -294,15 +294,7 @@ impl Editor {
                     ip: None,
                     user_agent: Some(source.to_owned()),
                 };
-                let outcome = self
-                    .store
-                    .sign_up(
-                        &signup,
-                        now,
-                        std::time::Duration::from_secs(600),
-                        std::time::Duration::from_secs(3600),
-                    )
-                    .await?;
+                let outcome = self.store.sign_up(&signup, now).await?;
                 if outcome == crate::store::SignUpOutcome::ConfirmationQueued {
                     report.added += 1;
                 } else {

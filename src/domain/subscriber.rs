@@ -48,6 +48,11 @@ impl FromStr for SubscriberStatus {
     }
 }
 
+/// A pending address gets at most one confirmation email per this interval.
+pub const RESEND_CONFIRMATION_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// A confirmation email not sent within this time is given up (its link would be stale).
+pub const CONFIRMATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 const MAX_NAME_CHARS: usize = 100;
 
 /// A subscriber's name as they typed it: trimmed, at most 100 characters, no control characters

@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use hmac::{Hmac, Mac as _};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::admin::{DISABLED, token_matches};
-use super::{AppState, HttpError};
+use super::{AppState, HttpError, page};
 use crate::store::now_ms;
 
 const COOKIE: &str = "squeeze_session";
@@ -135,17 +135,6 @@ fn cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
         "{COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     );
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn page(
-    state: &AppState,
-    status: StatusCode,
-    name: &str,
-    ctx: minijinja::Value,
-) -> Result<Response, HttpError> {
-    let ctx = context! { list_name => state.composer.list_name(), ..ctx };
-    let html = state.composer.renderer().render(name, ctx)?;
-    Ok((status, Html(html)).into_response())
 }
 
 /// The page that says the dashboard is off (no admin token configured).

@@ -102,6 +102,25 @@ pub async fn serve(
         .await
 }
 
+/// Renders a page template with what every page gets: the list's name and the sign-up
+/// form's action.
+fn page(
+    state: &AppState,
+    status: StatusCode,
+    name: &str,
+    ctx: minijinja::Value,
+) -> Result<Response, HttpError> {
+    let base = minijinja::context! {
+        list_name => state.composer.list_name(),
+        subscribe_action => "/subscribe",
+    };
+    let html = state
+        .composer
+        .renderer()
+        .render(name, minijinja::context! { ..ctx, ..base })?;
+    Ok((status, axum::response::Html(html)).into_response())
+}
+
 async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),

@@ -6,21 +6,17 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use minijinja::context;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AppState, BODY_LIMIT, HttpError};
+use super::{AppState, BODY_LIMIT, HttpError, page};
 use crate::domain::{EmailAddress, SubscriberName, Token};
 use crate::store::{ConfirmOutcome, SignUp, UnsubscribeOutcome, now_ms};
 
-/// A pending address gets at most one confirmation email per this interval.
-const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
-/// A confirmation email not sent within this time is given up (the link would be stale).
-const CONFIRMATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
 const MAX_USER_AGENT: usize = 512;
 
 pub fn router() -> Router<AppState> {
@@ -29,21 +25,6 @@ pub fn router() -> Router<AppState> {
         .route("/subscribe", post(subscribe))
         .route("/confirm", get(confirm))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
-}
-
-fn page(
-    state: &AppState,
-    status: StatusCode,
-    name: &str,
-    ctx: minijinja::Value,
-) -> Result<Response, HttpError> {
-    let base =
-        context! { list_name => state.composer.list_name(), subscribe_action => "/subscribe" };
-    let html = state
-        .composer
-        .renderer()
-        .render(name, context! { ..ctx, ..base })?;
-    Ok((status, Html(html)).into_response())
 }
 
 async fn index(State(state): State<AppState>) -> Result<Response, HttpError> {
@@ -150,10 +131,7 @@ async fn subscribe(
         ip: Some(ip.to_string()),
         user_agent,
     };
-    let outcome = state
-        .store
-        .sign_up(&signup, now_ms(), RESEND_AFTER, CONFIRMATION_DEADLINE)
-        .await?;
+    let outcome = state.store.sign_up(&signup, now_ms()).await?;
     tracing::debug!(?outcome, "sign-up");
     state.wake.notify_one();
 
@@ -208,18 +186,22 @@ fn unsubscribe_token(q: &TokenQuery) -> Option<Token> {
     q.token.as_deref().and_then(|t| Token::parse(t).ok())
 }
 
+fn invalid_unsubscribe(state: &AppState, status: StatusCode) -> Result<Response, HttpError> {
+    page(
+        state,
+        status,
+        "unsubscribe.html.j2",
+        context! { state => "invalid" },
+    )
+}
+
 /// GET never changes anything: mail scanners follow links.
 async fn unsubscribe_page(
     State(state): State<AppState>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, HttpError> {
     let Some(token) = unsubscribe_token(&q) else {
-        return page(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "unsubscribe.html.j2",
-            context! { state => "invalid" },
-        );
+        return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
     };
     match state.store.unsubscribe_token_status(token.as_str()).await? {
         Some(_) => page(
@@ -228,12 +210,7 @@ async fn unsubscribe_page(
             "unsubscribe.html.j2",
             context! { state => "ask", action => format!("?token={}", token.as_str()) },
         ),
-        None => page(
-            &state,
-            StatusCode::NOT_FOUND,
-            "unsubscribe.html.j2",
-            context! { state => "invalid" },
-        ),
+        None => invalid_unsubscribe(&state, StatusCode::NOT_FOUND),
     }
 }
 
@@ -246,12 +223,7 @@ async fn unsubscribe(
     _body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let Some(token) = unsubscribe_token(&q) else {
-        return page(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "unsubscribe.html.j2",
-            context! { state => "invalid" },
-        );
+        return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
     };
     match state.store.unsubscribe(token.as_str(), now_ms()).await? {
         UnsubscribeOutcome::Unsubscribed | UnsubscribeOutcome::AlreadyGone => page(
@@ -260,11 +232,6 @@ async fn unsubscribe(
             "unsubscribe.html.j2",
             context! { state => "done" },
         ),
-        UnsubscribeOutcome::UnknownToken => page(
-            &state,
-            StatusCode::NOT_FOUND,
-            "unsubscribe.html.j2",
-            context! { state => "invalid" },
-        ),
+        UnsubscribeOutcome::UnknownToken => invalid_unsubscribe(&state, StatusCode::NOT_FOUND),
     }
 }

@@ -431,16 +431,17 @@ impl Store {
     }
 
     /// Records a sign-up and, in the same transaction, queues its confirmation email when one
-    /// is due (never more than one per `resend_after` for a pending address).
-    pub async fn sign_up(
-        &self,
-        s: &SignUp,
-        now: Millis,
-        resend_after: Duration,
-        confirmation_deadline: Duration,
-    ) -> StoreResult<SignUpOutcome> {
+    /// is due (never more than one per `RESEND_CONFIRMATION_AFTER` for a pending address; it
+    /// is given up after `CONFIRMATION_DEADLINE`).
+    pub async fn sign_up(&self, s: &SignUp, now: Millis) -> StoreResult<SignUpOutcome> {
+        use crate::domain::subscriber::{CONFIRMATION_DEADLINE, RESEND_CONFIRMATION_AFTER};
         self.sql
-            .sign_up(s, now, ms(resend_after), ms(confirmation_deadline))
+            .sign_up(
+                s,
+                now,
+                ms(RESEND_CONFIRMATION_AFTER),
+                ms(CONFIRMATION_DEADLINE),
+            )
             .await
     }
 

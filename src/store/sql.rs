@@ -773,24 +773,31 @@ impl Sql {
         rows.iter().map(item_from_row).collect()
     }
 
-    pub(super) async fn delete_item(&self, id: &str) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
+    /// Locks an item that must still be pending; `NotFound`, or `Conflict` with `why_not`.
+    async fn lock_pending_item(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        why_not: &str,
+    ) -> StoreResult<()> {
         let status: Option<String> = sqlx::query_scalar(&format!(
             "SELECT status FROM items WHERE id = $1{}",
             self.dialect.for_update()
         ))
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         match status.as_deref() {
-            None => return Err(not_found("item", id)),
-            Some("pending") => {}
-            Some(_) => {
-                return Err(StoreError::Conflict(format!(
-                    "item {id} is part of a digest; cancel that digest first"
-                )));
-            }
+            None => Err(not_found("item", id)),
+            Some("pending") => Ok(()),
+            Some(_) => Err(StoreError::Conflict(format!("item {id} {why_not}"))),
         }
+    }
+
+    pub(super) async fn delete_item(&self, id: &str) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        self.lock_pending_item(&mut tx, id, "is part of a digest; cancel that digest first")
+            .await?;
         sqlx::query("DELETE FROM items WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -815,22 +822,8 @@ impl Sql {
             .await?,
             ItemSelection::Ids(ids) => {
                 for id in ids {
-                    let status: Option<String> = sqlx::query_scalar(&format!(
-                        "SELECT status FROM items WHERE id = $1{}",
-                        self.dialect.for_update()
-                    ))
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match status.as_deref() {
-                        None => return Err(not_found("item", id)),
-                        Some("pending") => {}
-                        Some(_) => {
-                            return Err(StoreError::Conflict(format!(
-                                "item {id} is already part of another digest"
-                            )));
-                        }
-                    }
+                    self.lock_pending_item(&mut tx, id, "is already part of another digest")
+                        .await?;
                 }
                 let mut seen = std::collections::HashSet::new();
                 ids.iter().filter(|i| seen.insert(*i)).cloned().collect()
