@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(trace_request))
         .with_state(state)
 }
 
@@ -129,6 +130,31 @@ async fn healthz(State(state): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
         }
     }
+}
+
+/// One span per request, carrying method and path — never the query string, which holds
+/// tokens. Server errors are logged at warn level, everything else at debug.
+async fn trace_request(request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let started = std::time::Instant::now();
+    async move {
+        let response = next.run(request).await;
+        let status = response.status().as_u16();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if response.status().is_server_error() {
+            tracing::warn!(status, ms, "request failed");
+        } else {
+            tracing::debug!(status, ms, "request");
+        }
+        response
+    }
+    .instrument(span)
+    .await
 }
 
 /// Pages carry tokens in their URLs: never leak them through Referer, never cache them, never
