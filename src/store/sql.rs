@@ -63,6 +63,9 @@ pub(super) struct Sql {
     pool: AnyPool,
     dialect: Dialect,
     url: String,
+    /// SQLite: the hot writers (claim, record) take turns here, asynchronously, instead of
+    /// colliding on the database lock, where SQLite's busy handler sleeps 1, 2, 5, 10… ms.
+    write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The scheduler role's advisory lock is (this, hash of the schema): one scheduler per
@@ -124,6 +127,8 @@ impl Sql {
             pool,
             dialect,
             url: url.to_owned(),
+            write_gate: (dialect == Dialect::Sqlite)
+                .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))),
         })
     }
 
@@ -227,6 +232,14 @@ impl Sql {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Waits for this process's turn to write on SQLite (see `write_gate`); free on PostgreSQL.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.write_gate {
+            Some(g) => Some(g.lock().await),
+            None => None,
+        }
     }
 
     /// A transaction that will write: on SQLite it takes the write lock up front, so a read
@@ -485,22 +498,36 @@ impl Sql {
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let claim_id = new_id();
-        // One statement, committed before any SMTP work. On PostgreSQL, SKIP LOCKED lets
-        // concurrent workers pick disjoint rows without waiting for each other.
+        // One statement, committed before any SMTP work. Due rows and expired leases are
+        // picked separately so each uses its index (an OR of the two made SQLite scan the
+        // whole table on every claim). On PostgreSQL, SKIP LOCKED lets concurrent workers
+        // pick disjoint rows without waiting for each other.
+        let gate = self.write_turn().await;
         let claimed = sqlx::query(&format!(
-            "WITH picked AS MATERIALIZED (
-                 SELECT id FROM deliveries
-                 WHERE ((status = 'queued' AND run_at <= $3)
-                        OR (status = 'sending' AND lease_until < $3))
+            "WITH due AS MATERIALIZED (
+                 SELECT id, run_at FROM deliveries
+                 WHERE status = 'queued' AND run_at <= $3
                    AND (digest_id IS NULL OR digest_id NOT IN
                         (SELECT id FROM digests WHERE status = 'paused'))
                  ORDER BY run_at
-                 LIMIT $4{})
+                 LIMIT $4{lock}),
+             expired AS MATERIALIZED (
+                 SELECT id, run_at FROM deliveries
+                 WHERE status = 'sending' AND lease_until < $3
+                   AND (digest_id IS NULL OR digest_id NOT IN
+                        (SELECT id FROM digests WHERE status = 'paused'))
+                 ORDER BY lease_until
+                 LIMIT $4{lock}),
+             picked AS MATERIALIZED (
+                 SELECT id FROM (SELECT id, run_at FROM due
+                                 UNION ALL SELECT id, run_at FROM expired) AS c
+                 ORDER BY run_at
+                 LIMIT $4)
              UPDATE deliveries
              SET status = 'sending', lease_until = $1, claim_id = $2,
                  attempts = attempts + 1, updated_at = $3
              WHERE id IN (SELECT id FROM picked)",
-            self.dialect.skip_locked()
+            lock = self.dialect.skip_locked()
         ))
         .bind(now + lease)
         .bind(&claim_id)
@@ -509,6 +536,7 @@ impl Sql {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        drop(gate);
         if claimed == 0 {
             return Ok(Vec::new());
         }
@@ -544,6 +572,7 @@ impl Sql {
     }
 
     pub(super) async fn record(&self, outcomes: &[Recorded], now: Millis) -> StoreResult<()> {
+        let _turn = self.write_turn().await;
         let mut tx = self.begin_write().await?;
         for r in outcomes {
             // ?1 = now, ?2 = delivery id, ?3 = claim id; outcome-specific values follow.
