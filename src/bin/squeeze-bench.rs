@@ -1,0 +1,911 @@
+//! `squeeze-bench`: end-to-end throughput, latency and memory of the delivery pipeline,
+//! measured against the raw SMTP floor in the same run (issue #7).
+//!
+//! One run: starts Postfix's `smtp-sink` on 127.0.0.1, seeds N confirmed subscribers, makes a
+//! realistic digest through the library and times its fan-out, runs `squeeze worker` as a
+//! child process until every delivery is sent, samples the worker's peak RSS and CPU time,
+//! then sends N copies of the same message with lettre alone over the same kind of
+//! TCP_NODELAY connections (the floor) and prints the ratio. It prints figures and never
+//! judges them: timing assertions belong to no test.
+//!
+//! ```sh
+//! cargo build --release --bins
+//! target/release/squeeze-bench --subscribers 100000 [--database postgres]
+//! ```
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use clap::{Parser, ValueEnum};
+use lettre::address::Envelope;
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::extension::ClientId;
+use sqlx::{AnyConnection, Connection as _};
+use squeeze::app::App;
+use squeeze::compose::DigestContent;
+use squeeze::config::Config;
+use squeeze::domain::{ItemSelection, NewDigest, NewItem, Token};
+use squeeze::mailer::{self, Letter};
+use squeeze::store::now_ms;
+use tokio::net::TcpStream;
+
+const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+const INSTALL_SINK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smtp-sink.sh");
+const FROM: &str = "Freshly Squeezed <news@squeeze.example>";
+const PUBLIC_URL: &str = "https://news.squeeze.example";
+/// Rate limits lifted: the benchmark measures what the pipeline can do, not the pacing.
+const LIFTED_RATE: &str = "1000000";
+/// Subscribers per INSERT statement (4 parameters each: well under SQLite's 32,766 and
+/// PostgreSQL's 65,535) and per transaction.
+const SEED_ROWS_PER_STATEMENT: u64 = 1_000;
+const SEED_ROWS_PER_TRANSACTION: u64 = 50_000;
+/// No single SMTP exchange of the floor may hang the benchmark.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the database is asked whether the worker is done. The end time itself comes
+/// from the rows' `sent_at`, so this only bounds how late the benchmark notices.
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "squeeze-bench",
+    about = "End-to-end benchmark of the Squeeze pipeline against the raw SMTP floor"
+)]
+struct Args {
+    /// Confirmed subscribers to seed, i.e. emails the digest fans out to.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    subscribers: u64,
+    /// Backend to measure.
+    #[arg(long, value_enum, default_value_t = Database::Sqlite)]
+    database: Database,
+    /// PostgreSQL server for `--database postgres`; the run uses a fresh schema in it and
+    /// drops it at the end.
+    #[arg(long, default_value = "postgres://root@127.0.0.1:5432/test")]
+    postgres_url: String,
+    /// SMTP connections, for the worker and for the floor alike.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    concurrency: u32,
+    /// Measure seeding and fan-out only (no sink, worker or floor): for N = 1,000,000.
+    #[arg(long)]
+    fanout_only: bool,
+    /// The smtp-sink to run (default: where scripts/smtp-sink.sh installs it, installing it
+    /// first if it is missing).
+    #[arg(long, value_name = "PATH")]
+    smtp_sink: Option<PathBuf>,
+    /// Items in the digest.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
+    items: u64,
+    /// Characters of each item's summary (the default makes about 20 KB of HTML).
+    #[arg(long, default_value_t = 1_600, value_parser = clap::value_parser!(u64).range(0..=2000))]
+    summary_chars: u64,
+    /// Keep the temporary folder (database, worker and sink logs) and print where it is.
+    #[arg(long)]
+    keep_dir: bool,
+    /// Runs the worker under this command, for profiling, e.g.
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out". RSS and CPU figures
+    /// then describe the wrapper too.
+    #[arg(long, value_name = "COMMAND")]
+    worker_wrapper: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Database {
+    Sqlite,
+    Postgres,
+}
+
+impl Database {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "SQLite",
+            Self::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match bench(&args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("squeeze-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up the database, runs the measurements (stopping early on Ctrl-C), and always
+/// cleans up: child processes and the temporary folder through `Drop` guards inside `run`,
+/// the PostgreSQL schema here.
+async fn bench(args: &Args) -> Result<()> {
+    sqlx::any::install_default_drivers();
+    let mut dir = TempDir::create()?;
+    let (url, schema) = match args.database {
+        Database::Sqlite => (
+            format!("sqlite://{}", dir.0.join("squeeze.db").display()),
+            None,
+        ),
+        Database::Postgres => {
+            let schema = create_schema(&args.postgres_url).await?;
+            let sep = if args.postgres_url.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            let url = format!(
+                "{}{sep}options=-c%20search_path%3D{schema}",
+                args.postgres_url
+            );
+            (url, Some(schema))
+        }
+    };
+    let result = tokio::select! {
+        r = run(args, &dir.0, &url) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    if let Some(schema) = schema
+        && let Err(e) = drop_schema(&args.postgres_url, &schema).await
+    {
+        eprintln!("squeeze-bench: could not drop schema {schema}: {e:#}");
+    }
+    if args.keep_dir {
+        println!("kept: {}", dir.keep().display());
+    }
+    drop(dir);
+    result
+}
+
+async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
+    let n = args.subscribers;
+    println!(
+        "squeeze-bench: {n} subscribers, {}, {} connections",
+        args.database.name(),
+        args.concurrency
+    );
+    println!("machine: {}", machine());
+
+    // Started first so a missing or broken sink fails the run before minutes of seeding.
+    let sink = if args.fanout_only {
+        None
+    } else {
+        Some(Sink::start(args.smtp_sink.as_deref(), dir).await?)
+    };
+
+    let app = App::start(config(url, dir, args.concurrency)?)
+        .await
+        .context("starting Squeeze (database, templates)")?;
+
+    let started = Instant::now();
+    seed(url, n).await.context("seeding subscribers")?;
+    println!(
+        "seed: {n} confirmed subscribers in {} ms (fixture SQL, not the sign-up path)",
+        started.elapsed().as_millis()
+    );
+
+    let digest_id = make_digest(&app, args.items, args.summary_chars).await?;
+    let (envelope, message) = sample_message(&app, &digest_id).await?;
+
+    // Fan-out: what the scheduler does when the digest is due.
+    let started = Instant::now();
+    let report = app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .context("scheduler tick (fan-out)")?;
+    let fanout = started.elapsed();
+    let fanned_out_at = now_ms();
+    let deliveries = report
+        .fanned_out
+        .iter()
+        .find(|(id, _)| *id == digest_id)
+        .map(|(_, count)| *count)
+        .context("the scheduler did not fan out the digest")?;
+    ensure!(
+        deliveries == n,
+        "fan-out made {deliveries} deliveries for {n} subscribers"
+    );
+    println!("fan-out: {n} deliveries in {} ms", fanout.as_millis());
+    if args.fanout_only {
+        app.store.close().await;
+        return Ok(());
+    }
+    let sink = sink.context("no smtp-sink")?;
+
+    println!(
+        "rate limits lifted for the benchmark: SQUEEZE_RATE={LIFTED_RATE}, SQUEEZE_BURST={LIFTED_RATE}"
+    );
+    // The sink's CPU time per phase shows whether the relay, not the sender, was the limit.
+    let sink_cpu = cpu_seconds(sink.pid)?;
+    let pipeline = pipeline(args, dir, url, sink.port, fanned_out_at, &digest_id).await?;
+    let sink_cpu_pipeline = cpu_seconds(sink.pid)? - sink_cpu;
+    println!(
+        "pipeline: {n} emails in {:.2} s = {:.0} emails/s end to end (from fan-out done to the last sent)",
+        pipeline.seconds,
+        n as f64 / pipeline.seconds
+    );
+    println!(
+        "latency enqueue-to-sent: p50 {} ms, p99 {} ms",
+        pipeline.p50_ms, pipeline.p99_ms
+    );
+    println!(
+        "worker peak RSS: {:.1} MB; CPU: {:.2} s = {:.3} s per 1,000 emails",
+        pipeline.peak_rss_kb as f64 / 1024.0,
+        pipeline.cpu_seconds,
+        pipeline.cpu_seconds * 1000.0 / n as f64
+    );
+
+    println!(
+        "smtp-sink CPU during the pipeline: {sink_cpu_pipeline:.2} s = {:.3} s per 1,000 emails",
+        sink_cpu_pipeline * 1000.0 / n as f64
+    );
+
+    let (sink_cpu, own_cpu) = (cpu_seconds(sink.pid)?, cpu_seconds(std::process::id())?);
+    let floor_seconds = floor(sink.port, args.concurrency, n, &envelope, message.clone()).await?;
+    // Nothing else runs in this process meanwhile (the app's pool is idle).
+    let floor_cpu = cpu_seconds(std::process::id())? - own_cpu;
+    let sink_cpu_floor = cpu_seconds(sink.pid)? - sink_cpu;
+    let pipeline_rate = n as f64 / pipeline.seconds;
+    let floor_rate = n as f64 / floor_seconds;
+    println!(
+        "floor: lettre alone, {} TCP_NODELAY connections, same message and sink: {n} emails in {floor_seconds:.2} s = {floor_rate:.0} emails/s",
+        args.concurrency
+    );
+    println!(
+        "floor CPU: client {floor_cpu:.2} s = {:.3} s per 1,000 emails; smtp-sink {sink_cpu_floor:.2} s = {:.3} s per 1,000 emails",
+        floor_cpu * 1000.0 / n as f64,
+        sink_cpu_floor * 1000.0 / n as f64
+    );
+    println!("pipeline / floor: {:.2}", pipeline_rate / floor_rate);
+    app.store.close().await;
+    drop(sink);
+    Ok(())
+}
+
+/// The configuration the bench process uses for seeding, the digest and fan-out; the worker
+/// child gets the same settings as environment variables.
+fn config(url: &str, dir: &Path, concurrency: u32) -> Result<Config> {
+    // An empty file of our own, so a squeeze.toml in the working directory (or
+    // SQUEEZE_CONFIG) cannot change what is measured.
+    let file = dir.join("bench.toml");
+    std::fs::write(&file, "").with_context(|| format!("writing {}", file.display()))?;
+    let layer = settings(url, dir, concurrency)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    Config::load(Some(&file), layer).map_err(|e| anyhow!("benchmark configuration: {e}"))
+}
+
+fn settings(url: &str, dir: &Path, concurrency: u32) -> Vec<(&'static str, String)> {
+    vec![
+        ("database_url", url.to_owned()),
+        ("templates", TEMPLATES.to_owned()),
+        ("from", FROM.to_owned()),
+        ("public_url", PUBLIC_URL.to_owned()),
+        ("outbox", dir.join("outbox").display().to_string()),
+        ("rate", LIFTED_RATE.to_owned()),
+        ("burst", LIFTED_RATE.to_owned()),
+        ("concurrency", concurrency.to_string()),
+    ]
+}
+
+/// A benchmark fixture may use SQL directly: N confirmed subscribers in multi-row INSERTs,
+/// a few large transactions. The product's sign-up path (one transaction and a confirmation
+/// per address) would take far longer at a million and is load-tested on its own by
+/// scripts/bench-subscribe.sh.
+async fn seed(url: &str, n: u64) -> Result<()> {
+    const DOMAINS: [&str; 4] = ["example.com", "example.org", "example.net", "mail.example"];
+    let mut conn = AnyConnection::connect(url).await?;
+    let now = now_ms();
+    let mut i = 0;
+    while i < n {
+        let tx_end = (i + SEED_ROWS_PER_TRANSACTION).min(n);
+        let mut tx = conn.begin().await?;
+        while i < tx_end {
+            let end = (i + SEED_ROWS_PER_STATEMENT).min(tx_end);
+            let mut sql = String::from(
+                "INSERT INTO subscribers (id, email, name, status, unsubscribe_token,
+                     consent_at, confirmed_at, created_at, updated_at) VALUES ",
+            );
+            for k in 0..(end - i) {
+                let p = k * 4;
+                if k > 0 {
+                    sql.push(',');
+                }
+                // Times are the bench's own integer, not input: inlining them is safe.
+                let _ = write!(
+                    sql,
+                    "(${}, ${}, ${}, 'confirmed', ${}, {now}, {now}, {now}, {now})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4
+                );
+            }
+            let mut q = sqlx::query(&sql);
+            for j in i..end {
+                let domain = DOMAINS[usize::try_from(j % 4).unwrap_or(0)];
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(format!("reader{j}@{domain}"))
+                    .bind(format!("Reader {j}"))
+                    .bind(Token::generate().as_str().to_owned());
+            }
+            q.execute(&mut *tx).await?;
+            i = end;
+        }
+        tx.commit().await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// A realistic digest through the library: `items` items with long summaries (about 20 KB of
+/// HTML by default, and the text part), created and scheduled for now.
+async fn make_digest(app: &App, items: u64, summary_chars: u64) -> Result<String> {
+    let now = now_ms();
+    for k in 1..=items {
+        let summary = prose(k, usize::try_from(summary_chars).unwrap_or(2000));
+        let item = NewItem::parse(
+            &format!("Item {k}: what changed in the toolchain this week, and why it matters"),
+            &format!("https://news.example.org/2026/05/{k}/what-changed-this-week"),
+            &summary,
+            Some("The Example Gazette"),
+        )
+        .map_err(|e| anyhow!("benchmark item {k}: {e}"))?;
+        app.store
+            .add_item(&item, now)
+            .await
+            .context("adding item")?;
+    }
+    let digest = NewDigest::parse(
+        "Freshly squeezed: the week in tools",
+        Some("Good morning. Ten stories worth your coffee, in the order we would read them."),
+        ItemSelection::Pending,
+    )
+    .map_err(|e| anyhow!("benchmark digest: {e}"))?;
+    let digest = app
+        .store
+        .create_digest(&digest, None, now)
+        .await
+        .context("creating the digest")?;
+    app.store
+        .schedule_digest(&digest.id, now, now)
+        .await
+        .context("scheduling the digest")?;
+    Ok(digest.id)
+}
+
+/// Deterministic English-looking text of exactly `len` characters, ending with a period.
+fn prose(seed: u64, len: usize) -> String {
+    const WORDS: [&str; 24] = [
+        "the", "compiler", "now", "checks", "borrowed", "values", "across", "await", "points",
+        "which", "makes", "async", "code", "easier", "to", "review", "and", "release", "notes",
+        "explain", "every", "change", "in", "detail",
+    ];
+    let mut s = String::with_capacity(len + 16);
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    while s.len() < len {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let word = WORDS[usize::try_from((x >> 33) % 24).unwrap_or(0)];
+        if !s.is_empty() {
+            s.push(if (x >> 20).is_multiple_of(11) {
+                '.'
+            } else {
+                ' '
+            });
+            if s.ends_with('.') {
+                s.push(' ');
+            }
+        }
+        s.push_str(word);
+    }
+    s.truncate(len.saturating_sub(1));
+    let mut s = s.trim_end().to_owned();
+    if len > 0 {
+        s.push('.');
+    }
+    s
+}
+
+/// One subscriber's copy of the digest, exactly as the worker builds it: the floor sends
+/// these bytes N times.
+async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8]>)> {
+    let digest = app
+        .store
+        .digest(digest_id)
+        .await
+        .context("loading the digest")?
+        .context("the digest vanished")?;
+    let token = Token::generate();
+    let (rendered, list) = app
+        .composer()
+        .digest(
+            &DigestContent::new(&digest),
+            Some("Reader 0"),
+            token.as_str(),
+        )
+        .context("rendering the digest")?;
+    let delivery_id = uuid::Uuid::now_v7().to_string();
+    let letter = Letter {
+        delivery_id: &delivery_id,
+        to_email: "reader0@example.com",
+        to_name: Some("Reader 0"),
+        rendered: &rendered,
+        list: Some(&list),
+    };
+    let (envelope, bytes) =
+        mailer::build(&app.config.from, &letter).context("building the message")?;
+    println!(
+        "message: {} items, HTML {:.1} KB, text {:.1} KB, {:.1} KB on the wire ({} bytes)",
+        digest.items.len(),
+        rendered.html.len() as f64 / 1024.0,
+        rendered.text.len() as f64 / 1024.0,
+        bytes.len() as f64 / 1024.0,
+        bytes.len()
+    );
+    Ok((envelope, bytes.into()))
+}
+
+struct PipelineFigures {
+    seconds: f64,
+    p50_ms: i64,
+    p99_ms: i64,
+    peak_rss_kb: u64,
+    cpu_seconds: f64,
+}
+
+/// Runs `squeeze worker` until nothing is queued or sending, samples its peak RSS and CPU
+/// time while it is still alive, stops it with SIGTERM, and reads the outcome from the rows.
+async fn pipeline(
+    args: &Args,
+    dir: &Path,
+    url: &str,
+    port: u16,
+    fanned_out_at: i64,
+    digest_id: &str,
+) -> Result<PipelineFigures> {
+    let n = args.subscribers;
+    let exe = std::env::current_exe()
+        .context("locating squeeze-bench")?
+        .with_file_name("squeeze");
+    ensure!(
+        exe.exists(),
+        "{} is missing: build both binaries with `cargo build --release --bins`",
+        exe.display()
+    );
+    let log_path = dir.join("worker.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = match &args.worker_wrapper {
+        Some(w) => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().context("--worker-wrapper is empty")?);
+            c.args(parts).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.arg("worker");
+    // Only the settings below count: none inherited from the caller's environment.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SQUEEZE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in settings(url, dir, args.concurrency) {
+        cmd.env(format!("SQUEEZE_{}", k.to_uppercase()), v);
+    }
+    cmd.env("SQUEEZE_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
+        .env("SQUEEZE_CONFIG", dir.join("bench.toml"))
+        // The product's default, unless the caller asks for more (e.g. sqlx::query=debug
+        // logs every statement with its duration; see --keep-dir).
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "squeeze=info,warn".into()),
+        )
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut worker = Reaped(
+        cmd.spawn()
+            .with_context(|| format!("starting {}", exe.display()))?,
+    );
+    let pid = worker.0.id();
+    // For attaching a profiler: perf record -g -p <pid>.
+    println!("worker: pid {pid}, log {}", log_path.display());
+
+    let mut conn = AnyConnection::connect(url).await?;
+    // Generous, but bounded: a worker that stops making progress fails the run.
+    let deadline = Instant::now() + Duration::from_secs(120 + n / 100);
+    loop {
+        if let Some(status) = worker.0.try_wait()? {
+            bail!(
+                "the worker exited early ({status}); its log:\n{}",
+                tail(&log_path)
+            );
+        }
+        // Whether one row is left, not how many: counting 100,000 index entries 20 times a
+        // second would take CPU from the process being measured.
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+                 WHERE status IN ('queued', 'sending') LIMIT 1) AS t",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        if busy == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "deliveries still unsent at the deadline; worker log:\n{}",
+            tail(&log_path)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    // Sampled before the stop: afterwards /proc/<pid> is gone.
+    let peak_rss_kb = peak_rss_kb(pid)?;
+    let cpu_seconds = cpu_seconds(pid)?;
+    let status = worker.terminate(Duration::from_secs(40)).await?;
+    ensure!(
+        status.success(),
+        "the worker exited with {status} on SIGTERM; its log:\n{}",
+        tail(&log_path)
+    );
+
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM deliveries GROUP BY status ORDER BY status")
+            .fetch_all(&mut conn)
+            .await?;
+    let sent = by_status
+        .iter()
+        .find(|(s, _)| s == "sent")
+        .map_or(0, |(_, c)| *c);
+    ensure!(
+        u64::try_from(sent).ok() == Some(n),
+        "not every delivery was sent: {by_status:?}; worker log:\n{}",
+        tail(&log_path)
+    );
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT created_at, sent_at FROM deliveries WHERE digest_id = $1 AND status = 'sent'",
+    )
+    .bind(digest_id)
+    .fetch_all(&mut conn)
+    .await?;
+    conn.close().await?;
+    let last_sent = rows.iter().map(|(_, s)| *s).max().context("no sent rows")?;
+    let mut latencies: Vec<i64> = rows.iter().map(|(c, s)| s - c).collect();
+    latencies.sort_unstable();
+    // At least a millisecond, so a tiny N cannot divide by zero.
+    let seconds = ((last_sent - fanned_out_at).max(1)) as f64 / 1000.0;
+    Ok(PipelineFigures {
+        seconds,
+        p50_ms: percentile(&latencies, 50),
+        p99_ms: percentile(&latencies, 99),
+        peak_rss_kb,
+        cpu_seconds,
+    })
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[i64], p: usize) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+/// N copies of the same message, lettre's client alone over `concurrency` TCP_NODELAY
+/// connections (as Squeeze opens them), no database and no rendering. Returns seconds.
+async fn floor(
+    port: u16,
+    concurrency: u32,
+    n: u64,
+    envelope: &Envelope,
+    message: Arc<[u8]>,
+) -> Result<f64> {
+    let hello = ClientId::default();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (next, envelope, message, hello) = (
+            next.clone(),
+            envelope.clone(),
+            message.clone(),
+            hello.clone(),
+        );
+        tasks.spawn(async move {
+            let tcp = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .context("floor: connecting to smtp-sink")?;
+            tcp.set_nodelay(true).context("floor: TCP_NODELAY")?;
+            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello)
+                .await
+                .context("floor: SMTP greeting")?;
+            let mut sent = 0u64;
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                tokio::time::timeout(SEND_TIMEOUT, conn.send(&envelope, &message))
+                    .await
+                    .context("floor: send timed out")?
+                    .context("floor: send")?;
+                sent += 1;
+            }
+            // Politeness only; the figures are already taken.
+            let _ = tokio::time::timeout(SEND_TIMEOUT, conn.quit()).await;
+            Ok::<u64, anyhow::Error>(sent)
+        });
+    }
+    let mut sent = 0;
+    let mut done = None;
+    while let Some(joined) = tasks.join_next().await {
+        sent += joined.context("floor task panicked")??;
+        if sent == n {
+            done = Some(started.elapsed());
+        }
+    }
+    let done = done.with_context(|| format!("floor sent {sent} of {n} messages"))?;
+    Ok(done.as_secs_f64().max(1e-3))
+}
+
+/// Postfix's smtp-sink on 127.0.0.1, killed when dropped.
+struct Sink {
+    port: u16,
+    pid: u32,
+    _child: Reaped,
+}
+
+impl Sink {
+    async fn start(path: Option<&Path>, dir: &Path) -> Result<Self> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => installed_sink()?,
+        };
+        let port = free_port()?;
+        let log_path = dir.join("smtp-sink.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = Command::new(&path);
+        if running_as_root() {
+            // smtp-sink refuses to keep root privileges.
+            cmd.args(["-u", "nobody"]);
+        }
+        // Backlog 1000: never the reason a connection waits.
+        cmd.arg(format!("127.0.0.1:{port}"))
+            .arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut child = Reaped(
+            cmd.spawn()
+                .with_context(|| format!("starting {}", path.display()))?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.0.try_wait()? {
+                bail!("smtp-sink exited at once ({status}):\n{}", tail(&log_path));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "smtp-sink does not listen on 127.0.0.1:{port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self {
+            port,
+            pid: child.0.id(),
+            _child: child,
+        })
+    }
+}
+
+/// Where scripts/smtp-sink.sh puts the wrapper; runs the script when it is not there yet.
+fn installed_sink() -> Result<PathBuf> {
+    let output = Command::new("bash")
+        .arg(INSTALL_SINK)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {INSTALL_SINK}"))?;
+    ensure!(
+        output.status.success(),
+        "{INSTALL_SINK} failed ({}); pass --smtp-sink PATH to use another smtp-sink",
+        output.status
+    );
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    ensure!(!path.is_empty(), "{INSTALL_SINK} printed no path");
+    Ok(PathBuf::from(path))
+}
+
+/// A port the kernel just had free. Another process could take it before smtp-sink binds
+/// it; then the start fails loudly, it does not measure the wrong server.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            == Some("0")
+    })
+}
+
+/// A child process that is killed (SIGKILL) if still running when dropped: an error or
+/// Ctrl-C anywhere leaves no sink or worker behind.
+struct Reaped(Child);
+
+impl Reaped {
+    /// SIGTERM (the worker's graceful stop), then waits up to `timeout`.
+    async fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("running kill -TERM")?;
+        ensure!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "process {pid} still running {timeout:?} after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A folder under the system temp dir for the database and logs, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create() -> Result<Self> {
+        let path =
+            std::env::temp_dir().join(format!("squeeze-bench-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl TempDir {
+    /// Leaves the folder in place.
+    fn keep(&mut self) -> PathBuf {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn create_schema(base: &str) -> Result<String> {
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), AnyConnection::connect(base))
+        .await
+        .with_context(|| format!("no answer from {base}"))?
+        .with_context(|| format!("connecting to {base}"))?;
+    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("creating schema {schema}"))?;
+    conn.close().await?;
+    Ok(schema)
+}
+
+async fn drop_schema(base: &str, schema: &str) -> Result<()> {
+    let mut conn = AnyConnection::connect(base).await?;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// VmHWM: the process's peak resident set, in kB.
+fn peak_rss_kb(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no VmHWM in {path}"))
+}
+
+/// utime + stime of the process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces; fields are counted after its ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("unexpected {path}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Field 3 (state) is fields[0], so utime (14) and stime (15) are fields[11] and [12].
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("unexpected {path}"))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks() as f64)
+}
+
+/// sysconf(_SC_CLK_TCK) without unsafe code; 100 on Linux in practice.
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(100)
+}
+
+fn machine() -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::File::open("/proc/cpuinfo")
+        .ok()
+        .and_then(|f| {
+            BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|l| {
+                    l.strip_prefix("model name")
+                        .and_then(|r| r.split_once(':'))
+                        .map(|(_, m)| m.trim().to_owned())
+                })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or_else(String::new, |kb| {
+            format!(", {:.0} GB RAM", kb as f64 / 1024.0 / 1024.0)
+        });
+    format!("nproc {nproc}, {model}{memory}")
+}
+
+/// The last lines of a log, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
