@@ -221,9 +221,12 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         "rate limits lifted for the benchmark: SQUEEZE_RATE={LIFTED_RATE}, SQUEEZE_BURST={LIFTED_RATE}"
     );
     // The sink's CPU time per phase shows whether the relay, not the sender, was the limit.
+    // So is the database server's, for PostgreSQL, where the queries run outside the worker.
     let sink_cpu = cpu_seconds(sink.pid)?;
+    let db_cpu = postgres_cpu_seconds();
     let pipeline = pipeline(args, dir, url, sink.port, fanned_out_at, &digest_id).await?;
     let sink_cpu_pipeline = cpu_seconds(sink.pid)? - sink_cpu;
+    let db_cpu_pipeline = pipeline.db_cpu_seconds - db_cpu;
     println!(
         "pipeline: {n} emails in {:.2} s = {:.0} emails/s end to end (from fan-out done to the last sent)",
         pipeline.seconds,
@@ -244,6 +247,12 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         "smtp-sink CPU during the pipeline: {sink_cpu_pipeline:.2} s = {:.3} s per 1,000 emails",
         sink_cpu_pipeline * 1000.0 / n as f64
     );
+    if args.database == Database::Postgres {
+        println!(
+            "PostgreSQL server CPU during the pipeline (all its processes on this machine): {db_cpu_pipeline:.2} s = {:.3} s per 1,000 emails",
+            db_cpu_pipeline * 1000.0 / n as f64
+        );
+    }
 
     let (sink_cpu, own_cpu) = (cpu_seconds(sink.pid)?, cpu_seconds(std::process::id())?);
     let floor_seconds = floor(sink.port, args.concurrency, n, &envelope, message.clone()).await?;
@@ -460,6 +469,8 @@ struct PipelineFigures {
     p99_ms: i64,
     peak_rss_kb: u64,
     cpu_seconds: f64,
+    /// `postgres_cpu_seconds()` when the worker was done, before it was stopped.
+    db_cpu_seconds: f64,
 }
 
 /// Runs `squeeze worker` until nothing is queued or sending, samples its peak RSS and CPU
@@ -554,6 +565,7 @@ async fn pipeline(
     // Sampled before the stop: afterwards /proc/<pid> is gone.
     let peak_rss_kb = peak_rss_kb(pid)?;
     let cpu_seconds = cpu_seconds(pid)?;
+    let db_cpu_seconds = postgres_cpu_seconds();
     let status = worker.terminate(Duration::from_secs(40)).await?;
     ensure!(
         status.success(),
@@ -592,6 +604,7 @@ async fn pipeline(
         p99_ms: percentile(&latencies, 99),
         peak_rss_kb,
         cpu_seconds,
+        db_cpu_seconds,
     })
 }
 
@@ -844,6 +857,17 @@ fn peak_rss_kb(pid: u32) -> Result<u64> {
 
 /// utime + stime of the process, in seconds.
 fn cpu_seconds(pid: u32) -> Result<f64> {
+    stat_seconds(pid, &[11, 12])
+}
+
+/// utime + stime + cutime + cstime (its waited-for children's), in seconds.
+fn cpu_seconds_with_children(pid: u32) -> Result<f64> {
+    stat_seconds(pid, &[11, 12, 13, 14])
+}
+
+/// The sum of some tick fields of /proc/<pid>/stat, in seconds; `fields` index the fields
+/// after the command name, so 11 and 12 are utime and stime (fields 14 and 15 of proc(5)).
+fn stat_seconds(pid: u32, fields_wanted: &[usize]) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces; fields are counted after its ')'.
@@ -853,25 +877,50 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
         .with_context(|| format!("unexpected {path}"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // Field 3 (state) is fields[0], so utime (14) and stime (15) are fields[11] and [12].
-    let ticks = |i: usize| -> Result<u64> {
-        fields
+    let mut ticks = 0u64;
+    for &i in fields_wanted {
+        let v: u64 = fields
             .get(i)
             .and_then(|v| v.parse().ok())
-            .with_context(|| format!("unexpected {path}"))
+            .with_context(|| format!("unexpected {path}"))?;
+        ticks += v;
+    }
+    Ok(ticks as f64 / clock_ticks() as f64)
+}
+
+/// CPU seconds used so far by every process named `postgres` on this machine (the server
+/// and its backends; other clients' work included), with their reaped children's, so a
+/// backend that exits moves its time into the postmaster's instead of losing it. 0 when
+/// none can be read.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
     };
-    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks() as f64)
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        // A backend may exit between listing and reading: it simply does not count.
+        .filter_map(|pid| cpu_seconds_with_children(pid).ok())
+        .sum()
 }
 
 /// sysconf(_SC_CLK_TCK) without unsafe code; 100 on Linux in practice.
 fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|t| *t > 0)
-        .unwrap_or(100)
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(100)
+    })
 }
 
 fn machine() -> String {
