@@ -224,9 +224,12 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
     // So is the database server's, for PostgreSQL, where the queries run outside the worker.
     let sink_cpu = cpu_seconds(sink.pid)?;
     let db_cpu = postgres_cpu_seconds();
+    let machine = Busy::sample()?;
     let pipeline = pipeline(args, dir, url, sink.port, fanned_out_at, &digest_id).await?;
     let sink_cpu_pipeline = cpu_seconds(sink.pid)? - sink_cpu;
     let db_cpu_pipeline = pipeline.db_cpu_seconds - db_cpu;
+    let others_pipeline =
+        machine.others(pipeline.cpu_seconds + sink_cpu_pipeline + db_cpu_pipeline)?;
     println!(
         "pipeline: {n} emails in {:.2} s = {:.0} emails/s end to end (from fan-out done to the last sent)",
         pipeline.seconds,
@@ -254,11 +257,15 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         );
     }
 
+    println!("{others_pipeline}");
+
     let (sink_cpu, own_cpu) = (cpu_seconds(sink.pid)?, cpu_seconds(std::process::id())?);
+    let machine = Busy::sample()?;
     let floor_seconds = floor(sink.port, args.concurrency, n, &envelope, message.clone()).await?;
     // Nothing else runs in this process meanwhile (the app's pool is idle).
     let floor_cpu = cpu_seconds(std::process::id())? - own_cpu;
     let sink_cpu_floor = cpu_seconds(sink.pid)? - sink_cpu;
+    let others_floor = machine.others(floor_cpu + sink_cpu_floor)?;
     let pipeline_rate = n as f64 / pipeline.seconds;
     let floor_rate = n as f64 / floor_seconds;
     println!(
@@ -270,6 +277,7 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         floor_cpu * 1000.0 / n as f64,
         sink_cpu_floor * 1000.0 / n as f64
     );
+    println!("{others_floor}");
     println!("pipeline / floor: {:.2}", pipeline_rate / floor_rate);
     app.store.close().await;
     drop(sink);
@@ -886,6 +894,62 @@ fn stat_seconds(pid: u32, fields_wanted: &[usize]) -> Result<f64> {
         ticks += v;
     }
     Ok(ticks as f64 / clock_ticks() as f64)
+}
+
+/// The whole machine's busy CPU time, to tell how much of a phase's CPU went to processes
+/// the benchmark does not account for (a build running beside it makes figures noisy).
+struct Busy {
+    seconds: f64,
+    own: f64,
+    at: Instant,
+}
+
+impl Busy {
+    fn sample() -> Result<Self> {
+        Ok(Self {
+            seconds: machine_busy_seconds()?,
+            own: cpu_seconds(std::process::id())?,
+            at: Instant::now(),
+        })
+    }
+
+    /// A line saying how busy the machine was since `self`, and how much of that was neither
+    /// `accounted` (the measured processes) nor this benchmark process.
+    fn others(&self, accounted: f64) -> Result<String> {
+        let busy = machine_busy_seconds()? - self.seconds;
+        let own = cpu_seconds(std::process::id())? - self.own;
+        let wall = self.at.elapsed().as_secs_f64();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let others = (busy - accounted - own).max(0.0);
+        Ok(format!(
+            "  machine: {busy:.1} of {:.1} CPU-seconds busy; other processes {others:.1} s{}",
+            wall * cores as f64,
+            if others > 0.1 * busy {
+                " (noisy: something else was running)"
+            } else {
+                ""
+            }
+        ))
+    }
+}
+
+/// Busy CPU time of the whole machine (all CPUs) from /proc/stat, in seconds.
+fn machine_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let cpu = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    Ok(busy as f64 / clock_ticks() as f64)
 }
 
 /// CPU seconds used so far by every process named `postgres` on this machine (the server
