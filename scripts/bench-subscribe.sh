@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Load test of POST /subscribe (issue #7; target: >= 5,000 requests/s, p99 < 20 ms).
+# Starts the release `squeeze serve` on a free 127.0.0.1 port with an SQLite file in a temp
+# folder and the per-IP sign-up limit off (SQUEEZE_SUBSCRIBE_PER_MINUTE=0: every request comes
+# from one IP), drives it with wrk posting distinct JSON sign-ups, prints requests/s and p99,
+# and stops the server. Extra arguments go to `squeeze serve` (e.g. --no-worker to leave the
+# confirmation emails queued instead of written to the outbox while the load runs).
+#
+#   cargo build --release --bins && scripts/bench-subscribe.sh
+#   DURATION=30s CONNECTIONS=64 THREADS=2 scripts/bench-subscribe.sh --no-worker
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+squeeze="${CARGO_TARGET_DIR:-$root/target}/release/squeeze"
+duration="${DURATION:-10s}"
+connections="${CONNECTIONS:-32}"
+threads="${THREADS:-2}"
+
+if [[ ! -x "$squeeze" ]]; then
+  echo "bench-subscribe.sh: $squeeze is missing; run: cargo build --release --bins" >&2
+  exit 1
+fi
+if ! command -v wrk >/dev/null 2>&1; then
+  # Debian's wrk; `apt-get update` only when the package lists do not know it yet.
+  apt-get install -y -q wrk >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null
+  }
+fi
+
+tmp="$(mktemp -d -t squeeze-subscribe.XXXXXX)"
+server=""
+cleanup() {
+  if [[ -n "$server" ]] && kill -0 "$server" 2>/dev/null; then
+    kill -TERM "$server" 2>/dev/null || true
+    # The server drains for at most its shutdown_timeout; don't wait forever.
+    for _ in $(seq 1 100); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+url="http://127.0.0.1:$port"
+: >"$tmp/squeeze.toml" # so no squeeze.toml from elsewhere is read
+(
+  cd "$tmp"
+  for v in $(env | grep -o '^SQUEEZE_[A-Z_]*' || true); do unset "$v"; done
+  export SQUEEZE_CONFIG="$tmp/squeeze.toml" \
+    SQUEEZE_DATABASE_URL="sqlite://$tmp/squeeze.db" \
+    SQUEEZE_BIND="127.0.0.1:$port" \
+    SQUEEZE_PUBLIC_URL="$url" \
+    SQUEEZE_SUBSCRIBE_PER_MINUTE=0 \
+    SQUEEZE_TEMPLATES="$root/templates" \
+    SQUEEZE_OUTBOX="$tmp/outbox"
+  exec "$squeeze" serve "$@" >"$tmp/squeeze.log" 2>&1
+) &
+server=$!
+
+for _ in $(seq 1 100); do
+  curl -fs "$url/healthz" >/dev/null 2>&1 && break
+  kill -0 "$server" 2>/dev/null || { cat "$tmp/squeeze.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -fs "$url/healthz" >/dev/null || { echo "squeeze did not come up" >&2; cat "$tmp/squeeze.log" >&2; exit 1; }
+
+# Every request is a new address: a counter per wrk thread, the thread's number in the name.
+cat >"$tmp/subscribe.lua" <<'LUA'
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  counter = 0
+end
+function request()
+  counter = counter + 1
+  local body = string.format('{"email": "load%d.%d@example.com", "name": "Load %d"}', tid, counter, counter)
+  return wrk.format("POST", "/subscribe", { ["Content-Type"] = "application/json" }, body)
+end
+LUA
+
+echo "machine: nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "squeeze serve $* on $url (SQLite, per-IP limit off); wrk -t$threads -c$connections -d$duration"
+wrk -t"$threads" -c"$connections" -d"$duration" --latency -s "$tmp/subscribe.lua" "$url/subscribe" | tee "$tmp/wrk.out"
+
+rps="$(awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.out")"
+p99="$(awk '$1 == "99%" {print $2}' "$tmp/wrk.out")"
+bad="$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$tmp/wrk.out")"
+stored="$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from subscribers").fetchone()[0])' "$tmp/squeeze.db")"
+echo "subscribe: ${rps:-?} requests/s, p99 ${p99:-?}, non-2xx ${bad:-0}, ${stored} sign-ups stored"
+kill -0 "$server" 2>/dev/null || { echo "squeeze died during the load test" >&2; cat "$tmp/squeeze.log" >&2; exit 1; }
+[[ -z "$bad" ]] || { echo "bench-subscribe.sh: some requests failed" >&2; tail -n 20 "$tmp/squeeze.log" >&2; exit 1; }
