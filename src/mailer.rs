@@ -9,8 +9,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use lettre::address::Envelope;
+use lettre::message::header::ContentTransferEncoding;
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
@@ -95,12 +96,31 @@ pub fn build(from: &Mailbox, letter: &Letter<'_>) -> Result<(Envelope, Vec<u8>),
             ));
     }
     let message = b
-        .multipart(MultiPart::alternative_plain_html(
-            letter.rendered.text.clone(),
-            letter.rendered.html.clone(),
-        ))
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(SinglePart::plain(body(&letter.rendered.text)))
+                .singlepart(SinglePart::html(body(&letter.rendered.html))),
+        )
         .map_err(BuildError::Message)?;
     Ok((message.envelope().clone(), message.formatted()))
+}
+
+/// A body part. ASCII text whose lines fit SMTP's limit (998 octets) goes as it is, labelled
+/// `7bit` (RFC 2045); lettre would quoted-printable-encode any line over 76 characters, which
+/// was the largest single cost of sending a digest. Anything else (non-ASCII, overlong lines)
+/// keeps lettre's choice (quoted-printable or base64), which every relay accepts.
+fn body(text: &str) -> Body {
+    let fits = text.is_ascii()
+        && !text.contains(['\0', '\r'])
+        && text.split('\n').all(|line| line.len() <= 998);
+    if fits {
+        Body::dangerous_pre_encoded(
+            text.replace('\n', "\r\n").into_bytes(),
+            ContentTransferEncoding::SevenBit,
+        )
+    } else {
+        Body::new(text.to_owned())
+    }
 }
 
 /// Where mail goes: chosen once from the configuration.
@@ -409,6 +429,27 @@ mod tests {
             html: "<p>hi</p>".into(),
             text: "hi".into(),
         }
+    }
+
+    #[test]
+    fn ascii_bodies_with_long_lines_go_as_7bit_and_the_rest_as_quoted_printable() {
+        let long = format!("<p>{}</p>\nnext line\n", "word ".repeat(60));
+        let b = body(&long);
+        assert_eq!(b.encoding(), ContentTransferEncoding::SevenBit);
+        assert_eq!(b.into_vec(), long.replace('\n', "\r\n").into_bytes());
+        let encoded = |t: &str| {
+            matches!(
+                body(t).encoding(),
+                ContentTransferEncoding::QuotedPrintable | ContentTransferEncoding::Base64
+            )
+        };
+        assert!(encoded("Zoë\n"), "non-ASCII is encoded");
+        assert!(encoded(&"x".repeat(1200)), "an overlong line is encoded");
+        assert_eq!(
+            body("a\r\nb").encoding(),
+            ContentTransferEncoding::SevenBit,
+            "lettre's own choice for short CRLF text"
+        );
     }
 
     #[test]
