@@ -506,11 +506,11 @@ async fn pipeline(
     let mut cmd = match &args.worker_wrapper {
         Some(w) => {
             let mut parts = w.split_whitespace();
-            let mut c = Command::new(parts.next().context("--worker-wrapper is empty")?);
+            let mut c = child_command(parts.next().context("--worker-wrapper is empty")?);
             c.args(parts).arg(&exe);
             c
         }
-        None => Command::new(&exe),
+        None => child_command(&exe),
     };
     cmd.arg("worker");
     // Only the settings below count: none inherited from the caller's environment.
@@ -678,11 +678,14 @@ async fn floor(
     Ok(done.as_secs_f64().max(1e-3))
 }
 
-/// Postfix's smtp-sink on 127.0.0.1, killed when dropped.
+/// Postfix's smtp-sink on 127.0.0.1, stopped when dropped or when this process dies.
 struct Sink {
     port: u16,
+    /// The smtp-sink process itself, for CPU figures.
     pid: u32,
-    _child: Reaped,
+    /// Our end of the watcher's stdin: dropping it stops the sink.
+    guard: Option<std::process::ChildStdin>,
+    watcher: Reaped,
 }
 
 impl Sink {
@@ -695,26 +698,60 @@ impl Sink {
         let log_path = dir.join("smtp-sink.log");
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
-        let mut cmd = Command::new(&path);
-        if running_as_root() {
-            // smtp-sink refuses to keep root privileges.
-            cmd.args(["-u", "nobody"]);
-        }
-        // Backlog 1000: never the reason a connection waits.
-        cmd.arg(format!("127.0.0.1:{port}"))
+        // smtp-sink drops root for `-u nobody`, and the kernel forgets a parent-death signal
+        // when a process changes its user; so a small shell watches instead: it starts the
+        // sink, says its pid, and kills it once its stdin (a pipe from this process) reaches
+        // end of file, which happens however the benchmark ends, SIGKILL included.
+        let user: &[&str] = if running_as_root() {
+            &["-u", "nobody"] // smtp-sink refuses to keep root privileges
+        } else {
+            &[]
+        };
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#""$@" </dev/null >/dev/null & s=$!; echo "$s"; read -r _; kill "$s" 2>/dev/null; wait "$s""#)
+            .arg("smtp-sink")
+            .arg(&path)
+            .args(user)
+            // Backlog 1000: never the reason a connection waits.
+            .arg(format!("127.0.0.1:{port}"))
             .arg("1000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(log);
         let mut child = Reaped(
             cmd.spawn()
                 .with_context(|| format!("starting {}", path.display()))?,
         );
+        let guard = child
+            .0
+            .stdin
+            .take()
+            .context("no pipe to the sink's watcher")?;
+        let said = child
+            .0
+            .stdout
+            .take()
+            .context("no pipe from the sink's watcher")?;
+        let mut line = String::new();
+        BufReader::new(said)
+            .read_line(&mut line)
+            .context("reading the sink's pid")?;
+        let pid: u32 = line
+            .trim()
+            .parse()
+            .with_context(|| format!("the sink's watcher said {line:?}, not a pid"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.0.try_wait()? {
                 bail!("smtp-sink exited at once ({status}):\n{}", tail(&log_path));
             }
+            // The watcher outlives a sink that failed to start; /proc tells.
+            ensure!(
+                Path::new(&format!("/proc/{pid}")).exists(),
+                "smtp-sink exited at once:\n{}",
+                tail(&log_path)
+            );
             if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 break;
             }
@@ -726,9 +763,24 @@ impl Sink {
         }
         Ok(Self {
             port,
-            pid: child.0.id(),
-            _child: child,
+            pid,
+            guard: Some(guard),
+            watcher: child,
         })
+    }
+}
+
+impl Drop for Sink {
+    /// Closing the pipe makes the watcher stop the sink and exit; `Reaped` then finds it gone
+    /// (or, if it hangs, kills it).
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        for _ in 0..100 {
+            if !matches!(self.watcher.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -763,6 +815,21 @@ fn running_as_root() -> bool {
             .and_then(|l| l.split_whitespace().next())
             == Some("0")
     })
+}
+
+/// A command for a child that must not outlive the benchmark. `Reaped` covers errors and
+/// Ctrl-C; when the benchmark itself is killed (a CI timeout's SIGKILL) only the kernel can
+/// help: util-linux's `setpriv --pdeathsig KILL` asks it to kill the child with its parent,
+/// then execs the program, so the pid stays the program's (as /proc sampling needs).
+fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    const SETPRIV: &str = "/usr/bin/setpriv";
+    if Path::new(SETPRIV).exists() {
+        let mut c = Command::new(SETPRIV);
+        c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
 }
 
 /// A child process that is killed (SIGKILL) if still running when dropped: an error or
