@@ -261,8 +261,8 @@ async fn session(
         (f.stall, refuse)
     };
     if stall {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        return Ok(());
+        // Hold the connection open and never answer, until the test ends.
+        std::future::pending::<()>().await;
     }
     if refuse {
         write.write_all(b"421 4.3.2 try again later\r\n").await?;
