@@ -65,6 +65,34 @@ const REQUIRED: &[&str] = &[
     "admin_login.html.j2",
 ];
 
+/// `{{ text | wrap }}` (or `wrap(60)`): breaks long text at spaces into lines of at most
+/// `width` characters (a longer word, such as a URL, keeps a line of its own). Plain-text email
+/// reads better wrapped, and in HTML the line breaks are mere whitespace; either way no line
+/// reaches SMTP's 998-octet limit, so the part can go without quoted-printable encoding.
+fn wrap(text: &str, width: Option<usize>) -> String {
+    let width = width.unwrap_or(76).max(10);
+    let mut out = String::with_capacity(text.len() + text.len() / width + 1);
+    for (i, paragraph) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut line_len = 0;
+        for word in paragraph.split(' ').filter(|w| !w.is_empty()) {
+            let len = word.chars().count();
+            if line_len > 0 && line_len + 1 + len > width {
+                out.push('\n');
+                line_len = 0;
+            } else if line_len > 0 {
+                out.push(' ');
+                line_len += 1;
+            }
+            out.push_str(word);
+            line_len += len;
+        }
+    }
+    out
+}
+
 pub struct Renderer {
     env: Environment<'static>,
 }
@@ -87,6 +115,7 @@ impl Renderer {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_trim_blocks(true);
         env.set_keep_trailing_newline(true);
+        env.add_filter("wrap", wrap);
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .map_err(folder_err)?
             .collect::<Result<_, _>>()
@@ -160,6 +189,27 @@ mod tests {
         assert!(r.html.contains("token=a&amp;b"));
         assert!(r.text.contains("http://x.test/confirm?token=a&b"));
         assert!(!r.subject.is_empty());
+    }
+
+    #[test]
+    fn wrap_breaks_at_spaces_and_keeps_long_words_whole() {
+        let text = format!(
+            "{} {} end",
+            "word ".repeat(40).trim(),
+            "https://example.com/".repeat(5)
+        );
+        let wrapped = wrap(&text, None);
+        assert!(
+            wrapped
+                .lines()
+                .all(|l| l.chars().count() <= 76 || !l.contains(' ')),
+            "{wrapped}"
+        );
+        assert_eq!(
+            wrapped.split_whitespace().collect::<Vec<_>>(),
+            text.split_whitespace().collect::<Vec<_>>()
+        );
+        assert_eq!(wrap("a\n\nb", Some(20)), "a\n\nb", "paragraphs stay");
     }
 
     #[test]
