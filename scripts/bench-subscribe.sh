@@ -8,6 +8,7 @@
 #
 #   cargo build --release --bins && scripts/bench-subscribe.sh
 #   DURATION=30s CONNECTIONS=64 THREADS=2 scripts/bench-subscribe.sh --no-worker
+#   KEEP=1 RUST_LOG=squeeze=info,sqlx::query=debug scripts/bench-subscribe.sh   # keep logs and DB
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 squeeze="${CARGO_TARGET_DIR:-$root/target}/release/squeeze"
@@ -35,7 +36,7 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$server" 2>/dev/null || true
   fi
-  rm -rf "$tmp"
+  if [[ -n "${KEEP:-}" ]]; then echo "kept: $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 
