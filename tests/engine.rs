@@ -23,6 +23,21 @@ fn opts(smtp: &SmtpServer, settings: &[(&str, &str)]) -> Options {
     }
 }
 
+/// Runs a worker until the SMTP server has received `n` messages, then stops it gracefully.
+async fn run_worker_until(
+    app: &TestApp,
+    smtp: &SmtpServer,
+    n: usize,
+    timeout: Duration,
+) -> Vec<common::smtp::Received> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(app.app.worker().run(stop.clone()));
+    let got = smtp.wait_for(n, timeout).await;
+    stop.cancel();
+    worker.await.expect("join").expect("worker");
+    got
+}
+
 /// Messages per second between the first and the last arrival.
 fn achieved_rate(arrivals: &[Instant]) -> f64 {
     let first = arrivals.iter().min().copied().expect("arrivals");
@@ -75,11 +90,7 @@ async fn the_global_rate_holds_across_connections() {
     .await;
     seed(&app, &[("confirmed", 500)], "example.com").await;
     send_digest_now(&app).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(app.app.worker().run(stop.clone()));
-    let got = smtp.wait_for(500, Duration::from_secs(30)).await;
-    stop.cancel();
-    worker.await.expect("join").expect("worker");
+    let got = run_worker_until(&app, &smtp, 500, Duration::from_secs(30)).await;
     let rate = achieved_rate(&got.iter().map(|m| m.at).collect::<Vec<_>>());
     println!(
         "achieved {rate:.0} msg/s at a limit of 200/s over {} connections",
@@ -107,11 +118,7 @@ async fn a_per_domain_limit_paces_only_that_domain() {
     seed(&app, &[("confirmed", 40)], "slow.example").await;
     seed(&app, &[("confirmed", 40)], "fast.example").await;
     send_digest_now(&app).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(app.app.worker().run(stop.clone()));
-    let got = smtp.wait_for(80, Duration::from_secs(30)).await;
-    stop.cancel();
-    worker.await.expect("join").expect("worker");
+    let got = run_worker_until(&app, &smtp, 80, Duration::from_secs(30)).await;
     let slow: Vec<Instant> = got
         .iter()
         .filter(|m| m.rcpts[0].ends_with("@slow.example"))
@@ -143,11 +150,7 @@ async fn a_throttling_reply_cools_the_domain_down_and_nothing_is_lost() {
     send_digest_now(&app).await;
     app.exec("UPDATE deliveries SET run_at = run_at - 1000 WHERE subscriber_id = '0'")
         .await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(app.app.worker().run(stop.clone()));
-    smtp.wait_for(10, WAIT).await;
-    stop.cancel();
-    worker.await.expect("join").expect("worker");
+    run_worker_until(&app, &smtp, 10, WAIT).await;
     let attempts = smtp.rcpt_attempts();
     let throttled = attempts
         .iter()
