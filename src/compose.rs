@@ -6,7 +6,7 @@ use std::sync::Arc;
 use minijinja::{Value, context};
 
 use crate::config::Config;
-use crate::mailer::ListHeaders;
+use crate::mailer::{self, Content, ListHeaders, PartBody};
 use crate::render::{RenderError, Rendered, Renderer};
 use crate::store::DigestRow;
 
@@ -41,27 +41,143 @@ pub struct DigestContent {
 /// The two shapes a digest email takes: for a subscriber with a name, and without.
 #[derive(Debug)]
 struct Prerendered {
-    named: Rendered,
-    anonymous: Rendered,
+    named: Shape,
+    anonymous: Shape,
+}
+
+/// One shape of a digest email rendered with stand-ins, its bodies also cut at the stand-ins
+/// with CRLF line ends, so an email's body is put together by copying.
+#[derive(Debug)]
+struct Shape {
+    rendered: Rendered,
+    text: Option<Holes>,
+    html: Option<Holes>,
+}
+
+impl Shape {
+    fn new(rendered: Rendered) -> Self {
+        Self {
+            text: Holes::cut(&rendered.text),
+            html: Holes::cut(&rendered.html),
+            rendered,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    Name,
+    Url,
+}
+
+impl Mark {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => NAME_MARK,
+            Self::Url => URL_MARK,
+        }
+    }
+}
+
+/// A body cut at its stand-ins, line ends already CRLF: made only for a body that is 7bit
+/// apart from the stand-ins.
+#[derive(Debug)]
+struct Holes {
+    /// The text around the stand-ins: one more piece than there are marks.
+    pieces: Vec<String>,
+    marks: Vec<Mark>,
+    /// The longest line with the stand-ins left out, and the most stand-ins on one line:
+    /// together they bound the longest line once values are filled in.
+    longest_line: usize,
+    most_marks_on_a_line: usize,
+}
+
+impl Holes {
+    fn cut(body: &str) -> Option<Self> {
+        let plain = body.replace(NAME_MARK, "").replace(URL_MARK, "");
+        if !mailer::fits_seven_bit(&plain) {
+            return None;
+        }
+        let crlf = body.replace('\n', "\r\n");
+        let (mut pieces, mut marks) = (Vec::new(), Vec::new());
+        let mut rest = crlf.as_str();
+        loop {
+            let next = [Mark::Name, Mark::Url]
+                .into_iter()
+                .filter_map(|m| rest.find(m.as_str()).map(|at| (at, m)))
+                .min_by_key(|(at, _)| *at);
+            let Some((at, mark)) = next else {
+                pieces.push(rest.to_owned());
+                break;
+            };
+            pieces.push(rest[..at].to_owned());
+            marks.push(mark);
+            rest = &rest[at + mark.as_str().len()..];
+        }
+        Some(Self {
+            pieces,
+            marks,
+            longest_line: plain.split('\n').map(str::len).max().unwrap_or(0),
+            most_marks_on_a_line: body
+                .split('\n')
+                .map(|l| l.matches(NAME_MARK).count() + l.matches(URL_MARK).count())
+                .max()
+                .unwrap_or(0),
+        })
+    }
+
+    /// The body with these values, or `None` when it would not be valid 7bit with them.
+    fn fill(&self, name: &str, url: &str) -> Option<Vec<u8>> {
+        let fits = |v: &str| v.is_ascii() && !v.contains(['\r', '\n', '\0']);
+        let longest_value = name.len().max(url.len());
+        if !fits(name)
+            || !fits(url)
+            || self.longest_line + self.most_marks_on_a_line * longest_value > mailer::MAX_LINE
+        {
+            return None;
+        }
+        let size =
+            self.pieces.iter().map(String::len).sum::<usize>() + self.marks.len() * longest_value;
+        let mut out = Vec::with_capacity(size);
+        for (i, piece) in self.pieces.iter().enumerate() {
+            out.extend_from_slice(piece.as_bytes());
+            match self.marks.get(i) {
+                Some(Mark::Name) => out.extend_from_slice(name.as_bytes()),
+                Some(Mark::Url) => out.extend_from_slice(url.as_bytes()),
+                None => {}
+            }
+        }
+        Some(out)
+    }
 }
 
 impl Prerendered {
-    fn fill(&self, name: Option<&str>, url: &str) -> Rendered {
-        let (r, name) = match name {
+    fn fill(&self, name: Option<&str>, url: &str) -> Content {
+        let (shape, name) = match name {
             Some(n) => (&self.named, n),
             None => (&self.anonymous, ""),
         };
         let html_name = minijinja::HtmlEscape(name).to_string();
         let html_url = minijinja::HtmlEscape(url).to_string();
-        Rendered {
+        let part = |holes: &Option<Holes>, template: &str, name: &str, url: &str| match holes
+            .as_ref()
+            .and_then(|h| h.fill(name, url))
+        {
+            Some(bytes) => PartBody::SevenBit(bytes),
+            None => PartBody::Text(template.replace(NAME_MARK, name).replace(URL_MARK, url)),
+        };
+        let r = &shape.rendered;
+        Content {
             subject: r.subject.replace(NAME_MARK, name).replace(URL_MARK, url),
-            html: r
-                .html
-                .replace(NAME_MARK, &html_name)
-                .replace(URL_MARK, &html_url),
-            text: r.text.replace(NAME_MARK, name).replace(URL_MARK, url),
+            text: part(&shape.text, &r.text, name, url),
+            html: part(&shape.html, &r.html, &html_name, &html_url),
         }
     }
+}
+
+/// Whether an email says exactly what a full rendering says.
+fn reads_as(c: &Content, r: &Rendered) -> bool {
+    c.subject == r.subject && c.text.to_text() == r.text && c.html.to_text() == r.html
 }
 
 impl DigestContent {
@@ -143,15 +259,16 @@ impl Composer {
     /// full rendering exactly, for awkward sample values (with and without a name).
     fn prerender(&self, content: &DigestContent) -> Option<Prerendered> {
         let p = Prerendered {
-            named: self
-                .render_digest(content, Some(NAME_MARK), URL_MARK)
-                .ok()?,
-            anonymous: self.render_digest(content, None, URL_MARK).ok()?,
+            named: Shape::new(
+                self.render_digest(content, Some(NAME_MARK), URL_MARK)
+                    .ok()?,
+            ),
+            anonymous: Shape::new(self.render_digest(content, None, URL_MARK).ok()?),
         };
         let url = "https://example.test/unsubscribe?token=a&b=<c>";
-        for name in [Some("Ada & <Bob> \"O'Neil\""), None] {
+        for name in [Some("Ada & <Bob> \"O'Neil\""), Some("Zoë"), None] {
             let full = self.render_digest(content, name, url).ok()?;
-            if p.fill(name, url) != full {
+            if !reads_as(&p.fill(name, url), &full) {
                 tracing::info!(digest_id = %content.id, "templates transform the name or link; rendering each email in full");
                 return None;
             }
@@ -165,7 +282,7 @@ impl Composer {
         content: &DigestContent,
         name: Option<&str>,
         unsubscribe_token: &str,
-    ) -> Result<(Rendered, ListHeaders), RenderError> {
+    ) -> Result<(Content, ListHeaders), RenderError> {
         // An empty name is no name (sign-up never stores one; imports might).
         let name = name.filter(|n| !n.is_empty());
         let unsubscribe_url = self.config.link("/unsubscribe", unsubscribe_token);
@@ -173,27 +290,31 @@ impl Composer {
         // differ between subscribers are the name and the link.
         let safe = |v: &str| !v.contains(NAME_MARK) && !v.contains(URL_MARK);
         let prerendered = content.prerendered.get_or_init(|| self.prerender(content));
-        let rendered = match prerendered {
+        let email = match prerendered {
             Some(p) if name.is_none_or(safe) && safe(&unsubscribe_url) => {
                 p.fill(name, &unsubscribe_url)
             }
-            _ => self.render_digest(content, name, &unsubscribe_url)?,
+            _ => self.render_digest(content, name, &unsubscribe_url)?.into(),
         };
-        let list = ListHeaders {
+        Ok((email, self.list_headers(unsubscribe_url)))
+    }
+
+    fn list_headers(&self, unsubscribe_url: String) -> ListHeaders {
+        ListHeaders {
             list_id: self.config.list_id.clone(),
             unsubscribe_url,
             unsubscribe_mailto: self.config.unsubscribe_mailto.clone(),
-        };
-        Ok((rendered, list))
+        }
     }
 
-    /// Exactly what a subscriber would receive, for a sample subscriber. A template error
-    /// surfaces here, with the template's name and line, before anything is scheduled.
+    /// Exactly what a subscriber would receive, for a sample subscriber, rendered in full: a
+    /// template error surfaces here, with the template's name and line, before anything is
+    /// scheduled.
     pub fn preview(&self, digest: &DigestRow) -> Result<(Rendered, ListHeaders), RenderError> {
         let content = DigestContent::new(digest);
-        // A preview renders in full: it is one email, and it must show template errors.
-        let _ = content.prerendered.set(None);
-        self.digest(&content, Some(SAMPLE_NAME), SAMPLE_TOKEN)
+        let unsubscribe_url = self.config.link("/unsubscribe", SAMPLE_TOKEN);
+        let rendered = self.render_digest(&content, Some(SAMPLE_NAME), &unsubscribe_url)?;
+        Ok((rendered, self.list_headers(unsubscribe_url)))
     }
 }
 
@@ -251,21 +372,47 @@ mod tests {
     fn rendering_once_per_digest_gives_exactly_the_full_rendering() {
         let c = composer(&shipped());
         let content = DigestContent::new(&digest());
-        for (name, token) in [
-            (Some("Zoë <b>&amp;</b>"), "tok-1"),
-            (None, "tok-2"),
-            (Some(""), "t"),
+        for (name, token, ready_for_the_wire) in [
+            (Some("Zoë <b>&amp;</b>"), "tok-1", false),
+            (None, "tok-2", true),
+            (Some(""), "t", true),
+            (Some("Ada O'Neil & <Co>"), "tok-3", true),
         ] {
             let (fast, _) = c.digest(&content, name, token).expect("fast");
             let url = c.config.link("/unsubscribe", token);
             let full = c
                 .render_digest(&content, name.filter(|n| !n.is_empty()), &url)
                 .expect("full");
-            assert_eq!(fast, full, "{name:?}");
+            assert!(reads_as(&fast, &full), "{name:?}: {fast:?}\n{full:?}");
+            assert_eq!(
+                matches!(fast.html, PartBody::SevenBit(_)),
+                ready_for_the_wire,
+                "{name:?}: an ASCII email is put together from pieces, others are encoded"
+            );
         }
         assert!(
             matches!(content.prerendered.get(), Some(Some(_))),
             "the shipped templates prerender"
+        );
+    }
+
+    #[test]
+    fn a_body_is_cut_at_the_stand_ins_and_refuses_values_that_would_break_7bit() {
+        let body = format!("Hi {NAME_MARK},\n<a href=\"{URL_MARK}\">leave</a>\n");
+        let holes = Holes::cut(&body).expect("7bit apart from the stand-ins");
+        assert_eq!(
+            holes.fill("Ada", "https://x.test/u?t=1").expect("fits"),
+            b"Hi Ada,\r\n<a href=\"https://x.test/u?t=1\">leave</a>\r\n".to_vec()
+        );
+        assert!(holes.fill("Zoë", "u").is_none(), "non-ASCII");
+        assert!(holes.fill("a\r\nBcc: x", "u").is_none(), "line breaks");
+        assert!(
+            holes.fill("Ada", &"u".repeat(990)).is_none(),
+            "a line over 998 octets"
+        );
+        assert!(
+            Holes::cut(&format!("Grüße {NAME_MARK}")).is_none(),
+            "the body itself is not 7bit"
         );
     }
 
@@ -283,7 +430,8 @@ mod tests {
         let c = composer(dir.path());
         let content = DigestContent::new(&digest());
         let (r, _) = c.digest(&content, Some("ada"), "tok").expect("render");
-        assert!(r.text.starts_with("Hello ADA\n"), "{}", r.text);
+        let text = r.text.to_text();
+        assert!(text.starts_with("Hello ADA\n"), "{text}");
         assert!(
             matches!(content.prerendered.get(), Some(None)),
             "substitution was refused"

@@ -8,16 +8,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use lettre::Address;
 use lettre::address::Envelope;
-use lettre::message::header::ContentTransferEncoding;
-use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{self, ContentTransferEncoding, HeaderName, HeaderValue, Headers};
+use lettre::message::{Body, Mailbox, Mailboxes};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
 };
 use lettre::transport::smtp::extension::ClientId;
-use lettre::{Address, Message};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -39,8 +38,54 @@ pub struct Letter<'a> {
     pub delivery_id: &'a str,
     pub to_email: &'a str,
     pub to_name: Option<&'a str>,
-    pub rendered: &'a Rendered,
+    pub content: &'a Content,
     pub list: Option<&'a ListHeaders>,
+}
+
+/// What a message says: its subject and its two alternative bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub subject: String,
+    pub text: PartBody,
+    pub html: PartBody,
+}
+
+/// A body part: text still to be encoded, or bytes already fit to go as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartBody {
+    Text(String),
+    /// ASCII with CRLF line ends, no line over 998 octets, no NUL: valid `7bit` (RFC 2045).
+    SevenBit(Vec<u8>),
+}
+
+impl PartBody {
+    /// The text a reader sees (line ends as `\n`), whichever form the part is in.
+    pub fn to_text(&self) -> String {
+        match self {
+            Self::Text(t) => t.clone(),
+            Self::SevenBit(b) => String::from_utf8_lossy(b).replace("\r\n", "\n"),
+        }
+    }
+}
+
+impl From<Rendered> for Content {
+    fn from(r: Rendered) -> Self {
+        Self {
+            subject: r.subject,
+            text: PartBody::Text(r.text),
+            html: PartBody::Text(r.html),
+        }
+    }
+}
+
+/// The longest line SMTP allows, without its CRLF (RFC 5321, 4.5.3.1.6).
+pub const MAX_LINE: usize = 998;
+
+/// Whether `text` can go as `7bit` once its line ends are CRLF.
+pub fn fits_seven_bit(text: &str) -> bool {
+    text.is_ascii()
+        && !text.contains(['\0', '\r'])
+        && text.split('\n').all(|line| line.len() <= MAX_LINE)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,67 +104,100 @@ pub fn message_id(delivery_id: &str, from: &Mailbox) -> String {
 
 /// A multipart/alternative message with From, To, Subject, Date, Message-ID and, for list
 /// mail, List-Id and one-click List-Unsubscribe headers.
+///
+/// lettre encodes the headers (RFC 2047, folding); the multipart body is written here, so a
+/// body that is already fit for the wire is copied once instead of re-checked, re-encoded
+/// and copied several times per email (the largest cost of building a digest email).
 pub fn build(from: &Mailbox, letter: &Letter<'_>) -> Result<(Envelope, Vec<u8>), BuildError> {
     let to_addr: Address = letter
         .to_email
         .parse()
         .map_err(|_| BuildError::Recipient(letter.to_email.to_owned()))?;
+    let envelope = Envelope::new(Some(from.email.clone()), vec![to_addr.clone()])?;
     // A name with a control character cannot reach here (SubscriberName), but never let one
     // become a header: drop it rather than fail the message.
     let to_name = letter
         .to_name
         .filter(|n| !n.chars().any(char::is_control))
         .map(str::to_owned);
-    let mut b = Message::builder()
-        .from(from.clone())
-        .to(Mailbox::new(to_name, to_addr))
-        .subject(letter.rendered.subject.as_str())
-        .message_id(Some(message_id(letter.delivery_id, from)))
-        .date_now();
+    let boundary: String = {
+        use rand::Rng as _;
+        rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect()
+    };
+    let mut headers = Headers::new();
+    headers.set(header::From::from(Mailboxes::from(from.clone())));
+    headers.set(header::To::from(Mailboxes::from(Mailbox::new(
+        to_name, to_addr,
+    ))));
+    headers.set(header::Subject::from(letter.content.subject.clone()));
+    headers.set(header::MessageId::from(message_id(
+        letter.delivery_id,
+        from,
+    )));
+    headers.set(header::Date::now());
     if let Some(list) = letter.list {
         let unsubscribe = match &list.unsubscribe_mailto {
             Some(m) => format!("<{}>, <{m}>", list.unsubscribe_url),
             None => format!("<{}>", list.unsubscribe_url),
         };
-        b = b
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Id"),
-                list.list_id.clone(),
-            ))
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Unsubscribe"),
-                unsubscribe,
-            ))
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+        for (name, value) in [
+            ("List-Id", list.list_id.clone()),
+            ("List-Unsubscribe", unsubscribe),
+            (
+                "List-Unsubscribe-Post",
                 "List-Unsubscribe=One-Click".to_owned(),
+            ),
+        ] {
+            headers.insert_raw(HeaderValue::new(
+                HeaderName::new_from_ascii_str(name),
+                value,
             ));
+        }
     }
-    let message = b
-        .multipart(
-            MultiPart::alternative()
-                .singlepart(SinglePart::plain(body(&letter.rendered.text)))
-                .singlepart(SinglePart::html(body(&letter.rendered.html))),
-        )
-        .map_err(BuildError::Message)?;
-    Ok((message.envelope().clone(), message.formatted()))
+    headers.set(header::MIME_VERSION_1_0);
+    headers.insert_raw(HeaderValue::new(
+        HeaderName::new_from_ascii_str("Content-Type"),
+        format!("multipart/alternative; boundary=\"{boundary}\""),
+    ));
+
+    let text = wire_body(&letter.content.text);
+    let html = wire_body(&letter.content.html);
+    let mut out = Vec::with_capacity(1024 + text.1.len() + html.1.len());
+    out.extend_from_slice(headers.to_string().as_bytes());
+    for (kind, (encoding, bytes)) in [("plain", text), ("html", html)] {
+        out.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\nContent-Type: text/{kind}; charset=utf-8\r\n\
+                 Content-Transfer-Encoding: {encoding}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Ok((envelope, out))
 }
 
-/// A body part. ASCII text whose lines fit SMTP's limit (998 octets) goes as it is, labelled
-/// `7bit` (RFC 2045); lettre would quoted-printable-encode any line over 76 characters, which
-/// was the largest single cost of sending a digest. Anything else (non-ASCII, overlong lines)
-/// keeps lettre's choice (quoted-printable or base64), which every relay accepts.
-fn body(text: &str) -> Body {
-    let fits = text.is_ascii()
-        && !text.contains(['\0', '\r'])
-        && text.split('\n').all(|line| line.len() <= 998);
-    if fits {
-        Body::dangerous_pre_encoded(
-            text.replace('\n', "\r\n").into_bytes(),
+/// A body part's transfer encoding and encoded bytes. ASCII text whose lines fit SMTP's
+/// limit goes as it is, labelled `7bit`; lettre would quoted-printable-encode any line over 76
+/// characters. Anything else (non-ASCII, overlong lines) gets lettre's choice
+/// (quoted-printable or base64), which every relay accepts.
+fn wire_body(part: &PartBody) -> (ContentTransferEncoding, std::borrow::Cow<'_, [u8]>) {
+    use std::borrow::Cow;
+    match part {
+        PartBody::SevenBit(b) => (ContentTransferEncoding::SevenBit, Cow::Borrowed(b)),
+        PartBody::Text(t) if fits_seven_bit(t) => (
             ContentTransferEncoding::SevenBit,
-        )
-    } else {
-        Body::new(text.to_owned())
+            Cow::Owned(t.replace('\n', "\r\n").into_bytes()),
+        ),
+        PartBody::Text(t) => {
+            let body = Body::new(t.clone());
+            (body.encoding(), Cow::Owned(body.into_vec()))
+        }
     }
 }
 
@@ -423,33 +501,73 @@ impl AsyncTokioStream for TlsTcp {
 mod tests {
     use super::*;
 
-    fn rendered() -> Rendered {
-        Rendered {
+    fn content() -> Content {
+        Content {
             subject: "Héllo digest".into(),
-            html: "<p>hi</p>".into(),
-            text: "hi".into(),
+            html: PartBody::Text("<p>hi</p>".into()),
+            text: PartBody::Text("hi".into()),
         }
     }
 
     #[test]
     fn ascii_bodies_with_long_lines_go_as_7bit_and_the_rest_as_quoted_printable() {
         let long = format!("<p>{}</p>\nnext line\n", "word ".repeat(60));
-        let b = body(&long);
-        assert_eq!(b.encoding(), ContentTransferEncoding::SevenBit);
-        assert_eq!(b.into_vec(), long.replace('\n', "\r\n").into_bytes());
+        let part = PartBody::Text(long.clone());
+        let (encoding, bytes) = wire_body(&part);
+        assert_eq!(encoding, ContentTransferEncoding::SevenBit);
+        assert_eq!(&bytes[..], long.replace('\n', "\r\n").as_bytes());
         let encoded = |t: &str| {
             matches!(
-                body(t).encoding(),
+                wire_body(&PartBody::Text(t.to_owned())).0,
                 ContentTransferEncoding::QuotedPrintable | ContentTransferEncoding::Base64
             )
         };
         assert!(encoded("Zoë\n"), "non-ASCII is encoded");
         assert!(encoded(&"x".repeat(1200)), "an overlong line is encoded");
+        let ready = PartBody::SevenBit(b"as it is\r\n".to_vec());
+        assert_eq!(&wire_body(&ready).1[..], b"as it is\r\n");
+    }
+
+    #[test]
+    fn a_message_parses_back_to_what_was_written() {
+        let from: Mailbox = "News <news@example.com>".parse().expect("mailbox");
+        let content = Content {
+            subject:
+                "Zoë's digest: ünïcode and a long subject line that has to be folded somewhere"
+                    .into(),
+            text: PartBody::Text("Hello Zoë\nline two\n".into()),
+            html: PartBody::SevenBit(b"<p>ready</p>\r\n".to_vec()),
+        };
+        let letter = Letter {
+            delivery_id: "0190-abc",
+            to_email: "zoe@example.org",
+            to_name: Some("Zoë Ünal"),
+            content: &content,
+            list: None,
+        };
+        let (_, bytes) = build(&from, &letter).expect("builds");
+        let parsed = mailparse::parse_mail(&bytes).expect("parses");
+        let header = |name: &str| {
+            parsed
+                .headers
+                .iter()
+                .find(|h| h.get_key().eq_ignore_ascii_case(name))
+                .map(|h| h.get_value())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("Subject"), content.subject);
+        assert!(header("To").contains("Zoë Ünal"), "{}", header("To"));
+        assert_eq!(parsed.subparts.len(), 2);
         assert_eq!(
-            body("a\r\nb").encoding(),
-            ContentTransferEncoding::SevenBit,
-            "lettre's own choice for short CRLF text"
+            parsed.subparts[0].get_body().expect("text"),
+            "Hello Zoë\r\nline two\r\n"
         );
+        assert_eq!(parsed.subparts[0].ctype.mimetype, "text/plain");
+        assert_eq!(
+            parsed.subparts[1].get_body().expect("html"),
+            "<p>ready</p>\r\n"
+        );
+        assert_eq!(parsed.subparts[1].ctype.mimetype, "text/html");
     }
 
     #[test]
@@ -460,12 +578,12 @@ mod tests {
             unsubscribe_url: "https://example.com/unsubscribe?token=abc".into(),
             unsubscribe_mailto: Some("mailto:unsub@example.com".into()),
         };
-        let r = rendered();
+        let c = content();
         let letter = Letter {
             delivery_id: "0190-abc",
             to_email: "ada@example.org",
             to_name: Some("Ada\r\nBcc: evil@x.com"),
-            rendered: &r,
+            content: &c,
             list: Some(&list),
         };
         let (env, bytes) = build(&from, &letter).expect("builds");

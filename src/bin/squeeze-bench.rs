@@ -442,7 +442,7 @@ async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8
         .context("loading the digest")?
         .context("the digest vanished")?;
     let token = Token::generate();
-    let (rendered, list) = app
+    let (content, list) = app
         .composer()
         .digest(
             &DigestContent::new(&digest),
@@ -455,7 +455,7 @@ async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8
         delivery_id: &delivery_id,
         to_email: "reader0@example.com",
         to_name: Some("Reader 0"),
-        rendered: &rendered,
+        content: &content,
         list: Some(&list),
     };
     let (envelope, bytes) =
@@ -463,8 +463,8 @@ async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8
     println!(
         "message: {} items, HTML {:.1} KB, text {:.1} KB, {:.1} KB on the wire ({} bytes)",
         digest.items.len(),
-        rendered.html.len() as f64 / 1024.0,
-        rendered.text.len() as f64 / 1024.0,
+        content.html.to_text().len() as f64 / 1024.0,
+        content.text.to_text().len() as f64 / 1024.0,
         bytes.len() as f64 / 1024.0,
         bytes.len()
     );
