@@ -442,3 +442,54 @@ async fn sign_up_page_and_health_check() {
     assert_eq!(health.status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_sign_ups_each_get_their_answer_and_exactly_one_confirmation() {
+    // On SQLite, sign-ups arriving together are written in one transaction: duplicates inside
+    // one batch, and known addresses among new ones, must still behave one by one.
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("known@example.com").await;
+    smtp.wait_for(1, WAIT).await;
+    let addresses: Vec<String> = (0..40).map(|i| format!("reader{i}@example.com")).collect();
+    let mut requests = tokio::task::JoinSet::new();
+    for email in addresses
+        .iter()
+        .chain(addresses.iter().take(20))
+        .cloned()
+        .chain(std::iter::repeat_n("known@example.com".to_owned(), 5))
+    {
+        let (http, url) = (app.http.clone(), app.url.clone());
+        requests.spawn(async move {
+            http.post(format!("{url}/subscribe"))
+                .json(&json!({ "email": email }))
+                .send()
+                .await
+                .expect("sign-up")
+                .status()
+        });
+    }
+    let mut answered = 0;
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.expect("request task"), StatusCode::ACCEPTED);
+        answered += 1;
+    }
+    assert_eq!(answered, 65);
+    smtp.wait_for(41, WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for a in addresses
+        .iter()
+        .map(String::as_str)
+        .chain(["known@example.com"])
+    {
+        assert_eq!(smtp.to(a).len(), 1, "{a} gets exactly one confirmation");
+        assert_eq!(app.status_of(a).await.as_deref(), Some("pending"), "{a}");
+    }
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM subscribers").await, 41);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE kind = 'confirmation'")
+            .await,
+        41
+    );
+    app.stop().await;
+}

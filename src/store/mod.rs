@@ -494,6 +494,16 @@ impl Store {
         self.sql.record(outcomes, now).await
     }
 
+    /// A digest's status alone (cheaper than `digest`, which loads its items).
+    pub async fn digest_status(&self, id: &str) -> StoreResult<Option<DigestStatus>> {
+        self.sql
+            .digest_status(id)
+            .await?
+            .as_deref()
+            .map(parse_col)
+            .transpose()
+    }
+
     /// When the next queued delivery is due, if any: lets an idle worker sleep exactly so long.
     pub async fn next_due(&self) -> StoreResult<Option<Millis>> {
         self.sql.next_due().await

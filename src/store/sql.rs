@@ -2,10 +2,12 @@
 //! statements are portable (`$n` parameters, `ON CONFLICT`, `RETURNING`), and the few real
 //! differences (locking, random ids, notifications) are methods of `Dialect`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor as _, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -66,7 +68,26 @@ pub(super) struct Sql {
     /// SQLite: the hot writers (claim, record) take turns here, asynchronously, instead of
     /// colliding on the database lock, where SQLite's busy handler sleeps 1, 2, 5, 10… ms.
     write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite: sign-ups go to one task that writes whatever arrived together in one
+    /// transaction (SQLite has one writer at a time; a transaction each capped /subscribe at
+    /// about 2,000 requests/s with a p99 over 100 ms).
+    sign_ups: Option<mpsc::Sender<SignUpJob>>,
 }
+
+/// Most sign-ups written in one transaction.
+const SIGN_UP_BATCH: usize = 128;
+
+#[derive(Debug)]
+struct SignUpJob {
+    sign_up: SignUp,
+    now: Millis,
+    resend_after: Millis,
+    deadline: Millis,
+    reply: oneshot::Sender<StoreResult<SignUpOutcome>>,
+}
+
+/// Most deliveries marked sent by one statement (two bound values besides the ids).
+const SENT_PER_STATEMENT: usize = 500;
 
 /// The scheduler role's advisory lock is (this, hash of the schema): one scheduler per
 /// installation, even when several share a database in different schemas.
@@ -123,13 +144,20 @@ impl Sql {
                 (pool, Dialect::Postgres)
             }
         };
-        Ok(Self {
+        let mut sql = Self {
             pool,
             dialect,
             url: url.to_owned(),
             write_gate: (dialect == Dialect::Sqlite)
                 .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))),
-        })
+            sign_ups: None,
+        };
+        if dialect == Dialect::Sqlite {
+            let (tx, rx) = mpsc::channel(SIGN_UP_BATCH * 4);
+            tokio::spawn(sql.clone().sign_up_batches(rx));
+            sql.sign_ups = Some(tx);
+        }
+        Ok(sql)
     }
 
     /// Tries to become the scheduler. SQLite runs one process, so it always succeeds there
@@ -287,7 +315,87 @@ impl Sql {
         resend_after: Millis,
         deadline: Millis,
     ) -> StoreResult<SignUpOutcome> {
+        let Some(batcher) = &self.sign_ups else {
+            return self.sign_up_alone(s, now, resend_after, deadline).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = SignUpJob {
+            sign_up: s.clone(),
+            now,
+            resend_after,
+            deadline,
+            reply,
+        };
+        let gone = || StoreError::Db(sqlx::Error::PoolClosed);
+        batcher.send(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Writes the sign-ups that arrived together in one transaction. If that fails, each is
+    /// written on its own, so one bad sign-up cannot fail the others and each gets its own
+    /// answer.
+    async fn sign_up_batches(self, mut rx: mpsc::Receiver<SignUpJob>) {
+        let mut jobs = Vec::with_capacity(SIGN_UP_BATCH);
+        while rx.recv_many(&mut jobs, SIGN_UP_BATCH).await > 0 {
+            match self.sign_up_together(&jobs).await {
+                Ok(outcomes) => {
+                    for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                        let _ = job.reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, count = jobs.len(), "writing sign-ups together failed; writing each on its own");
+                    for job in jobs.drain(..) {
+                        let outcome = self
+                            .sign_up_alone(&job.sign_up, job.now, job.resend_after, job.deadline)
+                            .await;
+                        let _ = job.reply.send(outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sign_up_together(&self, jobs: &[SignUpJob]) -> StoreResult<Vec<SignUpOutcome>> {
+        let _turn = self.write_turn().await;
         let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            outcomes.push(
+                self.sign_up_in(&mut tx, &j.sign_up, j.now, j.resend_after, j.deadline)
+                    .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn sign_up_alone(
+        &self,
+        s: &SignUp,
+        now: Millis,
+        resend_after: Millis,
+        deadline: Millis,
+    ) -> StoreResult<SignUpOutcome> {
+        let _turn = self.write_turn().await;
+        let mut tx = self.begin_write().await?;
+        let outcome = self
+            .sign_up_in(&mut tx, s, now, resend_after, deadline)
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// One sign-up inside a write transaction; it writes nothing unless it queues a
+    /// confirmation.
+    async fn sign_up_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        s: &SignUp,
+        now: Millis,
+        resend_after: Millis,
+        deadline: Millis,
+    ) -> StoreResult<SignUpOutcome> {
         let name = s.name.as_ref().map(|n| n.as_str());
         // Insert first: of two concurrent sign-ups for a new address exactly one inserts,
         // and the other finds (and locks) the row below.
@@ -306,7 +414,7 @@ impl Sql {
         .bind(now)
         .bind(&s.ip)
         .bind(&s.user_agent)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
 
@@ -318,7 +426,7 @@ impl Sql {
                 self.dialect.for_update()
             ))
             .bind(s.email.as_str())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
             let id: String = row.try_get("id")?;
             let status: SubscriberStatus = parse_col(row.try_get("status")?)?;
@@ -343,7 +451,7 @@ impl Sql {
             .bind(&s.ip)
             .bind(&s.user_agent)
             .bind(&id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             id
         };
@@ -358,10 +466,9 @@ impl Sql {
         .bind(now + deadline)
         .bind(now)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        self.notify_work(&mut tx).await?;
-        tx.commit().await?;
+        self.notify_work(tx).await?;
         Ok(SignUpOutcome::ConfirmationQueued)
     }
 
@@ -372,6 +479,7 @@ impl Sql {
         now: Millis,
         expires_at: Millis,
     ) -> StoreResult<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO confirmation_tokens (token_hash, subscriber_id, created_at, expires_at)
              VALUES ($1, $2, $3, $4)",
@@ -503,7 +611,7 @@ impl Sql {
         // whole table on every claim). On PostgreSQL, SKIP LOCKED lets concurrent workers
         // pick disjoint rows without waiting for each other.
         let gate = self.write_turn().await;
-        let claimed = sqlx::query(&format!(
+        let claimed: Vec<AnyRow> = sqlx::query(&format!(
             "WITH due AS MATERIALIZED (
                  SELECT id, run_at FROM deliveries
                  WHERE status = 'queued' AND run_at <= $3
@@ -526,34 +634,49 @@ impl Sql {
              UPDATE deliveries
              SET status = 'sending', lease_until = $1, claim_id = $2,
                  attempts = attempts + 1, updated_at = $3
-             WHERE id IN (SELECT id FROM picked)",
+             WHERE id IN (SELECT id FROM picked)
+             RETURNING id, kind, digest_id, attempts, expires_at, created_at, run_at,
+                       subscriber_id",
             lock = self.dialect.skip_locked()
         ))
         .bind(now + lease)
         .bind(&claim_id)
         .bind(now)
         .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        drop(gate);
-        if claimed == 0 {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(
-            "SELECT d.id, d.kind, d.digest_id, d.attempts, d.expires_at, d.created_at,
-                    s.id AS subscriber_id, s.email, s.name, s.status AS subscriber_status,
-                    s.unsubscribe_token
-             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-             WHERE d.claim_id = $1 AND d.status = 'sending'
-             ORDER BY d.run_at",
-        )
-        .bind(&claim_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClaimedDelivery {
+        drop(gate);
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The subscribers as they are now: whoever left since the fan-out is not mailed.
+        let placeholders = (1..=claimed.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT id, email, name, status, unsubscribe_token FROM subscribers
+             WHERE id IN ({placeholders})"
+        );
+        let mut q = sqlx::query(&sql);
+        for r in &claimed {
+            q = q.bind(r.try_get::<String, _>("subscriber_id")?);
+        }
+        let mut subscribers = HashMap::new();
+        for r in q.fetch_all(&self.pool).await? {
+            subscribers.insert(r.try_get::<String, _>("id")?, r);
+        }
+        let mut deliveries = Vec::with_capacity(claimed.len());
+        for r in &claimed {
+            let subscriber_id: String = r.try_get("subscriber_id")?;
+            // Forgotten in between: the delivery went with the subscriber (ON DELETE CASCADE).
+            let Some(s) = subscribers.get(&subscriber_id) else {
+                continue;
+            };
+            let run_at: Millis = r.try_get("run_at")?;
+            deliveries.push((
+                run_at,
+                ClaimedDelivery {
                     id: r.try_get("id")?,
                     claim_id: claim_id.clone(),
                     kind: parse_col(r.try_get("kind")?)?,
@@ -561,20 +684,49 @@ impl Sql {
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                     expires_at: r.try_get("expires_at")?,
                     created_at: r.try_get("created_at")?,
-                    subscriber_id: r.try_get("subscriber_id")?,
-                    email: r.try_get("email")?,
-                    name: r.try_get("name")?,
-                    subscriber_status: parse_col(r.try_get("subscriber_status")?)?,
-                    unsubscribe_token: r.try_get("unsubscribe_token")?,
-                })
-            })
-            .collect()
+                    subscriber_id,
+                    email: s.try_get("email")?,
+                    name: s.try_get("name")?,
+                    subscriber_status: parse_col(s.try_get("status")?)?,
+                    unsubscribe_token: s.try_get("unsubscribe_token")?,
+                },
+            ));
+        }
+        // RETURNING gives no order; the oldest due go first.
+        deliveries.sort_by_key(|(run_at, _)| *run_at);
+        Ok(deliveries.into_iter().map(|(_, d)| d).collect())
     }
 
     pub(super) async fn record(&self, outcomes: &[Recorded], now: Millis) -> StoreResult<()> {
         let _turn = self.write_turn().await;
         let mut tx = self.begin_write().await?;
-        for r in outcomes {
+        // Most outcomes are "sent": those go in one statement per claim instead of one per
+        // message (the claims of a busy worker hold tens of deliveries each).
+        let mut sent: HashMap<&str, Vec<&str>> = HashMap::new();
+        for r in outcomes.iter().filter(|r| r.outcome == Outcome::Sent) {
+            sent.entry(r.claim_id.as_str())
+                .or_default()
+                .push(r.delivery_id.as_str());
+        }
+        for (claim_id, ids) in sent {
+            for chunk in ids.chunks(SENT_PER_STATEMENT) {
+                let placeholders = (0..chunk.len())
+                    .map(|i| format!("${}", i + 3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "UPDATE deliveries SET status = 'sent', sent_at = $1, lease_until = NULL,
+                         last_error = NULL, smtp_code = NULL, updated_at = $1
+                     WHERE claim_id = $2 AND status = 'sending' AND id IN ({placeholders})"
+                );
+                let mut q = sqlx::query(&sql).bind(now).bind(claim_id);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut *tx).await?;
+            }
+        }
+        for r in outcomes.iter().filter(|r| r.outcome != Outcome::Sent) {
             // ?1 = now, ?2 = delivery id, ?3 = claim id; outcome-specific values follow.
             let base = |sql| {
                 sqlx::query(sql)
@@ -583,11 +735,7 @@ impl Sql {
                     .bind(r.claim_id.as_str())
             };
             let q = match &r.outcome {
-                Outcome::Sent => base(
-                    "UPDATE deliveries SET status = 'sent', sent_at = $1, lease_until = NULL,
-                         last_error = NULL, smtp_code = NULL, updated_at = $1
-                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
-                ),
+                Outcome::Sent => continue,
                 Outcome::Retry {
                     run_at,
                     code,
@@ -1045,7 +1193,7 @@ impl Sql {
         }
     }
 
-    async fn digest_status(&self, id: &str) -> StoreResult<Option<String>> {
+    pub(super) async fn digest_status(&self, id: &str) -> StoreResult<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT status FROM digests WHERE id = $1")
                 .bind(id)

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 use tokio::sync::{Mutex, Notify, mpsc};
@@ -17,10 +17,9 @@ use crate::compose::{Composer, DigestContent};
 use crate::config::Config;
 use crate::domain::delivery::SendFailure;
 use crate::domain::email::redact_addresses;
-use crate::domain::{DeliveryKind, RetryPolicy, SubscriberStatus, Token};
-use crate::mailer::{self, Letter, ListHeaders, Transport};
+use crate::domain::{DeliveryKind, DigestStatus, RetryPolicy, SubscriberStatus, Token};
+use crate::mailer::{self, Content, Letter, ListHeaders, Transport};
 use crate::metrics::Metrics;
-use crate::render::Rendered;
 use crate::store::{ClaimedDelivery, Outcome, Recorded, Store, StoreResult, ms, now_ms};
 
 mod autopause;
@@ -31,6 +30,11 @@ pub use limits::{Limits, is_throttle};
 
 /// How long an idle worker sleeps at most before looking for due work again.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How old a digest's paused state may be when one of its claimed emails is about to go:
+/// a pause stops the emails already claimed within this long, not only the ones still queued.
+const PAUSE_CHECK: Duration = Duration::from_millis(250);
+/// Deliveries claimed at once, when the rate allows (see `Worker::queue_depth`).
+const CLAIM_BATCH: usize = 256;
 /// Most outcomes written back in one transaction.
 const RECORD_BATCH: usize = 256;
 /// How often a worker says it is alive, and how recent a heartbeat must be to count.
@@ -44,6 +48,8 @@ pub struct Worker {
     composer: Composer,
     /// Each digest's content, loaded once and shared by all its emails.
     digests: Arc<Mutex<HashMap<String, Arc<DigestContent>>>>,
+    /// Whether each digest was paused, and when that was last read (see `PAUSE_CHECK`).
+    paused: Arc<std::sync::Mutex<HashMap<String, (Instant, bool)>>>,
     transport: Transport,
     config: Arc<Config>,
     retry: RetryPolicy,
@@ -73,6 +79,7 @@ impl Worker {
             store,
             composer,
             digests: Arc::new(Mutex::new(HashMap::new())),
+            paused: Arc::new(std::sync::Mutex::new(HashMap::new())),
             transport,
             retry: config.retry.clone(),
             limits: Arc::new(limits),
@@ -120,7 +127,7 @@ impl Worker {
             async move { store.forward_work_notifications(wake, stop).await }
         });
 
-        let (job_tx, job_rx) = mpsc::channel::<ClaimedDelivery>(concurrency * 2);
+        let (job_tx, job_rx) = mpsc::channel::<ClaimedDelivery>(self.queue_depth());
         let job_rx = Arc::new(Mutex::new(job_rx));
         // Small on purpose: an outcome waiting here is a sent message not yet recorded, which a
         // crash would send again. Senders wait for the recorder rather than run ahead of it.
@@ -188,15 +195,18 @@ impl Worker {
         job_tx: &mpsc::Sender<ClaimedDelivery>,
         shutdown: &CancellationToken,
     ) {
+        let depth = job_tx.max_capacity();
         while !shutdown.is_cancelled() {
-            let room = u32::try_from(job_tx.capacity()).unwrap_or(u32::MAX);
-            if room == 0 {
-                // Senders are busy: wait for one to take a job before claiming more.
+            let room = job_tx.capacity();
+            // Claim in large batches: each claim is a write transaction, whatever its size.
+            // Until half the queue is free the senders have plenty to do.
+            if room == 0 || room < depth / 2 {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(5)) => continue,
                 }
             }
+            let room = u32::try_from(room).unwrap_or(u32::MAX);
             let claimed = match self.store.claim(now_ms(), self.config.lease, room).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -222,6 +232,15 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// How many claimed deliveries may wait for a sender: enough that claims come in large
+    /// batches, but no more than about a second of sending at the configured rate, so a
+    /// slow, rate-limited worker does not sit on leases others could use.
+    fn queue_depth(&self) -> usize {
+        let concurrency = self.config.concurrency.get();
+        let per_second = usize::try_from(self.config.rate.get()).unwrap_or(usize::MAX);
+        (concurrency * 2).max(CLAIM_BATCH.min(per_second))
     }
 
     async fn idle(&self, wait: Duration, shutdown: &CancellationToken) {
@@ -284,6 +303,12 @@ impl Worker {
                 bounce: false,
             };
         }
+        if let Some(digest_id) = &d.digest_id
+            && self.digest_paused(digest_id).await
+        {
+            // Handed back unspent; claims skip a paused digest until it resumes.
+            return Outcome::Released;
+        }
         let domain = d.email.rsplit_once('@').map_or("", |(_, dom)| dom);
         if let Some(left) = self.limits.cooling(domain) {
             // The domain asked us to slow down: leave it alone, without spending an attempt.
@@ -291,7 +316,7 @@ impl Worker {
                 run_at: now + ms(left),
             };
         }
-        let (rendered, list) = match self.compose(d, now).await {
+        let (content, list) = match self.compose(d, now).await {
             Ok(r) => r,
             Err(Compose::Retry(error)) => return self.retry_or_fail(d, now, None, error),
             Err(Compose::Fail(error)) => {
@@ -307,7 +332,7 @@ impl Worker {
             delivery_id: &d.id,
             to_email: &d.email,
             to_name: d.name.as_deref(),
-            rendered: &rendered,
+            content: &content,
             list: list.as_ref(),
         };
         let (envelope, bytes) = match mailer::build(&self.config.from, &letter) {
@@ -364,6 +389,7 @@ impl Worker {
             return;
         };
         warn!(digest_id, %reason, "pausing digest");
+        self.remember_paused(digest_id, true);
         let now = now_ms();
         let paused = self.store.pause_digest(digest_id, &reason, now).await;
         let logged = self
@@ -372,6 +398,33 @@ impl Worker {
             .await;
         if let Err(e) = paused.and(logged) {
             error!(digest_id, error = %e, "could not pause the digest");
+        }
+    }
+
+    async fn digest_paused(&self, digest_id: &str) -> bool {
+        if let Ok(known) = self.paused.lock()
+            && let Some((read_at, paused)) = known.get(digest_id)
+            && read_at.elapsed() < PAUSE_CHECK
+        {
+            return *paused;
+        }
+        let paused = match self.store.digest_status(digest_id).await {
+            Ok(status) => status == Some(DigestStatus::Paused),
+            Err(e) => {
+                warn!(digest_id, error = %e, "cannot read the digest's status; sending");
+                false
+            }
+        };
+        self.remember_paused(digest_id, paused);
+        paused
+    }
+
+    fn remember_paused(&self, digest_id: &str, paused: bool) {
+        if let Ok(mut known) = self.paused.lock() {
+            if known.len() >= 64 {
+                known.clear();
+            }
+            known.insert(digest_id.to_owned(), (Instant::now(), paused));
         }
     }
 
@@ -403,7 +456,7 @@ impl Worker {
         &self,
         d: &ClaimedDelivery,
         now: i64,
-    ) -> Result<(Rendered, Option<ListHeaders>), Compose> {
+    ) -> Result<(Content, Option<ListHeaders>), Compose> {
         match d.kind {
             DeliveryKind::Confirmation => {
                 // The token is born here and only its hash is stored: the database never
@@ -418,15 +471,15 @@ impl Worker {
                     .composer
                     .confirmation(d.name.as_deref(), token.as_str())
                     .map_err(|e| Compose::Fail(e.to_string()))?;
-                Ok((rendered, None))
+                Ok((rendered.into(), None))
             }
             DeliveryKind::Digest => {
                 let content = self.digest_content(d).await?;
-                let (rendered, list) = self
+                let (email, list) = self
                     .composer
                     .digest(&content, d.name.as_deref(), &d.unsubscribe_token)
                     .map_err(|e| Compose::Fail(e.to_string()))?;
-                Ok((rendered, Some(list)))
+                Ok((email, Some(list)))
             }
         }
     }
