@@ -12,6 +12,12 @@ use squeeze::editor::{DigestRequest, Editor, EditorError, EditorResult, PreviewF
 use squeeze::store::{DigestRow, ItemRow, now_ms, to_rfc3339};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's malloc: the worker allocates and frees small buffers for every
+/// email, and the profile showed glibc's malloc at about 12% of its CPU; with mimalloc the
+/// 4.4 KB benchmark sends ~7% more per second for ~9% less CPU (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "squeeze", version, about = "Newsletter delivery pipeline")]
 struct Cli {
