@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor as _, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Executor as _, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -65,8 +65,11 @@ pub(super) struct Sql {
     pool: AnyPool,
     dialect: Dialect,
     url: String,
-    /// SQLite: the hot writers (claim, record) take turns here, asynchronously, instead of
-    /// colliding on the database lock, where SQLite's busy handler sleeps 1, 2, 5, 10… ms.
+    /// SQLite: every write of this process takes its turn here, asynchronously and in order,
+    /// instead of colliding on the database lock, where SQLite's busy handler sleeps 1, 2, 5,
+    /// 10… ms and gives up after `busy_timeout` (10 s). A write that long exists: the fan-out
+    /// to a million subscribers; the unsubscribes, confirmations and sign-ups that arrive
+    /// meanwhile now wait for it instead of failing.
     write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
     /// SQLite: sign-ups go to one task that writes whatever arrived together in one
     /// transaction (SQLite has one writer at a time; a transaction each capped /subscribe at
@@ -92,6 +95,33 @@ const SENT_PER_STATEMENT: usize = 500;
 /// The scheduler role's advisory lock is (this, hash of the schema): one scheduler per
 /// installation, even when several share a database in different schemas.
 pub const SCHEDULER_LOCK: i32 = 0x5371_7565; // "Sque"
+
+/// A write transaction; on SQLite it also holds the process's write turn (see `write_gate`)
+/// until it commits or is dropped.
+struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
 
 /// Holding this makes a process the one scheduler: on PostgreSQL it owns a connection with
 /// the session-level advisory lock, released when the connection closes (also on a crash).
@@ -226,6 +256,7 @@ impl Sql {
         now: Millis,
         alive_within: Millis,
     ) -> StoreResult<i64> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO workers (id, host, pid, started_at, heartbeat_at)
              VALUES ($1, $2, $3, $4, $4)
@@ -255,6 +286,7 @@ impl Sql {
     }
 
     pub(super) async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
+        let _turn = self.write_turn().await;
         sqlx::query("DELETE FROM workers WHERE id = $1")
             .bind(worker_id)
             .execute(&self.pool)
@@ -270,22 +302,28 @@ impl Sql {
         }
     }
 
-    /// A transaction that will write: on SQLite it takes the write lock up front, so a read
-    /// inside it cannot go stale; on PostgreSQL reads lock their rows (`for_update`).
-    async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
-        Ok(match self.dialect {
+    /// A transaction that will write: on SQLite it takes this process's write turn and the
+    /// database's write lock up front, so a read inside it cannot go stale; on PostgreSQL
+    /// reads lock their rows (`for_update`).
+    async fn begin_write(&self) -> StoreResult<WriteTx> {
+        let turn = match &self.write_gate {
+            Some(g) => Some(g.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.pool.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// Wakes idle workers (PostgreSQL: delivered at commit); SQLite runs in one process,
     /// where the in-process notification does this.
-    async fn notify_work(&self, tx: &mut Transaction<'static, Any>) -> StoreResult<()> {
+    async fn notify_work(&self, tx: &mut AnyConnection) -> StoreResult<()> {
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(WORK_CHANNEL)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
         Ok(())
@@ -357,7 +395,6 @@ impl Sql {
     }
 
     async fn sign_up_together(&self, jobs: &[SignUpJob]) -> StoreResult<Vec<SignUpOutcome>> {
-        let _turn = self.write_turn().await;
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         for j in jobs {
@@ -377,7 +414,6 @@ impl Sql {
         resend_after: Millis,
         deadline: Millis,
     ) -> StoreResult<SignUpOutcome> {
-        let _turn = self.write_turn().await;
         let mut tx = self.begin_write().await?;
         let outcome = self
             .sign_up_in(&mut tx, s, now, resend_after, deadline)
@@ -390,7 +426,7 @@ impl Sql {
     /// confirmation.
     async fn sign_up_in(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut AnyConnection,
         s: &SignUp,
         now: Millis,
         resend_after: Millis,
@@ -414,7 +450,7 @@ impl Sql {
         .bind(now)
         .bind(&s.ip)
         .bind(&s.user_agent)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
 
@@ -426,7 +462,7 @@ impl Sql {
                 self.dialect.for_update()
             ))
             .bind(s.email.as_str())
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?;
             let id: String = row.try_get("id")?;
             let status: SubscriberStatus = parse_col(row.try_get("status")?)?;
@@ -451,7 +487,7 @@ impl Sql {
             .bind(&s.ip)
             .bind(&s.user_agent)
             .bind(&id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             id
         };
@@ -466,7 +502,7 @@ impl Sql {
         .bind(now + deadline)
         .bind(now)
         .bind(now)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         self.notify_work(tx).await?;
         Ok(SignUpOutcome::ConfirmationQueued)
@@ -698,7 +734,6 @@ impl Sql {
     }
 
     pub(super) async fn record(&self, outcomes: &[Recorded], now: Millis) -> StoreResult<()> {
-        let _turn = self.write_turn().await;
         let mut tx = self.begin_write().await?;
         // Most outcomes are "sent": those go in one statement per claim instead of one per
         // message (the claims of a busy worker hold tens of deliveries each).
@@ -914,6 +949,7 @@ fn not_found(what: &str, id: &str) -> StoreError {
 
 impl Sql {
     pub(super) async fn add_item(&self, item: &NewItem, now: Millis) -> StoreResult<ItemRow> {
+        let _turn = self.write_turn().await;
         let id = new_id();
         sqlx::query(
             "INSERT INTO items (id, title, url, summary, source, status, created_at)
@@ -953,7 +989,7 @@ impl Sql {
     /// Locks an item that must still be pending; `NotFound`, or `Conflict` with `why_not`.
     async fn lock_pending_item(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut AnyConnection,
         id: &str,
         why_not: &str,
     ) -> StoreResult<()> {
@@ -962,7 +998,7 @@ impl Sql {
             self.dialect.for_update()
         ))
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
         match status.as_deref() {
             None => Err(not_found("item", id)),
@@ -1085,9 +1121,11 @@ impl Sql {
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
         refuse: impl Fn(&str) -> String,
     ) -> StoreResult<()> {
+        let turn = self.write_turn().await;
         if query.execute(&self.pool).await?.rows_affected() == 1 {
             return Ok(());
         }
+        drop(turn);
         match self.digest_status(id).await? {
             None => Err(not_found("digest", id)),
             Some(s) => Err(StoreError::Conflict(refuse(&s))),
@@ -1262,6 +1300,7 @@ impl Sql {
     }
 
     pub(super) async fn mark_missed(&self, id: &str, note: &str, now: Millis) -> StoreResult<bool> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE digests SET status = 'missed', note = $1, updated_at = $2
              WHERE id = $3 AND status = 'scheduled'",
@@ -1276,6 +1315,7 @@ impl Sql {
     }
 
     pub(super) async fn finish_digests(&self, now: Millis) -> StoreResult<Vec<String>> {
+        let _turn = self.write_turn().await;
         Ok(sqlx::query_scalar(
             "UPDATE digests SET status = 'sent', finished_at = $1, updated_at = $1
              WHERE status = 'sending' AND NOT EXISTS (
@@ -1313,6 +1353,7 @@ impl Sql {
         handled_through: &str,
         now: Millis,
     ) -> StoreResult<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO daily_schedule (id, time, timezone, enabled, last_date, updated_at)
              VALUES (1, $1, $2, $3, $4, $5)
@@ -1332,6 +1373,7 @@ impl Sql {
     }
 
     pub(super) async fn take_daily_date(&self, date: &str, now: Millis) -> StoreResult<bool> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE daily_schedule SET last_date = $1, updated_at = $2
              WHERE id = 1 AND (last_date IS NULL OR last_date < $1)",
@@ -1351,6 +1393,7 @@ impl Sql {
         message: &str,
         now: Millis,
     ) -> StoreResult<()> {
+        let _turn = self.write_turn().await;
         sqlx::query("INSERT INTO events (at, kind, digest_id, message) VALUES ($1, $2, $3, $4)")
             .bind(now)
             .bind(kind)
@@ -1622,7 +1665,7 @@ impl Sql {
 
 /// Queued mail for someone who left is suppressed at once, not just skipped at send time.
 async fn suppress_queued(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut AnyConnection,
     subscriber_id: &str,
     reason: &str,
     now: Millis,
@@ -1634,7 +1677,7 @@ async fn suppress_queued(
     .bind(reason)
     .bind(now)
     .bind(subscriber_id)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
