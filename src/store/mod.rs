@@ -434,15 +434,7 @@ impl Store {
     /// is due (never more than one per `RESEND_CONFIRMATION_AFTER` for a pending address; it
     /// is given up after `CONFIRMATION_DEADLINE`).
     pub async fn sign_up(&self, s: &SignUp, now: Millis) -> StoreResult<SignUpOutcome> {
-        use crate::domain::subscriber::{CONFIRMATION_DEADLINE, RESEND_CONFIRMATION_AFTER};
-        self.sql
-            .sign_up(
-                s,
-                now,
-                ms(RESEND_CONFIRMATION_AFTER),
-                ms(CONFIRMATION_DEADLINE),
-            )
-            .await
+        self.sql.sign_up(s, now).await
     }
 
     pub async fn insert_confirmation_token(

@@ -13,9 +13,10 @@ use uuid::Uuid;
 use super::{
     ClaimedDelivery, ConfirmOutcome, DayColumn, DeliveryCounts, DeliveryRow, DigestRow, EventRow,
     FailureRow, ItemRow, Millis, Outcome, Recorded, SignUp, SignUpOutcome, StoreError, StoreResult,
-    StoredSchedule, SubscriberRow, UnsubscribeOutcome, parse_col,
+    StoredSchedule, SubscriberRow, UnsubscribeOutcome, ms, parse_col,
 };
 use crate::config::DatabaseKind;
+use crate::domain::subscriber::{CONFIRMATION_DEADLINE, RESEND_CONFIRMATION_AFTER};
 use crate::domain::{
     DailySchedule, EmailAddress, ItemSelection, NewDigest, NewItem, SubscriberName,
     SubscriberStatus, Token,
@@ -84,8 +85,6 @@ const SIGN_UP_BATCH: usize = 128;
 struct SignUpJob {
     sign_up: SignUp,
     now: Millis,
-    resend_after: Millis,
-    deadline: Millis,
     reply: oneshot::Sender<StoreResult<SignUpOutcome>>,
 }
 
@@ -346,22 +345,14 @@ impl Sql {
         self.pool.close().await;
     }
 
-    pub(super) async fn sign_up(
-        &self,
-        s: &SignUp,
-        now: Millis,
-        resend_after: Millis,
-        deadline: Millis,
-    ) -> StoreResult<SignUpOutcome> {
+    pub(super) async fn sign_up(&self, s: &SignUp, now: Millis) -> StoreResult<SignUpOutcome> {
         let Some(batcher) = &self.sign_ups else {
-            return self.sign_up_alone(s, now, resend_after, deadline).await;
+            return self.sign_up_alone(s, now).await;
         };
         let (reply, answer) = oneshot::channel();
         let job = SignUpJob {
             sign_up: s.clone(),
             now,
-            resend_after,
-            deadline,
             reply,
         };
         let gone = || StoreError::Db(sqlx::Error::PoolClosed);
@@ -384,9 +375,7 @@ impl Sql {
                 Err(e) => {
                     tracing::warn!(error = %e, count = jobs.len(), "writing sign-ups together failed; writing each on its own");
                     for job in jobs.drain(..) {
-                        let outcome = self
-                            .sign_up_alone(&job.sign_up, job.now, job.resend_after, job.deadline)
-                            .await;
+                        let outcome = self.sign_up_alone(&job.sign_up, job.now).await;
                         let _ = job.reply.send(outcome);
                     }
                 }
@@ -398,39 +387,27 @@ impl Sql {
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         for j in jobs {
-            outcomes.push(
-                self.sign_up_in(&mut tx, &j.sign_up, j.now, j.resend_after, j.deadline)
-                    .await?,
-            );
+            outcomes.push(self.sign_up_in(&mut tx, &j.sign_up, j.now).await?);
         }
         tx.commit().await?;
         Ok(outcomes)
     }
 
-    async fn sign_up_alone(
-        &self,
-        s: &SignUp,
-        now: Millis,
-        resend_after: Millis,
-        deadline: Millis,
-    ) -> StoreResult<SignUpOutcome> {
+    async fn sign_up_alone(&self, s: &SignUp, now: Millis) -> StoreResult<SignUpOutcome> {
         let mut tx = self.begin_write().await?;
-        let outcome = self
-            .sign_up_in(&mut tx, s, now, resend_after, deadline)
-            .await?;
+        let outcome = self.sign_up_in(&mut tx, s, now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
 
     /// One sign-up inside a write transaction; it writes nothing unless it queues a
-    /// confirmation.
+    /// confirmation (never more than one per `RESEND_CONFIRMATION_AFTER` for a pending
+    /// address; it is given up after `CONFIRMATION_DEADLINE`).
     async fn sign_up_in(
         &self,
         tx: &mut AnyConnection,
         s: &SignUp,
         now: Millis,
-        resend_after: Millis,
-        deadline: Millis,
     ) -> StoreResult<SignUpOutcome> {
         let name = s.name.as_ref().map(|n| n.as_str());
         // Insert first: of two concurrent sign-ups for a new address exactly one inserts,
@@ -472,7 +449,7 @@ impl Sql {
                 SubscriberStatus::Bounced => return Ok(SignUpOutcome::Bounced),
                 SubscriberStatus::Pending | SubscriberStatus::Unsubscribed => {}
             }
-            if queued_at.is_some_and(|t| now - t < resend_after) {
+            if queued_at.is_some_and(|t| now - t < ms(RESEND_CONFIRMATION_AFTER)) {
                 return Ok(SignUpOutcome::RecentlyQueued);
             }
             // A returning or repeated sign-up is new consent: record its evidence.
@@ -499,7 +476,7 @@ impl Sql {
         .bind(new_id())
         .bind(&subscriber_id)
         .bind(now)
-        .bind(now + deadline)
+        .bind(now + ms(CONFIRMATION_DEADLINE))
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
