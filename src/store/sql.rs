@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor as _, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -66,12 +67,16 @@ pub(super) struct Sql {
     pool: AnyPool,
     dialect: Dialect,
     url: String,
-    /// SQLite: every write of this process takes its turn here, asynchronously and in order,
-    /// instead of colliding on the database lock, where SQLite's busy handler sleeps 1, 2, 5,
-    /// 10… ms and gives up after `busy_timeout` (10 s). A write that long exists: the fan-out
-    /// to a million subscribers; the unsubscribes, confirmations and sign-ups that arrive
-    /// meanwhile now wait for it instead of failing.
-    write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    /// Every write goes through this pool. On SQLite it holds one connection, so the
+    /// process's writes take turns on it, asynchronously and in order, instead of colliding
+    /// on the database lock, where SQLite's busy handler sleeps 1, 2, 5, 10… ms and gives up
+    /// after `busy_timeout` (10 s): a write that long exists, the fan-out to a million
+    /// subscribers, and the unsubscribes and sign-ups that arrive meanwhile wait for it
+    /// instead of failing. One connection also keeps its page cache: in WAL mode a
+    /// connection drops its whole cache whenever another one has written, so writes spread
+    /// over the pool re-read their pages from the file each time. On PostgreSQL it is the
+    /// pool itself.
+    writer: AnyPool,
     /// SQLite: sign-ups go to one task that writes whatever arrived together in one
     /// transaction (SQLite has one writer at a time; a transaction each capped /subscribe at
     /// about 2,000 requests/s with a p99 over 100 ms).
@@ -95,33 +100,6 @@ const SENT_PER_STATEMENT: usize = 500;
 /// installation, even when several share a database in different schemas.
 pub const SCHEDULER_LOCK: i32 = 0x5371_7565; // "Sque"
 
-/// A write transaction; on SQLite it also holds the process's write turn (see `write_gate`)
-/// until it commits or is dropped.
-struct WriteTx {
-    tx: Transaction<'static, Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl WriteTx {
-    async fn commit(self) -> StoreResult<()> {
-        self.tx.commit().await?;
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.tx
-    }
-}
-
 /// Holding this makes a process the one scheduler: on PostgreSQL it owns a connection with
 /// the session-level advisory lock, released when the connection closes (also on a crash).
 pub struct Leadership {
@@ -143,26 +121,37 @@ fn sqlite_url(url: &str) -> String {
     }
 }
 
+/// Pool options for a SQLite file: WAL, so readers never wait for the writer.
+fn sqlite_pool(connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+}
+
 impl Sql {
     pub(super) async fn connect(url: &str, kind: &DatabaseKind) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
-        let (pool, dialect) = match kind {
+        let (pool, writer, dialect) = match kind {
             DatabaseKind::Sqlite => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(4)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&sqlite_url(url))
+                let url = sqlite_url(url);
+                let pool = sqlite_pool(4).connect(&url).await?;
+                // Waits as long as the longest write may take (a fan-out to millions), like
+                // SQLite's own lock would, minus the give-up after ten seconds.
+                let writer = sqlite_pool(1)
+                    .acquire_timeout(Duration::from_secs(300))
+                    .test_before_acquire(false)
+                    .connect(&url)
                     .await?;
-                (pool, Dialect::Sqlite)
+                (pool, writer, Dialect::Sqlite)
             }
             DatabaseKind::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -170,15 +159,14 @@ impl Sql {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await?;
-                (pool, Dialect::Postgres)
+                (pool.clone(), pool, Dialect::Postgres)
             }
         };
         let mut sql = Self {
             pool,
+            writer,
             dialect,
             url: url.to_owned(),
-            write_gate: (dialect == Dialect::Sqlite)
-                .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))),
             sign_ups: None,
         };
         if dialect == Dialect::Sqlite {
@@ -255,7 +243,7 @@ impl Sql {
         now: Millis,
         alive_within: Millis,
     ) -> StoreResult<i64> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         sqlx::query(
             "INSERT INTO workers (id, host, pid, started_at, heartbeat_at)
              VALUES ($1, $2, $3, $4, $4)
@@ -265,12 +253,12 @@ impl Sql {
         .bind(host)
         .bind(i64::from(std::process::id()))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         // Forget workers long gone, so the table stays small.
         sqlx::query("DELETE FROM workers WHERE heartbeat_at < $1")
             .bind(now - 3_600_000)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         self.live_workers(now, alive_within).await
     }
@@ -285,35 +273,28 @@ impl Sql {
     }
 
     pub(super) async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         sqlx::query("DELETE FROM workers WHERE id = $1")
             .bind(worker_id)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         Ok(())
     }
 
-    /// Waits for this process's turn to write on SQLite (see `write_gate`); free on PostgreSQL.
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.write_gate {
-            Some(g) => Some(g.lock().await),
-            None => None,
-        }
+    /// The connection for a write outside a transaction; on SQLite, the process's turn to
+    /// write (see `writer`).
+    async fn write_conn(&self) -> StoreResult<PoolConnection<Any>> {
+        Ok(self.writer.acquire().await?)
     }
 
     /// A transaction that will write: on SQLite it takes this process's write turn and the
     /// database's write lock up front, so a read inside it cannot go stale; on PostgreSQL
     /// reads lock their rows (`for_update`).
-    async fn begin_write(&self) -> StoreResult<WriteTx> {
-        let turn = match &self.write_gate {
-            Some(g) => Some(g.clone().lock_owned().await),
-            None => None,
-        };
-        let tx = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
-        };
-        Ok(WriteTx { tx, _turn: turn })
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.writer.begin().await?,
+        })
     }
 
     /// Wakes idle workers (PostgreSQL: delivered at commit); SQLite runs in one process,
@@ -342,6 +323,7 @@ impl Sql {
     }
 
     pub(super) async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -492,7 +474,7 @@ impl Sql {
         now: Millis,
         expires_at: Millis,
     ) -> StoreResult<()> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         sqlx::query(
             "INSERT INTO confirmation_tokens (token_hash, subscriber_id, created_at, expires_at)
              VALUES ($1, $2, $3, $4)",
@@ -501,7 +483,7 @@ impl Sql {
         .bind(subscriber_id)
         .bind(now)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -623,7 +605,7 @@ impl Sql {
         // picked separately so each uses its index (an OR of the two made SQLite scan the
         // whole table on every claim). On PostgreSQL, SKIP LOCKED lets concurrent workers
         // pick disjoint rows without waiting for each other.
-        let gate = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         let claimed: Vec<AnyRow> = sqlx::query(&format!(
             "WITH due AS MATERIALIZED (
                  SELECT id, run_at FROM deliveries
@@ -656,9 +638,8 @@ impl Sql {
         .bind(&claim_id)
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
-        drop(gate);
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
@@ -676,9 +657,12 @@ impl Sql {
             q = q.bind(r.try_get::<String, _>("subscriber_id")?);
         }
         let mut subscribers = HashMap::new();
-        for r in q.fetch_all(&self.pool).await? {
+        // On the same connection: a SQLite connection of the read pool would have dropped its
+        // page cache, since the claim has just written.
+        for r in q.fetch_all(&mut *conn).await? {
             subscribers.insert(r.try_get::<String, _>("id")?, r);
         }
+        drop(conn);
         let mut deliveries = Vec::with_capacity(claimed.len());
         for r in &claimed {
             let subscriber_id: String = r.try_get("subscriber_id")?;
@@ -926,7 +910,7 @@ fn not_found(what: &str, id: &str) -> StoreError {
 
 impl Sql {
     pub(super) async fn add_item(&self, item: &NewItem, now: Millis) -> StoreResult<ItemRow> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         let id = new_id();
         sqlx::query(
             "INSERT INTO items (id, title, url, summary, source, status, created_at)
@@ -938,7 +922,7 @@ impl Sql {
         .bind(&item.summary)
         .bind(&item.source)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(ItemRow {
             id,
@@ -1098,11 +1082,11 @@ impl Sql {
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
         refuse: impl Fn(&str) -> String,
     ) -> StoreResult<()> {
-        let turn = self.write_turn().await;
-        if query.execute(&self.pool).await?.rows_affected() == 1 {
+        let mut conn = self.write_conn().await?;
+        if query.execute(&mut *conn).await?.rows_affected() == 1 {
             return Ok(());
         }
-        drop(turn);
+        drop(conn);
         match self.digest_status(id).await? {
             None => Err(not_found("digest", id)),
             Some(s) => Err(StoreError::Conflict(refuse(&s))),
@@ -1292,7 +1276,7 @@ impl Sql {
     }
 
     pub(super) async fn mark_missed(&self, id: &str, note: &str, now: Millis) -> StoreResult<bool> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         let done = sqlx::query(
             "UPDATE digests SET status = 'missed', note = $1, updated_at = $2
              WHERE id = $3 AND status = 'scheduled'",
@@ -1300,14 +1284,14 @@ impl Sql {
         .bind(note)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         Ok(done == 1)
     }
 
     pub(super) async fn finish_digests(&self, now: Millis) -> StoreResult<Vec<String>> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         Ok(sqlx::query_scalar(
             "UPDATE digests SET status = 'sent', finished_at = $1, updated_at = $1
              WHERE status = 'sending' AND NOT EXISTS (
@@ -1316,7 +1300,7 @@ impl Sql {
              RETURNING id",
         )
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?)
     }
 
@@ -1345,7 +1329,7 @@ impl Sql {
         handled_through: &str,
         now: Millis,
     ) -> StoreResult<()> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         sqlx::query(
             "INSERT INTO daily_schedule (id, time, timezone, enabled, last_date, updated_at)
              VALUES (1, $1, $2, $3, $4, $5)
@@ -1359,20 +1343,20 @@ impl Sql {
         .bind(s.enabled)
         .bind(handled_through)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
 
     pub(super) async fn take_daily_date(&self, date: &str, now: Millis) -> StoreResult<bool> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         let done = sqlx::query(
             "UPDATE daily_schedule SET last_date = $1, updated_at = $2
              WHERE id = 1 AND (last_date IS NULL OR last_date < $1)",
         )
         .bind(date)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         Ok(done == 1)
@@ -1385,13 +1369,13 @@ impl Sql {
         message: &str,
         now: Millis,
     ) -> StoreResult<()> {
-        let _turn = self.write_turn().await;
+        let mut conn = self.write_conn().await?;
         sqlx::query("INSERT INTO events (at, kind, digest_id, message) VALUES ($1, $2, $3, $4)")
             .bind(now)
             .bind(kind)
             .bind(digest_id)
             .bind(message)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         Ok(())
     }
