@@ -56,7 +56,14 @@ impl HttpError {
 
 impl From<crate::store::StoreError> for HttpError {
     fn from(e: crate::store::StoreError) -> Self {
-        Self::Internal(e.into())
+        match e {
+            // Every connection stayed busy for the whole acquire timeout (on SQLite: the
+            // write turn, behind a very long write): a transient state, not a fault.
+            crate::store::StoreError::Db(sqlx::Error::PoolTimedOut) => {
+                Self::Unavailable("the database is busy; try again in a minute".into())
+            }
+            e => Self::Internal(e.into()),
+        }
     }
 }
 
@@ -87,5 +94,24 @@ impl IntoResponse for HttpError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_busy_database_is_a_503_and_other_store_faults_a_500() {
+        let busy = HttpError::from(StoreError::Db(sqlx::Error::PoolTimedOut));
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            busy.to_string(),
+            "the database is busy; try again in a minute"
+        );
+        let fault = HttpError::from(StoreError::Db(sqlx::Error::RowNotFound));
+        assert_eq!(fault.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(fault.to_string(), "internal error");
     }
 }
