@@ -1255,13 +1255,14 @@ impl Sql {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query(
-            "UPDATE digests SET recipients = (SELECT COUNT(*) FROM deliveries WHERE digest_id = $1)
-             WHERE id = $1",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        // Every delivery of the digest was inserted just now: deliveries are made only here,
+        // and only once per digest (the status moved from `scheduled` above). Counting them
+        // again read a million index entries while holding SQLite's write lock.
+        sqlx::query("UPDATE digests SET recipients = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
         self.notify_work(&mut tx).await?;
         tx.commit().await?;
         self.refresh_queue_statistics().await;
