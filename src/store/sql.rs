@@ -70,6 +70,7 @@ impl Dialect {
 
 #[derive(Clone, Debug)]
 pub(super) struct Sql {
+    /// Reads (on PostgreSQL, everything: `writer` is the same pool there).
     pool: AnyPool,
     dialect: Dialect,
     url: String,
@@ -150,8 +151,9 @@ impl Sql {
             DatabaseKind::Sqlite => {
                 let url = sqlite_url(url);
                 let pool = sqlite_pool(4).connect(&url).await?;
-                // Waits as long as the longest write may take (a fan-out to millions), like
-                // SQLite's own lock would, minus the give-up after ten seconds.
+                // A write waits for its turn up to 5 minutes (the longest write, a fan-out
+                // to a million, takes seconds), not the 10 s after which SQLite's own lock
+                // gives up; past that it fails and HTTP answers 503.
                 let writer = sqlite_pool(1)
                     .acquire_timeout(Duration::from_secs(300))
                     .test_before_acquire(false)
