@@ -16,7 +16,8 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
 };
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -313,9 +314,15 @@ impl Transport {
 pub enum Sender {
     Smtp {
         transport: Arc<SmtpTransport>,
-        conn: Option<Box<AsyncSmtpConnection>>,
+        conn: Option<Box<Connection>>,
     },
     Outbox(PathBuf),
+}
+
+/// An open SMTP session, and whether its server takes pipelined commands (RFC 2920).
+pub struct Connection {
+    smtp: AsyncSmtpConnection,
+    pipelining: bool,
 }
 
 impl Sender {
@@ -337,23 +344,23 @@ impl Sender {
             }
             Self::Smtp { transport, conn } => {
                 let mut c = match conn.take() {
-                    Some(c) if !c.has_broken() => c,
+                    Some(c) if !c.smtp.has_broken() => c,
                     _ => transport.connect().await.map(Box::new).map_err(|text| {
                         // Connecting, greeting, TLS and AUTH problems are the relay's (or the
                         // configuration's), never the recipient's: always worth a retry.
                         SendFailure::Transient { code: None, text }
                     })?,
                 };
-                match tokio::time::timeout(transport.timeout, c.send(envelope, bytes)).await {
-                    Ok(Ok(_)) => {
+                match tokio::time::timeout(transport.timeout, c.transact(envelope, bytes)).await {
+                    Ok(Ok(())) => {
                         *conn = Some(c);
                         Ok(())
                     }
                     Ok(Err(e)) => {
-                        if !c.has_broken() {
+                        if !c.smtp.has_broken() {
                             *conn = Some(c);
                         }
-                        Err(classify(&e))
+                        Err(e)
                     }
                     Err(_) => {
                         // Mid-transaction state is unknown after a timeout: drop the connection.
@@ -375,8 +382,112 @@ impl Sender {
         if let Self::Smtp { transport, conn } = self
             && let Some(mut c) = conn.take()
         {
-            let _ = tokio::time::timeout(transport.timeout, c.quit()).await;
+            let _ = tokio::time::timeout(transport.timeout, c.smtp.quit()).await;
         }
+    }
+}
+
+impl Connection {
+    /// One message: what lettre's `send` does, in half the round trips and writes. When the
+    /// server offers PIPELINING (RFC 2920), MAIL, RCPT and DATA go in one write and their
+    /// replies are read in order; the content goes dot-stuffed, with its closing dot, in one
+    /// more (lettre writes that dot on its own and stuffs the content a byte at a time).
+    /// Replies are checked as lettre checks them: the first refusal ends the session
+    /// (QUIT, close), and the next message opens a new one.
+    async fn transact(&mut self, envelope: &Envelope, message: &[u8]) -> Result<(), SendFailure> {
+        let smtp = &mut self.smtp;
+        let mut parameters = Vec::new();
+        let addresses = envelope.from().into_iter().chain(envelope.to());
+        if !addresses.map(AsRef::<str>::as_ref).all(str::is_ascii) {
+            if !smtp.server_info().supports_feature(Extension::SmtpUtfEight) {
+                return Err(unsupported("SMTPUTF8", "a non-ASCII address"));
+            }
+            parameters.push(MailParameter::SmtpUtfEight);
+        }
+        if !message.is_ascii() {
+            if !smtp.server_info().supports_feature(Extension::EightBitMime) {
+                return Err(unsupported("8BITMIME", "non-ASCII content"));
+            }
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let mail = Mail::new(envelope.from().cloned(), parameters);
+        let rcpts: Vec<Rcpt> = envelope
+            .to()
+            .iter()
+            .map(|to| Rcpt::new(to.clone(), Vec::new()))
+            .collect();
+        let outcome = async {
+            if self.pipelining {
+                // The replies come back in order, so the first refusal read is the first made.
+                smtp.command(Pipelined(&mail, &rcpts)).await?;
+                for _ in 0..=rcpts.len() {
+                    smtp.read_response().await?;
+                }
+            } else {
+                smtp.command(&mail).await?;
+                for rcpt in &rcpts {
+                    smtp.command(rcpt).await?;
+                }
+                smtp.command(Data).await?;
+            }
+            match std::str::from_utf8(message) {
+                Ok(text) => smtp.command(DotStuffed(text)).await,
+                // Never from `build`; lettre's own encoder takes any bytes.
+                Err(_) => smtp.message(message).await,
+            }
+        }
+        .await;
+        if let Err(e) = outcome {
+            smtp.abort().await;
+            return Err(classify(&e));
+        }
+        Ok(())
+    }
+}
+
+fn unsupported(extension: &str, needed_for: &str) -> SendFailure {
+    SendFailure::Transient {
+        code: None,
+        text: format!("the SMTP server does not offer {extension}, needed for {needed_for}"),
+    }
+}
+
+/// MAIL, each RCPT and DATA as one group of pipelined commands (DATA must end a group).
+struct Pipelined<'a>(&'a Mail, &'a [Rcpt]);
+
+impl std::fmt::Display for Pipelined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        for rcpt in self.1 {
+            write!(f, "{rcpt}")?;
+        }
+        write!(f, "{Data}")
+    }
+}
+
+/// Message content as the DATA phase carries it (RFC 5321, 4.5.2): a line that starts with a
+/// dot gets one more, and a line holding a lone dot ends it.
+struct DotStuffed<'a>(&'a str);
+
+impl std::fmt::Display for DotStuffed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0;
+        if text.starts_with('.') {
+            f.write_str(".")?;
+        }
+        let mut from = 0;
+        for at in memchr::memmem::find_iter(text.as_bytes(), b"\r\n.") {
+            // Up to and including the CRLF, then the extra dot; the line's own dot follows.
+            f.write_str(&text[from..at + 2])?;
+            f.write_str(".")?;
+            from = at + 2;
+        }
+        f.write_str(&text[from..])?;
+        f.write_str(if text.ends_with("\r\n") || text.is_empty() {
+            ".\r\n"
+        } else {
+            "\r\n.\r\n"
+        })
     }
 }
 
@@ -397,7 +508,7 @@ fn classify(e: &lettre::transport::smtp::Error) -> SendFailure {
 }
 
 impl SmtpTransport {
-    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
+    async fn connect(&self) -> Result<Connection, String> {
         let s = &self.settings;
         let server = format!("{}:{}", s.host, s.port);
         let attempt = async {
@@ -435,13 +546,27 @@ impl SmtpTransport {
                     .await
                     .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;
             }
+            // lettre keeps only the EHLO keywords it acts on, and PIPELINING is not one of
+            // them: ask once more (before AUTH, which a new EHLO might reset).
+            let ehlo = conn
+                .command(Ehlo::new(self.hello.clone()))
+                .await
+                .map_err(|e| format!("EHLO to {server} failed: {e}"))?;
+            let pipelining = ehlo.message().any(|line| {
+                line.split_whitespace()
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+            });
             if let (Some(user), Some(pass)) = (&s.username, &s.password) {
                 let creds = Credentials::new(user.clone(), pass.clone());
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
                     .await
                     .map_err(|e| format!("SMTP AUTH at {server} failed: {e}"))?;
             }
-            Ok(conn)
+            Ok(Connection {
+                smtp: conn,
+                pipelining,
+            })
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
@@ -507,6 +632,35 @@ mod tests {
             html: PartBody::Text("<p>hi</p>".into()),
             text: PartBody::Text("hi".into()),
         }
+    }
+
+    #[test]
+    fn content_is_dot_stuffed_and_closed_by_a_lone_dot() {
+        let stuffed = |text: &str| DotStuffed(text).to_string();
+        assert_eq!(
+            stuffed("a\r\n.\r\n..b\r\nc.d\r\n"),
+            "a\r\n..\r\n...b\r\nc.d\r\n.\r\n"
+        );
+        assert_eq!(stuffed(".first\r\nlast"), "..first\r\nlast\r\n.\r\n");
+        assert_eq!(
+            stuffed("ends with a dot\r\n."),
+            "ends with a dot\r\n..\r\n.\r\n"
+        );
+        assert_eq!(stuffed(""), ".\r\n");
+        // A bare LF is no line break on the wire: lettre does not stuff after it either.
+        assert_eq!(stuffed("a\n.b\r\n"), "a\n.b\r\n.\r\n");
+    }
+
+    #[test]
+    fn pipelined_commands_end_with_data() {
+        let from: Address = "news@squeeze.example".parse().expect("address");
+        let to: Address = "reader@example.com".parse().expect("address");
+        let mail = Mail::new(Some(from), Vec::new());
+        let group = Pipelined(&mail, &[Rcpt::new(to, Vec::new())]).to_string();
+        assert_eq!(
+            group,
+            "MAIL FROM:<news@squeeze.example>\r\nRCPT TO:<reader@example.com>\r\nDATA\r\n"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Options, SmtpServer, TestApp, WAIT, eventually};
+use common::{Options, SmtpServer, TestApp, WAIT, eventually, seed};
 use squeeze::store::now_ms;
 
 fn opts(smtp: &SmtpServer) -> Options {
@@ -169,6 +169,72 @@ async fn a_5_1_1_reply_fails_at_once_keeps_the_reply_and_marks_the_subscriber_bo
     assert_eq!(app.scalar("SELECT COUNT(*) FROM deliveries").await, 1);
     app.stop().await;
     assert_eq!(smtp.count(), 0);
+}
+
+/// Commands go pipelined (RFC 2920) to a relay that offers it and one at a time to one that
+/// does not; a refusal is read in its turn either way; and a line that starts with a dot, or
+/// is a lone dot, arrives as written (dot-stuffing), where a missed stuffing would end the
+/// message early or lose a dot.
+#[tokio::test]
+async fn commands_are_pipelined_only_where_offered_and_dotted_lines_arrive_intact() {
+    use squeeze::domain::{ItemSelection, NewDigest, NewItem};
+    let intro = "A lone dot follows.\n.\n...and a line that starts with three dots.";
+    for pipelining in [true, false] {
+        let smtp = SmtpServer::start().await;
+        smtp.faults().no_pipelining = !pipelining;
+        smtp.faults().rcpt_replies.insert(
+            "confirmed0@dots.example".into(),
+            ["451 4.7.1 Greylisted, try again".to_owned()].into(),
+        );
+        let app = TestApp::spawn(&smtp).await;
+        seed(&app, &[("confirmed", 2)], "dots.example").await;
+        let now = now_ms();
+        let item = NewItem::parse("News", "https://example.com/n", "Summary", None).expect("item");
+        app.app.store.add_item(&item, now).await.expect("item");
+        let d = NewDigest::parse("Dots", Some(intro), ItemSelection::Pending).expect("digest");
+        let digest = app
+            .app
+            .store
+            .create_digest(&d, None, now)
+            .await
+            .expect("digest");
+        app.app
+            .store
+            .schedule_digest(&digest.id, now, now)
+            .await
+            .expect("schedule");
+        app.app
+            .scheduler()
+            .tick(chrono::Utc::now())
+            .await
+            .expect("tick");
+        eventually("both sent, one after a retry", WAIT, || async {
+            app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
+                .await
+                == 2
+        })
+        .await;
+        app.stop().await;
+        let received = smtp.received();
+        assert_eq!(received.len(), 2, "pipelining {pipelining}");
+        let refused = smtp.rcpt_attempts();
+        assert!(
+            refused.iter().any(|a| a.reply.starts_with("451")),
+            "the greylisting reply was given: {refused:?}"
+        );
+        for r in &received {
+            assert_eq!(r.pipelined, pipelining, "pipelined to {:?}", r.rcpts);
+            let text = r.text().replace("\r\n", "\n");
+            assert!(
+                text.contains("A lone dot follows.\n.\n...and a line that starts with three dots."),
+                "{text}"
+            );
+            assert!(
+                text.contains("Unsubscribe with one click"),
+                "the message is whole"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -4,9 +4,10 @@
 //! One run: starts Postfix's `smtp-sink` on 127.0.0.1, seeds N confirmed subscribers, makes a
 //! realistic digest through the library and times its fan-out, runs `squeeze worker` as a
 //! child process until every delivery is sent, samples the worker's peak RSS and CPU time,
-//! then sends N copies of the same message with lettre alone over the same kind of
-//! TCP_NODELAY connections (the floor) and prints the ratio. It prints figures and never
-//! judges them: timing assertions belong to no test.
+//! then sends N copies of the same message over the same kind of TCP_NODELAY connections
+//! twice, with no database or rendering (the floors): with lettre's client alone, and with the
+//! worker's own SMTP code alone; it prints the pipeline's ratio to each. It prints figures
+//! and never judges them: timing assertions belong to no test.
 //!
 //! ```sh
 //! cargo build --release --bins
@@ -29,7 +30,7 @@ use lettre::transport::smtp::extension::ClientId;
 use sqlx::{AnyConnection, Connection as _};
 use squeeze::app::App;
 use squeeze::compose::DigestContent;
-use squeeze::config::Config;
+use squeeze::config::{Config, SmtpSettings};
 use squeeze::domain::{ItemSelection, NewDigest, NewItem, Token};
 use squeeze::mailer::{self, Letter};
 use squeeze::store::now_ms;
@@ -259,26 +260,33 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
 
     println!("{others_pipeline}");
 
-    let (sink_cpu, own_cpu) = (cpu_seconds(sink.pid)?, cpu_seconds(std::process::id())?);
-    let machine = Busy::sample()?;
-    let floor_seconds = floor(sink.port, args.concurrency, n, &envelope, message.clone()).await?;
-    // Nothing else runs in this process meanwhile (the app's pool is idle).
-    let floor_cpu = cpu_seconds(std::process::id())? - own_cpu;
-    let sink_cpu_floor = cpu_seconds(sink.pid)? - sink_cpu;
-    let others_floor = machine.others(floor_cpu + sink_cpu_floor)?;
     let pipeline_rate = n as f64 / pipeline.seconds;
-    let floor_rate = n as f64 / floor_seconds;
-    println!(
-        "floor: lettre alone, {} TCP_NODELAY connections, same message and sink: {n} emails in {floor_seconds:.2} s = {floor_rate:.0} emails/s",
-        args.concurrency
-    );
-    println!(
-        "floor CPU: client {floor_cpu:.2} s = {:.3} s per 1,000 emails; smtp-sink {sink_cpu_floor:.2} s = {:.3} s per 1,000 emails",
-        floor_cpu * 1000.0 / n as f64,
-        sink_cpu_floor * 1000.0 / n as f64
-    );
-    println!("{others_floor}");
-    println!("pipeline / floor: {:.2}", pipeline_rate / floor_rate);
+    let mut ratios = Vec::new();
+    for client in [FloorClient::Lettre, FloorClient::Squeeze] {
+        let (sink_cpu, own_cpu) = (cpu_seconds(sink.pid)?, cpu_seconds(std::process::id())?);
+        let machine = Busy::sample()?;
+        let seconds = floor(client, sink.port, args.concurrency, n, &envelope, &message).await?;
+        // Nothing else runs in this process meanwhile (the app's pool is idle).
+        let client_cpu = cpu_seconds(std::process::id())? - own_cpu;
+        let sink_cpu = cpu_seconds(sink.pid)? - sink_cpu;
+        let others = machine.others(client_cpu + sink_cpu)?;
+        let rate = n as f64 / seconds;
+        println!(
+            "floor, {}: {} TCP_NODELAY connections, same message and sink: {n} emails in {seconds:.2} s = {rate:.0} emails/s",
+            client.describe(),
+            args.concurrency
+        );
+        println!(
+            "  CPU: client {client_cpu:.2} s = {:.3} s per 1,000 emails; smtp-sink {sink_cpu:.2} s = {:.3} s per 1,000 emails",
+            client_cpu * 1000.0 / n as f64,
+            sink_cpu * 1000.0 / n as f64
+        );
+        println!("{others}");
+        ratios.push((client, pipeline_rate / rate));
+    }
+    for (client, ratio) in ratios {
+        println!("pipeline / floor ({}): {ratio:.2}", client.name());
+    }
     app.store.close().await;
     drop(sink);
     Ok(())
@@ -628,45 +636,56 @@ fn percentile(sorted: &[i64], p: usize) -> i64 {
     sorted[rank - 1]
 }
 
-/// N copies of the same message, lettre's client alone over `concurrency` TCP_NODELAY
-/// connections (as Squeeze opens them), no database and no rendering. Returns seconds.
+/// The SMTP client of a floor run.
+#[derive(Clone, Copy, Debug)]
+enum FloorClient {
+    /// lettre's `send` (the floor issue #7 names): MAIL, RCPT, DATA and the content one
+    /// round trip each.
+    Lettre,
+    /// The worker's own SMTP code (`mailer::Sender`: pipelined commands, the content in one
+    /// write), without database or rendering: what the rest of the pipeline costs on top.
+    Squeeze,
+}
+
+impl FloorClient {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Lettre => "lettre's client",
+            Self::Squeeze => "Squeeze's sender",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Lettre => "lettre's client alone (AsyncSmtpConnection::send)",
+            Self::Squeeze => {
+                "Squeeze's sender alone (the worker's SMTP code, no database, no rendering)"
+            }
+        }
+    }
+}
+
+/// N copies of the same message over `concurrency` TCP_NODELAY connections (as Squeeze opens
+/// them), no database and no rendering. Returns seconds.
 async fn floor(
+    client: FloorClient,
     port: u16,
     concurrency: u32,
     n: u64,
     envelope: &Envelope,
-    message: Arc<[u8]>,
+    message: &Arc<[u8]>,
 ) -> Result<f64> {
-    let hello = ClientId::default();
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (next, envelope, message, hello) = (
-            next.clone(),
-            envelope.clone(),
-            message.clone(),
-            hello.clone(),
-        );
+        let (next, envelope, message) = (next.clone(), envelope.clone(), message.clone());
         tasks.spawn(async move {
-            let tcp = TcpStream::connect(("127.0.0.1", port))
-                .await
-                .context("floor: connecting to smtp-sink")?;
-            tcp.set_nodelay(true).context("floor: TCP_NODELAY")?;
-            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello)
-                .await
-                .context("floor: SMTP greeting")?;
-            let mut sent = 0u64;
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                tokio::time::timeout(SEND_TIMEOUT, conn.send(&envelope, &message))
-                    .await
-                    .context("floor: send timed out")?
-                    .context("floor: send")?;
-                sent += 1;
+            let more = || next.fetch_add(1, Ordering::Relaxed) < n;
+            match client {
+                FloorClient::Lettre => lettre_floor(port, more, &envelope, &message).await,
+                FloorClient::Squeeze => squeeze_floor(port, more, &envelope, &message).await,
             }
-            // Politeness only; the figures are already taken.
-            let _ = tokio::time::timeout(SEND_TIMEOUT, conn.quit()).await;
-            Ok::<u64, anyhow::Error>(sent)
         });
     }
     let mut sent = 0;
@@ -679,6 +698,55 @@ async fn floor(
     }
     let done = done.with_context(|| format!("floor sent {sent} of {n} messages"))?;
     Ok(done.as_secs_f64().max(1e-3))
+}
+
+/// One connection's share of a floor run through lettre's client; returns messages sent.
+async fn lettre_floor(
+    port: u16,
+    more: impl Fn() -> bool,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<u64> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .context("floor: connecting to smtp-sink")?;
+    tcp.set_nodelay(true).context("floor: TCP_NODELAY")?;
+    let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &ClientId::default())
+        .await
+        .context("floor: SMTP greeting")?;
+    let mut sent = 0u64;
+    while more() {
+        tokio::time::timeout(SEND_TIMEOUT, conn.send(envelope, message))
+            .await
+            .context("floor: send timed out")?
+            .context("floor: send")?;
+        sent += 1;
+    }
+    // Politeness only; the figures are already taken.
+    let _ = tokio::time::timeout(SEND_TIMEOUT, conn.quit()).await;
+    Ok(sent)
+}
+
+/// One connection's share of a floor run through the worker's own sender.
+async fn squeeze_floor(
+    port: u16,
+    more: impl Fn() -> bool,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<u64> {
+    let settings = SmtpSettings::from_url(&format!("smtp://127.0.0.1:{port}"))
+        .map_err(|e| anyhow!("floor: smtp-sink URL: {e}"))?;
+    let mut sender = mailer::Transport::smtp(settings, SEND_TIMEOUT).sender();
+    let mut sent = 0u64;
+    while more() {
+        sender
+            .send("floor", envelope, message)
+            .await
+            .map_err(|e| anyhow!("floor: send: {e:?}"))?;
+        sent += 1;
+    }
+    sender.close().await;
+    Ok(sent)
 }
 
 /// Postfix's smtp-sink on 127.0.0.1, stopped when dropped or when this process dies.

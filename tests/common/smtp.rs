@@ -19,6 +19,8 @@ pub struct Received {
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
     pub auth_user: Option<String>,
+    /// Whether RCPT had already arrived when MAIL was read: the client pipelined (RFC 2920).
+    pub pipelined: bool,
 }
 
 impl Received {
@@ -77,6 +79,8 @@ pub struct Faults {
     pub credentials: Option<(String, String)>,
     /// Wait this long before answering each message body (messages stay "on the wire").
     pub data_delay: Option<Duration>,
+    /// Do not offer PIPELINING in the EHLO reply (it is offered by default, as Postfix does).
+    pub no_pipelining: bool,
 }
 
 /// One RCPT TO as the server saw it, and what it answered.
@@ -274,6 +278,7 @@ async fn session(
     let mut from = String::new();
     let mut rcpts = Vec::new();
     let mut auth_user: Option<String> = None;
+    let mut pipelined = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -289,8 +294,13 @@ async fn session(
             } else {
                 ""
             };
+            let pipelining = if lock(&shared.faults).no_pipelining {
+                ""
+            } else {
+                "250-PIPELINING\r\n"
+            };
             let reply = format!(
-                "250-test-smtp\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n{offer}250 AUTH PLAIN LOGIN\r\n"
+                "250-test-smtp\r\n{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n{offer}250 AUTH PLAIN LOGIN\r\n"
             );
             write.write_all(reply.as_bytes()).await?;
         } else if upper == "STARTTLS" && starttls.is_some() {
@@ -344,6 +354,7 @@ async fn session(
             }
             from = addr_of(&cmd);
             rcpts.clear();
+            pipelined = !reader.buffer().is_empty();
             write.write_all(b"250 2.1.0 Ok\r\n").await?;
         } else if upper.starts_with("RCPT TO") {
             let rcpt = addr_of(&cmd);
@@ -412,6 +423,7 @@ async fn session(
                 rcpts: std::mem::take(&mut rcpts),
                 data,
                 auth_user: auth_user.clone(),
+                pipelined,
             });
             write.write_all(b"250 2.0.0 Ok: queued\r\n").await?;
         } else if upper == "RSET" {
