@@ -254,7 +254,10 @@ async fn session(
     encrypted: bool,
     greet: bool,
 ) -> std::io::Result<()> {
-    let (read, mut write) = tokio::io::split(stream);
+    let (read, write) = tokio::io::split(stream);
+    // Replies are buffered and sent when the client has nothing more waiting, so a pipelined
+    // group gets its replies in one write, as Postfix sends them (RFC 2920, 3.2).
+    let mut write = tokio::io::BufWriter::new(write);
     let mut reader = BufReader::new(read);
     let (stall, refuse) = {
         let mut f = lock(&shared.faults);
@@ -270,6 +273,7 @@ async fn session(
     }
     if refuse {
         write.write_all(b"421 4.3.2 try again later\r\n").await?;
+        write.flush().await?;
         return Ok(());
     }
     if greet {
@@ -281,6 +285,9 @@ async fn session(
     let mut pipelined = false;
     let mut line = String::new();
     loop {
+        if reader.buffer().is_empty() {
+            write.flush().await?;
+        }
         line.clear();
         if reader.read_line(&mut line).await? == 0 {
             return Ok(());
@@ -305,7 +312,8 @@ async fn session(
             write.write_all(reply.as_bytes()).await?;
         } else if upper == "STARTTLS" && starttls.is_some() {
             write.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
-            let plain = reader.into_inner().unsplit(write);
+            write.flush().await?;
+            let plain = reader.into_inner().unsplit(write.into_inner());
             let Some(acceptor) = starttls else {
                 return Ok(());
             };
@@ -317,6 +325,7 @@ async fn session(
             let mut arg = cmd.get(11..).unwrap_or("").trim().to_owned();
             if arg.is_empty() {
                 write.write_all(b"334 \r\n").await?;
+                write.flush().await?;
                 line.clear();
                 reader.read_line(&mut line).await?;
                 arg = line.trim().to_owned();
@@ -385,6 +394,7 @@ async fn session(
             write
                 .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                 .await?;
+            write.flush().await?;
             let mut data = Vec::new();
             loop {
                 let mut l = Vec::new();
@@ -433,6 +443,7 @@ async fn session(
             write.write_all(b"250 2.0.0 Ok\r\n").await?;
         } else if upper == "QUIT" {
             write.write_all(b"221 2.0.0 Bye\r\n").await?;
+            write.flush().await?;
             return Ok(());
         } else {
             write
