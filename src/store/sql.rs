@@ -1436,7 +1436,14 @@ impl Sql {
         &self,
         digest_id: Option<&str>,
     ) -> StoreResult<DeliveryCounts> {
-        let r = sqlx::query(
+        // Two statements rather than `$1 IS NULL OR digest_id = $1`, which SQLite can only
+        // answer by reading every delivery ever made.
+        let filter = if digest_id.is_some() {
+            "WHERE digest_id = $1"
+        } else {
+            ""
+        };
+        let sql = format!(
             "SELECT
                  COUNT(CASE WHEN status = 'queued' AND attempts = 0 THEN 1 END) AS queued,
                  COUNT(CASE WHEN status = 'queued' AND attempts > 0 THEN 1 END) AS retrying,
@@ -1447,11 +1454,13 @@ impl Sql {
                  COUNT(CASE WHEN status = 'suppressed' THEN 1 END) AS suppressed,
                  MIN(sent_at) AS first_sent_at,
                  MAX(sent_at) AS last_sent_at
-             FROM deliveries WHERE CAST($1 AS TEXT) IS NULL OR digest_id = $1",
-        )
-        .bind(digest_id)
-        .fetch_one(&self.pool)
-        .await?;
+             FROM deliveries {filter}"
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(id) = digest_id {
+            query = query.bind(id);
+        }
+        let r = query.fetch_one(&self.pool).await?;
         Ok(DeliveryCounts {
             queued: r.try_get("queued")?,
             retrying: r.try_get("retrying")?,
