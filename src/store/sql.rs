@@ -88,10 +88,15 @@ pub(super) struct Sql {
     /// transaction (SQLite has one writer at a time; a transaction each capped /subscribe at
     /// about 2,000 requests/s with a p99 over 100 ms).
     sign_ups: Option<mpsc::Sender<SignUpJob>>,
+    /// SQLite: held, never used, by every clone; when the last one goes, the background
+    /// checkpoint task (`checkpoints`) sees its channel close and ends.
+    _checkpoints: Option<mpsc::Sender<()>>,
 }
 
 /// Most sign-ups written in one transaction.
 const SIGN_UP_BATCH: usize = 128;
+/// How often a background task copies the WAL into the database file (see `checkpoints`).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 struct SignUpJob {
@@ -134,9 +139,12 @@ fn sqlite_pool(connections: u32) -> AnyPoolOptions {
         .max_connections(connections)
         .after_connect(|conn, _| {
             Box::pin(async move {
+                // The writer checkpoints by itself only past 64 MB of WAL, should the
+                // background task (`checkpoints`) ever fall behind.
                 conn.execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;
+                     PRAGMA wal_autocheckpoint = 16384;",
                 )
                 .await?;
                 Ok(())
@@ -176,11 +184,15 @@ impl Sql {
             dialect,
             url: url.to_owned(),
             sign_ups: None,
+            _checkpoints: None,
         };
         if dialect == Dialect::Sqlite {
             let (tx, rx) = mpsc::channel(SIGN_UP_BATCH * 4);
             tokio::spawn(sql.clone().sign_up_batches(rx));
             sql.sign_ups = Some(tx);
+            let (alive, gone) = mpsc::channel(1);
+            tokio::spawn(checkpoints(sql.pool.clone(), sql.writer.clone(), gone));
+            sql._checkpoints = Some(alive);
         }
         Ok(sql)
     }
@@ -1659,6 +1671,45 @@ impl Sql {
 }
 
 /// Queued mail for someone who left is suppressed at once, not just skipped at send time.
+/// Copies committed pages from the WAL into the database file, mostly off the write path.
+/// SQLite's automatic checkpoint runs inside the commit that crosses its threshold (1,000
+/// pages), copying and fsync included, and every write queued behind that commit waits:
+/// under a few thousand sign-ups a second that was most of their p99 (BENCHMARKS.md). Here a
+/// passive checkpoint on a read connection copies the bulk without blocking anyone; then the
+/// write connection, in its turn, copies what was committed meanwhile, which completes the
+/// checkpoint so the next write starts the WAL over (a checkpoint from another connection
+/// never catches up with a busy writer, and the WAL would grow). Every commit reaches the
+/// disk within about `CHECKPOINT_EVERY`. Ends when the store is dropped or closed.
+async fn checkpoints(pool: AnyPool, writer: AnyPool, mut gone: mpsc::Receiver<()>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = gone.recv() => return,
+            () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        let done = async {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await?;
+            let mut conn = writer.acquire().await?;
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut *conn)
+                .await
+        }
+        .await;
+        match done {
+            Ok(_) => failing = false,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "background WAL checkpoint failed; writes checkpoint by themselves past 64 MB of WAL");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
 async fn suppress_queued(
     tx: &mut AnyConnection,
     subscriber_id: &str,
