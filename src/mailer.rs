@@ -547,16 +547,16 @@ impl SmtpTransport {
                     .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;
             }
             // lettre keeps only the EHLO keywords it acts on, and PIPELINING is not one of
-            // them: ask once more (before AUTH, which a new EHLO might reset).
-            let ehlo = conn
-                .command(Ehlo::new(self.hello.clone()))
-                .await
-                .map_err(|e| format!("EHLO to {server} failed: {e}"))?;
-            let pipelining = ehlo.message().any(|line| {
-                line.split_whitespace()
-                    .next()
-                    .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
-            });
+            // them: ask once more (before AUTH, which a new EHLO might reset). A server that
+            // refuses the repeat stays where it was (RFC 5321, 4.1.4): no pipelining then.
+            let pipelining = match conn.command(Ehlo::new(self.hello.clone())).await {
+                Ok(ehlo) => ehlo.message().any(|line| {
+                    line.split_whitespace()
+                        .next()
+                        .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+                }),
+                Err(_) => false,
+            };
             if let (Some(user), Some(pass)) = (&s.username, &s.password) {
                 let creds = Credentials::new(user.clone(), pass.clone());
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)

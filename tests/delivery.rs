@@ -237,6 +237,23 @@ async fn commands_are_pipelined_only_where_offered_and_dotted_lines_arrive_intac
     }
 }
 
+/// A relay that refuses the second EHLO (asked to learn whether it pipelines) still gets the
+/// mail, one command at a time.
+#[tokio::test]
+async fn a_relay_that_refuses_a_repeated_ehlo_still_gets_the_mail() {
+    let smtp = SmtpServer::start().await;
+    smtp.faults().refuse_repeated_ehlo = true;
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("repeat@example.com").await;
+    let received = smtp.wait_for(1, WAIT).await;
+    app.stop().await;
+    assert_eq!(received[0].rcpts, vec!["repeat@example.com".to_owned()]);
+    assert!(
+        !received[0].pipelined,
+        "no pipelining without a known offer"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_greeting_and_a_connection_dropped_during_data_are_retried() {
     let smtp = SmtpServer::start().await;

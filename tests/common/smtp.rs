@@ -81,6 +81,8 @@ pub struct Faults {
     pub data_delay: Option<Duration>,
     /// Do not offer PIPELINING in the EHLO reply (it is offered by default, as Postfix does).
     pub no_pipelining: bool,
+    /// Refuse every EHLO after a session's first (with 502, staying in the same state).
+    pub refuse_repeated_ehlo: bool,
 }
 
 /// One RCPT TO as the server saw it, and what it answered.
@@ -283,6 +285,7 @@ async fn session(
     let mut rcpts = Vec::new();
     let mut auth_user: Option<String> = None;
     let mut pipelined = false;
+    let mut ehlo_seen = false;
     let mut line = String::new();
     loop {
         if reader.buffer().is_empty() {
@@ -295,7 +298,12 @@ async fn session(
         let cmd = line.trim_end().to_owned();
         let upper = cmd.to_ascii_uppercase();
         let needs_auth = lock(&shared.faults).credentials.clone();
-        if upper.starts_with("EHLO") {
+        if upper.starts_with("EHLO") && ehlo_seen && lock(&shared.faults).refuse_repeated_ehlo {
+            write
+                .write_all(b"502 5.5.2 Command not recognized\r\n")
+                .await?;
+        } else if upper.starts_with("EHLO") {
+            ehlo_seen = true;
             let offer = if starttls.is_some() {
                 "250-STARTTLS\r\n"
             } else {
