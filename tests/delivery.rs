@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Options, SmtpServer, TestApp, WAIT, eventually, seed};
+use common::{Options, SmtpServer, TestApp, WAIT, eventually, seed, send_digest_with_intro_now};
 use squeeze::store::now_ms;
 
 fn opts(smtp: &SmtpServer) -> Options {
@@ -177,7 +177,6 @@ async fn a_5_1_1_reply_fails_at_once_keeps_the_reply_and_marks_the_subscriber_bo
 /// message early or lose a dot.
 #[tokio::test]
 async fn commands_are_pipelined_only_where_offered_and_dotted_lines_arrive_intact() {
-    use squeeze::domain::{ItemSelection, NewDigest, NewItem};
     let intro = "A lone dot follows.\n.\n...and a line that starts with three dots.";
     for pipelining in [true, false] {
         let smtp = SmtpServer::start().await;
@@ -188,26 +187,7 @@ async fn commands_are_pipelined_only_where_offered_and_dotted_lines_arrive_intac
         );
         let app = TestApp::spawn(&smtp).await;
         seed(&app, &[("confirmed", 2)], "dots.example").await;
-        let now = now_ms();
-        let item = NewItem::parse("News", "https://example.com/n", "Summary", None).expect("item");
-        app.app.store.add_item(&item, now).await.expect("item");
-        let d = NewDigest::parse("Dots", Some(intro), ItemSelection::Pending).expect("digest");
-        let digest = app
-            .app
-            .store
-            .create_digest(&d, None, now)
-            .await
-            .expect("digest");
-        app.app
-            .store
-            .schedule_digest(&digest.id, now, now)
-            .await
-            .expect("schedule");
-        app.app
-            .scheduler()
-            .tick(chrono::Utc::now())
-            .await
-            .expect("tick");
+        send_digest_with_intro_now(&app, Some(intro)).await;
         eventually("both sent, one after a retry", WAIT, || async {
             app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
                 .await
