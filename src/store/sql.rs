@@ -1670,7 +1670,6 @@ impl Sql {
     }
 }
 
-/// Queued mail for someone who left is suppressed at once, not just skipped at send time.
 /// Copies committed pages from the WAL into the database file, mostly off the write path.
 /// SQLite's automatic checkpoint runs inside the commit that crosses its threshold (1,000
 /// pages), copying and fsync included, and every write queued behind that commit waits:
@@ -1710,6 +1709,7 @@ async fn checkpoints(pool: AnyPool, writer: AnyPool, mut gone: mpsc::Receiver<()
     }
 }
 
+/// Queued mail for someone who left is suppressed at once, not just skipped at send time.
 async fn suppress_queued(
     tx: &mut AnyConnection,
     subscriber_id: &str,
