@@ -399,3 +399,226 @@ async fn an_untrusted_relay_certificate_is_refused_and_the_mail_kept() {
     assert_eq!(smtp.count(), 0);
     app.stop().await;
 }
+
+/// Migration 0007 moved the queue out of `deliveries` into `delivery_queue` and `claims`. A
+/// database upgraded with mail in every state keeps every delivery: what was queued, and what
+/// a worker held when the upgrade ran, is sent once; what was sent or failed stays so, and
+/// still shows in the statistics.
+#[tokio::test]
+async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
+    let smtp = SmtpServer::start().await;
+    let db = common::TestDb::new().await;
+    let folder = if common::on_postgres() {
+        "migrations/postgres"
+    } else {
+        "migrations/sqlite"
+    };
+    let mut before =
+        sqlx::migrate::Migrator::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder))
+            .await
+            .expect("migrations");
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 7)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let url = if common::on_postgres() {
+        db.url().to_owned()
+    } else {
+        format!("{}?mode=rwc", db.url())
+    };
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.expect("database");
+    before.run(&pool).await.expect("the schema before 0007");
+    let now = now_ms();
+    for (id, status) in [
+        ("queued", "pending"),
+        ("held", "pending"),
+        ("sent", "confirmed"),
+        ("failed", "pending"),
+    ] {
+        sqlx::query(
+            "INSERT INTO subscribers (id, email, status, unsubscribe_token, consent_at,
+                 created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $5, $5)",
+        )
+        .bind(id)
+        .bind(format!("{id}@example.com"))
+        .bind(status)
+        .bind(format!("token-{id}"))
+        .bind(now - 120_000)
+        .execute(&pool)
+        .await
+        .expect("subscriber");
+    }
+    // (subscriber and delivery id, status, attempts, lease_until, sent_at)
+    for (id, status, attempts, lease_until, sent_at) in [
+        ("queued", "queued", 0, None, None),
+        // Held by a worker whose lease has run out.
+        ("held", "sending", 1, Some(now - 1), None),
+        ("sent", "sent", 1, None, Some(now - 60_000)),
+        ("failed", "failed", 1, None, None),
+    ] {
+        sqlx::query(
+            "INSERT INTO deliveries (id, kind, subscriber_id, status, attempts, run_at,
+                 lease_until, claim_id, expires_at, created_at, sent_at, updated_at)
+             VALUES ($1, 'confirmation', $1, $2, $3, $4, $5, $6, $7, $4, $8, $9)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(attempts)
+        .bind(now - 90_000)
+        .bind(lease_until)
+        .bind(lease_until.map(|_| "a-dead-worker"))
+        .bind(now + 3_600_000)
+        .bind(sent_at)
+        .bind(now - 30_000)
+        .execute(&pool)
+        .await
+        .expect("delivery");
+    }
+    pool.close().await;
+
+    let app = TestApp::spawn_with(Options {
+        database: Some(db),
+        ..opts(&smtp)
+    })
+    .await;
+    smtp.wait_for(2, WAIT).await;
+    eventually("both unsent confirmations recorded", WAIT, || async {
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
+            .await
+            == 3
+    })
+    .await;
+    // Time for a second copy to go out, if one were going to.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut rcpts: Vec<String> = smtp.received().into_iter().flat_map(|m| m.rcpts).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["held@example.com", "queued@example.com"]);
+    assert_eq!(
+        app.scalar("SELECT attempts FROM deliveries WHERE id = 'held'")
+            .await,
+        2,
+        "the interrupted attempt still counts"
+    );
+    assert_eq!(
+        app.scalar("SELECT (SELECT COUNT(*) FROM delivery_queue) + (SELECT COUNT(*) FROM claims)")
+            .await,
+        0,
+        "nothing left queued or claimed"
+    );
+    let activity = squeeze::stats::activity(&app.app.store, now_ms(), 60)
+        .await
+        .expect("activity");
+    let failed: Vec<_> = activity
+        .recent_failures
+        .iter()
+        .map(|f| f.email.as_str())
+        .collect();
+    assert_eq!(failed, ["failed@example.com"]);
+    assert_eq!(
+        activity.sent_per_minute.iter().sum::<i64>(),
+        3,
+        "sent in the last hour: {:?}",
+        activity.sent_per_minute
+    );
+    app.stop().await;
+}
+
+/// Sending a message changes these columns of its `deliveries` row, so no index may cover one
+/// (as a key or in its WHERE): on PostgreSQL, changing an indexed column makes an update add
+/// an entry to every index of the table instead of rewriting the row in place (HOT), and that
+/// was most of the database's work per message (BENCHMARKS.md, item 23).
+#[tokio::test]
+async fn no_index_of_deliveries_covers_a_column_that_sending_changes() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..opts(&smtp)
+    })
+    .await;
+    let sql = if common::on_postgres() {
+        "SELECT indexdef FROM pg_indexes
+         WHERE tablename = 'deliveries' AND schemaname = current_schema()"
+    } else {
+        // Constraints' own indexes have no SQL: the primary key and the UNIQUE pair.
+        "SELECT sql FROM sqlite_master
+         WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL"
+    };
+    let indexes: Vec<String> = sqlx::query_scalar(sql)
+        .fetch_all(&app.db().await)
+        .await
+        .expect("index definitions");
+    assert!(!indexes.is_empty());
+    let changed = [
+        "status",
+        "attempts",
+        "claim_id",
+        "sent_at",
+        "updated_at",
+        "last_error",
+        "smtp_code",
+    ];
+    for index in &indexes {
+        let words: Vec<&str> = index
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .collect();
+        for column in changed {
+            assert!(!words.contains(&column), "{index} covers {column}");
+        }
+    }
+    app.stop().await;
+}
+
+/// A digest is sent when none of its deliveries is queued or held by a worker: not while the
+/// last message is still on the wire.
+#[tokio::test]
+async fn a_digest_is_not_sent_while_a_worker_still_holds_its_last_delivery() {
+    use squeeze::store::{Outcome, Recorded};
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..opts(&smtp)
+    })
+    .await;
+    seed(&app, &[("confirmed", 1)], "example.com").await;
+    let id = common::send_digest_now(&app).await;
+    let sent = format!("SELECT COUNT(*) FROM digests WHERE id = '{id}' AND status = 'sent'");
+    let claimed = app
+        .app
+        .store
+        .claim(now_ms(), Duration::from_secs(60), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    assert_eq!(app.scalar(&sent).await, 0, "still sending");
+    let d = &claimed[0];
+    app.app
+        .store
+        .record(
+            &[Recorded {
+                delivery_id: d.id.clone(),
+                claim_id: d.claim_id.clone(),
+                subscriber_id: d.subscriber_id.clone(),
+                outcome: Outcome::Sent,
+            }],
+            now_ms(),
+        )
+        .await
+        .expect("record");
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    assert_eq!(app.scalar(&sent).await, 1, "sent");
+    app.stop().await;
+}

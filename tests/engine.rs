@@ -148,7 +148,7 @@ async fn a_throttling_reply_cools_the_domain_down_and_nothing_is_lost() {
     app.exec("UPDATE subscribers SET id = '0' WHERE email = 'confirmed0@cool.example'")
         .await;
     send_digest_now(&app).await;
-    app.exec("UPDATE deliveries SET run_at = run_at - 1000 WHERE subscriber_id = '0'")
+    app.exec("UPDATE delivery_queue SET run_at = run_at - 1000 WHERE delivery_id IN (SELECT id FROM deliveries WHERE subscriber_id = '0')")
         .await;
     run_worker_until(&app, &smtp, 10, WAIT).await;
     let attempts = smtp.rcpt_attempts();

@@ -40,7 +40,7 @@ async fn scenario(smtp: &SmtpServer) -> (TestApp, String) {
     )
     .await;
     app.exec(&format!(
-        "UPDATE deliveries SET run_at = {} WHERE subscriber_id IN (SELECT id FROM subscribers WHERE email IN ('confirmed4@example.com', 'confirmed5@example.com'))",
+        "UPDATE delivery_queue SET run_at = {} WHERE delivery_id IN (SELECT d.id FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email IN ('confirmed4@example.com', 'confirmed5@example.com'))",
         squeeze::store::now_ms() + 3_600_000
     ))
     .await;

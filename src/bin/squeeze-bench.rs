@@ -561,14 +561,11 @@ async fn pipeline(
                 tail(&log_path)
             );
         }
-        // Whether one row is left, not how many, and through the partial indexes of queued
-        // and of sending rows: `status IN ('queued', 'sending')` matches neither, so it was a
-        // table scan past every sent row (and, on PostgreSQL, every dead row version), 20
-        // times a second, taking CPU from the processes being measured.
+        // Whether a delivery is left queued or claimed, not how many: counting, 20 times a
+        // second, would take CPU from the processes being measured.
         let busy: i64 = sqlx::query_scalar(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE status = 'queued')
-                           OR EXISTS (SELECT 1 FROM deliveries WHERE status = 'sending')
-                         THEN 1 ELSE 0 END",
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM delivery_queue)
+                           OR EXISTS (SELECT 1 FROM claims) THEN 1 ELSE 0 END",
         )
         .fetch_one(&mut conn)
         .await?;

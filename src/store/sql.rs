@@ -2,7 +2,7 @@
 //! statements are portable (`$n` parameters, `ON CONFLICT`, `RETURNING`), and the few real
 //! differences (locking, random ids, notifications) are methods of `Dialect`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -50,6 +50,17 @@ impl Dialect {
         match self {
             Self::Sqlite => "",
             Self::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// The strings of parameter `$n`, bound as a JSON array (`json_list`), as rows for
+    /// `IN (…)`. One statement text whatever the list's length, so it is prepared once and
+    /// (PostgreSQL) planned once; a list of `$n`s made a statement per length, more than the
+    /// connection's statement cache holds, and each was parsed and planned again.
+    fn list(self, n: u8) -> String {
+        match self {
+            Self::Sqlite => format!("SELECT value FROM json_each(${n})"),
+            Self::Postgres => format!("SELECT jsonb_array_elements_text(${n}::jsonb)"),
         }
     }
 
@@ -105,9 +116,6 @@ struct SignUpJob {
     reply: oneshot::Sender<StoreResult<SignUpOutcome>>,
 }
 
-/// Most deliveries marked sent by one statement (two bound values besides the ids).
-const SENT_PER_STATEMENT: usize = 500;
-
 /// The scheduler role's advisory lock is (this, hash of the schema): one scheduler per
 /// installation, even when several share a database in different schemas.
 pub const SCHEDULER_LOCK: i32 = 0x5371_7565; // "Sque"
@@ -116,6 +124,11 @@ pub const SCHEDULER_LOCK: i32 = 0x5371_7565; // "Sque"
 /// the session-level advisory lock, released when the connection closes (also on a crash).
 pub struct Leadership {
     conn: Option<sqlx::AnyConnection>,
+}
+
+/// Strings as a JSON array, for `Dialect::list`.
+fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    serde_json::Value::from(items.into_iter().collect::<Vec<_>>()).to_string()
 }
 
 fn new_id() -> String {
@@ -470,19 +483,23 @@ impl Sql {
             .await?;
             id
         };
+        let delivery_id = new_id();
         sqlx::query(
-            "INSERT INTO deliveries (id, kind, subscriber_id, status, run_at, expires_at,
-                 created_at, updated_at)
-             VALUES ($1, 'confirmation', $2, 'queued', $3, $4, $5, $6)",
+            "INSERT INTO deliveries (id, kind, subscriber_id, status, expires_at, created_at,
+                 updated_at)
+             VALUES ($1, 'confirmation', $2, 'queued', $3, $4, $4)",
         )
-        .bind(new_id())
+        .bind(&delivery_id)
         .bind(&subscriber_id)
-        .bind(now)
         .bind(now + ms(CONFIRMATION_DEADLINE))
-        .bind(now)
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("INSERT INTO delivery_queue (delivery_id, run_at) VALUES ($1, $2)")
+            .bind(&delivery_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         self.notify_work(tx).await?;
         Ok(SignUpOutcome::ConfirmationQueued)
     }
@@ -621,80 +638,89 @@ impl Sql {
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let claim_id = new_id();
-        // One statement, committed before any SMTP work. Due rows and expired leases are
-        // picked separately so each uses its index (an OR of the two made SQLite scan the
-        // whole table on every claim). On PostgreSQL, SKIP LOCKED lets concurrent workers
-        // pick disjoint rows without waiting for each other.
-        let mut conn = self.write_conn().await?;
-        let claimed: Vec<AnyRow> = sqlx::query(&format!(
+        // Committed before any SMTP work.
+        let mut tx = self.begin_write().await?;
+        self.requeue_expired_claims(&mut tx, now).await?;
+        // Taken out of the queue; the claim row below holds them from here. On PostgreSQL,
+        // SKIP LOCKED lets concurrent workers take disjoint rows without waiting for each
+        // other.
+        let taken: Vec<AnyRow> = sqlx::query(&format!(
             "WITH due AS MATERIALIZED (
-                 SELECT id, run_at FROM deliveries
-                 WHERE status = 'queued' AND run_at <= $3
+                 SELECT delivery_id FROM delivery_queue
+                 WHERE run_at <= $1
                    AND (digest_id IS NULL OR digest_id NOT IN
                         (SELECT id FROM digests WHERE status = 'paused'))
                  ORDER BY run_at
-                 LIMIT $4{lock}),
-             expired AS MATERIALIZED (
-                 SELECT id, run_at FROM deliveries
-                 WHERE status = 'sending' AND lease_until < $3
-                   AND (digest_id IS NULL OR digest_id NOT IN
-                        (SELECT id FROM digests WHERE status = 'paused'))
-                 ORDER BY lease_until
-                 LIMIT $4{lock}),
-             picked AS MATERIALIZED (
-                 SELECT id FROM (SELECT id, run_at FROM due
-                                 UNION ALL SELECT id, run_at FROM expired) AS c
-                 ORDER BY run_at
-                 LIMIT $4)
-             UPDATE deliveries
-             SET status = 'sending', lease_until = $1, claim_id = $2,
-                 attempts = attempts + 1, updated_at = $3
-             WHERE id IN (SELECT id FROM picked)
-             RETURNING id, kind, digest_id, attempts, expires_at, created_at, run_at,
-                       subscriber_id",
+                 LIMIT $2{lock})
+             DELETE FROM delivery_queue WHERE delivery_id IN (SELECT delivery_id FROM due)
+             RETURNING delivery_id, run_at",
             lock = self.dialect.skip_locked()
         ))
-        .bind(now + lease)
-        .bind(&claim_id)
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
-        if claimed.is_empty() {
+        if taken.is_empty() {
+            tx.commit().await?;
             return Ok(Vec::new());
         }
-        // The subscribers as they are now: whoever left since the fan-out is not mailed.
-        let placeholders = (1..=claimed.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT id, email, name, status, unsubscribe_token FROM subscribers
-             WHERE id IN ({placeholders})"
-        );
-        let mut q = sqlx::query(&sql);
-        for r in &claimed {
-            q = q.bind(r.try_get::<String, _>("subscriber_id")?);
+        let mut run_at = HashMap::with_capacity(taken.len());
+        for r in &taken {
+            run_at.insert(
+                r.try_get::<String, _>("delivery_id")?,
+                r.try_get::<Millis, _>("run_at")?,
+            );
         }
-        let mut subscribers = HashMap::new();
-        // On the same connection: a SQLite connection of the read pool would have dropped its
+        let claimed = sqlx::query(&format!(
+            "UPDATE deliveries SET status = 'sending', claim_id = $1, attempts = attempts + 1,
+                 updated_at = $2
+             WHERE id IN ({}) AND status = 'queued'
+             RETURNING id, kind, digest_id, attempts, expires_at, created_at, subscriber_id",
+            self.dialect.list(3)
+        ))
+        .bind(&claim_id)
+        .bind(now)
+        .bind(json_list(run_at.keys().map(String::as_str)))
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(claimed.len());
+        let mut digests = HashSet::new();
+        let mut subscriber_ids = Vec::with_capacity(claimed.len());
+        for r in &claimed {
+            ids.push(r.try_get::<String, _>("id")?);
+            digests.extend(r.try_get::<Option<String>, _>("digest_id")?);
+            subscriber_ids.push(r.try_get::<String, _>("subscriber_id")?);
+        }
+        // The subscribers as they are now: whoever left since the fan-out is not mailed. In
+        // the claim's transaction: a SQLite connection of the read pool would have dropped its
         // page cache, since the claim has just written.
-        for r in q.fetch_all(&mut *conn).await? {
+        let rows = sqlx::query(&format!(
+            "SELECT id, email, name, status, unsubscribe_token FROM subscribers WHERE id IN ({})",
+            self.dialect.list(1)
+        ))
+        .bind(json_list(subscriber_ids.iter().map(String::as_str)))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut subscribers = HashMap::new();
+        for r in rows {
             subscribers.insert(r.try_get::<String, _>("id")?, r);
         }
-        drop(conn);
         let mut deliveries = Vec::with_capacity(claimed.len());
         for r in &claimed {
             let subscriber_id: String = r.try_get("subscriber_id")?;
-            // Forgotten in between: the delivery went with the subscriber (ON DELETE CASCADE).
+            // Deliveries go with their subscriber (ON DELETE CASCADE), so this is there.
             let Some(s) = subscribers.get(&subscriber_id) else {
                 continue;
             };
-            let run_at: Millis = r.try_get("run_at")?;
+            let id: String = r.try_get("id")?;
             deliveries.push((
-                run_at,
+                run_at.get(&id).copied().unwrap_or_default(),
                 ClaimedDelivery {
-                    id: r.try_get("id")?,
+                    id,
                     claim_id: claim_id.clone(),
                     kind: parse_col(r.try_get("kind")?)?,
                     digest_id: r.try_get("digest_id")?,
@@ -709,13 +735,102 @@ impl Sql {
                 },
             ));
         }
+        // The claim holds every delivery it took (the lease's expiry requeues what is left
+        // of them) and waits for the outcomes of those handed out.
+        sqlx::query(
+            "INSERT INTO claims (id, lease_until, deliveries, remaining) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&claim_id)
+        .bind(now + lease)
+        .bind(json_list(ids.iter().map(String::as_str)))
+        .bind(i64::try_from(deliveries.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        for digest_id in &digests {
+            sqlx::query("INSERT INTO claim_digests (digest_id, claim_id) VALUES ($1, $2)")
+                .bind(digest_id)
+                .bind(&claim_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         // RETURNING gives no order; the oldest due go first.
         deliveries.sort_by_key(|(run_at, _)| *run_at);
         Ok(deliveries.into_iter().map(|(_, d)| d).collect())
     }
 
+    /// Claims whose lease ran out (their worker died or hung): what they still hold goes back
+    /// into the queue, due now, and the claim is gone; a late outcome from the old holder no
+    /// longer matches (`deliveries.claim_id`) and is ignored.
+    async fn requeue_expired_claims(&self, tx: &mut AnyConnection, now: Millis) -> StoreResult<()> {
+        let expired: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT id, deliveries FROM claims WHERE lease_until < $1
+             ORDER BY lease_until LIMIT 16{}",
+            self.dialect.skip_locked()
+        ))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (claim_id, ids) in expired {
+            // The update first: it waits for an outcome being recorded for the same rows,
+            // and then sees it.
+            let requeued: Vec<String> = sqlx::query_scalar(&format!(
+                "UPDATE deliveries SET status = 'queued', claim_id = NULL, updated_at = $3
+                 WHERE id IN ({}) AND claim_id = $2 AND status = 'sending'
+                 RETURNING id",
+                self.dialect.list(1)
+            ))
+            .bind(&ids)
+            .bind(&claim_id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            self.enqueue(tx, &requeued, now).await?;
+            sqlx::query("DELETE FROM claims WHERE id = $1")
+                .bind(&claim_id)
+                .execute(&mut *tx)
+                .await?;
+            tracing::warn!(claim_id = %claim_id, "a claim's lease expired; its unsent deliveries are queued again");
+        }
+        Ok(())
+    }
+
+    /// Puts deliveries just set back to `queued` into the queue, due at `run_at`. A row
+    /// already there stays as it is: a second copy of a delivery is never queued.
+    async fn enqueue(
+        &self,
+        tx: &mut AnyConnection,
+        ids: &[impl AsRef<str>],
+        run_at: Millis,
+    ) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
+             SELECT id, digest_id, $2 FROM deliveries WHERE id IN ({})
+             ON CONFLICT (delivery_id) DO NOTHING",
+            self.dialect.list(1)
+        ))
+        .bind(json_list(ids.iter().map(AsRef::as_ref)))
+        .bind(run_at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
     pub(super) async fn record(&self, outcomes: &[Recorded], now: Millis) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
+        // An outcome counts only while its claim still holds the delivery: after the lease
+        // expired the delivery was queued again, maybe claimed by someone else.
+        let held = "id = $2 AND claim_id = $3 AND status = 'sending'";
+        // Outcomes per claim, to know when a claim is done: each delivery a claim handed
+        // out comes back exactly once (a forgotten subscriber's delivery is gone from the
+        // table, but its outcome still counts).
+        let mut recorded: HashMap<&str, i64> = HashMap::new();
+        for r in outcomes {
+            *recorded.entry(r.claim_id.as_str()).or_default() += 1;
+        }
         // Most outcomes are "sent": those go in one statement per claim instead of one per
         // message (the claims of a busy worker hold tens of deliveries each).
         let mut sent: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -724,77 +839,77 @@ impl Sql {
                 .or_default()
                 .push(r.delivery_id.as_str());
         }
+        let mut sent_count = 0;
         for (claim_id, ids) in sent {
-            for chunk in ids.chunks(SENT_PER_STATEMENT) {
-                let placeholders = (0..chunk.len())
-                    .map(|i| format!("${}", i + 3))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!(
-                    "UPDATE deliveries SET status = 'sent', sent_at = $1, lease_until = NULL,
-                         last_error = NULL, smtp_code = NULL, updated_at = $1
-                     WHERE claim_id = $2 AND status = 'sending' AND id IN ({placeholders})"
-                );
-                let mut q = sqlx::query(&sql).bind(now).bind(claim_id);
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                q.execute(&mut *tx).await?;
-            }
+            sent_count += sqlx::query(&format!(
+                "UPDATE deliveries SET status = 'sent', sent_at = $1, last_error = NULL,
+                     smtp_code = NULL, updated_at = $1
+                 WHERE id IN ({}) AND claim_id = $2 AND status = 'sending'",
+                self.dialect.list(3)
+            ))
+            .bind(now)
+            .bind(claim_id)
+            .bind(json_list(ids))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         }
         for r in outcomes.iter().filter(|r| r.outcome != Outcome::Sent) {
-            // ?1 = now, ?2 = delivery id, ?3 = claim id; outcome-specific values follow.
-            let base = |sql| {
-                sqlx::query(sql)
-                    .bind(now)
-                    .bind(r.delivery_id.as_str())
-                    .bind(r.claim_id.as_str())
-            };
-            let q = match &r.outcome {
+            // $1 = now, $2 = delivery id, $3 = claim id; outcome-specific values follow. The
+            // second value: when it is due again, for what goes back into the queue.
+            let (set, due_again) = match &r.outcome {
                 Outcome::Sent => continue,
-                Outcome::Retry {
-                    run_at,
-                    code,
-                    error,
-                } => base(
-                    "UPDATE deliveries SET status = 'queued', run_at = $4, lease_until = NULL,
-                         smtp_code = $5, last_error = $6, updated_at = $1
-                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
-                )
-                .bind(*run_at)
-                .bind(code.map(i64::from))
-                .bind(error.as_str()),
+                Outcome::Retry { run_at, .. } => (
+                    "status = 'queued', claim_id = NULL, smtp_code = $4, last_error = $5",
+                    Some(*run_at),
+                ),
+                Outcome::Failed { .. } => (
+                    "status = 'failed', failed_at = $1, smtp_code = $4, last_error = $5,
+                     bounce = $6",
+                    None,
+                ),
+                Outcome::Suppressed { .. } => ("status = 'suppressed', last_error = $4", None),
+                // Not attempted: the attempt the claim counted is given back.
+                Outcome::Released => (
+                    "status = 'queued', claim_id = NULL,
+                     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END",
+                    Some(now),
+                ),
+                Outcome::Deferred { run_at } => (
+                    "status = 'queued', claim_id = NULL,
+                     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END",
+                    Some(*run_at),
+                ),
+            };
+            let sql = format!("UPDATE deliveries SET {set}, updated_at = $1 WHERE {held}");
+            let mut q = sqlx::query(&sql)
+                .bind(now)
+                .bind(r.delivery_id.as_str())
+                .bind(r.claim_id.as_str());
+            match &r.outcome {
+                Outcome::Retry { code, error, .. } => {
+                    q = q.bind(code.map(i64::from)).bind(error.as_str());
+                }
                 Outcome::Failed {
                     code,
                     error,
                     bounce,
-                } => base(
-                    "UPDATE deliveries SET status = 'failed', lease_until = NULL,
-                         smtp_code = $4, last_error = $5, bounce = $6, updated_at = $1
-                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
-                )
-                .bind(code.map(i64::from))
-                .bind(error.as_str())
-                .bind(i64::from(*bounce)),
-                Outcome::Suppressed { reason } => base(
-                    "UPDATE deliveries SET status = 'suppressed', lease_until = NULL,
-                         last_error = $4, updated_at = $1
-                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
-                )
-                .bind(reason.as_str()),
-                Outcome::Released => base(
-                    "UPDATE deliveries SET status = 'queued', lease_until = NULL, claim_id = NULL,
-                         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = $1
-                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
-                ),
-                Outcome::Deferred { run_at } => base(
-                    "UPDATE deliveries SET status = 'queued', lease_until = NULL, claim_id = NULL,
-                         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, run_at = $4, updated_at = $1
-                     WHERE id = $2 AND claim_id = $3 AND status = 'sending'",
-                )
-                .bind(*run_at),
-            };
-            q.execute(&mut *tx).await?;
+                } => {
+                    q = q
+                        .bind(code.map(i64::from))
+                        .bind(error.as_str())
+                        .bind(i64::from(*bounce));
+                }
+                Outcome::Suppressed { reason } => q = q.bind(reason.as_str()),
+                Outcome::Sent | Outcome::Released | Outcome::Deferred { .. } => {}
+            }
+            if q.execute(&mut *tx).await?.rows_affected() == 0 {
+                continue;
+            }
+            if let Some(run_at) = due_again {
+                self.enqueue(&mut tx, &[r.delivery_id.as_str()], run_at)
+                    .await?;
+            }
             if let Outcome::Failed { bounce: true, .. } = r.outcome {
                 sqlx::query(
                     "UPDATE subscribers SET status = 'bounced', bounced_at = $1, updated_at = $1
@@ -807,6 +922,27 @@ impl Sql {
                 suppress_queued(&mut tx, &r.subscriber_id, "bounced", now).await?;
             }
         }
+        for (claim_id, n) in recorded {
+            sqlx::query("UPDATE claims SET remaining = remaining - $2 WHERE id = $1")
+                .bind(claim_id)
+                .bind(n)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM claims WHERE id = $1 AND remaining <= 0")
+                .bind(claim_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if sent_count > 0 {
+            sqlx::query(
+                "INSERT INTO sent_per_minute (minute, sent) VALUES ($1, $2)
+                 ON CONFLICT (minute) DO UPDATE SET sent = sent_per_minute.sent + excluded.sent",
+            )
+            .bind(now / 60_000)
+            .bind(i64::try_from(sent_count).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -814,9 +950,9 @@ impl Sql {
     pub(super) async fn next_due(&self) -> StoreResult<Option<Millis>> {
         let due: Option<Millis> = sqlx::query_scalar(
             "SELECT MIN(t) FROM (
-                 SELECT MIN(run_at) AS t FROM deliveries WHERE status = 'queued'
+                 SELECT MIN(run_at) AS t FROM delivery_queue
                  UNION ALL
-                 SELECT MIN(lease_until) AS t FROM deliveries WHERE status = 'sending')",
+                 SELECT MIN(lease_until) AS t FROM claims) AS next",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -1255,9 +1391,9 @@ impl Sql {
         }
         // The snapshot: confirmed subscribers at this moment, one row each, never twice.
         let inserted = sqlx::query(&format!(
-            "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, run_at,
-                 expires_at, created_at, updated_at)
-             SELECT {}, 'digest', s.id, $1, 'queued', $2, $3, $2, $2
+            "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
+                 created_at, updated_at)
+             SELECT {}, 'digest', s.id, $1, 'queued', $3, $2, $2
              FROM subscribers s WHERE s.status = 'confirmed'
              ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
             self.dialect.fan_out_id(4)
@@ -1269,6 +1405,14 @@ impl Sql {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        sqlx::query(
+            "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
+             SELECT id, digest_id, $2 FROM deliveries WHERE digest_id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         // Every delivery of the digest was inserted just now: deliveries are made only here,
         // and only once per digest (the status moved from `scheduled` above). Counting them
         // again read a million index entries while holding SQLite's write lock.
@@ -1291,7 +1435,9 @@ impl Sql {
     /// claims are slower, not wrong.
     async fn refresh_queue_statistics(&self) {
         if self.dialect == Dialect::Postgres
-            && let Err(e) = sqlx::query("ANALYZE deliveries").execute(&self.pool).await
+            && let Err(e) = sqlx::query("ANALYZE delivery_queue")
+                .execute(&self.pool)
+                .await
         {
             tracing::warn!(error = %e, "could not refresh the queue's statistics after a fan-out");
         }
@@ -1316,9 +1462,9 @@ impl Sql {
         let mut conn = self.write_conn().await?;
         Ok(sqlx::query_scalar(
             "UPDATE digests SET status = 'sent', finished_at = $1, updated_at = $1
-             WHERE status = 'sending' AND NOT EXISTS (
-                 SELECT 1 FROM deliveries d
-                 WHERE d.digest_id = digests.id AND d.status IN ('queued', 'sending'))
+             WHERE status = 'sending'
+               AND NOT EXISTS (SELECT 1 FROM delivery_queue q WHERE q.digest_id = digests.id)
+               AND NOT EXISTS (SELECT 1 FROM claim_digests c WHERE c.digest_id = digests.id)
              RETURNING id",
         )
         .bind(now)
@@ -1565,20 +1711,19 @@ impl Sql {
 
     /// When the longest-waiting due delivery became due.
     pub(super) async fn oldest_due(&self, now: Millis) -> StoreResult<Option<Millis>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(run_at) FROM deliveries WHERE status = 'queued' AND run_at <= $1",
+        Ok(
+            sqlx::query_scalar("SELECT MIN(run_at) FROM delivery_queue WHERE run_at <= $1")
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?,
         )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?)
     }
 
     /// Messages sent per minute (minutes since the epoch) since `since`.
     pub(super) async fn sent_per_minute(&self, since: Millis) -> StoreResult<Vec<(i64, i64)>> {
         let rows = sqlx::query(
-            "SELECT sent_at / 60000 AS minute, COUNT(*) AS n FROM deliveries
-             WHERE status = 'sent' AND sent_at >= $1
-             GROUP BY sent_at / 60000 ORDER BY minute",
+            "SELECT minute, sent AS n FROM sent_per_minute WHERE minute >= $1 / 60000
+             ORDER BY minute",
         )
         .bind(since)
         .fetch_all(&self.pool)
@@ -1590,9 +1735,9 @@ impl Sql {
 
     pub(super) async fn recent_failures(&self, limit: i64) -> StoreResult<Vec<FailureRow>> {
         let rows = sqlx::query(
-            "SELECT d.id, d.kind, d.digest_id, s.email, d.smtp_code, d.last_error, d.updated_at
+            "SELECT d.id, d.kind, d.digest_id, s.email, d.smtp_code, d.last_error, d.failed_at
              FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-             WHERE d.status = 'failed' ORDER BY d.updated_at DESC, d.id LIMIT $1",
+             WHERE d.failed_at IS NOT NULL ORDER BY d.failed_at DESC, d.id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -1608,7 +1753,7 @@ impl Sql {
                     error: r
                         .try_get::<Option<String>, _>("last_error")?
                         .unwrap_or_default(),
-                    at: r.try_get("updated_at")?,
+                    at: r.try_get("failed_at")?,
                 })
             })
             .collect()
@@ -1716,6 +1861,13 @@ async fn suppress_queued(
     reason: &str,
     now: Millis,
 ) -> StoreResult<()> {
+    sqlx::query(
+        "DELETE FROM delivery_queue
+         WHERE delivery_id IN (SELECT id FROM deliveries WHERE subscriber_id = $1)",
+    )
+    .bind(subscriber_id)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE deliveries SET status = 'suppressed', last_error = $1, updated_at = $2
          WHERE subscriber_id = $3 AND status = 'queued'",
