@@ -309,10 +309,10 @@ async fn a_relay_that_goes_away_and_comes_back_gets_everything() {
 }
 
 /// Worst case of messages sent but not yet recorded when a worker dies: those on the wire
-/// (`concurrency`), plus outcomes queued for the recorder (4 × concurrency) and the batch it
-/// is writing (at most as many).
+/// (`concurrency`), plus outcomes queued for the recorder and the batch it is writing (at
+/// most as many).
 fn unrecorded_bound(concurrency: usize) -> usize {
-    concurrency + 2 * 4 * concurrency
+    concurrency + 2 * squeeze::worker::UNRECORDED_PER_CONNECTION * concurrency
 }
 
 #[tokio::test]

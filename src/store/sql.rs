@@ -922,16 +922,24 @@ impl Sql {
                 suppress_queued(&mut tx, &r.subscriber_id, "bounced", now).await?;
             }
         }
+        // In the same order in every transaction: two workers' transactions (PostgreSQL)
+        // never each wait for a claim the other has updated.
+        let mut recorded: Vec<_> = recorded.into_iter().collect();
+        recorded.sort_unstable();
         for (claim_id, n) in recorded {
-            sqlx::query("UPDATE claims SET remaining = remaining - $2 WHERE id = $1")
-                .bind(claim_id)
-                .bind(n)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM claims WHERE id = $1 AND remaining <= 0")
-                .bind(claim_id)
-                .execute(&mut *tx)
-                .await?;
+            let remaining: Option<i64> = sqlx::query_scalar(
+                "UPDATE claims SET remaining = remaining - $2 WHERE id = $1 RETURNING remaining",
+            )
+            .bind(claim_id)
+            .bind(n)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if remaining.is_some_and(|r| r <= 0) {
+                sqlx::query("DELETE FROM claims WHERE id = $1")
+                    .bind(claim_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         if sent_count > 0 {
             sqlx::query(

@@ -35,6 +35,11 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
 /// Deliveries claimed at once, when the rate allows (see `Worker::queue_depth`).
 const CLAIM_BATCH: usize = 256;
+/// Outcomes that may wait for the recorder, per SMTP connection. Each is a message sent but
+/// not yet recorded, which a crash would send again; fewer make the senders wait for the
+/// recorder. At 4, the senders waited a third of the time on PostgreSQL at 12,000 emails/s:
+/// a record transaction (its commit waits for the disk) took longer than 80 messages.
+pub const UNRECORDED_PER_CONNECTION: usize = 8;
 /// Most outcomes written back in one transaction.
 const RECORD_BATCH: usize = 256;
 /// How often a worker says it is alive, and how recent a heartbeat must be to count.
@@ -131,7 +136,7 @@ impl Worker {
         let job_rx = Arc::new(Mutex::new(job_rx));
         // Small on purpose: an outcome waiting here is a sent message not yet recorded, which a
         // crash would send again. Senders wait for the recorder rather than run ahead of it.
-        let (out_tx, out_rx) = mpsc::channel::<Recorded>(concurrency * 4);
+        let (out_tx, out_rx) = mpsc::channel::<Recorded>(concurrency * UNRECORDED_PER_CONNECTION);
 
         let recorder = tokio::spawn(record_loop(self.store.clone(), out_rx));
         let mut senders = tokio::task::JoinSet::new();
@@ -198,9 +203,11 @@ impl Worker {
         let depth = job_tx.max_capacity();
         while !shutdown.is_cancelled() {
             let room = job_tx.capacity();
-            // Claim in large batches: each claim is a write transaction, whatever its size.
-            // Until half the queue is free the senders have plenty to do.
-            if room == 0 || room < depth / 2 {
+            // Claim in large batches (each claim is a write transaction, whatever its size),
+            // and early: a claim takes milliseconds, and senders that run dry meanwhile idle.
+            // Profiled at 11,000 emails/s on PostgreSQL, claims made when half the queue was
+            // free (11 ms each) left it empty two times in three.
+            if room == 0 || room < depth / 4 {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(5)) => continue,
@@ -240,7 +247,7 @@ impl Worker {
     fn queue_depth(&self) -> usize {
         let concurrency = self.config.concurrency.get();
         let per_second = usize::try_from(self.config.rate.get()).unwrap_or(usize::MAX);
-        (concurrency * 2).max(CLAIM_BATCH.min(per_second))
+        (concurrency * 2).max((2 * CLAIM_BATCH).min(per_second))
     }
 
     async fn idle(&self, wait: Duration, shutdown: &CancellationToken) {
