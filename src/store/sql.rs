@@ -53,6 +53,17 @@ impl Dialect {
         }
     }
 
+    /// Where a row is stored. A row picked (and, on PostgreSQL, locked) by one part of a
+    /// statement is found again by it, not through an index: by `delivery_id`, PostgreSQL
+    /// planned the claim's delete as a scan of the whole queue, dead rows included, 4 ms per
+    /// claim at 50,000 instead of 1 ms.
+    fn row_locator(self) -> &'static str {
+        match self {
+            Self::Sqlite => "rowid",
+            Self::Postgres => "ctid",
+        }
+    }
+
     /// The strings of parameter `$n`, bound as a JSON array (`json_list`), as rows for
     /// `IN (…)`. One statement text whatever the list's length, so it is prepared once and
     /// (PostgreSQL) planned once; a list of `$n`s made a statement per length, more than the
@@ -646,15 +657,16 @@ impl Sql {
         // other.
         let taken: Vec<AnyRow> = sqlx::query(&format!(
             "WITH due AS MATERIALIZED (
-                 SELECT delivery_id FROM delivery_queue
+                 SELECT {row} AS row_locator FROM delivery_queue
                  WHERE run_at <= $1
                    AND (digest_id IS NULL OR digest_id NOT IN
                         (SELECT id FROM digests WHERE status = 'paused'))
                  ORDER BY run_at
                  LIMIT $2{lock})
-             DELETE FROM delivery_queue WHERE delivery_id IN (SELECT delivery_id FROM due)
+             DELETE FROM delivery_queue WHERE {row} IN (SELECT row_locator FROM due)
              RETURNING delivery_id, run_at",
-            lock = self.dialect.skip_locked()
+            lock = self.dialect.skip_locked(),
+            row = self.dialect.row_locator(),
         ))
         .bind(now)
         .bind(i64::from(limit))
