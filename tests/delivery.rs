@@ -622,3 +622,80 @@ async fn a_digest_is_not_sent_while_a_worker_still_holds_its_last_delivery() {
     assert_eq!(app.scalar(&sent).await, 1, "sent");
     app.stop().await;
 }
+
+/// A claim whose lease runs out gives back only what it had not finished: the outcomes its
+/// worker recorded stand, the rest is claimed again (once), and a late outcome from the old
+/// holder is ignored.
+#[tokio::test]
+async fn an_expired_claim_requeues_only_its_unfinished_deliveries() {
+    use squeeze::store::{Outcome, Recorded};
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..opts(&smtp)
+    })
+    .await;
+    seed(&app, &[("confirmed", 3)], "example.com").await;
+    common::send_digest_now(&app).await;
+    let store = &app.app.store;
+    let lease = Duration::from_millis(200);
+    let first = store.claim(now_ms(), lease, 10).await.expect("claim");
+    assert_eq!(first.len(), 3);
+    let outcome = |d: &squeeze::store::ClaimedDelivery| Recorded {
+        delivery_id: d.id.clone(),
+        claim_id: d.claim_id.clone(),
+        subscriber_id: d.subscriber_id.clone(),
+        outcome: Outcome::Sent,
+    };
+    store
+        .record(&[outcome(&first[0])], now_ms())
+        .await
+        .expect("record");
+    // Nothing to take while the lease holds.
+    assert!(
+        store
+            .claim(now_ms(), lease, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let again = store.claim(now_ms(), lease, 10).await.expect("claim");
+    let mut ids: Vec<_> = again.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let mut unfinished: Vec<_> = first[1..].iter().map(|d| d.id.clone()).collect();
+    unfinished.sort();
+    assert_eq!(
+        ids, unfinished,
+        "the two unrecorded deliveries, claimed again"
+    );
+    assert!(again.iter().all(|d| d.attempts == 2), "{again:?}");
+    // The old holder's late outcome for one of them no longer counts.
+    store
+        .record(&[outcome(&first[1])], now_ms())
+        .await
+        .expect("record");
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE id = '{}' AND status = 'sending'",
+            first[1].id
+        ))
+        .await,
+        1
+    );
+    let done: Vec<_> = again.iter().map(outcome).collect();
+    store.record(&done, now_ms()).await.expect("record");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.scalar("SELECT (SELECT COUNT(*) FROM delivery_queue) + (SELECT COUNT(*) FROM claims)")
+            .await,
+        0,
+        "nothing left queued or claimed"
+    );
+    app.stop().await;
+}

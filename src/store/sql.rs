@@ -677,10 +677,6 @@ impl Sql {
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
-        if taken.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
         let mut run_at = HashMap::with_capacity(taken.len());
         for r in &taken {
             run_at.insert(
@@ -700,6 +696,8 @@ impl Sql {
         .bind(json_list(run_at.keys().map(String::as_str)))
         .fetch_all(&mut *tx)
         .await?;
+        // Nothing due, or (should the queue ever hold a delivery no longer queued) nothing to
+        // send of what was taken.
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
