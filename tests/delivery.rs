@@ -15,6 +15,25 @@ fn opts(smtp: &SmtpServer) -> Options {
     }
 }
 
+/// The app on a fresh database with no worker: the test claims and records by hand.
+async fn without_worker(smtp: &SmtpServer) -> TestApp {
+    TestApp::spawn_with(Options {
+        worker: false,
+        ..opts(smtp)
+    })
+    .await
+}
+
+/// The outcome "sent" for a claimed delivery, as its worker records it.
+fn sent(d: &squeeze::store::ClaimedDelivery) -> squeeze::store::Recorded {
+    squeeze::store::Recorded {
+        delivery_id: d.id.clone(),
+        claim_id: d.claim_id.clone(),
+        subscriber_id: d.subscriber_id.clone(),
+        outcome: squeeze::store::Outcome::Sent,
+    }
+}
+
 #[tokio::test]
 async fn a_queued_confirmation_survives_a_worker_restart_and_is_delivered_once() {
     let smtp = SmtpServer::start().await;
@@ -535,11 +554,7 @@ async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
 #[tokio::test]
 async fn no_index_of_deliveries_covers_a_column_that_sending_changes() {
     let smtp = SmtpServer::start().await;
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..opts(&smtp)
-    })
-    .await;
+    let app = without_worker(&smtp).await;
     let sql = if common::on_postgres() {
         "SELECT indexdef FROM pg_indexes
          WHERE tablename = 'deliveries' AND schemaname = current_schema()"
@@ -577,16 +592,11 @@ async fn no_index_of_deliveries_covers_a_column_that_sending_changes() {
 /// last message is still on the wire.
 #[tokio::test]
 async fn a_digest_is_not_sent_while_a_worker_still_holds_its_last_delivery() {
-    use squeeze::store::{Outcome, Recorded};
     let smtp = SmtpServer::start().await;
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..opts(&smtp)
-    })
-    .await;
+    let app = without_worker(&smtp).await;
     seed(&app, &[("confirmed", 1)], "example.com").await;
     let id = common::send_digest_now(&app).await;
-    let sent = format!("SELECT COUNT(*) FROM digests WHERE id = '{id}' AND status = 'sent'");
+    let digest_sent = format!("SELECT COUNT(*) FROM digests WHERE id = '{id}' AND status = 'sent'");
     let claimed = app
         .app
         .store
@@ -599,19 +609,10 @@ async fn a_digest_is_not_sent_while_a_worker_still_holds_its_last_delivery() {
         .tick(chrono::Utc::now())
         .await
         .expect("tick");
-    assert_eq!(app.scalar(&sent).await, 0, "still sending");
-    let d = &claimed[0];
+    assert_eq!(app.scalar(&digest_sent).await, 0, "still sending");
     app.app
         .store
-        .record(
-            &[Recorded {
-                delivery_id: d.id.clone(),
-                claim_id: d.claim_id.clone(),
-                subscriber_id: d.subscriber_id.clone(),
-                outcome: Outcome::Sent,
-            }],
-            now_ms(),
-        )
+        .record(&[sent(&claimed[0])], now_ms())
         .await
         .expect("record");
     app.app
@@ -619,7 +620,7 @@ async fn a_digest_is_not_sent_while_a_worker_still_holds_its_last_delivery() {
         .tick(chrono::Utc::now())
         .await
         .expect("tick");
-    assert_eq!(app.scalar(&sent).await, 1, "sent");
+    assert_eq!(app.scalar(&digest_sent).await, 1, "sent");
     app.stop().await;
 }
 
@@ -628,27 +629,16 @@ async fn a_digest_is_not_sent_while_a_worker_still_holds_its_last_delivery() {
 /// holder is ignored.
 #[tokio::test]
 async fn an_expired_claim_requeues_only_its_unfinished_deliveries() {
-    use squeeze::store::{Outcome, Recorded};
     let smtp = SmtpServer::start().await;
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..opts(&smtp)
-    })
-    .await;
+    let app = without_worker(&smtp).await;
     seed(&app, &[("confirmed", 3)], "example.com").await;
     common::send_digest_now(&app).await;
     let store = &app.app.store;
     let lease = Duration::from_millis(200);
     let first = store.claim(now_ms(), lease, 10).await.expect("claim");
     assert_eq!(first.len(), 3);
-    let outcome = |d: &squeeze::store::ClaimedDelivery| Recorded {
-        delivery_id: d.id.clone(),
-        claim_id: d.claim_id.clone(),
-        subscriber_id: d.subscriber_id.clone(),
-        outcome: Outcome::Sent,
-    };
     store
-        .record(&[outcome(&first[0])], now_ms())
+        .record(&[sent(&first[0])], now_ms())
         .await
         .expect("record");
     // Nothing to take while the lease holds.
@@ -673,7 +663,7 @@ async fn an_expired_claim_requeues_only_its_unfinished_deliveries() {
     assert!(again.iter().all(|d| d.attempts == 2), "{again:?}");
     // The old holder's late outcome for one of them no longer counts.
     store
-        .record(&[outcome(&first[1])], now_ms())
+        .record(&[sent(&first[1])], now_ms())
         .await
         .expect("record");
     assert_eq!(
@@ -684,7 +674,7 @@ async fn an_expired_claim_requeues_only_its_unfinished_deliveries() {
         .await,
         1
     );
-    let done: Vec<_> = again.iter().map(outcome).collect();
+    let done: Vec<_> = again.iter().map(sent).collect();
     store.record(&done, now_ms()).await.expect("record");
     assert_eq!(
         app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
