@@ -135,9 +135,18 @@ impl Drop for DbInner {
                 rt.block_on(async {
                     use sqlx::Connection as _;
                     if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
-                        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                        // This blocks the test's thread: should a connection of the test
+                        // still hold a lock in the schema (a task left mid-transaction), the
+                        // schema stays behind rather than the test hanging.
+                        let _ = sqlx::query("SET lock_timeout = '10s'")
                             .execute(&mut c)
                             .await;
+                        if let Err(e) = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                            .execute(&mut c)
+                            .await
+                        {
+                            eprintln!("test schema {schema} left behind: {e}");
+                        }
                     }
                 });
                 Ok::<(), std::io::Error>(())
