@@ -20,12 +20,17 @@ pub struct Composer {
     renderer: Arc<Renderer>,
     config: Arc<Config>,
     list_name: String,
+    /// Every unsubscribe link up to its token (`…/unsubscribe?token=`), when the public URL
+    /// lets the token simply go at the end (it has no fragment).
+    unsubscribe_prefix: Option<String>,
 }
 
 /// Stand-ins for the per-subscriber values when a digest is rendered once (Unicode private-use
 /// characters: nothing real contains them, and HTML escaping leaves them alone).
 const NAME_MARK: &str = "\u{E000}";
 const URL_MARK: &str = "\u{E001}";
+/// The path of the one-click unsubscribe link.
+const UNSUBSCRIBE: &str = "/unsubscribe";
 
 /// A digest's content as a template value, built once per digest and shared by every email.
 #[derive(Debug)]
@@ -210,10 +215,25 @@ impl Composer {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "Squeeze".to_owned());
+        let unsubscribe_prefix =
+            Some(config.link(UNSUBSCRIBE, "")).filter(|l| l.ends_with("?token="));
         Self {
             renderer,
             config,
             list_name,
+            unsubscribe_prefix,
+        }
+    }
+
+    /// `config.link("/unsubscribe", token)`, put together from the part every link shares
+    /// when form encoding leaves the token as it is (letters, digits, `*-._`: Squeeze's tokens
+    /// are made of them). Parsing and serialising the URL for each email cost as much as
+    /// writing the email's headers.
+    fn unsubscribe_link(&self, token: &str) -> String {
+        let as_is = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
+        match &self.unsubscribe_prefix {
+            Some(prefix) if token.bytes().all(as_is) => format!("{prefix}{token}"),
+            _ => self.config.link(UNSUBSCRIBE, token),
         }
     }
 
@@ -285,7 +305,7 @@ impl Composer {
     ) -> Result<(Content, ListHeaders), RenderError> {
         // An empty name is no name (sign-up never stores one; imports might).
         let name = name.filter(|n| !n.is_empty());
-        let unsubscribe_url = self.config.link("/unsubscribe", unsubscribe_token);
+        let unsubscribe_url = self.unsubscribe_link(unsubscribe_token);
         // Rendering 20 KB of template per email is most of the work; the only things that
         // differ between subscribers are the name and the link.
         let safe = |v: &str| !v.contains(NAME_MARK) && !v.contains(URL_MARK);
@@ -312,7 +332,7 @@ impl Composer {
     /// scheduled.
     pub fn preview(&self, digest: &DigestRow) -> Result<(Rendered, ListHeaders), RenderError> {
         let content = DigestContent::new(digest);
-        let unsubscribe_url = self.config.link("/unsubscribe", SAMPLE_TOKEN);
+        let unsubscribe_url = self.config.link(UNSUBSCRIBE, SAMPLE_TOKEN);
         let rendered = self.render_digest(&content, Some(SAMPLE_NAME), &unsubscribe_url)?;
         Ok((rendered, self.list_headers(unsubscribe_url)))
     }
@@ -394,6 +414,39 @@ mod tests {
             matches!(content.prerendered.get(), Some(Some(_))),
             "the shipped templates prerender"
         );
+    }
+
+    #[test]
+    fn unsubscribe_links_are_the_links_the_configuration_makes() {
+        for public_url in [
+            "https://news.example.com",
+            "https://news.example.com/",
+            "https://example.com/news/",
+            "https://example.com/news?ref=mail",
+            "https://example.com/news#top",
+            "http://127.0.0.1:8080",
+        ] {
+            let config =
+                Config::load(None, vec![("public_url".into(), public_url.into())]).expect("config");
+            let renderer = Renderer::load(&shipped()).expect("templates");
+            let c = Composer::new(Arc::new(renderer), Arc::new(config));
+            for token in [
+                "",
+                "abcDEF0123",
+                "a-b_c.d*e",
+                "a b",
+                "ü",
+                "a&b=c",
+                "%41",
+                "#x",
+            ] {
+                assert_eq!(
+                    c.unsubscribe_link(token),
+                    c.config.link(UNSUBSCRIBE, token),
+                    "{public_url} {token:?}"
+                );
+            }
+        }
     }
 
     #[test]
