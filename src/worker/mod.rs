@@ -497,7 +497,10 @@ impl Worker {
             .digest_id
             .as_deref()
             .ok_or_else(|| Compose::Fail("digest delivery without a digest".into()))?;
-        if let Some(c) = self.digests.lock().await.get(id) {
+        // Loaded under the lock: the senders that start on a digest together wait for one
+        // load (and then one prerendering) instead of each doing its own.
+        let mut cache = self.digests.lock().await;
+        if let Some(c) = cache.get(id) {
             return Ok(c.clone());
         }
         let digest = self
@@ -507,7 +510,6 @@ impl Worker {
             .map_err(|e| Compose::Retry(format!("cannot load digest {id}: {e}")))?
             .ok_or_else(|| Compose::Fail(format!("digest {id} does not exist")))?;
         let content = Arc::new(DigestContent::new(&digest));
-        let mut cache = self.digests.lock().await;
         if cache.len() >= 64 {
             cache.clear();
         }
