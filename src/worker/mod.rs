@@ -272,8 +272,7 @@ impl Worker {
             let outcome = if shutdown.is_cancelled() {
                 Outcome::Released
             } else {
-                let span = info_span!("send", delivery_id = %d.id, kind = d.kind.as_str());
-                self.deliver(&d, &mut sender).instrument(span).await
+                self.deliver(&d, &mut sender).await
             };
             let latency =
                 Duration::from_millis(u64::try_from(now_ms() - d.created_at).unwrap_or(0));
@@ -293,6 +292,10 @@ impl Worker {
 
     /// One delivery, start to finish; every path ends in an outcome, never a panic.
     async fn deliver(&self, d: &ClaimedDelivery, sender: &mut mailer::Sender) -> Outcome {
+        // What is logged about a send is logged in its span. The span is made only then: one
+        // per message, formatted by the log writer as it is made, was a tenth of the worker's
+        // instructions (BENCHMARKS.md, item 26).
+        let span = || info_span!("send", delivery_id = %d.id, kind = d.kind.as_str());
         // The re-check: whoever left after this delivery was queued is not mailed.
         let wanted = match d.kind {
             DeliveryKind::Confirmation => SubscriberStatus::Pending,
@@ -328,7 +331,7 @@ impl Worker {
             Ok(r) => r,
             Err(Compose::Retry(error)) => return self.retry_or_fail(d, now, None, error),
             Err(Compose::Fail(error)) => {
-                error!(%error, "cannot compose message");
+                span().in_scope(|| error!(%error, "cannot compose message"));
                 return Outcome::Failed {
                     code: None,
                     error,
@@ -359,23 +362,37 @@ impl Worker {
         let result = sender.send(&d.id, &envelope, &bytes).await;
         self.metrics.smtp_send(d.kind, started.elapsed());
         if let Some(digest_id) = &d.digest_id {
-            self.watch_health(digest_id, &result).await;
+            // Only a failure can pause a digest, and say so.
+            match &result {
+                Ok(()) => self.watch_health(digest_id, &result).await,
+                Err(_) => {
+                    self.watch_health(digest_id, &result)
+                        .instrument(span())
+                        .await;
+                }
+            }
         }
         match result {
             Ok(()) => {
-                debug!("sent");
+                debug!(delivery_id = %d.id, kind = d.kind.as_str(), "sent");
                 Outcome::Sent
             }
             Err(SendFailure::Transient { code, text }) => {
-                warn!(code, error = %redact_addresses(&text), attempt = d.attempts, "transient failure");
+                span().in_scope(|| {
+                    warn!(code, error = %redact_addresses(&text), attempt = d.attempts, "transient failure");
+                    if is_throttle(code) {
+                        warn!(domain, "domain asks to slow down; cooling it down");
+                    }
+                });
                 if is_throttle(code) {
-                    warn!(domain, "domain asks to slow down; cooling it down");
                     self.limits.throttled(domain);
                 }
                 self.retry_or_fail(d, now_ms(), code, text)
             }
             Err(SendFailure::Permanent { code, text, bounce }) => {
-                warn!(code, error = %redact_addresses(&text), bounce, "permanent failure");
+                span().in_scope(|| {
+                    warn!(code, error = %redact_addresses(&text), bounce, "permanent failure");
+                });
                 Outcome::Failed {
                     code,
                     error: text,
