@@ -139,7 +139,11 @@ pub struct Leadership {
 
 /// Strings as a JSON array, for `Dialect::list`.
 fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    serde_json::Value::from(items.into_iter().collect::<Vec<_>>()).to_string()
+    let items: Vec<&str> = items.into_iter().collect();
+    // Straight from the strings, not through a `serde_json::Value` (a copy of each). Strings
+    // always serialise; were it ever to fail, the empty text is not JSON and the statement
+    // fails loudly.
+    serde_json::to_string(&items).unwrap_or_default()
 }
 
 fn new_id() -> String {
