@@ -419,14 +419,8 @@ async fn an_untrusted_relay_certificate_is_refused_and_the_mail_kept() {
     app.stop().await;
 }
 
-/// Migration 0007 moved the queue out of `deliveries` into `delivery_queue` and `claims`. A
-/// database upgraded with mail in every state keeps every delivery: what was queued, and what
-/// a worker held when the upgrade ran, is sent once; what was sent or failed stays so, and
-/// still shows in the statistics.
-#[tokio::test]
-async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
-    let smtp = SmtpServer::start().await;
-    let db = common::TestDb::new().await;
+/// A test database with the schema as it was before migration `version`, and its URL.
+async fn schema_before(db: &common::TestDb, version: i64) -> (sqlx::AnyPool, String) {
     let folder = if common::on_postgres() {
         "migrations/postgres"
     } else {
@@ -439,7 +433,7 @@ async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
     before.migrations = before
         .migrations
         .iter()
-        .filter(|m| m.version < 7)
+        .filter(|m| m.version < version)
         .cloned()
         .collect::<Vec<_>>()
         .into();
@@ -450,7 +444,22 @@ async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
     };
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.expect("database");
-    before.run(&pool).await.expect("the schema before 0007");
+    before
+        .run(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("the schema before {version}: {e}"));
+    (pool, url)
+}
+
+/// Migration 0007 moved the queue out of `deliveries` into `delivery_queue` and `claims`. A
+/// database upgraded with mail in every state keeps every delivery: what was queued, and what
+/// a worker held when the upgrade ran, is sent once; what was sent or failed stays so, and
+/// still shows in the statistics.
+#[tokio::test]
+async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
+    let smtp = SmtpServer::start().await;
+    let db = common::TestDb::new().await;
+    let (pool, _) = schema_before(&db, 7).await;
     let now = now_ms();
     for (id, status) in [
         ("queued", "pending"),
@@ -558,21 +567,7 @@ async fn the_status_check_rebuild_keeps_every_delivery_and_every_rule() {
         return;
     }
     let db = common::TestDb::new().await;
-    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-    let mut before = sqlx::migrate::Migrator::new(folder)
-        .await
-        .expect("migrations");
-    before.migrations = before
-        .migrations
-        .iter()
-        .filter(|m| m.version < 8)
-        .cloned()
-        .collect::<Vec<_>>()
-        .into();
-    sqlx::any::install_default_drivers();
-    let url = format!("{}?mode=rwc", db.url());
-    let pool = sqlx::AnyPool::connect(&url).await.expect("database");
-    before.run(&pool).await.expect("the schema before 0008");
+    let (pool, url) = schema_before(&db, 8).await;
     let now = now_ms();
     for id in ["a", "b"] {
         sqlx::query(
