@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::Rng as _;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::compose::{Composer, DigestContent};
 use crate::config::Config;
@@ -293,7 +293,7 @@ impl Worker {
     /// One delivery, start to finish; every path ends in an outcome, never a panic.
     async fn deliver(&self, d: &ClaimedDelivery, sender: &mut mailer::Sender) -> Outcome {
         // What is logged about a send is logged in its span. The span is made only then: one
-        // per message, formatted by the log writer as it is made, was a tenth of the worker's
+        // per message, formatted by the log writer as it is made, was 6% of the worker's
         // instructions (BENCHMARKS.md, item 26).
         let span = || info_span!("send", delivery_id = %d.id, kind = d.kind.as_str());
         // The re-check: whoever left after this delivery was queued is not mailed.
@@ -362,15 +362,8 @@ impl Worker {
         let result = sender.send(&d.id, &envelope, &bytes).await;
         self.metrics.smtp_send(d.kind, started.elapsed());
         if let Some(digest_id) = &d.digest_id {
-            // Only a failure can pause a digest, and say so.
-            match &result {
-                Ok(()) => self.watch_health(digest_id, &result).await,
-                Err(_) => {
-                    self.watch_health(digest_id, &result)
-                        .instrument(span())
-                        .await;
-                }
-            }
+            // A pause is logged with its digest_id (the last straw may be a success).
+            self.watch_health(digest_id, &result).await;
         }
         match result {
             Ok(()) => {
