@@ -133,16 +133,16 @@ pub fn build(from: &Mailbox, letter: &Letter<'_>) -> Result<(Envelope, Vec<u8>),
     let mut head = String::with_capacity(1024);
     push_mailbox_header(&mut head, "From", from);
     push_mailbox_header(&mut head, "To", &Mailbox::new(to_name, to_addr));
-    let mut date = Headers::new();
-    date.set(header::Date::now());
-    // Writing to a String cannot fail.
-    let _ = write!(head, "{date}");
     push_header(&mut head, "Subject", &letter.content.subject);
     push_header(
         &mut head,
         "Message-ID",
         &message_id(letter.delivery_id, from),
     );
+    let mut date = Headers::new();
+    date.set(header::Date::now());
+    // Writing to a String cannot fail.
+    let _ = write!(head, "{date}");
     if let Some(list) = letter.list {
         push_header(&mut head, "List-Id", &list.list_id);
         let unsubscribe = match &list.unsubscribe_mailto {
