@@ -237,8 +237,8 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         n as f64 / pipeline.seconds
     );
     println!(
-        "latency enqueue-to-sent: p50 {} ms, p99 {} ms",
-        pipeline.p50_ms, pipeline.p99_ms
+        "latency enqueue-to-sent: p50 {} ms, p99 {} ms; first message sent {} ms after the fan-out (the worker process starts after it)",
+        pipeline.p50_ms, pipeline.p99_ms, pipeline.first_sent_ms
     );
     println!(
         "worker peak RSS: {:.1} MB; CPU: {:.2} s = {:.3} s per 1,000 emails",
@@ -483,6 +483,9 @@ async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8
 struct PipelineFigures {
     seconds: f64,
     p50_ms: i64,
+    /// From the fan-out's end to the first message sent: in a short run, the worker's start
+    /// and first claim are a visible part of the whole.
+    first_sent_ms: i64,
     p99_ms: i64,
     peak_rss_kb: u64,
     cpu_seconds: f64,
@@ -611,6 +614,7 @@ async fn pipeline(
     .await?;
     conn.close().await?;
     let last_sent = rows.iter().map(|(_, s)| *s).max().context("no sent rows")?;
+    let first_sent = rows.iter().map(|(_, s)| *s).min().context("no sent rows")?;
     let mut latencies: Vec<i64> = rows.iter().map(|(c, s)| s - c).collect();
     latencies.sort_unstable();
     // At least a millisecond, so a tiny N cannot divide by zero.
@@ -618,6 +622,7 @@ async fn pipeline(
     Ok(PipelineFigures {
         seconds,
         p50_ms: percentile(&latencies, 50),
+        first_sent_ms: first_sent - fanned_out_at,
         p99_ms: percentile(&latencies, 99),
         peak_rss_kb,
         cpu_seconds,
