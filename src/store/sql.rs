@@ -1849,9 +1849,10 @@ impl Sql {
 /// Copies committed pages from the WAL into the database file, mostly off the write path.
 /// SQLite's automatic checkpoint runs inside the commit that crosses its threshold (1,000
 /// pages), copying and fsync included, and every write queued behind that commit waits:
-/// under a few thousand sign-ups a second that was most of their p99 (BENCHMARKS.md). Here a
-/// passive checkpoint on a read connection copies the bulk without blocking anyone; then the
-/// write connection, in its turn, copies what was committed meanwhile, which completes the
+/// under a few thousand sign-ups a second that was most of their p99 (BENCHMARKS.md). Here
+/// passive checkpoints on a read connection copy the bulk without blocking anyone, repeated
+/// while each still finds much to copy; then the write connection, in its turn, copies what
+/// was committed meanwhile, which completes the
 /// checkpoint so the next write starts the WAL over (a checkpoint from another connection
 /// never catches up with a busy writer, and the WAL would grow). Every commit reaches the
 /// disk within about `CHECKPOINT_EVERY`. Ends when the store is dropped or closed.
