@@ -214,6 +214,15 @@ impl Worker {
                     () = tokio::time::sleep(Duration::from_millis(5)) => continue,
                 }
             }
+            // Nothing claimed is waiting (the worker has just been woken, or its senders ran
+            // dry): a small claim first sets every connection going within milliseconds,
+            // where a full one keeps them all idle while it runs (18 ms for 512 on
+            // PostgreSQL); the next turn claims the rest.
+            let room = if room == depth {
+                room.min(self.config.concurrency.get() * 2)
+            } else {
+                room
+            };
             let room = u32::try_from(room).unwrap_or(u32::MAX);
             let claimed = match self.store.claim(now_ms(), self.config.lease, room).await {
                 Ok(c) => c,
