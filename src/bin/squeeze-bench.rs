@@ -3,7 +3,9 @@
 //!
 //! One run: starts Postfix's `smtp-sink` on 127.0.0.1, seeds N confirmed subscribers, makes a
 //! realistic digest through the library and times its fan-out, runs `squeeze worker` as a
-//! child process until every delivery is sent, samples the worker's peak RSS and CPU time,
+//! child process until every delivery is sent (on PostgreSQL it is already waiting for work
+//! when the fan-out commits, as in production; on SQLite it starts right after the fan-out),
+//! samples the worker's peak RSS and CPU time,
 //! then sends N copies of the same message over the same kind of TCP_NODELAY connections
 //! twice, with no database or rendering (the floors): with lettre's client alone, and with the
 //! worker's own SMTP code alone; it prints the pipeline's ratio to each. It prints figures
@@ -33,7 +35,7 @@ use squeeze::compose::DigestContent;
 use squeeze::config::{Config, SmtpSettings};
 use squeeze::domain::{ItemSelection, NewDigest, NewItem, Token};
 use squeeze::mailer::{self, Letter};
-use squeeze::store::now_ms;
+use squeeze::store::{WORK_CHANNEL, now_ms};
 use tokio::net::TcpStream;
 
 const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
@@ -192,6 +194,20 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
     let digest_id = make_digest(&app, args.items, args.summary_chars).await?;
     let (envelope, message) = sample_message(&app, &digest_id).await?;
 
+    // Where the worker is when the digest falls due, as in production. On PostgreSQL,
+    // `squeeze worker` processes run all the time and wait on LISTEN: the worker starts now and
+    // the fan-out's NOTIFY wakes it. On SQLite, production is one process whose scheduler
+    // wakes its own worker; a separate worker process would only find the work at its next
+    // poll (up to a second later), so it starts right after the fan-out and its start counts.
+    let waiting_worker = match (&sink, args.database) {
+        (Some(sink), Database::Postgres) => {
+            let listening = listeners(url).await?;
+            let worker = Worker::start(args, dir, url, sink.port)?;
+            Some(worker.wait_listening(url, listening).await?)
+        }
+        _ => None,
+    };
+
     // Fan-out: what the scheduler does when the digest is due.
     let started = Instant::now();
     let report = app
@@ -226,7 +242,16 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
     let sink_cpu = cpu_seconds(sink.pid)?;
     let db_cpu = postgres_cpu_seconds();
     let machine = Busy::sample()?;
-    let pipeline = pipeline(args, dir, url, sink.port, fanned_out_at, &digest_id).await?;
+    let worker = match waiting_worker {
+        Some(worker) => worker,
+        None => Worker::start(args, dir, url, sink.port)?,
+    };
+    let when_started = if worker.started_before_fanout {
+        "the worker was waiting for work before it"
+    } else {
+        "the worker process starts after it"
+    };
+    let pipeline = pipeline(worker, args, url, fanned_out_at, &digest_id).await?;
     let sink_cpu_pipeline = cpu_seconds(sink.pid)? - sink_cpu;
     let db_cpu_pipeline = pipeline.db_cpu_seconds - db_cpu;
     let others_pipeline =
@@ -237,7 +262,7 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         n as f64 / pipeline.seconds
     );
     println!(
-        "latency enqueue-to-sent: p50 {} ms, p99 {} ms; first message sent {} ms after the fan-out (the worker process starts after it)",
+        "latency enqueue-to-sent: p50 {} ms, p99 {} ms; first message sent {} ms after the fan-out ({when_started})",
         pipeline.p50_ms, pipeline.p99_ms, pipeline.first_sent_ms
     );
     println!(
@@ -493,66 +518,128 @@ struct PipelineFigures {
     db_cpu_seconds: f64,
 }
 
-/// Runs `squeeze worker` until nothing is queued or sending, samples its peak RSS and CPU
+/// A `squeeze worker` child process, with the settings of the bench process, logging to a
+/// file in the run's folder.
+struct Worker {
+    process: Reaped,
+    log_path: PathBuf,
+    started_before_fanout: bool,
+}
+
+impl Worker {
+    fn start(args: &Args, dir: &Path, url: &str, port: u16) -> Result<Self> {
+        let exe = std::env::current_exe()
+            .context("locating squeeze-bench")?
+            .with_file_name("squeeze");
+        ensure!(
+            exe.exists(),
+            "{} is missing: build both binaries with `cargo build --release --bins`",
+            exe.display()
+        );
+        let log_path = dir.join("worker.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = match &args.worker_wrapper {
+            Some(w) => {
+                let mut parts = w.split_whitespace();
+                let mut c = child_command(parts.next().context("--worker-wrapper is empty")?);
+                c.args(parts).arg(&exe);
+                c
+            }
+            None => child_command(&exe),
+        };
+        cmd.arg("worker");
+        // Only the settings below count: none inherited from the caller's environment.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SQUEEZE_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in settings(url, dir, args.concurrency) {
+            cmd.env(format!("SQUEEZE_{}", k.to_uppercase()), v);
+        }
+        cmd.env("SQUEEZE_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
+            .env("SQUEEZE_CONFIG", dir.join("bench.toml"))
+            // The product's default, unless the caller asks for more (e.g. sqlx::query=debug
+            // logs every statement with its duration; see --keep-dir).
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "squeeze=info,warn".into()),
+            )
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let process = Reaped(
+            cmd.spawn()
+                .with_context(|| format!("starting {}", exe.display()))?,
+        );
+        // For attaching a profiler: perf record -g -p <pid>.
+        println!("worker: pid {}, log {}", process.0.id(), log_path.display());
+        Ok(Self {
+            process,
+            log_path,
+            started_before_fanout: false,
+        })
+    }
+
+    /// Waits until the worker (PostgreSQL only) listens for the fan-out's notification:
+    /// until more than `before` sessions do (see `listeners`).
+    async fn wait_listening(mut self, url: &str, before: i64) -> Result<Self> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.process.0.try_wait()? {
+                bail!(
+                    "the worker exited early ({status}); its log:\n{}",
+                    tail(&self.log_path)
+                );
+            }
+            if listeners(url).await? > before {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the worker did not LISTEN within 30 s; its log:\n{}",
+                tail(&self.log_path)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.started_before_fanout = true;
+        Ok(self)
+    }
+}
+
+/// Sessions of this PostgreSQL database whose last statement was a LISTEN for new work: a
+/// worker's notification listener, once it is up.
+async fn listeners(url: &str) -> Result<i64> {
+    let mut conn = AnyConnection::connect(url).await?;
+    let count = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE $1",
+    )
+    .bind(format!("LISTEN%{WORK_CHANNEL}%"))
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(count)
+}
+
+/// Runs the worker until nothing is queued or sending, samples its peak RSS and CPU
 /// time while it is still alive, stops it with SIGTERM, and reads the outcome from the rows.
 async fn pipeline(
+    worker: Worker,
     args: &Args,
-    dir: &Path,
     url: &str,
-    port: u16,
     fanned_out_at: i64,
     digest_id: &str,
 ) -> Result<PipelineFigures> {
     let n = args.subscribers;
-    let exe = std::env::current_exe()
-        .context("locating squeeze-bench")?
-        .with_file_name("squeeze");
-    ensure!(
-        exe.exists(),
-        "{} is missing: build both binaries with `cargo build --release --bins`",
-        exe.display()
-    );
-    let log_path = dir.join("worker.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = match &args.worker_wrapper {
-        Some(w) => {
-            let mut parts = w.split_whitespace();
-            let mut c = child_command(parts.next().context("--worker-wrapper is empty")?);
-            c.args(parts).arg(&exe);
-            c
-        }
-        None => child_command(&exe),
-    };
-    cmd.arg("worker");
-    // Only the settings below count: none inherited from the caller's environment.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SQUEEZE_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in settings(url, dir, args.concurrency) {
-        cmd.env(format!("SQUEEZE_{}", k.to_uppercase()), v);
-    }
-    cmd.env("SQUEEZE_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
-        .env("SQUEEZE_CONFIG", dir.join("bench.toml"))
-        // The product's default, unless the caller asks for more (e.g. sqlx::query=debug
-        // logs every statement with its duration; see --keep-dir).
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "squeeze=info,warn".into()),
-        )
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut worker = Reaped(
-        cmd.spawn()
-            .with_context(|| format!("starting {}", exe.display()))?,
-    );
+    let Worker {
+        process: mut worker,
+        log_path,
+        ..
+    } = worker;
     let pid = worker.0.id();
-    // For attaching a profiler: perf record -g -p <pid>.
-    println!("worker: pid {pid}, log {}", log_path.display());
 
     let mut conn = AnyConnection::connect(url).await?;
     // Generous, but bounded: a worker that stops making progress fails the run.
