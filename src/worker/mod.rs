@@ -41,6 +41,10 @@ const CLAIMED_AHEAD: usize = 512;
 /// recorder. At 4, the senders waited a third of the time on PostgreSQL at 12,000 emails/s:
 /// a record transaction (its commit waits for the disk) took longer than 80 messages.
 pub const UNRECORDED_PER_CONNECTION: usize = 8;
+/// How long the recorder gathers outcomes before writing them, unless the channel fills to
+/// half first: at 6,000 emails/s of 40 KB it wrote a transaction per six outcomes, and the
+/// transactions, not the rows, were most of PostgreSQL's work.
+const GATHER: Duration = Duration::from_millis(5);
 /// Most outcomes written back in one transaction.
 const RECORD_BATCH: usize = 256;
 /// How often a worker says it is alive, and how recent a heartbeat must be to count.
@@ -549,6 +553,13 @@ async fn record_loop(store: Store, mut rx: mpsc::Receiver<Recorded>) -> anyhow::
     let mut batch: Vec<Recorded> = Vec::with_capacity(RECORD_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        // A record transaction costs the database about the same whatever its size, so
+        // outcomes are gathered for a moment first; they wait in the channel, which holds
+        // the senders back when full, so the crash window stays what it was.
+        let until = Instant::now() + GATHER;
+        while rx.len() < rx.max_capacity() / 4 && !rx.is_closed() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         while batch.len() < RECORD_BATCH {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
