@@ -550,17 +550,22 @@ enum Compose {
 /// next transaction. A failed write is retried, not dropped: a lost "sent" would let the lease
 /// expire and the message go out again.
 async fn record_loop(store: Store, mut rx: mpsc::Receiver<Recorded>) -> anyhow::Result<()> {
-    let mut batch: Vec<Recorded> = Vec::with_capacity(RECORD_BATCH);
+    // No more than the channel holds: while a batch is written the channel fills again, so
+    // the unrecorded outcomes stay under twice its capacity, the crash window's bound (as
+    // the channel is drained, blocked senders refill it, and an unbounded drain would take
+    // those too).
+    let most = RECORD_BATCH.min(rx.max_capacity());
+    let mut batch: Vec<Recorded> = Vec::with_capacity(most);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         // A record transaction costs the database about the same whatever its size, so
         // outcomes are gathered for a moment first; they wait in the channel, which holds
-        // the senders back when full, so the crash window stays what it was.
+        // the senders back when full.
         let until = Instant::now() + GATHER;
         while rx.len() < rx.max_capacity() / 4 && !rx.is_closed() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        while batch.len() < RECORD_BATCH {
+        while batch.len() < most {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
