@@ -41,9 +41,9 @@ const CLAIMED_AHEAD: usize = 512;
 /// recorder. At 4, the senders waited a third of the time on PostgreSQL at 12,000 emails/s:
 /// a record transaction (its commit waits for the disk) took longer than 80 messages.
 pub const UNRECORDED_PER_CONNECTION: usize = 8;
-/// How long the recorder gathers outcomes before writing them, unless the channel fills to
-/// half first: at 6,000 emails/s of 40 KB it wrote a transaction per six outcomes, and the
-/// transactions, not the rows, were most of PostgreSQL's work.
+/// How long the recorder gathers outcomes before writing them, unless a quarter of the
+/// channel fills first: at 6,000 emails/s of 40 KB it wrote a transaction per six outcomes,
+/// and the transactions, not the rows, were most of PostgreSQL's work (BENCHMARKS.md, item 31).
 const GATHER: Duration = Duration::from_millis(5);
 /// Most outcomes written back in one transaction.
 const RECORD_BATCH: usize = 256;
