@@ -59,7 +59,7 @@ pub struct Worker {
     /// Each digest's content, loaded once and shared by all its emails.
     digests: Arc<Mutex<HashMap<String, Arc<DigestContent>>>>,
     /// Whether each digest was paused, and when that was last read (see `PAUSE_CHECK`).
-    paused: Arc<std::sync::Mutex<HashMap<String, (Instant, bool)>>>,
+    paused: Arc<Mutex<HashMap<String, (Instant, bool)>>>,
     transport: Transport,
     config: Arc<Config>,
     retry: RetryPolicy,
@@ -89,7 +89,7 @@ impl Worker {
             store,
             composer,
             digests: Arc::new(Mutex::new(HashMap::new())),
-            paused: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            paused: Arc::new(Mutex::new(HashMap::new())),
             transport,
             retry: config.retry.clone(),
             limits: Arc::new(limits),
@@ -420,7 +420,7 @@ impl Worker {
             return;
         };
         warn!(digest_id, %reason, "pausing digest");
-        self.remember_paused(digest_id, true);
+        remember_paused(&mut *self.paused.lock().await, digest_id, true);
         let now = now_ms();
         let paused = self.store.pause_digest(digest_id, &reason, now).await;
         let logged = self
@@ -433,8 +433,10 @@ impl Worker {
     }
 
     async fn digest_paused(&self, digest_id: &str) -> bool {
-        if let Ok(known) = self.paused.lock()
-            && let Some((read_at, paused)) = known.get(digest_id)
+        // Read under the lock: the senders that find the state stale together (all of them,
+        // when a digest starts) wait for one read instead of each making their own.
+        let mut known = self.paused.lock().await;
+        if let Some((read_at, paused)) = known.get(digest_id)
             && read_at.elapsed() < PAUSE_CHECK
         {
             return *paused;
@@ -446,17 +448,8 @@ impl Worker {
                 false
             }
         };
-        self.remember_paused(digest_id, paused);
+        remember_paused(&mut known, digest_id, paused);
         paused
-    }
-
-    fn remember_paused(&self, digest_id: &str, paused: bool) {
-        if let Ok(mut known) = self.paused.lock() {
-            if known.len() >= 64 {
-                known.clear();
-            }
-            known.insert(digest_id.to_owned(), (Instant::now(), paused));
-        }
     }
 
     fn retry_or_fail(
@@ -544,6 +537,13 @@ impl Worker {
 enum Compose {
     Retry(String),
     Fail(String),
+}
+
+fn remember_paused(known: &mut HashMap<String, (Instant, bool)>, digest_id: &str, paused: bool) {
+    if known.len() >= 64 {
+        known.clear();
+    }
+    known.insert(digest_id.to_owned(), (Instant::now(), paused));
 }
 
 /// Writes outcomes back in batches: whatever piled up while the previous write ran goes in the
