@@ -84,13 +84,15 @@ impl Mark {
     }
 }
 
-/// A body cut at its stand-ins, line ends already CRLF: made only for a body that is 7bit
-/// apart from the stand-ins.
+/// A body cut at its stand-ins, line ends already CRLF: made only for a body that is 7bit or
+/// 8bit apart from the stand-ins.
 #[derive(Debug)]
 struct Holes {
     /// The text around the stand-ins: one more piece than there are marks.
     pieces: Vec<String>,
     marks: Vec<Mark>,
+    /// Whether the pieces are all ASCII (then so is an email whose values are).
+    ascii: bool,
     /// The longest line with the stand-ins left out, and the most stand-ins on one line:
     /// together they bound the longest line once values are filled in.
     longest_line: usize,
@@ -100,7 +102,7 @@ struct Holes {
 impl Holes {
     fn cut(body: &str) -> Option<Self> {
         let plain = body.replace(NAME_MARK, "").replace(URL_MARK, "");
-        if !mailer::fits_seven_bit(&plain) {
+        if !mailer::fits_eight_bit(&plain) {
             return None;
         }
         let crlf = body.replace('\n', "\r\n");
@@ -122,6 +124,7 @@ impl Holes {
         Some(Self {
             pieces,
             marks,
+            ascii: plain.is_ascii(),
             longest_line: plain.split('\n').map(str::len).max().unwrap_or(0),
             most_marks_on_a_line: body
                 .split('\n')
@@ -131,9 +134,10 @@ impl Holes {
         })
     }
 
-    /// The body with these values, or `None` when it would not be valid 7bit with them.
-    fn fill(&self, name: &str, url: &str) -> Option<Vec<u8>> {
-        let fits = |v: &str| v.is_ascii() && !v.contains(['\r', '\n', '\0']);
+    /// The body with these values, or `None` when it would not be valid 7bit or 8bit with
+    /// them (line lengths count octets).
+    fn fill(&self, name: &str, url: &str) -> Option<PartBody> {
+        let fits = |v: &str| !v.contains(['\r', '\n', '\0']);
         let longest_value = name.len().max(url.len());
         if !fits(name)
             || !fits(url)
@@ -143,16 +147,20 @@ impl Holes {
         }
         let size =
             self.pieces.iter().map(String::len).sum::<usize>() + self.marks.len() * longest_value;
-        let mut out = Vec::with_capacity(size);
+        let mut out = String::with_capacity(size);
         for (i, piece) in self.pieces.iter().enumerate() {
-            out.extend_from_slice(piece.as_bytes());
+            out.push_str(piece);
             match self.marks.get(i) {
-                Some(Mark::Name) => out.extend_from_slice(name.as_bytes()),
-                Some(Mark::Url) => out.extend_from_slice(url.as_bytes()),
+                Some(Mark::Name) => out.push_str(name),
+                Some(Mark::Url) => out.push_str(url),
                 None => {}
             }
         }
-        Some(out)
+        Some(if self.ascii && name.is_ascii() && url.is_ascii() {
+            PartBody::SevenBit(out.into_bytes())
+        } else {
+            PartBody::EightBit(out)
+        })
     }
 }
 
@@ -168,7 +176,7 @@ impl Prerendered {
             .as_ref()
             .and_then(|h| h.fill(name, url))
         {
-            Some(bytes) => PartBody::SevenBit(bytes),
+            Some(body) => body,
             None => PartBody::Text(template.replace(NAME_MARK, name).replace(URL_MARK, url)),
         };
         let r = &shape.rendered;
@@ -392,7 +400,7 @@ mod tests {
     fn rendering_once_per_digest_gives_exactly_the_full_rendering() {
         let c = composer(&shipped());
         let content = DigestContent::new(&digest());
-        for (name, token, ready_for_the_wire) in [
+        for (name, token, ascii) in [
             (Some("Zoë <b>&amp;</b>"), "tok-1", false),
             (None, "tok-2", true),
             (Some(""), "t", true),
@@ -404,10 +412,15 @@ mod tests {
                 .render_digest(&content, name.filter(|n| !n.is_empty()), &url)
                 .expect("full");
             assert!(reads_as(&fast, &full), "{name:?}: {fast:?}\n{full:?}");
-            assert_eq!(
-                matches!(fast.html, PartBody::SevenBit(_)),
-                ready_for_the_wire,
-                "{name:?}: an ASCII email is put together from pieces, others are encoded"
+            // Put together from pieces, ready for the wire: as 7bit when ASCII, else as 8bit.
+            assert!(
+                match fast.html {
+                    PartBody::SevenBit(_) => ascii,
+                    PartBody::EightBit(_) => !ascii,
+                    PartBody::Text(_) => false,
+                },
+                "{name:?}: {:?}",
+                fast.html
             );
         }
         assert!(
@@ -450,22 +463,40 @@ mod tests {
     }
 
     #[test]
-    fn a_body_is_cut_at_the_stand_ins_and_refuses_values_that_would_break_7bit() {
+    fn a_body_is_cut_at_the_stand_ins_and_refuses_values_that_would_break_it() {
         let body = format!("Hi {NAME_MARK},\n<a href=\"{URL_MARK}\">leave</a>\n");
         let holes = Holes::cut(&body).expect("7bit apart from the stand-ins");
         assert_eq!(
-            holes.fill("Ada", "https://x.test/u?t=1").expect("fits"),
-            b"Hi Ada,\r\n<a href=\"https://x.test/u?t=1\">leave</a>\r\n".to_vec()
+            holes.fill("Ada", "https://x.test/u?t=1"),
+            Some(PartBody::SevenBit(
+                b"Hi Ada,\r\n<a href=\"https://x.test/u?t=1\">leave</a>\r\n".to_vec()
+            ))
         );
-        assert!(holes.fill("Zoë", "u").is_none(), "non-ASCII");
+        assert_eq!(
+            holes.fill("Zoë", "u"),
+            Some(PartBody::EightBit(
+                "Hi Zoë,\r\n<a href=\"u\">leave</a>\r\n".into()
+            )),
+            "a value that is not ASCII makes the body 8bit"
+        );
         assert!(holes.fill("a\r\nBcc: x", "u").is_none(), "line breaks");
+        assert!(holes.fill("a\0", "u").is_none(), "NUL");
         assert!(
             holes.fill("Ada", &"u".repeat(990)).is_none(),
             "a line over 998 octets"
         );
         assert!(
-            Holes::cut(&format!("Grüße {NAME_MARK}")).is_none(),
-            "the body itself is not 7bit"
+            holes.fill(&"ü".repeat(496), "u").is_none(),
+            "a line of 500 characters over 998 octets"
+        );
+        let greeting = Holes::cut(&format!("Grüße {NAME_MARK}\n")).expect("8bit");
+        assert_eq!(
+            greeting.fill("Ada", "u"),
+            Some(PartBody::EightBit("Grüße Ada\r\n".into()))
+        );
+        assert!(
+            Holes::cut(&format!("a\r{NAME_MARK}")).is_none(),
+            "a CR of its own is neither 7bit nor 8bit"
         );
     }
 

@@ -1,11 +1,13 @@
 //! Builds MIME messages and owns the way out: SMTP over connections Squeeze opens itself
 //! (TCP_NODELAY, see DESIGN.md), or `.eml` files in the outbox folder.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -52,12 +54,15 @@ pub struct Content {
     pub html: PartBody,
 }
 
-/// A body part: text still to be encoded, or bytes already fit to go as they are.
+/// A body part: text still to be encoded, or text already fit to go as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartBody {
     Text(String),
     /// ASCII with CRLF line ends, no line over 998 octets, no NUL: valid `7bit` (RFC 2045).
     SevenBit(Vec<u8>),
+    /// UTF-8 otherwise fit for `7bit`: valid `8bit` (RFC 2045), for a relay that offers
+    /// 8BITMIME (RFC 6152); encoded for one that does not.
+    EightBit(String),
 }
 
 impl PartBody {
@@ -66,6 +71,7 @@ impl PartBody {
         match self {
             Self::Text(t) => t.clone(),
             Self::SevenBit(b) => String::from_utf8_lossy(b).replace("\r\n", "\n"),
+            Self::EightBit(t) => t.replace("\r\n", "\n"),
         }
     }
 }
@@ -85,9 +91,13 @@ pub const MAX_LINE: usize = 998;
 
 /// Whether `text` can go as `7bit` once its line ends are CRLF.
 pub fn fits_seven_bit(text: &str) -> bool {
-    text.is_ascii()
-        && !text.contains(['\0', '\r'])
-        && text.split('\n').all(|line| line.len() <= MAX_LINE)
+    text.is_ascii() && fits_eight_bit(text)
+}
+
+/// Whether `text` can go as `8bit` once its line ends are CRLF: no NUL, no CR of its own, no
+/// line over 998 octets.
+pub fn fits_eight_bit(text: &str) -> bool {
+    !text.contains(['\0', '\r']) && text.split('\n').all(|line| line.len() <= MAX_LINE)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +120,13 @@ pub fn message_id(delivery_id: &str, from: &Mailbox) -> String {
 /// lettre encodes the headers (RFC 2047, folding); the multipart body is written here, so a
 /// body that is already fit for the wire is copied once instead of re-checked, re-encoded
 /// and copied several times per email (the largest cost of building a digest email).
-pub fn build(from: &Mailbox, letter: &Letter<'_>) -> Result<(Envelope, Vec<u8>), BuildError> {
+/// `eight_bit`: the relay takes 8-bit content (8BITMIME), so text that is not ASCII goes as
+/// it is instead of quoted-printable or base64.
+pub fn build(
+    from: &Mailbox,
+    letter: &Letter<'_>,
+    eight_bit: bool,
+) -> Result<(Envelope, Vec<u8>), BuildError> {
     let to_addr: Address = letter
         .to_email
         .parse()
@@ -163,8 +179,8 @@ pub fn build(from: &Mailbox, letter: &Letter<'_>) -> Result<(Envelope, Vec<u8>),
         &format!("multipart/alternative; boundary=\"{boundary}\""),
     );
 
-    let text = wire_body(&letter.content.text);
-    let html = wire_body(&letter.content.html);
+    let text = wire_body(&letter.content.text, eight_bit);
+    let html = wire_body(&letter.content.html, eight_bit);
     let mut out = Vec::with_capacity(1024 + text.1.len() + html.1.len());
     out.extend_from_slice(head.as_bytes());
     for (kind, (encoding, bytes)) in [("plain", text), ("html", html)] {
@@ -276,22 +292,32 @@ fn push_folded(head: &mut String, text: &str, mut line: usize, mut word_on_line:
     head.extend(std::iter::repeat_n(' ', spaces));
 }
 
-/// A body part's transfer encoding and encoded bytes. ASCII text whose lines fit SMTP's
-/// limit goes as it is, labelled `7bit`; lettre would quoted-printable-encode any line over 76
-/// characters. Anything else (non-ASCII, overlong lines) gets lettre's choice
+/// A body part's transfer encoding and encoded bytes. Text whose lines fit SMTP's limit goes
+/// as it is: labelled `7bit` when ASCII, `8bit` when not and the relay takes it (lettre would
+/// quoted-printable-encode any line over 76 characters, and any text that is not ASCII: for
+/// every email, the largest cost of building one). Anything else gets lettre's choice
 /// (quoted-printable or base64), which every relay accepts.
-fn wire_body(part: &PartBody) -> (ContentTransferEncoding, std::borrow::Cow<'_, [u8]>) {
-    use std::borrow::Cow;
+fn wire_body(part: &PartBody, eight_bit: bool) -> (ContentTransferEncoding, Cow<'_, [u8]>) {
+    let encoded = |text: String| {
+        let body = Body::new(text);
+        (body.encoding(), Cow::Owned(body.into_vec()))
+    };
     match part {
         PartBody::SevenBit(b) => (ContentTransferEncoding::SevenBit, Cow::Borrowed(b)),
-        PartBody::Text(t) if fits_seven_bit(t) => (
-            ContentTransferEncoding::SevenBit,
-            Cow::Owned(t.replace('\n', "\r\n").into_bytes()),
+        PartBody::EightBit(t) if eight_bit => (
+            ContentTransferEncoding::EightBit,
+            Cow::Borrowed(t.as_bytes()),
         ),
-        PartBody::Text(t) => {
-            let body = Body::new(t.clone());
-            (body.encoding(), Cow::Owned(body.into_vec()))
+        PartBody::EightBit(t) => encoded(t.replace("\r\n", "\n")),
+        PartBody::Text(t) if fits_seven_bit(t) || (eight_bit && fits_eight_bit(t)) => {
+            let encoding = if t.is_ascii() {
+                ContentTransferEncoding::SevenBit
+            } else {
+                ContentTransferEncoding::EightBit
+            };
+            (encoding, Cow::Owned(t.replace('\n', "\r\n").into_bytes()))
         }
+        PartBody::Text(t) => encoded(t.clone()),
     }
 }
 
@@ -310,6 +336,9 @@ pub struct SmtpTransport {
     tls: Arc<rustls::ClientConfig>,
     /// For STARTTLS, through lettre's upgrade; both trust the same roots.
     starttls: Option<TlsParameters>,
+    /// Whether the relay offered 8BITMIME when last connected to: what a sender that has no
+    /// connection yet builds for (none until the first connection: every relay takes 7bit).
+    eight_bit: AtomicBool,
 }
 
 impl std::fmt::Debug for SmtpTransport {
@@ -374,6 +403,7 @@ impl Transport {
             hello,
             tls: Arc::new(tls),
             starttls,
+            eight_bit: AtomicBool::new(false),
         }))
     }
 
@@ -419,6 +449,23 @@ pub struct Connection {
 }
 
 impl Sender {
+    /// Whether the message about to be sent may carry 8-bit text: the relay of this sender's
+    /// connection offers 8BITMIME (without a connection, as it did when last connected to).
+    /// Should the next connection not offer it after all, the send fails as a transient
+    /// error and the retry is built for that relay.
+    pub fn takes_eight_bit(&self) -> bool {
+        match self {
+            Self::Outbox(_) => true,
+            Self::Smtp { transport, conn } => match conn {
+                Some(c) if !c.smtp.has_broken() => c
+                    .smtp
+                    .server_info()
+                    .supports_feature(Extension::EightBitMime),
+                _ => transport.eight_bit.load(Ordering::Relaxed),
+            },
+        }
+    }
+
     /// Sends one message. The connection is opened on first use and again after it breaks.
     pub async fn send(
         &mut self,
@@ -656,6 +703,10 @@ impl SmtpTransport {
                     .await
                     .map_err(|e| format!("SMTP AUTH at {server} failed: {e}"))?;
             }
+            self.eight_bit.store(
+                conn.server_info().supports_feature(Extension::EightBitMime),
+                Ordering::Relaxed,
+            );
             Ok(Connection {
                 smtp: conn,
                 pipelining,
@@ -757,22 +808,44 @@ mod tests {
     }
 
     #[test]
-    fn ascii_bodies_with_long_lines_go_as_7bit_and_the_rest_as_quoted_printable() {
+    fn bodies_go_as_they_are_when_the_relay_allows_and_are_encoded_otherwise() {
         let long = format!("<p>{}</p>\nnext line\n", "word ".repeat(60));
-        let part = PartBody::Text(long.clone());
-        let (encoding, bytes) = wire_body(&part);
-        assert_eq!(encoding, ContentTransferEncoding::SevenBit);
-        assert_eq!(&bytes[..], long.replace('\n', "\r\n").as_bytes());
-        let encoded = |t: &str| {
+        for eight_bit in [false, true] {
+            let part = PartBody::Text(long.clone());
+            let (encoding, bytes) = wire_body(&part, eight_bit);
+            assert_eq!(encoding, ContentTransferEncoding::SevenBit);
+            assert_eq!(&bytes[..], long.replace('\n', "\r\n").as_bytes());
+            let ready = PartBody::SevenBit(b"as it is\r\n".to_vec());
+            assert_eq!(&wire_body(&ready, eight_bit).1[..], b"as it is\r\n");
+        }
+        let encoded = |part: PartBody, eight_bit: bool| {
             matches!(
-                wire_body(&PartBody::Text(t.to_owned())).0,
+                wire_body(&part, eight_bit).0,
                 ContentTransferEncoding::QuotedPrintable | ContentTransferEncoding::Base64
             )
         };
-        assert!(encoded("Zoë\n"), "non-ASCII is encoded");
-        assert!(encoded(&"x".repeat(1200)), "an overlong line is encoded");
-        let ready = PartBody::SevenBit(b"as it is\r\n".to_vec());
-        assert_eq!(&wire_body(&ready).1[..], b"as it is\r\n");
+        let text = |t: &str| PartBody::Text(t.to_owned());
+        assert!(encoded(text("Zoë\n"), false), "non-ASCII, no 8BITMIME");
+        assert!(
+            encoded(PartBody::EightBit("Zoë\r\n".into()), false),
+            "prepared 8bit, no 8BITMIME"
+        );
+        for eight_bit in [false, true] {
+            assert!(encoded(text(&"x".repeat(1200)), eight_bit), "overlong line");
+            assert!(encoded(text("ü\0\n"), eight_bit), "NUL");
+        }
+        let zoe = text("Zoë\n");
+        let (encoding, bytes) = wire_body(&zoe, true);
+        assert_eq!(
+            (encoding, &bytes[..]),
+            (ContentTransferEncoding::EightBit, "Zoë\r\n".as_bytes())
+        );
+        let prepared = PartBody::EightBit("Zoë\r\n".into());
+        let (encoding, bytes) = wire_body(&prepared, true);
+        assert_eq!(
+            (encoding, &bytes[..]),
+            (ContentTransferEncoding::EightBit, "Zoë\r\n".as_bytes())
+        );
     }
 
     #[test]
@@ -783,7 +856,7 @@ mod tests {
                 "Zoë's digest: ünïcode and a long subject line that has to be folded somewhere"
                     .into(),
             text: PartBody::Text("Hello Zoë\nline two\n".into()),
-            html: PartBody::SevenBit(b"<p>ready</p>\r\n".to_vec()),
+            html: PartBody::EightBit("<p>ready — “set”</p>\r\n".into()),
         };
         let letter = Letter {
             delivery_id: "0190-abc",
@@ -792,29 +865,36 @@ mod tests {
             content: &content,
             list: None,
         };
-        let (_, bytes) = build(&from, &letter).expect("builds");
-        let parsed = mailparse::parse_mail(&bytes).expect("parses");
-        let header = |name: &str| {
-            parsed
-                .headers
-                .iter()
-                .find(|h| h.get_key().eq_ignore_ascii_case(name))
-                .map(|h| h.get_value())
-                .unwrap_or_default()
-        };
-        assert_eq!(header("Subject"), content.subject);
-        assert!(header("To").contains("Zoë Ünal"), "{}", header("To"));
-        assert_eq!(parsed.subparts.len(), 2);
-        assert_eq!(
-            parsed.subparts[0].get_body().expect("text"),
-            "Hello Zoë\r\nline two\r\n"
-        );
-        assert_eq!(parsed.subparts[0].ctype.mimetype, "text/plain");
-        assert_eq!(
-            parsed.subparts[1].get_body().expect("html"),
-            "<p>ready</p>\r\n"
-        );
-        assert_eq!(parsed.subparts[1].ctype.mimetype, "text/html");
+        for eight_bit in [false, true] {
+            let (_, bytes) = build(&from, &letter, eight_bit).expect("builds");
+            assert_eq!(
+                !bytes.is_ascii(),
+                eight_bit,
+                "8-bit text only where the relay takes it"
+            );
+            let parsed = mailparse::parse_mail(&bytes).expect("parses");
+            let header = |name: &str| {
+                parsed
+                    .headers
+                    .iter()
+                    .find(|h| h.get_key().eq_ignore_ascii_case(name))
+                    .map(|h| h.get_value())
+                    .unwrap_or_default()
+            };
+            assert_eq!(header("Subject"), content.subject);
+            assert!(header("To").contains("Zoë Ünal"), "{}", header("To"));
+            assert_eq!(parsed.subparts.len(), 2);
+            assert_eq!(
+                parsed.subparts[0].get_body().expect("text"),
+                "Hello Zoë\r\nline two\r\n"
+            );
+            assert_eq!(parsed.subparts[0].ctype.mimetype, "text/plain");
+            assert_eq!(
+                parsed.subparts[1].get_body().expect("html"),
+                "<p>ready — “set”</p>\r\n"
+            );
+            assert_eq!(parsed.subparts[1].ctype.mimetype, "text/html");
+        }
     }
 
     /// The fast path for printable ASCII must write exactly what lettre writes: the same
@@ -935,7 +1015,7 @@ mod tests {
             content: &c,
             list: Some(&list),
         };
-        let (env, bytes) = build(&from, &letter).expect("builds");
+        let (env, bytes) = build(&from, &letter, false).expect("builds");
         // Long headers are folded (RFC 5322); compare them unfolded.
         let text = String::from_utf8(bytes)
             .expect("ascii")

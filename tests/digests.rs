@@ -409,6 +409,110 @@ async fn fan_out_reaches_exactly_the_confirmed_subscribers_once_with_list_header
     app.stop().await;
 }
 
+/// Real newsletters are rarely plain ASCII: a dash, curly quotes, an accented name, an emoji.
+/// Such a digest goes as 8-bit text where the relay offers 8BITMIME (declared in MAIL FROM,
+/// RFC 6152), encoded where it does not, and reads the same either way.
+#[tokio::test]
+async fn a_digest_that_is_not_ascii_arrives_intact_as_8bit_or_encoded_as_the_relay_allows() {
+    const TITLE: &str = "Rust 2.0 — “what’s new” 🍊";
+    const SUMMARY: &str = "Grüße aus Köln: ½ the build time, naïve code still compiles.";
+    for offers_8bitmime in [true, false] {
+        let smtp = SmtpServer::start().await;
+        smtp.faults().no_8bitmime = !offers_8bitmime;
+        let app = TestApp::spawn_with(Options {
+            settings: vec![("concurrency".into(), "2".into())],
+            ..smtp_opts(&smtp)
+        })
+        .await;
+        let confirmed = seed(&app, &[("confirmed", 12)]).await;
+        app.exec("UPDATE subscribers SET name = 'Zoë Ünal' WHERE email = 'confirmed3@example.com'")
+            .await;
+        let (status, body) = json_of(
+            app.admin(Method::POST, "/api/items")
+                .json(&json!({ "title": TITLE, "url": "https://example.com/rust?a=1&b=2", "summary": SUMMARY }))
+                .send()
+                .await
+                .expect("add item"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = json_of(
+            app.admin(Method::POST, "/api/digests")
+                .json(&json!({ "subject": "Montag — die Woche 🍊", "items": "pending" }))
+                .send()
+                .await
+                .expect("create digest"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let id = body["id"].as_str().expect("id").to_owned();
+        let (status, body) = schedule_now(&app, &id).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        app.app
+            .scheduler()
+            .tick(Utc::now() + chrono::Duration::seconds(1))
+            .await
+            .expect("tick");
+        smtp.wait_for(confirmed.len(), WAIT).await;
+
+        let received = smtp.received();
+        for m in &received {
+            let (text, html) = (m.text(), m.part("text/html").expect("html part"));
+            assert_eq!(
+                m.header("Subject").as_deref(),
+                Some("Montag — die Woche 🍊")
+            );
+            for body in [&text, &html] {
+                assert!(
+                    body.contains(TITLE) && body.contains(SUMMARY),
+                    "8BITMIME {offers_8bitmime}: {body}"
+                );
+            }
+            let eight_bit = !m.data.is_ascii();
+            assert_eq!(
+                eight_bit,
+                m.mail_params.eq_ignore_ascii_case("BODY=8BITMIME"),
+                "8-bit content is declared, and only 8-bit content: {:?}",
+                m.mail_params
+            );
+            let part_encodings: Vec<String> = m
+                .parsed()
+                .subparts
+                .iter()
+                .filter_map(|p| {
+                    p.headers
+                        .iter()
+                        .find(|h| {
+                            h.get_key_ref()
+                                .eq_ignore_ascii_case("Content-Transfer-Encoding")
+                        })
+                        .map(|h| h.get_value())
+                })
+                .collect();
+            assert_eq!(
+                part_encodings.iter().all(|e| e == "8bit"),
+                eight_bit,
+                "{part_encodings:?}"
+            );
+        }
+        let zoe = &smtp.to("confirmed3@example.com")[0];
+        assert!(zoe.text().contains("Hi Zoë Ünal,"), "{}", zoe.text());
+        let as_8bit = received.iter().filter(|m| !m.data.is_ascii()).count();
+        if offers_8bitmime {
+            // Built before this worker had talked to the relay, the first message of each
+            // connection is encoded; from then on the worker knows the relay takes 8-bit.
+            assert!(
+                as_8bit >= confirmed.len() - 2,
+                "{as_8bit} of {} as 8bit",
+                confirmed.len()
+            );
+        } else {
+            assert_eq!(as_8bit, 0, "a relay without 8BITMIME gets 7-bit data only");
+        }
+        app.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn unsubscribing_between_fan_out_and_send_is_honoured() {
     let smtp = SmtpServer::start().await;

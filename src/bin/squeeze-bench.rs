@@ -497,8 +497,9 @@ async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8
         content: &content,
         list: Some(&list),
     };
+    // smtp-sink offers 8BITMIME, so the worker's connections build for it (`true`).
     let (envelope, bytes) =
-        mailer::build(&app.config.from, &letter).context("building the message")?;
+        mailer::build(&app.config.from, &letter, true).context("building the message")?;
     println!(
         "message: {} items, HTML {:.1} KB, text {:.1} KB, {:.1} KB on the wire ({} bytes)",
         digest.items.len(),

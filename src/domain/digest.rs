@@ -51,7 +51,8 @@ pub fn text(field: &'static str, value: &str, max: usize) -> Result<String, Inva
     if v.chars().count() > max {
         return Err(invalid(field, format!("must be at most {max} characters")));
     }
-    Ok(v.replace("\r\n", "\n"))
+    // Any line end becomes LF: a CR of its own (old Mac text) would reach SMTP as a bare CR.
+    Ok(v.replace("\r\n", "\n").replace('\r', "\n"))
 }
 
 /// A news item as an editor submits it.
@@ -382,6 +383,14 @@ mod tests {
         assert_eq!(
             NewDigest::parse("Hi", None, ItemSelection::Ids(vec![])).map_err(|e| e.field),
             Err("items")
+        );
+    }
+
+    #[test]
+    fn every_kind_of_line_end_in_text_becomes_lf() {
+        assert_eq!(
+            text("summary", "Windows\r\nold Mac\rUnix\nend", 100).map_err(|e| e.field),
+            Ok("Windows\nold Mac\nUnix\nend".to_owned())
         );
     }
 }

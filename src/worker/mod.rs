@@ -359,16 +359,17 @@ impl Worker {
             content: &content,
             list: list.as_ref(),
         };
-        let (envelope, bytes) = match mailer::build(&self.config.from, &letter) {
-            Ok(m) => m,
-            Err(e) => {
-                return Outcome::Failed {
-                    code: None,
-                    error: e.to_string(),
-                    bounce: false,
-                };
-            }
-        };
+        let (envelope, bytes) =
+            match mailer::build(&self.config.from, &letter, sender.takes_eight_bit()) {
+                Ok(m) => m,
+                Err(e) => {
+                    return Outcome::Failed {
+                        code: None,
+                        error: e.to_string(),
+                        bounce: false,
+                    };
+                }
+            };
         // A throttled message waits here; it is never dropped.
         self.limits.wait(domain).await;
         let started = std::time::Instant::now();

@@ -21,6 +21,8 @@ pub struct Received {
     pub auth_user: Option<String>,
     /// Whether RCPT had already arrived when MAIL was read: the client pipelined (RFC 2920).
     pub pipelined: bool,
+    /// What followed the address in MAIL FROM, e.g. `BODY=8BITMIME`.
+    pub mail_params: String,
 }
 
 impl Received {
@@ -83,6 +85,8 @@ pub struct Faults {
     pub no_pipelining: bool,
     /// Refuse every EHLO after a session's first (with 502, staying in the same state).
     pub refuse_repeated_ehlo: bool,
+    /// Do not offer 8BITMIME in the EHLO reply (offered by default, as Postfix does).
+    pub no_8bitmime: bool,
 }
 
 /// One RCPT TO as the server saw it, and what it answered.
@@ -285,6 +289,7 @@ async fn session(
     let mut rcpts = Vec::new();
     let mut auth_user: Option<String> = None;
     let mut pipelined = false;
+    let mut mail_params = String::new();
     let mut ehlo_seen = false;
     let mut line = String::new();
     loop {
@@ -314,8 +319,13 @@ async fn session(
             } else {
                 "250-PIPELINING\r\n"
             };
+            let eight_bit = if lock(&shared.faults).no_8bitmime {
+                ""
+            } else {
+                "250-8BITMIME\r\n"
+            };
             let reply = format!(
-                "250-test-smtp\r\n{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n{offer}250 AUTH PLAIN LOGIN\r\n"
+                "250-test-smtp\r\n{pipelining}{eight_bit}250-SMTPUTF8\r\n{offer}250 AUTH PLAIN LOGIN\r\n"
             );
             write.write_all(reply.as_bytes()).await?;
         } else if upper == "STARTTLS" && starttls.is_some() {
@@ -370,6 +380,10 @@ async fn session(
                 continue;
             }
             from = addr_of(&cmd);
+            mail_params = cmd
+                .split_once('>')
+                .map_or("", |(_, rest)| rest.trim())
+                .to_owned();
             rcpts.clear();
             pipelined = !reader.buffer().is_empty();
             write.write_all(b"250 2.1.0 Ok\r\n").await?;
@@ -442,6 +456,7 @@ async fn session(
                 data,
                 auth_user: auth_user.clone(),
                 pipelined,
+                mail_params: mail_params.clone(),
             });
             write.write_all(b"250 2.0.0 Ok: queued\r\n").await?;
         } else if upper == "RSET" {
