@@ -206,7 +206,7 @@ const HEADER_LINE: usize = 76;
 /// lettre's per-word encoder (BENCHMARKS.md, item 26). Anything else goes through lettre:
 /// RFC 2047 for non-ASCII, and no CR or LF ever reaching the wire as a line break.
 fn push_header(head: &mut String, name: &'static str, value: &str) {
-    if !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+    if !printable_ascii(value) {
         let mut encoded = Headers::new();
         encoded.insert_raw(HeaderValue::new(
             HeaderName::new_from_ascii_str(name),
@@ -228,11 +228,16 @@ thread_local! {
         const { std::cell::RefCell::new((String::new(), String::new())) };
 }
 
+/// A header value that lettre writes as it is (folded): nothing in it to encode.
+fn printable_ascii(value: &str) -> bool {
+    value.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
 /// The `Subject:` line. One that is not printable ASCII (a dash, an emoji) is encoded once
 /// and reused while the subject stays the same: every email of a digest has the same one,
 /// unless it names the subscriber, and lettre's RFC 2047 encoder costs ~3,000 instructions.
 fn push_subject(head: &mut String, subject: &str) {
-    if subject.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+    if printable_ascii(subject) {
         push_header(head, "Subject", subject);
         return;
     }
