@@ -4,9 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use crate::compose::Composer;
+use crate::domain::clock::{Millis, to_rfc3339};
 use crate::domain::{DailySchedule, Invalid, ItemSelection, NewDigest, NewItem, SubscriberStatus};
 use crate::render::Rendered;
-use crate::store::{DigestRow, ItemRow, Millis, Store, StoreError, StoredSchedule, SubscriberRow};
+use crate::store::{DigestRow, ItemRow, Store, StoreError, StoredSchedule, SubscriberRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EditorError {
@@ -333,17 +334,14 @@ impl Editor {
                 .list_subscribers(status, 1000, after.as_deref())
                 .await?;
             for s in &page {
-                let confirmed = s
-                    .confirmed_at
-                    .map(crate::store::to_rfc3339)
-                    .unwrap_or_default();
+                let confirmed = s.confirmed_at.map(to_rfc3339).unwrap_or_default();
                 out.write_record([
                     s.email.as_str(),
                     s.name.as_deref().unwrap_or(""),
                     s.status.as_str(),
-                    &crate::store::to_rfc3339(s.created_at),
+                    &to_rfc3339(s.created_at),
                     &confirmed,
-                    &crate::store::to_rfc3339(s.consent_at),
+                    &to_rfc3339(s.consent_at),
                     s.consent_ip.as_deref().unwrap_or(""),
                     s.consent_user_agent.as_deref().unwrap_or(""),
                 ])

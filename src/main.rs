@@ -7,9 +7,10 @@ use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use squeeze::app::{App, Roles};
 use squeeze::config::{Config, Layer, LogFormat};
+use squeeze::domain::clock::{now_ms, to_rfc3339};
 use squeeze::domain::{DailySchedule, NewItem};
 use squeeze::editor::{DigestRequest, Editor, EditorError, EditorResult, PreviewFormat};
-use squeeze::store::{DigestRow, ItemRow, now_ms, to_rfc3339};
+use squeeze::store::{DigestRow, ItemRow};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of glibc's malloc: the worker allocates and frees small buffers for every

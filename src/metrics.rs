@@ -9,8 +9,10 @@ use prometheus::{
 };
 
 use crate::domain::DeliveryKind;
+use crate::domain::clock::Millis;
+use crate::domain::delivery::Outcome;
 use crate::stats::WORKER_ALIVE;
-use crate::store::{Millis, Outcome, Store, StoreResult};
+use crate::store::{Store, StoreResult};
 
 pub struct Metrics {
     registry: Registry,

@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
+use crate::domain::clock::ms;
 use crate::domain::{ItemSelection, NewDigest};
-use crate::store::{Store, StoreError, StoreResult, ms};
+use crate::store::{Store, StoreError, StoreResult};
 
 const TICK: Duration = Duration::from_secs(1);
 

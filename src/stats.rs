@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::domain::clock::{Millis, to_rfc3339};
 use crate::domain::{DigestStatus, SubscriberStatus};
-use crate::store::{
-    DayColumn, DeliveryCounts, DigestRow, FailureRow, Millis, Store, StoreResult, to_rfc3339,
-};
+use crate::store::{DayColumn, DeliveryCounts, DigestRow, FailureRow, Store, StoreResult};
 
 const DAY_MS: i64 = 86_400_000;
 /// A worker is alive while its heartbeat is at most this old (it beats every 2 s).

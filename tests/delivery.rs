@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Options, SmtpServer, TestApp, WAIT, eventually, seed, send_digest_with_intro_now};
-use squeeze::store::now_ms;
+use squeeze::domain::clock::now_ms;
 
 fn opts(smtp: &SmtpServer) -> Options {
     Options {
@@ -30,7 +30,7 @@ fn sent(d: &squeeze::store::ClaimedDelivery) -> squeeze::store::Recorded {
         delivery_id: d.id.clone(),
         claim_id: d.claim_id.clone(),
         subscriber_id: d.subscriber_id.clone(),
-        outcome: squeeze::store::Outcome::Sent,
+        outcome: squeeze::domain::delivery::Outcome::Sent,
     }
 }
 

@@ -41,7 +41,7 @@ async fn scenario(smtp: &SmtpServer) -> (TestApp, String) {
     .await;
     app.exec(&format!(
         "UPDATE delivery_queue SET run_at = {} WHERE delivery_id IN (SELECT d.id FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email IN ('confirmed4@example.com', 'confirmed5@example.com'))",
-        squeeze::store::now_ms() + 3_600_000
+        squeeze::domain::clock::now_ms() + 3_600_000
     ))
     .await;
     let stop = tokio_util::sync::CancellationToken::new();

@@ -53,7 +53,7 @@ async fn stop_all(children: &mut [Child]) {
 
 async fn wait_live_workers(app: &TestApp, n: i64) {
     eventually("workers registered", Duration::from_secs(20), || async {
-        let since = squeeze::store::now_ms() - 6000;
+        let since = squeeze::domain::clock::now_ms() - 6000;
         app.scalar(&format!(
             "SELECT COUNT(*) FROM workers WHERE heartbeat_at >= {since}"
         ))
@@ -211,7 +211,7 @@ async fn scaleout_two_serve_nodes_elect_one_scheduler_and_fan_out_once() {
         let store = app.app.store.clone();
         async move {
             use squeeze::domain::{ItemSelection, NewDigest, NewItem};
-            let now = squeeze::store::now_ms();
+            let now = squeeze::domain::clock::now_ms();
             let item = NewItem::parse(subject, "https://example.com/x", "", None).expect("item");
             store.add_item(&item, now).await.expect("item");
             let d = NewDigest::parse(subject, None, ItemSelection::Pending).expect("digest");

@@ -33,9 +33,10 @@ use sqlx::{AnyConnection, Connection as _};
 use squeeze::app::App;
 use squeeze::compose::DigestContent;
 use squeeze::config::{Config, SmtpSettings};
+use squeeze::domain::clock::now_ms;
 use squeeze::domain::{ItemSelection, NewDigest, NewItem, Token};
 use squeeze::mailer::{self, Letter};
-use squeeze::store::{WORK_CHANNEL, now_ms};
+use squeeze::store::WORK_CHANNEL;
 use tokio::net::TcpStream;
 
 const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");

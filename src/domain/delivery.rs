@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::clock::Millis;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeliveryKind {
     /// The double opt-in email.
@@ -83,6 +85,77 @@ impl FromStr for DeliveryStatus {
     }
 }
 
+impl DeliveryStatus {
+    /// The moves a delivery may make: claimed (`queued -> sending`), an outcome recorded
+    /// (`sending -> anything but sending`), or suppressed while waiting (`queued ->
+    /// suppressed`, when the subscriber leaves). Nothing leaves a final state.
+    pub fn may_become(self, next: Self) -> bool {
+        match (self, next) {
+            (Self::Queued, Self::Sending | Self::Suppressed) => true,
+            (Self::Sending, next) => next != Self::Sending,
+            _ => false,
+        }
+    }
+}
+
+/// What became of one claimed delivery; the worker decides it, the store records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sent,
+    /// Transient failure: back to `queued`, due again at `run_at`.
+    Retry {
+        run_at: Millis,
+        code: Option<u16>,
+        error: String,
+    },
+    Failed {
+        code: Option<u16>,
+        error: String,
+        /// The address does not exist: mark the subscriber `bounced`.
+        bounce: bool,
+    },
+    Suppressed {
+        reason: String,
+    },
+    /// Never started (shutdown): hand the claim back without counting an attempt.
+    Released,
+    /// Not attempted now (its domain is cooling down): due again at `run_at`, no attempt spent.
+    Deferred {
+        run_at: Millis,
+    },
+}
+
+impl Outcome {
+    /// The status a `sending` delivery moves to when this outcome is recorded.
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            Self::Sent => DeliveryStatus::Sent,
+            Self::Retry { .. } | Self::Released | Self::Deferred { .. } => DeliveryStatus::Queued,
+            Self::Failed { .. } => DeliveryStatus::Failed,
+            Self::Suppressed { .. } => DeliveryStatus::Suppressed,
+        }
+    }
+
+    /// When the delivery is due again, for an outcome that puts it back in the queue.
+    pub fn due_again(&self, now: Millis) -> Option<Millis> {
+        match self {
+            Self::Retry { run_at, .. } | Self::Deferred { run_at } => Some(*run_at),
+            Self::Released => Some(now),
+            Self::Sent | Self::Failed { .. } | Self::Suppressed { .. } => None,
+        }
+    }
+
+    /// The message was never attempted: the attempt counted when it was claimed is given back.
+    pub fn gives_attempt_back(&self) -> bool {
+        matches!(self, Self::Released | Self::Deferred { .. })
+    }
+
+    /// The address is dead: the subscriber becomes `bounced` and is mailed no more.
+    pub fn bounces_subscriber(&self) -> bool {
+        matches!(self, Self::Failed { bounce: true, .. })
+    }
+}
+
 /// Why a send did not succeed, classified once at the SMTP boundary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendFailure {
@@ -145,6 +218,71 @@ mod tests {
         assert!(DeliveryStatus::Sent.is_final());
         assert!(!DeliveryStatus::Sending.is_final());
         assert!(!DeliveryStatus::Queued.is_final());
+    }
+
+    #[test]
+    fn only_allowed_moves_are_allowed_and_final_states_are_never_left() {
+        use DeliveryStatus::*;
+        for from in DeliveryStatus::ALL {
+            for to in DeliveryStatus::ALL {
+                let allowed = matches!(
+                    (from, to),
+                    (Queued, Sending | Suppressed) | (Sending, Queued | Sent | Failed | Suppressed)
+                );
+                assert_eq!(from.may_become(to), allowed, "{from} -> {to}");
+                if from.is_final() {
+                    assert!(!from.may_become(to), "{from} is final");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_outcome_is_an_allowed_move_from_sending() {
+        let all = [
+            Outcome::Sent,
+            Outcome::Retry {
+                run_at: 5,
+                code: Some(451),
+                error: "later".into(),
+            },
+            Outcome::Failed {
+                code: Some(550),
+                error: "no".into(),
+                bounce: true,
+            },
+            Outcome::Failed {
+                code: Some(554),
+                error: "no".into(),
+                bounce: false,
+            },
+            Outcome::Suppressed {
+                reason: "unsubscribed".into(),
+            },
+            Outcome::Released,
+            Outcome::Deferred { run_at: 7 },
+        ];
+        for o in &all {
+            assert!(DeliveryStatus::Sending.may_become(o.status()), "{o:?}");
+        }
+        let now = 1;
+        let due: Vec<_> = all.iter().map(|o| o.due_again(now)).collect();
+        assert_eq!(
+            due,
+            [None, Some(5), None, None, None, Some(now), Some(7)],
+            "only what goes back to the queue is due again, at its own time"
+        );
+        let back: Vec<_> = all.iter().map(Outcome::gives_attempt_back).collect();
+        assert_eq!(back, [false, false, false, false, false, true, true]);
+        let bounced: Vec<_> = all.iter().map(Outcome::bounces_subscriber).collect();
+        assert_eq!(bounced, [false, false, true, false, false, false, false]);
+        for o in &all {
+            assert_eq!(
+                o.status() == DeliveryStatus::Queued,
+                o.due_again(now).is_some(),
+                "queued again exactly when due again: {o:?}"
+            );
+        }
     }
 
     #[test]

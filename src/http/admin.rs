@@ -15,9 +15,9 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::{AppState, HttpError};
+use crate::domain::clock::now_ms;
 use crate::domain::{DailySchedule, NewItem};
 use crate::editor::{DigestRequest, EditorError, PreviewFormat};
-use crate::store::now_ms;
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()

@@ -12,7 +12,7 @@ use sha2::Sha256;
 
 use super::admin::{DISABLED, token_matches};
 use super::{AppState, HttpError, page};
-use crate::store::now_ms;
+use crate::domain::clock::{now_ms, to_rfc3339};
 
 const COOKIE: &str = "squeeze_session";
 /// A dashboard session lasts 12 hours.
@@ -233,7 +233,7 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let at = crate::store::to_rfc3339((first_minute + i as i64) * 60_000);
+            let at = to_rfc3339((first_minute + i as i64) * 60_000);
             (at[11..16].to_owned(), *n)
         })
         .collect();
@@ -258,7 +258,7 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
             growth_bars => bars(&growth, 600.0, 80.0),
             sent_last_hour,
             refresh => sending,
-            now => crate::store::to_rfc3339(now),
+            now => to_rfc3339(now),
         },
     )
 }

@@ -59,7 +59,7 @@ impl From<crate::store::StoreError> for HttpError {
         match e {
             // Every connection stayed busy for the whole acquire timeout (on SQLite: the
             // write turn, behind a very long write): a transient state, not a fault.
-            crate::store::StoreError::Db(sqlx::Error::PoolTimedOut) => {
+            crate::store::StoreError::Busy(_) => {
                 Self::Unavailable("the database is busy; try again in a minute".into())
             }
             e => Self::Internal(e.into()),
@@ -104,13 +104,13 @@ mod tests {
 
     #[test]
     fn a_busy_database_is_a_503_and_other_store_faults_a_500() {
-        let busy = HttpError::from(StoreError::Db(sqlx::Error::PoolTimedOut));
+        let busy = HttpError::from(StoreError::Busy("pool timed out".into()));
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             busy.to_string(),
             "the database is busy; try again in a minute"
         );
-        let fault = HttpError::from(StoreError::Db(sqlx::Error::RowNotFound));
+        let fault = HttpError::from(StoreError::Fault("no rows returned".into()));
         assert_eq!(fault.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(fault.to_string(), "internal error");
     }

@@ -14,8 +14,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppState, BODY_LIMIT, HttpError, page};
+use crate::domain::clock::now_ms;
 use crate::domain::{EmailAddress, SubscriberName, Token};
-use crate::store::{ConfirmOutcome, SignUp, UnsubscribeOutcome, now_ms};
+use crate::store::{ConfirmOutcome, SignUp, UnsubscribeOutcome};
 
 const MAX_USER_AGENT: usize = 512;
 

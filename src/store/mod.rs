@@ -9,6 +9,8 @@ use std::time::Duration;
 use crate::config::DatabaseKind;
 use serde::Serialize;
 
+use crate::domain::clock::{Millis, ms, to_rfc3339};
+use crate::domain::delivery::Outcome;
 use crate::domain::{
     DailySchedule, DeliveryKind, DeliveryStatus, DigestStatus, EmailAddress, NewDigest, NewItem,
     SubscriberName, SubscriberStatus,
@@ -16,12 +18,21 @@ use crate::domain::{
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What went wrong in the store, by kind: callers branch on these and never see the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Every connection stayed busy for the whole wait for one (on SQLite: the write turn,
+    /// behind a very long write): transient, try again shortly.
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Busy(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database cannot be reached (connection refused or lost, pool closed).
+    #[error("database error: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Any other failure of the database or of a statement.
+    #[error("database error: {0}")]
+    Fault(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the database holds a value this version does not understand: {0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -30,15 +41,22 @@ pub enum StoreError {
     Conflict(String),
 }
 
-/// Milliseconds since the Unix epoch: how every time is stored.
-pub type Millis = i64;
-
-pub fn now_ms() -> Millis {
-    chrono::Utc::now().timestamp_millis()
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut => Self::Busy(e.into()),
+            sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Self::Unavailable(e.into())
+            }
+            e => Self::Fault(e.into()),
+        }
+    }
 }
 
-pub fn ms(d: Duration) -> Millis {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e.into())
+    }
 }
 
 /// A sign-up as the HTTP edge parsed it, with its consent evidence.
@@ -95,33 +113,6 @@ pub struct ClaimedDelivery {
     pub name: Option<String>,
     pub subscriber_status: SubscriberStatus,
     pub unsubscribe_token: String,
-}
-
-/// The result of one claimed delivery, written back in batches.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Sent,
-    /// Transient failure: back to `queued`, due again at `run_at`.
-    Retry {
-        run_at: Millis,
-        code: Option<u16>,
-        error: String,
-    },
-    Failed {
-        code: Option<u16>,
-        error: String,
-        /// The address does not exist: mark the subscriber `bounced`.
-        bounce: bool,
-    },
-    Suppressed {
-        reason: String,
-    },
-    /// Never started (shutdown): hand the lease back without counting an attempt.
-    Released,
-    /// Not attempted now (its domain is cooling down): due again at `run_at`, no attempt spent.
-    Deferred {
-        run_at: Millis,
-    },
 }
 
 #[derive(Debug, Clone)]
@@ -273,12 +264,6 @@ impl DayColumn {
 pub struct StoredSchedule {
     pub schedule: DailySchedule,
     pub last_date: Option<String>,
-}
-
-pub fn to_rfc3339(ms: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {

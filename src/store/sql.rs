@@ -389,7 +389,7 @@ impl Sql {
             now,
             reply,
         };
-        let gone = || StoreError::Db(sqlx::Error::PoolClosed);
+        let gone = || StoreError::from(sqlx::Error::PoolClosed);
         batcher.send(job).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }

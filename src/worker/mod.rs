@@ -15,12 +15,14 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::compose::{Composer, DigestContent};
 use crate::config::Config;
+use crate::domain::clock::{ms, now_ms};
+use crate::domain::delivery::Outcome;
 use crate::domain::delivery::SendFailure;
 use crate::domain::email::redact_addresses;
 use crate::domain::{DeliveryKind, DigestStatus, RetryPolicy, SubscriberStatus, Token};
 use crate::mailer::{self, Content, Letter, ListHeaders, Transport};
 use crate::metrics::Metrics;
-use crate::store::{ClaimedDelivery, Outcome, Recorded, Store, StoreResult, ms, now_ms};
+use crate::store::{ClaimedDelivery, Recorded, Store, StoreResult};
 
 mod autopause;
 mod limits;

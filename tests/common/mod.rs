@@ -418,7 +418,7 @@ pub async fn send_digest_now(app: &TestApp) -> String {
 /// `send_digest_now`, with this introduction.
 pub async fn send_digest_with_intro_now(app: &TestApp, intro: Option<&str>) -> String {
     use squeeze::domain::{ItemSelection, NewDigest, NewItem};
-    let now = squeeze::store::now_ms();
+    let now = squeeze::domain::clock::now_ms();
     let item = NewItem::parse("News", "https://example.com/n", "Summary", None).expect("item");
     app.app.store.add_item(&item, now).await.expect("item");
     let d = NewDigest::parse("Today", intro, ItemSelection::Pending).expect("digest");
