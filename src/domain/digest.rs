@@ -178,6 +178,72 @@ impl DigestStatus {
     }
 }
 
+/// What an editor, the scheduler or a worker asks of a digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAction {
+    Schedule,
+    Cancel,
+    Pause,
+    Resume,
+    /// The scheduler makes its deliveries (its send time has come).
+    FanOut,
+    /// The scheduler gives up on it: its send time passed beyond the grace window.
+    Miss,
+    /// Nothing of it is left to send.
+    Finish,
+}
+
+/// What an allowed action does to a digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// It moves to this status (`Resume` moves back to the status it was paused from).
+    To(DigestStatus),
+    /// Asked again after it was done: nothing to do, and no error (idempotent).
+    Unchanged,
+}
+
+impl DigestStatus {
+    /// The one rule of which digest may do what. `paused_from` is where a paused digest
+    /// resumes to (`scheduled` when unknown). A refusal says why, for the editor.
+    pub fn decide(
+        self,
+        action: DigestAction,
+        paused_from: Option<DigestStatus>,
+    ) -> Result<Change, String> {
+        use DigestAction as A;
+        use DigestStatus as S;
+        let refuse = |what: &str| Err(format!("{self}; only {what}"));
+        match (action, self) {
+            (A::Schedule, S::Draft | S::Scheduled) => Ok(Change::To(S::Scheduled)),
+            (A::Schedule, _) => refuse("a draft or scheduled digest can be scheduled"),
+            (A::Cancel, S::Cancelled) => Ok(Change::Unchanged),
+            (A::Cancel, S::Draft | S::Scheduled) => Ok(Change::To(S::Cancelled)),
+            (A::Cancel, _) => {
+                refuse("a draft or scheduled digest can be cancelled (pause a sending one)")
+            }
+            (A::Pause, S::Paused) => Ok(Change::Unchanged),
+            (A::Pause, S::Scheduled | S::Sending) => Ok(Change::To(S::Paused)),
+            (A::Pause, _) => refuse("a scheduled or sending digest can be paused"),
+            (A::Resume, S::Paused) => Ok(Change::To(match paused_from {
+                Some(from @ (S::Scheduled | S::Sending)) => from,
+                _ => S::Scheduled,
+            })),
+            (A::Resume, S::Scheduled | S::Sending | S::Sent) => Ok(Change::Unchanged),
+            (A::Resume, _) => refuse("a paused digest can be resumed"),
+            (A::FanOut, S::Scheduled) => Ok(Change::To(S::Sending)),
+            (A::Miss, S::Scheduled) => Ok(Change::To(S::Missed)),
+            (A::Finish, S::Sending) => Ok(Change::To(S::Sent)),
+            (A::FanOut | A::Miss, _) => refuse("a scheduled digest can be sent or missed"),
+            (A::Finish, _) => refuse("a sending digest can finish"),
+        }
+    }
+
+    /// Whether this digest's items are still the editor's to change (before sending).
+    pub fn before_sending(self) -> bool {
+        matches!(self, Self::Draft | Self::Scheduled)
+    }
+}
+
 impl fmt::Display for DigestStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -290,6 +356,75 @@ impl DailySchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_rule_allows_exactly_these_moves() {
+        use DigestAction as A;
+        use DigestStatus as S;
+        let actions = [
+            A::Schedule,
+            A::Cancel,
+            A::Pause,
+            A::Resume,
+            A::FanOut,
+            A::Miss,
+            A::Finish,
+        ];
+        for action in actions {
+            for from in DigestStatus::ALL {
+                let got = from.decide(action, None);
+                let want = match (action, from) {
+                    (A::Schedule, S::Draft | S::Scheduled) => Some(Change::To(S::Scheduled)),
+                    (A::Cancel, S::Draft | S::Scheduled) => Some(Change::To(S::Cancelled)),
+                    (A::Cancel, S::Cancelled) | (A::Pause, S::Paused) => Some(Change::Unchanged),
+                    (A::Pause, S::Scheduled | S::Sending) => Some(Change::To(S::Paused)),
+                    (A::Resume, S::Paused) => Some(Change::To(S::Scheduled)),
+                    (A::Resume, S::Scheduled | S::Sending | S::Sent) => Some(Change::Unchanged),
+                    (A::FanOut, S::Scheduled) => Some(Change::To(S::Sending)),
+                    (A::Miss, S::Scheduled) => Some(Change::To(S::Missed)),
+                    (A::Finish, S::Sending) => Some(Change::To(S::Sent)),
+                    _ => None,
+                };
+                match want {
+                    Some(w) => assert_eq!(got, Ok(w), "{action:?} from {from}"),
+                    None => assert!(got.is_err(), "{action:?} from {from} must be refused"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_paused_digest_resumes_where_it_was_and_refusals_say_why() {
+        let paused = DigestStatus::Paused;
+        assert_eq!(
+            paused.decide(DigestAction::Resume, Some(DigestStatus::Sending)),
+            Ok(Change::To(DigestStatus::Sending))
+        );
+        assert_eq!(
+            paused.decide(DigestAction::Resume, Some(DigestStatus::Draft)),
+            Ok(Change::To(DigestStatus::Scheduled)),
+            "a digest is only ever paused from scheduled or sending"
+        );
+        assert_eq!(
+            DigestStatus::Sent.decide(DigestAction::Cancel, None),
+            Err(
+                "sent; only a draft or scheduled digest can be cancelled (pause a sending one)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            DigestStatus::Draft.decide(DigestAction::Pause, None),
+            Err("draft; only a scheduled or sending digest can be paused".into())
+        );
+        assert_eq!(
+            DigestStatus::Missed.decide(DigestAction::Resume, None),
+            Err("missed; only a paused digest can be resumed".into())
+        );
+        assert_eq!(
+            DigestStatus::Sending.decide(DigestAction::Schedule, None),
+            Err("sending; only a draft or scheduled digest can be scheduled".into())
+        );
+    }
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)

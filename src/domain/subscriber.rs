@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::clock::{Millis, ms};
+
 /// Where a subscriber stands. Only `Confirmed` subscribers ever receive a digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SubscriberStatus {
@@ -53,6 +55,66 @@ pub const RESEND_CONFIRMATION_AFTER: std::time::Duration = std::time::Duration::
 /// A confirmation email not sent within this time is given up (its link would be stale).
 pub const CONFIRMATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// What a sign-up for an address already known does. The HTTP answer is the same for all of
+/// them (no address enumeration); this is for the store, logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignUpOutcome {
+    /// New address, or a returning one that had unsubscribed: pending, confirmation queued.
+    ConfirmationQueued,
+    /// Pending and a confirmation was queued less than the re-send interval ago.
+    RecentlyQueued,
+    AlreadyConfirmed,
+    /// A hard-bounced address is never mailed again.
+    Bounced,
+}
+
+/// The sign-up rule for a known address: confirmed and bounced subscribers are left as they
+/// are (a repeat sign-up never demotes anyone); a pending or departed one gets a new
+/// confirmation, at most one per [`RESEND_CONFIRMATION_AFTER`].
+pub fn sign_up_again(
+    status: SubscriberStatus,
+    confirmation_queued_at: Option<Millis>,
+    now: Millis,
+) -> SignUpOutcome {
+    match status {
+        SubscriberStatus::Confirmed => SignUpOutcome::AlreadyConfirmed,
+        SubscriberStatus::Bounced => SignUpOutcome::Bounced,
+        SubscriberStatus::Pending | SubscriberStatus::Unsubscribed => {
+            if confirmation_queued_at.is_some_and(|t| now - t < ms(RESEND_CONFIRMATION_AFTER)) {
+                SignUpOutcome::RecentlyQueued
+            } else {
+                SignUpOutcome::ConfirmationQueued
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    Confirmed,
+    /// The link was used before, and the subscriber is confirmed: same friendly page.
+    AlreadyConfirmed,
+    /// Expired, used by someone no longer pending, or never issued: offer a new link.
+    Invalid,
+}
+
+/// The confirmation rule for a link that was issued: a confirmed subscriber sees the same
+/// friendly page again; an unused, unexpired link confirms a pending subscriber; anything
+/// else (used, expired, or the subscriber left or bounced since: an old link must not
+/// re-enrol) is invalid.
+pub fn confirm_link(
+    status: SubscriberStatus,
+    used: bool,
+    expires_at: Millis,
+    now: Millis,
+) -> ConfirmOutcome {
+    match (used, status) {
+        (_, SubscriberStatus::Confirmed) => ConfirmOutcome::AlreadyConfirmed,
+        (false, SubscriberStatus::Pending) if now < expires_at => ConfirmOutcome::Confirmed,
+        _ => ConfirmOutcome::Invalid,
+    }
+}
+
 const MAX_NAME_CHARS: usize = 100;
 
 /// A subscriber's name as they typed it: trimmed, at most 100 characters, no control characters
@@ -92,6 +154,53 @@ impl SubscriberName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeat_sign_up_never_demotes_and_resends_at_most_every_ten_minutes() {
+        use SignUpOutcome as O;
+        use SubscriberStatus as S;
+        let now = 100 * 60_000;
+        let recent = Some(now - ms(RESEND_CONFIRMATION_AFTER) + 1);
+        let old = Some(now - ms(RESEND_CONFIRMATION_AFTER));
+        for queued in [None, recent, old] {
+            assert_eq!(
+                sign_up_again(S::Confirmed, queued, now),
+                O::AlreadyConfirmed
+            );
+            assert_eq!(sign_up_again(S::Bounced, queued, now), O::Bounced);
+        }
+        for status in [S::Pending, S::Unsubscribed] {
+            assert_eq!(sign_up_again(status, recent, now), O::RecentlyQueued);
+            assert_eq!(sign_up_again(status, old, now), O::ConfirmationQueued);
+            assert_eq!(sign_up_again(status, None, now), O::ConfirmationQueued);
+        }
+    }
+
+    #[test]
+    fn a_link_confirms_only_a_pending_subscriber_once_and_before_it_expires() {
+        use ConfirmOutcome as O;
+        use SubscriberStatus as S;
+        let (now, later) = (1_000, 2_000);
+        assert_eq!(confirm_link(S::Pending, false, later, now), O::Confirmed);
+        assert_eq!(
+            confirm_link(S::Pending, false, now, now),
+            O::Invalid,
+            "expired"
+        );
+        assert_eq!(
+            confirm_link(S::Pending, true, later, now),
+            O::Invalid,
+            "used"
+        );
+        for used in [false, true] {
+            assert_eq!(
+                confirm_link(S::Confirmed, used, now, later),
+                O::AlreadyConfirmed
+            );
+            assert_eq!(confirm_link(S::Unsubscribed, used, later, now), O::Invalid);
+            assert_eq!(confirm_link(S::Bounced, used, later, now), O::Invalid);
+        }
+    }
 
     #[test]
     fn status_round_trips() {
