@@ -22,8 +22,9 @@ mod stats;
 mod subscribers;
 mod workers;
 
-pub use queue::{ClaimedDelivery, Recorded};
-pub use rows::{DeliveryRow, DigestRow, EventRow, FailureRow, ItemRow, SubscriberRow};
+pub use rows::{
+    ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, ItemRow, Recorded, SubscriberRow,
+};
 pub use schedule::StoredSchedule;
 pub use stats::{DayColumn, DeliveryCounts};
 pub use subscribers::{ConfirmOutcome, SignUp, SignUpOutcome, UnsubscribeOutcome};

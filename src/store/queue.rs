@@ -8,36 +8,10 @@ use std::time::Duration;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, FromRow as _, Row as _};
 
-use super::{PerDialect, Store, StoreResult, json_list, new_id};
+use super::{ClaimedDelivery, PerDialect, Recorded, Store, StoreResult, json_list, new_id};
 use crate::domain::clock::{Millis, ms};
 use crate::domain::delivery::Outcome;
 use crate::domain::{DeliveryKind, DeliveryStatus, SubscriberStatus};
-
-/// A delivery claimed by a worker, with what it needs to render and address it.
-#[derive(Debug, Clone)]
-pub struct ClaimedDelivery {
-    pub id: String,
-    pub claim_id: String,
-    pub kind: DeliveryKind,
-    pub digest_id: Option<String>,
-    pub attempts: u32,
-    pub expires_at: Millis,
-    /// When it was queued: the start of its enqueue-to-sent latency.
-    pub created_at: Millis,
-    pub subscriber_id: String,
-    pub email: String,
-    pub name: Option<String>,
-    pub subscriber_status: SubscriberStatus,
-    pub unsubscribe_token: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub delivery_id: String,
-    pub claim_id: String,
-    pub subscriber_id: String,
-    pub outcome: Outcome,
-}
 
 /// Takes due rows out of the queue (the claim row holds them from here). On PostgreSQL, SKIP
 /// LOCKED lets concurrent workers take disjoint rows without waiting for each other. A row

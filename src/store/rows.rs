@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::domain::clock::{Millis, to_rfc3339};
+use crate::domain::delivery::Outcome;
 use crate::domain::{DeliveryKind, DeliveryStatus, DigestStatus, SubscriberStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -98,6 +99,32 @@ pub struct DeliveryRow {
     pub attempts: u32,
     pub smtp_code: Option<u16>,
     pub last_error: Option<String>,
+}
+
+/// A delivery claimed by a worker, with what it needs to render and address it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: String,
+    pub claim_id: String,
+    pub kind: DeliveryKind,
+    pub digest_id: Option<String>,
+    pub attempts: u32,
+    pub expires_at: Millis,
+    /// When it was queued: the start of its enqueue-to-sent latency.
+    pub created_at: Millis,
+    pub subscriber_id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub subscriber_status: SubscriberStatus,
+    pub unsubscribe_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub delivery_id: String,
+    pub claim_id: String,
+    pub subscriber_id: String,
+    pub outcome: Outcome,
 }
 
 /// A [`DeliveryRow`] as stored: its numbers are the database's.
