@@ -179,21 +179,12 @@ impl Store {
             return Ok(Vec::new());
         }
         let subscribers = self.read_subscribers(&mut tx, &taken).await?;
-        let (ids, digests, mut deliveries) = hand_out(&claim_id, taken, &subscribers, &run_at)?;
-        let handed_out = deliveries.len();
-        write_claim(
-            &mut tx,
-            &claim_id,
-            now + ms(lease),
-            &ids,
-            handed_out,
-            &digests,
-        )
-        .await?;
+        let mut out = hand_out(&claim_id, taken, &subscribers, &run_at)?;
+        write_claim(&mut tx, &claim_id, now + ms(lease), &out).await?;
         tx.commit().await?;
         // RETURNING gives no order; the oldest due go first.
-        deliveries.sort_by_key(|(run_at, _)| *run_at);
-        Ok(deliveries.into_iter().map(|(_, d)| d).collect())
+        out.deliveries.sort_by_key(|(run_at, _)| *run_at);
+        Ok(out.deliveries.into_iter().map(|(_, d)| d).collect())
     }
 
     /// Takes up to `limit` due rows out of the queue: when each was due, by delivery id.
@@ -242,17 +233,25 @@ impl Store {
     }
 }
 
-/// What a claim hands out: the ids it took, their digests, and each delivery that still has
-/// its subscriber with when it was due. Each subscriber column is read once per delivery,
+/// What a claim took and hands out.
+struct HandedOut {
+    /// Every delivery it took.
+    ids: Vec<String>,
+    /// Their digests (a digest with a claim is not finished).
+    digests: HashSet<String>,
+    /// Each delivery that still has its subscriber, with when it was due.
+    deliveries: Vec<(Millis, ClaimedDelivery)>,
+}
+
+/// What a claim hands out, from the deliveries it took and their subscribers' rows. Each subscriber column is read once per delivery,
 /// straight from its row: a read from an `AnyRow` looks the name up and copies the value,
 /// and a claim reads thousands.
-#[allow(clippy::type_complexity)]
 fn hand_out(
     claim_id: &str,
     taken: Vec<Taken>,
     subscribers: &[AnyRow],
     run_at: &HashMap<String, Millis>,
-) -> StoreResult<(Vec<String>, HashSet<String>, Vec<(Millis, ClaimedDelivery)>)> {
+) -> StoreResult<HandedOut> {
     let mut by_id = HashMap::with_capacity(subscribers.len());
     for r in subscribers {
         by_id.insert(r.try_get::<String, _>("id")?, r);
@@ -286,7 +285,11 @@ fn hand_out(
             },
         ));
     }
-    Ok((ids, digests, deliveries))
+    Ok(HandedOut {
+        ids,
+        digests,
+        deliveries,
+    })
 }
 
 /// The claim holds every delivery it took (the lease's expiry requeues what is left of them)
@@ -295,20 +298,18 @@ async fn write_claim(
     tx: &mut AnyConnection,
     claim_id: &str,
     lease_until: Millis,
-    ids: &[String],
-    handed_out: usize,
-    digests: &HashSet<String>,
+    out: &HandedOut,
 ) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO claims (id, lease_until, deliveries, remaining) VALUES ($1, $2, $3, $4)",
     )
     .bind(claim_id)
     .bind(lease_until)
-    .bind(json_list(ids.iter().map(String::as_str)))
-    .bind(i64::try_from(handed_out).unwrap_or(i64::MAX))
+    .bind(json_list(out.ids.iter().map(String::as_str)))
+    .bind(i64::try_from(out.deliveries.len()).unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await?;
-    for digest_id in digests {
+    for digest_id in &out.digests {
         sqlx::query("INSERT INTO claim_digests (digest_id, claim_id) VALUES ($1, $2)")
             .bind(digest_id)
             .bind(claim_id)
