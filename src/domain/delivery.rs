@@ -33,6 +33,14 @@ impl FromStr for DeliveryKind {
     }
 }
 
+/// For rows decoded with `#[sqlx(try_from = "String")]`.
+impl TryFrom<String> for DeliveryKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// `queued -> sending -> sent | queued (retry) | failed`, or `suppressed` when the subscriber
 /// no longer wants (or can take) the message at send time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,6 +90,14 @@ impl FromStr for DeliveryStatus {
             .into_iter()
             .find(|v| v.as_str() == s)
             .ok_or_else(|| format!("unknown delivery status {s:?}"))
+    }
+}
+
+/// For rows decoded with `#[sqlx(try_from = "String")]`.
+impl TryFrom<String> for DeliveryStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 

@@ -260,6 +260,14 @@ impl FromStr for DigestStatus {
     }
 }
 
+/// For rows decoded with `#[sqlx(try_from = "String")]`.
+impl TryFrom<String> for DigestStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// When a digest should go out: a moment, or "now".
 pub fn parse_send_at(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Invalid> {
     if raw.trim().eq_ignore_ascii_case("now") {

@@ -50,6 +50,14 @@ impl FromStr for SubscriberStatus {
     }
 }
 
+/// For rows decoded with `#[sqlx(try_from = "String")]`.
+impl TryFrom<String> for SubscriberStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// A pending address gets at most one confirmation email per this interval.
 pub const RESEND_CONFIRMATION_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 /// A confirmation email not sent within this time is given up (its link would be stale).

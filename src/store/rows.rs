@@ -1,0 +1,177 @@
+//! The rows callers read, decoded by `#[derive(sqlx::FromRow)]` (by column name; the status
+//! enums through their `TryFrom<String>`), and shown in JSON with RFC 3339 times.
+
+use serde::Serialize;
+
+use crate::domain::clock::{Millis, to_rfc3339};
+use crate::domain::delivery::Outcome;
+use crate::domain::{DeliveryKind, DeliveryStatus, DigestStatus, SubscriberStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SubscriberRow {
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    #[serde(serialize_with = "as_str")]
+    #[sqlx(try_from = "String")]
+    pub status: SubscriberStatus,
+    #[serde(serialize_with = "rfc3339")]
+    pub consent_at: Millis,
+    pub consent_ip: Option<String>,
+    pub consent_user_agent: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub confirmed_at: Option<Millis>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ItemRow {
+    pub id: String,
+    pub title: String,
+    pub url: String,
+    pub summary: String,
+    pub source: Option<String>,
+    /// `pending` (waiting for a digest) or `used`.
+    pub status: String,
+    pub digest_id: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct DigestRow {
+    pub id: String,
+    pub subject: String,
+    pub intro: Option<String>,
+    #[serde(serialize_with = "as_str")]
+    #[sqlx(try_from = "String")]
+    pub status: DigestStatus,
+    pub paused_reason: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub send_at: Option<Millis>,
+    /// Set for digests the daily schedule made: the local date they were for.
+    pub daily_date: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub expires_at: Option<Millis>,
+    pub recipients: Option<i64>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub started_at: Option<Millis>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub finished_at: Option<Millis>,
+    /// Why the scheduler did what it did (missed, …).
+    pub note: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Millis,
+    pub item_count: i64,
+    /// Loaded by [`Store::digest`](super::Store::digest); empty in listings.
+    #[sqlx(skip)]
+    pub items: Vec<ItemRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    #[serde(serialize_with = "rfc3339")]
+    pub at: Millis,
+    pub kind: String,
+    pub digest_id: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct FailureRow {
+    pub delivery_id: String,
+    pub kind: String,
+    pub digest_id: Option<String>,
+    pub email: String,
+    pub smtp_code: Option<i64>,
+    pub error: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub kind: DeliveryKind,
+    pub subscriber_id: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub smtp_code: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// A delivery claimed by a worker, with what it needs to render and address it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: String,
+    pub claim_id: String,
+    pub kind: DeliveryKind,
+    pub digest_id: Option<String>,
+    pub attempts: u32,
+    pub expires_at: Millis,
+    /// When it was queued: the start of its enqueue-to-sent latency.
+    pub created_at: Millis,
+    pub subscriber_id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub subscriber_status: SubscriberStatus,
+    pub unsubscribe_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub delivery_id: String,
+    pub claim_id: String,
+    pub subscriber_id: String,
+    pub outcome: Outcome,
+}
+
+/// A [`DeliveryRow`] as stored: its numbers are the database's.
+#[derive(sqlx::FromRow)]
+pub(super) struct StoredDelivery {
+    id: String,
+    #[sqlx(try_from = "String")]
+    kind: DeliveryKind,
+    subscriber_id: String,
+    #[sqlx(try_from = "String")]
+    status: DeliveryStatus,
+    attempts: i64,
+    smtp_code: Option<i64>,
+    last_error: Option<String>,
+}
+
+impl From<StoredDelivery> for DeliveryRow {
+    fn from(d: StoredDelivery) -> Self {
+        Self {
+            id: d.id,
+            kind: d.kind,
+            subscriber_id: d.subscriber_id,
+            status: d.status,
+            attempts: u32::try_from(d.attempts).unwrap_or(0),
+            smtp_code: d.smtp_code.and_then(|c| u16::try_from(c).ok()),
+            last_error: d.last_error,
+        }
+    }
+}
+
+pub(super) fn rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&to_rfc3339(*ms))
+}
+
+pub(super) fn rfc3339_opt<S: serde::Serializer>(
+    ms: &Option<Millis>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&to_rfc3339(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+pub(super) fn as_str<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}

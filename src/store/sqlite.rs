@@ -1,0 +1,212 @@
+//! SQLite-only machinery: the two pools (reads, and the one write connection), the task that
+//! writes the sign-ups that arrive together in one transaction, and the background WAL
+//! checkpoint.
+
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor as _};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{SignUp, SignUpOutcome, Store, StoreError, StoreResult};
+use crate::domain::clock::Millis;
+
+/// Most sign-ups written in one transaction.
+const SIGN_UP_BATCH: usize = 128;
+/// How often a background task copies the WAL into the database file (see `checkpoints`).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// At most this many checkpoint passes on a read connection before the writer's.
+const READER_CHECKPOINT_PASSES: usize = 4;
+/// WAL frames (pages): a pass that copied fewer leaves the rest to the writer's pass.
+const LITTLE_LEFT_TO_COPY: i64 = 256;
+
+#[derive(Debug)]
+pub(super) struct SignUpJob {
+    sign_up: SignUp,
+    now: Millis,
+    reply: oneshot::Sender<StoreResult<SignUpOutcome>>,
+}
+
+/// SQLite creates the file when the URL asks for mode `rwc`.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// Pool options for a SQLite file: WAL, so readers never wait for the writer.
+fn sqlite_pool(connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // The writer checkpoints by itself only past 64 MB of WAL, should the
+                // background task (`checkpoints`) ever fall behind.
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;
+                     PRAGMA wal_autocheckpoint = 16384;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+}
+
+/// The read pool and the write pool (one connection: see `Store::writer`).
+pub(super) async fn pools(url: &str) -> StoreResult<(AnyPool, AnyPool)> {
+    let url = sqlite_url(url);
+    let pool = sqlite_pool(4).connect(&url).await?;
+    // A write waits for its turn up to 5 minutes (the longest write, a fan-out to a million,
+    // takes seconds), not the 10 s after which SQLite's own lock gives up; past that it
+    // fails and HTTP answers 503.
+    let writer = sqlite_pool(1)
+        .acquire_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
+        .connect(&url)
+        .await?;
+    Ok((pool, writer))
+}
+
+/// Hands a sign-up to the batcher and waits for its answer.
+pub(super) async fn sign_up_batched(
+    batcher: &mpsc::Sender<SignUpJob>,
+    s: &SignUp,
+    now: Millis,
+) -> StoreResult<SignUpOutcome> {
+    let (reply, answer) = oneshot::channel();
+    let job = SignUpJob {
+        sign_up: s.clone(),
+        now,
+        reply,
+    };
+    let gone = || StoreError::from(sqlx::Error::PoolClosed);
+    batcher.send(job).await.map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
+
+impl Store {
+    /// Starts the sign-up batcher and the checkpoint task; both end with the last clone.
+    pub(super) fn start_sqlite_tasks(&mut self) {
+        let (tx, rx) = mpsc::channel(SIGN_UP_BATCH * 4);
+        tokio::spawn(self.clone().sign_up_batches(rx));
+        self.sign_ups = Some(tx);
+        let (alive, gone) = mpsc::channel(1);
+        tokio::spawn(checkpoints(self.pool.clone(), self.writer.clone(), gone));
+        self._checkpoints = Some(alive);
+    }
+
+    /// Writes the sign-ups that arrived together in one transaction. If that fails, each is
+    /// written on its own, so one bad sign-up cannot fail the others and each gets its own
+    /// answer.
+    async fn sign_up_batches(self, mut rx: mpsc::Receiver<SignUpJob>) {
+        let mut jobs = Vec::with_capacity(SIGN_UP_BATCH);
+        while rx.recv_many(&mut jobs, SIGN_UP_BATCH).await > 0 {
+            match self.sign_up_together(&jobs).await {
+                Ok(outcomes) => {
+                    for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                        let _ = job.reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, count = jobs.len(), "writing sign-ups together failed; writing each on its own");
+                    for job in jobs.drain(..) {
+                        let outcome = self.sign_up_alone(&job.sign_up, job.now).await;
+                        let _ = job.reply.send(outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sign_up_together(&self, jobs: &[SignUpJob]) -> StoreResult<Vec<SignUpOutcome>> {
+        let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        // Queued in one statement for the batch: a statement per sign-up more cost a quarter
+        // of the sign-ups per second on SQLite (scripts/bench-subscribe.sh).
+        let mut confirmations = Vec::new();
+        let mut latest = 0;
+        for j in jobs {
+            let (outcome, confirmation) = self.sign_up_in(&mut tx, &j.sign_up, j.now).await?;
+            outcomes.push(outcome);
+            confirmations.extend(confirmation);
+            latest = latest.max(j.now);
+        }
+        self.enqueue(&mut tx, &confirmations, latest).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+/// Copies committed pages from the WAL into the database file, mostly off the write path.
+/// SQLite's automatic checkpoint runs inside the commit that crosses its threshold (1,000
+/// pages), copying and fsync included, and every write queued behind that commit waits:
+/// under a few thousand sign-ups a second that was most of their p99 (BENCHMARKS.md). Here
+/// passive checkpoints on a read connection copy the bulk without blocking anyone, repeated
+/// while each still finds much to copy; then the write connection, in its turn, copies what
+/// was committed meanwhile, which completes the
+/// checkpoint so the next write starts the WAL over (a checkpoint from another connection
+/// never catches up with a busy writer, and the WAL would grow). Every commit reaches the
+/// disk within about `CHECKPOINT_EVERY`. Ends when the store is dropped or closed.
+async fn checkpoints(pool: AnyPool, writer: AnyPool, mut gone: mpsc::Receiver<()>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = gone.recv() => return,
+            () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        let done = async {
+            // Passes on a read connection until one has little left to copy (what was
+            // committed during the previous pass), so the writer's pass, which holds up every
+            // write for its copy and its fsyncs, is short: one pass left it ~25 ms of copying
+            // under a sign-up load, most of a sign-up's p99 (BENCHMARKS.md, item 28).
+            let mut copied = 0;
+            for _ in 0..READER_CHECKPOINT_PASSES {
+                let (_, _, now_copied): (i64, i64, i64) =
+                    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                        .fetch_one(&pool)
+                        .await?;
+                let fresh = now_copied - copied;
+                copied = now_copied;
+                if fresh < LITTLE_LEFT_TO_COPY {
+                    break;
+                }
+            }
+            let mut conn = writer.acquire().await?;
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut *conn)
+                .await
+        }
+        .await;
+        match done {
+            Ok(_) => failing = false,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "background WAL checkpoint failed; writes checkpoint by themselves past 64 MB of WAL");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_url;
+
+    #[test]
+    fn a_file_url_asks_sqlite_to_create_the_file() {
+        assert_eq!(sqlite_url("sqlite://a.db"), "sqlite://a.db?mode=rwc");
+        assert_eq!(
+            sqlite_url("sqlite://a.db?cache=shared"),
+            "sqlite://a.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(sqlite_url("sqlite://a.db?mode=ro"), "sqlite://a.db?mode=ro");
+        assert_eq!(sqlite_url("sqlite::memory:"), "sqlite::memory:");
+    }
+}

@@ -1,0 +1,197 @@
+//! Counts for reporting: deliveries by state, latency, reply codes, subscribers per day,
+//! throughput, recent failures. Reads only.
+
+use serde::Serialize;
+
+use super::{FailureRow, Store, StoreResult};
+use crate::domain::clock::Millis;
+
+/// Deliveries by state, for one digest or all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct DeliveryCounts {
+    /// Waiting for a first attempt.
+    pub queued: i64,
+    /// Waiting for another attempt after a transient failure.
+    pub retrying: i64,
+    /// Leased by a worker (on the wire, or about to be).
+    pub sending: i64,
+    pub sent: i64,
+    /// Given up, other than hard bounces.
+    pub failed: i64,
+    /// Failed because the address does not exist.
+    pub bounced: i64,
+    pub suppressed: i64,
+    #[serde(skip)]
+    pub first_sent_at: Option<Millis>,
+    #[serde(skip)]
+    pub last_sent_at: Option<Millis>,
+}
+
+impl DeliveryCounts {
+    pub fn total(&self) -> i64 {
+        self.queued
+            + self.retrying
+            + self.sending
+            + self.sent
+            + self.failed
+            + self.bounced
+            + self.suppressed
+    }
+
+    /// Not final yet.
+    pub fn pending(&self) -> i64 {
+        self.queued + self.retrying + self.sending
+    }
+}
+
+/// Subscriber timestamps that per-day statistics count.
+#[derive(Debug, Clone, Copy)]
+pub enum DayColumn {
+    SignedUp,
+    Confirmed,
+    Unsubscribed,
+}
+
+impl DayColumn {
+    /// Counts per UTC day (days since the epoch) of this timestamp since `$1`.
+    fn per_day(self) -> &'static str {
+        match self {
+            Self::SignedUp => {
+                "SELECT created_at / 86400000 AS day, COUNT(*) AS n FROM subscribers
+                 WHERE created_at >= $1 GROUP BY created_at / 86400000 ORDER BY day"
+            }
+            Self::Confirmed => {
+                "SELECT confirmed_at / 86400000 AS day, COUNT(*) AS n FROM subscribers
+                 WHERE confirmed_at >= $1 GROUP BY confirmed_at / 86400000 ORDER BY day"
+            }
+            Self::Unsubscribed => {
+                "SELECT unsubscribed_at / 86400000 AS day, COUNT(*) AS n FROM subscribers
+                 WHERE unsubscribed_at >= $1 GROUP BY unsubscribed_at / 86400000 ORDER BY day"
+            }
+        }
+    }
+}
+
+/// Two statements rather than `$1 IS NULL OR digest_id = $1`, which SQLite can only answer by
+/// reading every delivery ever made.
+const COUNTS_OF_ALL: &str = "SELECT
+         COUNT(CASE WHEN status = 'queued' AND attempts = 0 THEN 1 END) AS queued,
+         COUNT(CASE WHEN status = 'queued' AND attempts > 0 THEN 1 END) AS retrying,
+         COUNT(CASE WHEN status = 'sending' THEN 1 END) AS sending,
+         COUNT(CASE WHEN status = 'sent' THEN 1 END) AS sent,
+         COUNT(CASE WHEN status = 'failed' AND bounce = 0 THEN 1 END) AS failed,
+         COUNT(CASE WHEN status = 'failed' AND bounce <> 0 THEN 1 END) AS bounced,
+         COUNT(CASE WHEN status = 'suppressed' THEN 1 END) AS suppressed,
+         MIN(sent_at) AS first_sent_at,
+         MAX(sent_at) AS last_sent_at
+     FROM deliveries";
+const COUNTS_OF_DIGEST: &str = "SELECT
+         COUNT(CASE WHEN status = 'queued' AND attempts = 0 THEN 1 END) AS queued,
+         COUNT(CASE WHEN status = 'queued' AND attempts > 0 THEN 1 END) AS retrying,
+         COUNT(CASE WHEN status = 'sending' THEN 1 END) AS sending,
+         COUNT(CASE WHEN status = 'sent' THEN 1 END) AS sent,
+         COUNT(CASE WHEN status = 'failed' AND bounce = 0 THEN 1 END) AS failed,
+         COUNT(CASE WHEN status = 'failed' AND bounce <> 0 THEN 1 END) AS bounced,
+         COUNT(CASE WHEN status = 'suppressed' THEN 1 END) AS suppressed,
+         MIN(sent_at) AS first_sent_at,
+         MAX(sent_at) AS last_sent_at
+     FROM deliveries WHERE digest_id = $1";
+
+impl Store {
+    pub async fn delivery_counts(&self, digest_id: Option<&str>) -> StoreResult<DeliveryCounts> {
+        let query = match digest_id {
+            Some(id) => sqlx::query_as(COUNTS_OF_DIGEST).bind(id),
+            None => sqlx::query_as(COUNTS_OF_ALL),
+        };
+        Ok(query.fetch_one(&self.pool).await?)
+    }
+
+    /// The enqueue-to-sent latency at rank `rank` (0-based) among a digest's sent messages.
+    pub async fn latency_at_rank(&self, digest_id: &str, rank: i64) -> StoreResult<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT sent_at - created_at AS latency FROM deliveries
+             WHERE digest_id = $1 AND status = 'sent'
+             ORDER BY latency LIMIT 1 OFFSET $2",
+        )
+        .bind(digest_id)
+        .bind(rank)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A digest's most frequent SMTP reply codes: (code, how many).
+    pub async fn reply_codes(&self, digest_id: &str, limit: i64) -> StoreResult<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT smtp_code, COUNT(*) AS n FROM deliveries
+             WHERE digest_id = $1 AND smtp_code IS NOT NULL
+             GROUP BY smtp_code ORDER BY n DESC, smtp_code LIMIT $2",
+        )
+        .bind(digest_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Subscribers by status: (status, how many).
+    pub async fn subscriber_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) AS n FROM subscribers GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Counts per UTC day (days since the epoch) of a subscriber timestamp since `since`.
+    pub async fn per_day(&self, column: DayColumn, since: Millis) -> StoreResult<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(column.per_day())
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Of the sign-ups since `since`: how many, and how many are confirmed (or were, before
+    /// leaving).
+    pub async fn confirmation_counts(&self, since: Millis) -> StoreResult<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*) AS total, COUNT(confirmed_at) AS confirmed
+             FROM subscribers WHERE created_at >= $1",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// When the longest-waiting due delivery became due.
+    pub async fn oldest_due(&self, now: Millis) -> StoreResult<Option<Millis>> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(run_at) FROM delivery_queue WHERE run_at <= $1")
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Messages sent per minute (minutes since the epoch) since `since`.
+    pub async fn sent_per_minute(&self, since: Millis) -> StoreResult<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT minute, sent AS n FROM sent_per_minute WHERE minute >= $1 / 60000
+             ORDER BY minute",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The latest permanent failures, newest first.
+    pub async fn recent_failures(&self, limit: i64) -> StoreResult<Vec<FailureRow>> {
+        Ok(sqlx::query_as(
+            "SELECT d.id AS delivery_id, d.kind, d.digest_id, s.email, d.smtp_code,
+                    COALESCE(d.last_error, '') AS error, d.failed_at AS at
+             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE d.failed_at IS NOT NULL ORDER BY d.failed_at DESC, d.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,425 @@
+//! Subscribers: sign-up with its confirmation, confirmation and unsubscribe tokens, the
+//! operator's import and erasure, lookups and listings.
+
+use sqlx::AnyConnection;
+
+use super::rows::StoredDelivery;
+use super::{DeliveryRow, PerDialect, Store, StoreResult, SubscriberRow, new_id, parse_col};
+use crate::domain::clock::{Millis, ms};
+use crate::domain::subscriber::{CONFIRMATION_DEADLINE, RESEND_CONFIRMATION_AFTER};
+use crate::domain::{EmailAddress, SubscriberName, SubscriberStatus, Token};
+
+/// A sign-up as the HTTP edge parsed it, with its consent evidence.
+#[derive(Debug, Clone)]
+pub struct SignUp {
+    pub email: EmailAddress,
+    pub name: Option<SubscriberName>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// What a sign-up did. The HTTP answer is the same for all of them (no address enumeration);
+/// this is for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignUpOutcome {
+    /// New address, or a returning one that had unsubscribed: pending, confirmation queued.
+    ConfirmationQueued,
+    /// Pending and a confirmation was queued less than the re-send interval ago.
+    RecentlyQueued,
+    AlreadyConfirmed,
+    /// A hard-bounced address is never mailed again.
+    Bounced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    Confirmed,
+    /// The link was used before, and the subscriber is confirmed: same friendly page.
+    AlreadyConfirmed,
+    /// Expired, used by someone no longer pending, or never issued: offer a new link.
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsubscribeOutcome {
+    Unsubscribed,
+    AlreadyGone,
+    UnknownToken,
+}
+
+/// A known address found by a sign-up (and, on PostgreSQL, locked).
+const LOCK_BY_EMAIL: PerDialect = PerDialect {
+    sqlite: "SELECT id, status, confirmation_queued_at FROM subscribers WHERE email = $1",
+    postgres: "SELECT id, status, confirmation_queued_at FROM subscribers WHERE email = $1 FOR UPDATE",
+};
+
+#[derive(sqlx::FromRow)]
+struct Known {
+    id: String,
+    #[sqlx(try_from = "String")]
+    status: SubscriberStatus,
+    confirmation_queued_at: Option<Millis>,
+}
+
+const LOCK_TOKEN: PerDialect = PerDialect {
+    sqlite: "SELECT t.subscriber_id, t.expires_at, t.used_at, s.status
+             FROM confirmation_tokens t JOIN subscribers s ON s.id = t.subscriber_id
+             WHERE t.token_hash = $1",
+    postgres: "SELECT t.subscriber_id, t.expires_at, t.used_at, s.status
+             FROM confirmation_tokens t JOIN subscribers s ON s.id = t.subscriber_id
+             WHERE t.token_hash = $1 FOR UPDATE",
+};
+
+#[derive(sqlx::FromRow)]
+struct IssuedToken {
+    subscriber_id: String,
+    expires_at: Millis,
+    used_at: Option<Millis>,
+    #[sqlx(try_from = "String")]
+    status: SubscriberStatus,
+}
+
+const LOCK_BY_UNSUBSCRIBE_TOKEN: PerDialect = PerDialect {
+    sqlite: "SELECT id, status FROM subscribers WHERE unsubscribe_token = $1",
+    postgres: "SELECT id, status FROM subscribers WHERE unsubscribe_token = $1 FOR UPDATE",
+};
+
+#[derive(sqlx::FromRow)]
+struct Holder {
+    id: String,
+    #[sqlx(try_from = "String")]
+    status: SubscriberStatus,
+}
+
+const LOCK_ID_BY_EMAIL: PerDialect = PerDialect {
+    sqlite: "SELECT id FROM subscribers WHERE email = $1",
+    postgres: "SELECT id FROM subscribers WHERE email = $1 FOR UPDATE",
+};
+
+impl Store {
+    /// Records a sign-up and, in the same transaction, queues its confirmation email when one
+    /// is due (never more than one per `RESEND_CONFIRMATION_AFTER` for a pending address; it
+    /// is given up after `CONFIRMATION_DEADLINE`).
+    pub async fn sign_up(&self, s: &SignUp, now: Millis) -> StoreResult<SignUpOutcome> {
+        match &self.sign_ups {
+            Some(batcher) => super::sqlite::sign_up_batched(batcher, s, now).await,
+            None => self.sign_up_alone(s, now).await,
+        }
+    }
+
+    pub(super) async fn sign_up_alone(
+        &self,
+        s: &SignUp,
+        now: Millis,
+    ) -> StoreResult<SignUpOutcome> {
+        let mut tx = self.begin_write().await?;
+        let (outcome, confirmation) = self.sign_up_in(&mut tx, s, now).await?;
+        self.enqueue(&mut tx, confirmation.as_slice(), now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// One sign-up inside a write transaction; it writes nothing unless it makes a
+    /// confirmation (never more than one per `RESEND_CONFIRMATION_AFTER` for a pending
+    /// address; it is given up after `CONFIRMATION_DEADLINE`), whose delivery id it returns
+    /// for the caller to queue (`enqueue`).
+    pub(super) async fn sign_up_in(
+        &self,
+        tx: &mut AnyConnection,
+        s: &SignUp,
+        now: Millis,
+    ) -> StoreResult<(SignUpOutcome, Option<String>)> {
+        let name = s.name.as_ref().map(|n| n.as_str());
+        // Insert first: of two concurrent sign-ups for a new address exactly one inserts,
+        // and the other finds (and locks) the row below.
+        let id = new_id();
+        let inserted = sqlx::query(
+            "INSERT INTO subscribers (id, email, name, status, unsubscribe_token,
+                 consent_at, consent_ip, consent_user_agent, confirmation_queued_at,
+                 created_at, updated_at)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $5, $5, $5)
+             ON CONFLICT (email) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(s.email.as_str())
+        .bind(name)
+        .bind(Token::generate().as_str())
+        .bind(now)
+        .bind(&s.ip)
+        .bind(&s.user_agent)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+
+        let subscriber_id = if inserted == 1 {
+            id
+        } else {
+            let known: Known = sqlx::query_as(self.sql(&LOCK_BY_EMAIL))
+                .bind(s.email.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            match known.status {
+                SubscriberStatus::Confirmed => return Ok((SignUpOutcome::AlreadyConfirmed, None)),
+                SubscriberStatus::Bounced => return Ok((SignUpOutcome::Bounced, None)),
+                SubscriberStatus::Pending | SubscriberStatus::Unsubscribed => {}
+            }
+            if known
+                .confirmation_queued_at
+                .is_some_and(|t| now - t < ms(RESEND_CONFIRMATION_AFTER))
+            {
+                return Ok((SignUpOutcome::RecentlyQueued, None));
+            }
+            // A returning or repeated sign-up is new consent: record its evidence.
+            sqlx::query(
+                "UPDATE subscribers SET status = 'pending', name = COALESCE($1, name),
+                     consent_at = $2, consent_ip = $3, consent_user_agent = $4,
+                     unsubscribed_at = NULL, confirmation_queued_at = $2, updated_at = $2
+                 WHERE id = $5",
+            )
+            .bind(name)
+            .bind(now)
+            .bind(&s.ip)
+            .bind(&s.user_agent)
+            .bind(&known.id)
+            .execute(&mut *tx)
+            .await?;
+            known.id
+        };
+        let delivery_id = new_id();
+        sqlx::query(
+            "INSERT INTO deliveries (id, kind, subscriber_id, status, expires_at, created_at,
+                 updated_at)
+             VALUES ($1, 'confirmation', $2, 'queued', $3, $4, $4)",
+        )
+        .bind(&delivery_id)
+        .bind(&subscriber_id)
+        .bind(now + ms(CONFIRMATION_DEADLINE))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        self.notify_work(tx).await?;
+        Ok((SignUpOutcome::ConfirmationQueued, Some(delivery_id)))
+    }
+
+    pub async fn insert_confirmation_token(
+        &self,
+        subscriber_id: &str,
+        token_hash: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> StoreResult<()> {
+        let mut conn = self.write_conn().await?;
+        sqlx::query(
+            "INSERT INTO confirmation_tokens (token_hash, subscriber_id, created_at, expires_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(subscriber_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn confirm(&self, token_hash: &str, now: Millis) -> StoreResult<ConfirmOutcome> {
+        let mut tx = self.begin_write().await?;
+        let token: Option<IssuedToken> = sqlx::query_as(self.sql(&LOCK_TOKEN))
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(token) = token else {
+            return Ok(ConfirmOutcome::Invalid);
+        };
+        let outcome = match (token.used_at, token.status) {
+            (_, SubscriberStatus::Confirmed) => ConfirmOutcome::AlreadyConfirmed,
+            (Some(_), _) => ConfirmOutcome::Invalid,
+            (None, _) if token.expires_at <= now => ConfirmOutcome::Invalid,
+            (None, SubscriberStatus::Pending) => {
+                sqlx::query(
+                    "UPDATE subscribers SET status = 'confirmed', confirmed_at = $1, updated_at = $2
+                     WHERE id = $3 AND status = 'pending'",
+                )
+                .bind(now)
+                .bind(now)
+                .bind(&token.subscriber_id)
+                .execute(&mut *tx)
+                .await?;
+                ConfirmOutcome::Confirmed
+            }
+            // Unsubscribed or bounced since the link was sent: an old link must not re-enrol.
+            (None, _) => ConfirmOutcome::Invalid,
+        };
+        if token.used_at.is_none() && outcome != ConfirmOutcome::Invalid {
+            sqlx::query("UPDATE confirmation_tokens SET used_at = $1 WHERE token_hash = $2")
+                .bind(now)
+                .bind(token_hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The status of the subscriber an unsubscribe token belongs to, if any.
+    pub async fn unsubscribe_token_status(
+        &self,
+        token: &str,
+    ) -> StoreResult<Option<SubscriberStatus>> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM subscribers WHERE unsubscribe_token = $1")
+                .bind(token)
+                .fetch_optional(&self.pool)
+                .await?;
+        status.as_deref().map(parse_col).transpose()
+    }
+
+    /// Unsubscribes and suppresses whatever is still queued for them.
+    pub async fn unsubscribe(&self, token: &str, now: Millis) -> StoreResult<UnsubscribeOutcome> {
+        let mut tx = self.begin_write().await?;
+        let holder: Option<Holder> = sqlx::query_as(self.sql(&LOCK_BY_UNSUBSCRIBE_TOKEN))
+            .bind(token)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(holder) = holder else {
+            return Ok(UnsubscribeOutcome::UnknownToken);
+        };
+        let outcome = match holder.status {
+            SubscriberStatus::Pending | SubscriberStatus::Confirmed => {
+                sqlx::query(
+                    "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = $1,
+                         updated_at = $2
+                     WHERE id = $3",
+                )
+                .bind(now)
+                .bind(now)
+                .bind(&holder.id)
+                .execute(&mut *tx)
+                .await?;
+                UnsubscribeOutcome::Unsubscribed
+            }
+            SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced => {
+                UnsubscribeOutcome::AlreadyGone
+            }
+        };
+        super::queue::suppress_queued(&mut tx, &holder.id, "unsubscribed", now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Adds confirmed subscribers (an import whose consent the operator vouches for),
+    /// leaving known addresses exactly as they are; returns how many were new.
+    pub async fn import_confirmed(
+        &self,
+        rows: &[(EmailAddress, Option<SubscriberName>)],
+        source: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let mut inserted = 0;
+        for (email, name) in rows {
+            inserted += sqlx::query(
+                "INSERT INTO subscribers (id, email, name, status, unsubscribe_token, consent_at,
+                     consent_user_agent, confirmed_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'confirmed', $4, $5, $6, $5, $5, $5)
+                 ON CONFLICT (email) DO NOTHING",
+            )
+            .bind(new_id())
+            .bind(email.as_str())
+            .bind(name.as_ref().map(SubscriberName::as_str))
+            .bind(Token::generate().as_str())
+            .bind(now)
+            .bind(source)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Erases a subscriber with their tokens and deliveries (right to erasure); false if the
+    /// address is unknown.
+    pub async fn forget(&self, email: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let id: Option<String> = sqlx::query_scalar(self.sql(&LOCK_ID_BY_EMAIL))
+            .bind(email)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(id) = id else { return Ok(false) };
+        for sql in [
+            "DELETE FROM deliveries WHERE subscriber_id = $1",
+            "DELETE FROM confirmation_tokens WHERE subscriber_id = $1",
+            "DELETE FROM subscribers WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(&id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn subscriber_by_email(&self, email: &str) -> StoreResult<Option<SubscriberRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
+                    confirmed_at, created_at
+             FROM subscribers WHERE email = $1",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn subscriber_count(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM subscribers")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// A page of subscribers in id order (ids are time-ordered), after `after` if given.
+    pub async fn list_subscribers(
+        &self,
+        status: Option<SubscriberStatus>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> StoreResult<Vec<SubscriberRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
+                    confirmed_at, created_at
+             FROM subscribers
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id > $2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(status.map(|s| s.as_str()))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A subscriber's deliveries, oldest first.
+    pub async fn deliveries_for(&self, subscriber_id: &str) -> StoreResult<Vec<DeliveryRow>> {
+        let rows: Vec<StoredDelivery> = sqlx::query_as(
+            "SELECT id, kind, subscriber_id, status, attempts, smtp_code, last_error
+             FROM deliveries WHERE subscriber_id = $1 ORDER BY created_at, id",
+        )
+        .bind(subscriber_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(DeliveryRow::from).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locking_reads_are_written_for_each_backend() {
+        super::super::tests::assert_dialects(&[
+            ("LOCK_BY_EMAIL", LOCK_BY_EMAIL),
+            ("LOCK_TOKEN", LOCK_TOKEN),
+            ("LOCK_BY_UNSUBSCRIBE_TOKEN", LOCK_BY_UNSUBSCRIBE_TOKEN),
+            ("LOCK_ID_BY_EMAIL", LOCK_ID_BY_EMAIL),
+        ]);
+    }
+}
