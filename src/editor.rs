@@ -296,7 +296,7 @@ impl Editor {
                     user_agent: Some(source.to_owned()),
                 };
                 let outcome = self.store.sign_up(&signup, now).await?;
-                if outcome == crate::store::SignUpOutcome::ConfirmationQueued {
+                if outcome == crate::domain::subscriber::SignUpOutcome::ConfirmationQueued {
                     report.added += 1;
                 } else {
                     report.unchanged += 1;

@@ -15,8 +15,9 @@ use serde_json::json;
 
 use super::{AppState, BODY_LIMIT, HttpError, page};
 use crate::domain::clock::now_ms;
+use crate::domain::subscriber::ConfirmOutcome;
 use crate::domain::{EmailAddress, SubscriberName, Token};
-use crate::store::{ConfirmOutcome, SignUp, UnsubscribeOutcome};
+use crate::store::{SignUp, UnsubscribeOutcome};
 
 const MAX_USER_AGENT: usize = 512;
 

@@ -1,12 +1,13 @@
 //! Items and digests: the editor's drafts, their state changes, and the fan-out that turns a
 //! due digest into one delivery per confirmed subscriber.
 
-use sqlx::{Any, AnyConnection};
+use sqlx::AnyConnection;
 
 use super::{
     DigestRow, ItemRow, PerDialect, Store, StoreError, StoreResult, new_id, not_found, parse_col,
 };
 use crate::domain::clock::Millis;
+use crate::domain::digest::{Change, DigestAction};
 use crate::domain::{DigestStatus, ItemSelection, NewDigest, NewItem};
 
 const DIGEST_BY_ID: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
@@ -34,9 +35,9 @@ const LOCK_PENDING_ITEMS: PerDialect = PerDialect {
     postgres: "SELECT id FROM items WHERE status = 'pending' ORDER BY created_at, id LIMIT 100 FOR UPDATE",
 };
 
-const LOCK_DIGEST_STATUS: PerDialect = PerDialect {
-    sqlite: "SELECT status FROM digests WHERE id = $1",
-    postgres: "SELECT status FROM digests WHERE id = $1 FOR UPDATE",
+const LOCK_DIGEST_STATE: PerDialect = PerDialect {
+    sqlite: "SELECT status, paused_from FROM digests WHERE id = $1",
+    postgres: "SELECT status, paused_from FROM digests WHERE id = $1 FOR UPDATE",
 };
 
 /// The snapshot: confirmed subscribers at this moment, one row each, never twice. The ids
@@ -225,58 +226,55 @@ impl Store {
         status.as_deref().map(parse_col).transpose()
     }
 
-    /// Runs a guarded state change (`… WHERE id = ? AND status IN (…)`); when it changes
-    /// nothing, says why: no such digest, or `refuse(current status)`.
-    async fn transition<'q>(
+    /// Reads a digest's state inside a write transaction (locked on PostgreSQL; SQLite's
+    /// `BEGIN IMMEDIATE` already holds the write lock) and asks the domain's one rule what
+    /// `action` does to it: `NotFound`, or `Conflict` saying why not.
+    async fn decide(
         &self,
+        tx: &mut AnyConnection,
         id: &str,
-        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-        refuse: impl Fn(DigestStatus) -> String,
-    ) -> StoreResult<()> {
-        let mut conn = self.write_conn().await?;
-        if query.execute(&mut *conn).await?.rows_affected() == 1 {
-            return Ok(());
-        }
-        drop(conn);
-        match self.digest_status(id).await? {
-            None => Err(not_found("digest", id)),
-            Some(s) => Err(StoreError::Conflict(refuse(s))),
-        }
+        action: DigestAction,
+    ) -> StoreResult<Change> {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(self.sql(&LOCK_DIGEST_STATE))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((status, paused_from)) = row else {
+            return Err(not_found("digest", id));
+        };
+        let status: DigestStatus = parse_col(&status)?;
+        let paused_from = paused_from.as_deref().map(parse_col).transpose()?;
+        status
+            .decide(action, paused_from)
+            .map_err(|why| StoreError::Conflict(format!("digest {id} is {why}")))
     }
 
     /// `draft` or `scheduled` -> `scheduled` at `send_at`.
     pub async fn schedule_digest(&self, id: &str, send_at: Millis, now: Millis) -> StoreResult<()> {
-        let q = sqlx::query(
-            "UPDATE digests SET status = 'scheduled', send_at = $1, updated_at = $2
-             WHERE id = $3 AND status IN ('draft', 'scheduled')",
-        )
-        .bind(send_at)
-        .bind(now)
-        .bind(id);
-        self.transition(id, q, |s| {
-            format!("digest {id} is {s}; only a draft or scheduled digest can be scheduled")
-        })
-        .await
+        let mut tx = self.begin_write().await?;
+        if let Change::To(to) = self.decide(&mut tx, id, DigestAction::Schedule).await? {
+            sqlx::query(
+                "UPDATE digests SET status = $1, send_at = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(to.as_str())
+            .bind(send_at)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Before sending only; its items become pending again.
     pub async fn cancel_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        let status: Option<String> = sqlx::query_scalar(self.sql(&LOCK_DIGEST_STATUS))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match status.as_deref().map(parse_col).transpose()? {
-            None => return Err(not_found("digest", id)),
-            Some(DigestStatus::Cancelled) => return Ok(()),
-            Some(DigestStatus::Draft | DigestStatus::Scheduled) => {}
-            Some(s) => {
-                return Err(StoreError::Conflict(format!(
-                    "digest {id} is {s}; only a draft or scheduled digest can be cancelled (pause a sending one)"
-                )));
-            }
-        }
-        sqlx::query("UPDATE digests SET status = 'cancelled', updated_at = $1 WHERE id = $2")
+        let Change::To(to) = self.decide(&mut tx, id, DigestAction::Cancel).await? else {
+            return Ok(());
+        };
+        sqlx::query("UPDATE digests SET status = $1, updated_at = $2 WHERE id = $3")
+            .bind(to.as_str())
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
@@ -295,43 +293,39 @@ impl Store {
 
     /// `scheduled` or `sending` -> `paused` (idempotent): workers stop claiming its mail.
     pub async fn pause_digest(&self, id: &str, reason: &str, now: Millis) -> StoreResult<()> {
-        if self.digest_status(id).await? == Some(DigestStatus::Paused) {
-            return Ok(());
+        let mut tx = self.begin_write().await?;
+        if let Change::To(to) = self.decide(&mut tx, id, DigestAction::Pause).await? {
+            sqlx::query(
+                "UPDATE digests SET paused_from = status, status = $1, paused_reason = $2,
+                     updated_at = $3
+                 WHERE id = $4",
+            )
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
-        let q = sqlx::query(
-            "UPDATE digests SET paused_from = status, status = 'paused', paused_reason = $1,
-                 updated_at = $2
-             WHERE id = $3 AND status IN ('scheduled', 'sending')",
-        )
-        .bind(reason)
-        .bind(now)
-        .bind(id);
-        self.transition(id, q, |s| {
-            format!("digest {id} is {s}; only a scheduled or sending digest can be paused")
-        })
-        .await
+        tx.commit().await?;
+        Ok(())
     }
 
     /// `paused` -> whatever it was before (idempotent for a digest that is not paused).
     pub async fn resume_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
-        match self.digest_status(id).await? {
-            None => Err(not_found("digest", id)),
-            Some(DigestStatus::Paused) => {
-                let q = sqlx::query(
-                    "UPDATE digests SET status = COALESCE(paused_from, 'scheduled'),
-                         paused_from = NULL, updated_at = $1
-                     WHERE id = $2 AND status = 'paused'",
-                )
-                .bind(now)
-                .bind(id);
-                self.transition(id, q, |s| format!("digest {id} is {s}, not paused"))
-                    .await
-            }
-            Some(DigestStatus::Scheduled | DigestStatus::Sending | DigestStatus::Sent) => Ok(()),
-            Some(s) => Err(StoreError::Conflict(format!(
-                "digest {id} is {s}; only a paused digest can be resumed"
-            ))),
+        let mut tx = self.begin_write().await?;
+        if let Change::To(to) = self.decide(&mut tx, id, DigestAction::Resume).await? {
+            sqlx::query(
+                "UPDATE digests SET status = $1, paused_from = NULL, updated_at = $2 WHERE id = $3",
+            )
+            .bind(to.as_str())
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Scheduled digests whose time has come.
@@ -456,7 +450,7 @@ mod tests {
         super::super::tests::assert_dialects(&[
             ("LOCK_ITEM_STATUS", LOCK_ITEM_STATUS),
             ("LOCK_PENDING_ITEMS", LOCK_PENDING_ITEMS),
-            ("LOCK_DIGEST_STATUS", LOCK_DIGEST_STATUS),
+            ("LOCK_DIGEST_STATE", LOCK_DIGEST_STATE),
             ("FAN_OUT", FAN_OUT),
         ]);
     }

@@ -27,7 +27,7 @@ pub use rows::{
 };
 pub use schedule::StoredSchedule;
 pub use stats::{DayColumn, DeliveryCounts};
-pub use subscribers::{ConfirmOutcome, SignUp, SignUpOutcome, UnsubscribeOutcome};
+pub use subscribers::{SignUp, UnsubscribeOutcome};
 pub use workers::{Leadership, SCHEDULER_LOCK, WORK_CHANNEL};
 
 use std::time::Duration;

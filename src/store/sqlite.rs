@@ -8,8 +8,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor as _};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{SignUp, SignUpOutcome, Store, StoreError, StoreResult};
+use super::{SignUp, Store, StoreError, StoreResult};
 use crate::domain::clock::Millis;
+use crate::domain::subscriber::SignUpOutcome;
 
 /// Most sign-ups written in one transaction.
 const SIGN_UP_BATCH: usize = 128;

@@ -6,7 +6,9 @@ use sqlx::AnyConnection;
 use super::rows::StoredDelivery;
 use super::{DeliveryRow, PerDialect, Store, StoreResult, SubscriberRow, new_id, parse_col};
 use crate::domain::clock::{Millis, ms};
-use crate::domain::subscriber::{CONFIRMATION_DEADLINE, RESEND_CONFIRMATION_AFTER};
+use crate::domain::subscriber::{
+    CONFIRMATION_DEADLINE, ConfirmOutcome, SignUpOutcome, confirm_link, sign_up_again,
+};
 use crate::domain::{EmailAddress, SubscriberName, SubscriberStatus, Token};
 
 /// A sign-up as the HTTP edge parsed it, with its consent evidence.
@@ -16,28 +18,6 @@ pub struct SignUp {
     pub name: Option<SubscriberName>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
-}
-
-/// What a sign-up did. The HTTP answer is the same for all of them (no address enumeration);
-/// this is for logs and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignUpOutcome {
-    /// New address, or a returning one that had unsubscribed: pending, confirmation queued.
-    ConfirmationQueued,
-    /// Pending and a confirmation was queued less than the re-send interval ago.
-    RecentlyQueued,
-    AlreadyConfirmed,
-    /// A hard-bounced address is never mailed again.
-    Bounced,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfirmOutcome {
-    Confirmed,
-    /// The link was used before, and the subscriber is confirmed: same friendly page.
-    AlreadyConfirmed,
-    /// Expired, used by someone no longer pending, or never issued: offer a new link.
-    Invalid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,16 +138,9 @@ impl Store {
                 .bind(s.email.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-            match known.status {
-                SubscriberStatus::Confirmed => return Ok((SignUpOutcome::AlreadyConfirmed, None)),
-                SubscriberStatus::Bounced => return Ok((SignUpOutcome::Bounced, None)),
-                SubscriberStatus::Pending | SubscriberStatus::Unsubscribed => {}
-            }
-            if known
-                .confirmation_queued_at
-                .is_some_and(|t| now - t < ms(RESEND_CONFIRMATION_AFTER))
-            {
-                return Ok((SignUpOutcome::RecentlyQueued, None));
+            let outcome = sign_up_again(known.status, known.confirmation_queued_at, now);
+            if outcome != SignUpOutcome::ConfirmationQueued {
+                return Ok((outcome, None));
             }
             // A returning or repeated sign-up is new consent: record its evidence.
             sqlx::query(
@@ -231,25 +204,18 @@ impl Store {
         let Some(token) = token else {
             return Ok(ConfirmOutcome::Invalid);
         };
-        let outcome = match (token.used_at, token.status) {
-            (_, SubscriberStatus::Confirmed) => ConfirmOutcome::AlreadyConfirmed,
-            (Some(_), _) => ConfirmOutcome::Invalid,
-            (None, _) if token.expires_at <= now => ConfirmOutcome::Invalid,
-            (None, SubscriberStatus::Pending) => {
-                sqlx::query(
-                    "UPDATE subscribers SET status = 'confirmed', confirmed_at = $1, updated_at = $2
-                     WHERE id = $3 AND status = 'pending'",
-                )
-                .bind(now)
-                .bind(now)
-                .bind(&token.subscriber_id)
-                .execute(&mut *tx)
-                .await?;
-                ConfirmOutcome::Confirmed
-            }
-            // Unsubscribed or bounced since the link was sent: an old link must not re-enrol.
-            (None, _) => ConfirmOutcome::Invalid,
-        };
+        let outcome = confirm_link(token.status, token.used_at.is_some(), token.expires_at, now);
+        if outcome == ConfirmOutcome::Confirmed {
+            sqlx::query(
+                "UPDATE subscribers SET status = 'confirmed', confirmed_at = $1, updated_at = $2
+                 WHERE id = $3 AND status = 'pending'",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(&token.subscriber_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         if token.used_at.is_none() && outcome != ConfirmOutcome::Invalid {
             sqlx::query("UPDATE confirmation_tokens SET used_at = $1 WHERE token_hash = $2")
                 .bind(now)
