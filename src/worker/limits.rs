@@ -1,5 +1,5 @@
 //! Pacing: one global rate shared by every sender of the process, optional per-domain rates,
-//! and a cool-down for domains that answer "slow down".
+//! and a cool-down for domains that answer "slow down" (`Verdict::Throttle`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -8,11 +8,6 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
-
-/// A 4xx reply that means "you are sending too fast" rather than "this message failed".
-pub fn is_throttle(code: Option<u16>) -> bool {
-    matches!(code, Some(421 | 451 | 454))
-}
 
 pub struct Limits {
     /// Replaced, not mutated, when the process's share of the global rate changes.
@@ -117,11 +112,5 @@ mod tests {
         assert_eq!(limits.cooling("other.example"), None);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(limits.cooling("slow.example"), None);
-    }
-
-    #[test]
-    fn throttle_codes() {
-        assert!(is_throttle(Some(421)) && is_throttle(Some(451)) && is_throttle(Some(454)));
-        assert!(!is_throttle(Some(450)) && !is_throttle(None) && !is_throttle(Some(550)));
     }
 }
