@@ -113,4 +113,37 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(limits.cooling("slow.example"), None);
     }
+
+    /// Break (b): every domain paced at the slow domain's limit. A domain without a limit of
+    /// its own goes at the global rate, however slow another domain is held.
+    #[tokio::test]
+    async fn a_fast_domain_is_not_held_to_a_slow_domains_rate() {
+        let n = NonZeroU32::new(10_000).expect("nonzero");
+        let slow_rate = NonZeroU32::new(5).expect("nonzero");
+        let limits = Limits::new(
+            n,
+            n,
+            &[("slow.example".to_owned(), slow_rate)],
+            Duration::from_secs(60),
+        );
+        // The slow domain is paced: its second message waits about 200 ms.
+        let started = std::time::Instant::now();
+        limits.wait("slow.example").await;
+        limits.wait("slow.example").await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "slow.example is held to 5/s: {:?}",
+            started.elapsed()
+        );
+        // Twenty to a fast domain right after: at 5/s they would take four seconds.
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            limits.wait("fast.example").await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "fast.example was held to the slow domain's rate: {:?}",
+            started.elapsed()
+        );
+    }
 }
