@@ -7,16 +7,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::compose::Composer;
+use crate::compose::{ComposeSettings, Composer};
 use crate::config::Config;
 use crate::editor::Editor;
 use crate::http::{self, AppState};
-use crate::mailer::Transport;
+use crate::mail::Transport;
 use crate::metrics::Metrics;
 use crate::render::{RenderError, Renderer};
 use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerSettings};
 
 /// Why the process could not start; `exit_code` follows DESIGN.md (2: fix the configuration).
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,10 @@ impl App {
     /// Loads templates, prepares the outbox, opens and migrates the database.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let renderer = Arc::new(Renderer::load(&config.templates)?);
-        let transport = Transport::from_config(&config);
+        let transport = match &config.smtp {
+            Some(settings) => Transport::smtp(settings.clone(), config.smtp_timeout),
+            None => Transport::Outbox(config.outbox.clone()),
+        };
         transport
             .prepare()
             .await
@@ -85,7 +88,7 @@ impl App {
     }
 
     pub fn composer(&self) -> Composer {
-        Composer::new(self.renderer.clone(), self.config.clone())
+        Composer::new(self.renderer.clone(), compose_settings(&self.config))
     }
 
     pub fn editor(&self) -> Editor {
@@ -106,10 +109,28 @@ impl App {
             self.store.clone(),
             self.composer(),
             self.transport.clone(),
-            self.config.clone(),
+            self.worker_settings(),
             self.wake.clone(),
             self.metrics.clone(),
         )
+    }
+
+    fn worker_settings(&self) -> WorkerSettings {
+        let c = &self.config;
+        WorkerSettings {
+            from: c.from.clone(),
+            concurrency: c.concurrency,
+            rate: c.rate,
+            burst: c.burst,
+            domain_rates: c.domain_rates.clone(),
+            throttle_cooldown: c.throttle_cooldown,
+            retry: c.retry.clone(),
+            pause_threshold: c.pause_threshold,
+            pause_window: c.pause_window,
+            lease: c.lease,
+            shutdown_timeout: c.shutdown_timeout,
+            confirmation_ttl: c.confirmation_ttl,
+        }
     }
 
     pub fn state(&self) -> AppState {
@@ -148,5 +169,47 @@ impl App {
         }
         served?;
         Ok(())
+    }
+}
+
+/// What `compose` needs of the configuration.
+fn compose_settings(c: &Config) -> ComposeSettings {
+    ComposeSettings {
+        list_name: c
+            .from
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "Squeeze".to_owned()),
+        list_id: c.list_id.clone(),
+        public_url: c.public_url.clone(),
+        unsubscribe_mailto: c.unsubscribe_mailto.clone(),
+        confirmation_ttl: c.confirmation_ttl,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Links in emails are the links the configuration makes, whatever the public URL.
+    #[test]
+    fn compose_settings_make_the_links_the_configuration_makes() {
+        for public_url in [
+            "https://news.example.com",
+            "https://example.com/news/",
+            "https://example.com/news?ref=mail",
+            "https://example.com/news#top",
+        ] {
+            let config =
+                Config::load(None, vec![("public_url".into(), public_url.into())]).expect("config");
+            let settings = compose_settings(&config);
+            for (path, token) in [("/confirm", "abc"), ("/unsubscribe", "a b&c")] {
+                assert_eq!(settings.link(path, token), config.link(path, token));
+            }
+        }
+        let named = Config::load(None, vec![("from".into(), "News <n@example.com>".into())])
+            .expect("config");
+        assert_eq!(compose_settings(&named).list_name, "News");
     }
 }

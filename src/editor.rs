@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::compose::Composer;
+use crate::compose::{Composer, DigestContent};
 use crate::domain::clock::{Millis, to_rfc3339};
 use crate::domain::{DailySchedule, Invalid, ItemSelection, NewDigest, NewItem, SubscriberStatus};
 use crate::render::Rendered;
@@ -170,7 +170,7 @@ impl Editor {
 
     fn render_sample(&self, digest: &DigestRow) -> EditorResult<Rendered> {
         self.composer
-            .preview(digest)
+            .preview(&DigestContent::from(digest))
             .map(|(r, _)| r)
             .map_err(|e| EditorError::Template(e.to_string()))
     }

@@ -6,7 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod editor;
 pub mod http;
-pub mod mailer;
+pub mod mail;
 pub mod metrics;
 pub mod render;
 pub mod scheduler;

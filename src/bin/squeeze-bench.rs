@@ -35,7 +35,7 @@ use squeeze::compose::DigestContent;
 use squeeze::config::{Config, SmtpSettings};
 use squeeze::domain::clock::now_ms;
 use squeeze::domain::{ItemSelection, NewDigest, NewItem, Token};
-use squeeze::mailer::{self, Letter};
+use squeeze::mail::{self as mailer, Letter, Sender as _};
 use squeeze::store::WORK_CHANNEL;
 use tokio::net::TcpStream;
 
@@ -487,7 +487,7 @@ async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8
     let (content, list) = app
         .composer()
         .digest(
-            &DigestContent::new(&digest),
+            &DigestContent::from(&digest),
             Some("Reader 0"),
             token.as_str(),
         )
@@ -743,7 +743,7 @@ enum FloorClient {
     /// lettre's `send` (the floor issue #7 names): MAIL, RCPT, DATA and the content one
     /// round trip each.
     Lettre,
-    /// The worker's own SMTP code (`mailer::Sender`: pipelined commands, the content in one
+    /// The worker's own SMTP code (`mail::Sender`: pipelined commands, the content in one
     /// write), without database or rendering: what the rest of the pipeline costs on top.
     Squeeze,
 }

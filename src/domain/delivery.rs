@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::clock::Millis;
+use super::smtp::Verdict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeliveryKind {
@@ -172,54 +173,51 @@ impl Outcome {
     }
 }
 
-/// Why a send did not succeed, classified once at the SMTP boundary.
+/// Why a send did not succeed: the reply code, when there was a reply, and the error as
+/// people read it. What it means is asked of [`SendFailure::verdict`], decided in
+/// [`super::smtp::classify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendFailure {
-    /// 4xx, timeouts, refused or reset connections: worth another try later.
-    Transient { code: Option<u16>, text: String },
-    /// 5xx: retrying will not help. `bounce` when the mailbox itself does not exist (5.1.x).
-    Permanent {
-        code: Option<u16>,
-        text: String,
-        bounce: bool,
-    },
+pub struct SendFailure {
+    /// The SMTP reply code; `None` for connection trouble (connecting, TLS, AUTH, timeouts,
+    /// a broken connection, an outbox that cannot be written).
+    pub code: Option<u16>,
+    /// The whole error, e.g. `permanent error (550): 5.1.1 <x@y.z>: Recipient address
+    /// rejected`.
+    pub text: String,
 }
 
 impl SendFailure {
-    pub fn code(&self) -> Option<u16> {
-        match self {
-            Self::Transient { code, .. } | Self::Permanent { code, .. } => *code,
+    /// A failure that got no reply: connection-level trouble, always worth a retry.
+    pub fn connection(text: String) -> Self {
+        Self { code: None, text }
+    }
+
+    /// A refusal with its reply code. `text` is the whole error: what follows its first
+    /// `": "` is the server's reply.
+    pub fn reply(code: u16, text: String) -> Self {
+        Self {
+            code: Some(code),
+            text,
         }
+    }
+
+    pub fn code(&self) -> Option<u16> {
+        self.code
     }
 
     pub fn text(&self) -> &str {
-        match self {
-            Self::Transient { text, .. } | Self::Permanent { text, .. } => text,
-        }
+        &self.text
     }
-}
 
-/// A 5xx reply whose enhanced status code is 5.1.x (bad destination mailbox or address), or a
-/// bare 550/551/553 "user unknown", means the address is dead.
-pub fn is_bounce(code: u16, text: &str) -> bool {
-    let enhanced_5_1 = text
-        .split_whitespace()
-        .next()
-        .is_some_and(|w| w.starts_with("5.1."));
-    enhanced_5_1 || (matches!(code, 550 | 551 | 553) && mentions_unknown_user(text))
-}
+    /// The server's reply text, after the error's own prefix (`"permanent error (550): "`).
+    pub fn reply_text(&self) -> &str {
+        self.text.split_once(": ").map_or("", |(_, r)| r)
+    }
 
-fn mentions_unknown_user(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    [
-        "user unknown",
-        "unknown user",
-        "no such user",
-        "does not exist",
-        "mailbox unavailable",
-    ]
-    .iter()
-    .any(|p| t.contains(p))
+    /// What the failure means, from the one classification.
+    pub fn verdict(&self) -> Verdict {
+        super::smtp::classify(self.code, self.reply_text())
+    }
 }
 
 #[cfg(test)]
@@ -302,13 +300,18 @@ mod tests {
     }
 
     #[test]
-    fn recognises_hard_bounces() {
-        assert!(is_bounce(550, "5.1.1 <x@y.z>: Recipient address rejected"));
-        assert!(is_bounce(
+    fn a_failure_is_classified_by_its_code_and_the_reply_after_the_prefix() {
+        let f = SendFailure::reply(
             550,
-            "Requested action not taken: mailbox unavailable"
-        ));
-        assert!(!is_bounce(550, "5.7.1 Message rejected as spam"));
-        assert!(!is_bounce(552, "5.2.2 Mailbox full"));
+            "permanent error (550): 5.1.1 <x@y.z>: Recipient address rejected".into(),
+        );
+        assert_eq!(f.reply_text(), "5.1.1 <x@y.z>: Recipient address rejected");
+        assert_eq!(f.verdict(), Verdict::HardBounce);
+        let spam = SendFailure::reply(550, "permanent error (550): 5.7.1 spam".into());
+        assert_eq!(spam.verdict(), Verdict::PolicyRejection);
+        let later = SendFailure::reply(450, "transient error (450): 4.2.0 busy".into());
+        assert_eq!(later.verdict(), Verdict::RetryLater);
+        let gone = SendFailure::connection("cannot connect to x:25: refused".into());
+        assert_eq!(gone.verdict(), Verdict::ConnectionTrouble);
     }
 }

@@ -5,6 +5,7 @@ pub mod delivery;
 pub mod digest;
 pub mod email;
 pub mod retry;
+pub mod smtp;
 pub mod subscriber;
 pub mod token;
 

@@ -1,5 +1,5 @@
 //! Pacing: one global rate shared by every sender of the process, optional per-domain rates,
-//! and a cool-down for domains that answer "slow down".
+//! and a cool-down for domains that answer "slow down" (`Verdict::Throttle`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -8,11 +8,6 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
-
-/// A 4xx reply that means "you are sending too fast" rather than "this message failed".
-pub fn is_throttle(code: Option<u16>) -> bool {
-    matches!(code, Some(421 | 451 | 454))
-}
 
 pub struct Limits {
     /// Replaced, not mutated, when the process's share of the global rate changes.
@@ -119,9 +114,36 @@ mod tests {
         assert_eq!(limits.cooling("slow.example"), None);
     }
 
-    #[test]
-    fn throttle_codes() {
-        assert!(is_throttle(Some(421)) && is_throttle(Some(451)) && is_throttle(Some(454)));
-        assert!(!is_throttle(Some(450)) && !is_throttle(None) && !is_throttle(Some(550)));
+    /// Break (b): every domain paced at the slow domain's limit. A domain without a limit of
+    /// its own goes at the global rate, however slow another domain is held.
+    #[tokio::test]
+    async fn a_fast_domain_is_not_held_to_a_slow_domains_rate() {
+        let n = NonZeroU32::new(10_000).expect("nonzero");
+        let slow_rate = NonZeroU32::new(5).expect("nonzero");
+        let limits = Limits::new(
+            n,
+            n,
+            &[("slow.example".to_owned(), slow_rate)],
+            Duration::from_secs(60),
+        );
+        // The slow domain is paced: its second message waits about 200 ms.
+        let started = std::time::Instant::now();
+        limits.wait("slow.example").await;
+        limits.wait("slow.example").await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "slow.example is held to 5/s: {:?}",
+            started.elapsed()
+        );
+        // Twenty to a fast domain right after: at 5/s they would take four seconds.
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            limits.wait("fast.example").await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "fast.example was held to the slow domain's rate: {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -1,0 +1,86 @@
+//! The claim loop: due deliveries are leased in batches (each claim commits before any SMTP
+//! work) and handed to the senders through a bounded channel.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use super::{CLAIMED_AHEAD, IDLE_POLL, Worker};
+use crate::domain::clock::now_ms;
+use crate::store::ClaimedDelivery;
+
+impl Worker {
+    pub(super) async fn claim_loop(
+        &self,
+        job_tx: &mpsc::Sender<ClaimedDelivery>,
+        shutdown: &CancellationToken,
+    ) {
+        let depth = job_tx.max_capacity();
+        while !shutdown.is_cancelled() {
+            let room = job_tx.capacity();
+            // Claim in large batches (each claim is a write transaction, whatever its size),
+            // and early: a claim takes milliseconds, and senders that run dry meanwhile idle.
+            // Profiled at 11,000 emails/s on PostgreSQL, claims made when half the queue was
+            // free (11 ms each) left it empty two times in three.
+            if room == 0 || room < depth / 4 {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => continue,
+                }
+            }
+            // Nothing claimed is waiting (the worker has just been woken, or its senders ran
+            // dry): a small claim first sets every connection going within milliseconds,
+            // where a full one keeps them all idle while it runs (18 ms for 512 on
+            // PostgreSQL); the next turn claims the rest.
+            let room = if room == depth {
+                room.min(self.settings.concurrency.get() * 2)
+            } else {
+                room
+            };
+            let room = u32::try_from(room).unwrap_or(u32::MAX);
+            let claimed = match self.store.claim(now_ms(), self.settings.lease, room).await {
+                Ok(c) => c,
+                Err(e) => {
+                    error!(error = %e, "claiming deliveries failed; retrying in a second");
+                    self.idle(Duration::from_secs(1), shutdown).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                let wait = match self.store.next_due().await {
+                    Ok(Some(due)) => {
+                        Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0))
+                    }
+                    _ => IDLE_POLL,
+                };
+                self.idle(wait.min(IDLE_POLL), shutdown).await;
+                continue;
+            }
+            debug!(count = claimed.len(), "claimed deliveries");
+            for d in claimed {
+                if job_tx.send(d).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// How many claimed deliveries may wait for a sender: enough that claims come in large
+    /// batches, but no more than about a second of sending at the configured rate, so a
+    /// slow, rate-limited worker does not sit on leases others could use.
+    pub(super) fn queue_depth(&self) -> usize {
+        let concurrency = self.settings.concurrency.get();
+        let per_second = usize::try_from(self.settings.rate.get()).unwrap_or(usize::MAX);
+        (concurrency * 2).max(CLAIMED_AHEAD.min(per_second))
+    }
+
+    async fn idle(&self, wait: Duration, shutdown: &CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The compose step: each delivery's content and list headers, from the digest (loaded once
+//! and shared by all its emails) or a fresh confirmation token.
+
+use std::sync::Arc;
+
+use super::Worker;
+use crate::compose::{DigestContent, ItemContent};
+use crate::domain::DeliveryKind;
+use crate::domain::Token;
+use crate::domain::clock::ms;
+use crate::mail::{Content, ListHeaders};
+use crate::store::{ClaimedDelivery, DigestRow};
+
+/// A digest as the templates see it, from its row: the one place a row becomes content.
+impl From<&DigestRow> for DigestContent {
+    fn from(d: &DigestRow) -> Self {
+        DigestContent::new(
+            &d.id,
+            &d.subject,
+            d.intro.as_deref(),
+            d.items.iter().map(|i| ItemContent {
+                title: &i.title,
+                url: &i.url,
+                summary: &i.summary,
+                source: i.source.as_deref(),
+            }),
+        )
+    }
+}
+
+impl Worker {
+    pub(super) async fn compose(
+        &self,
+        d: &ClaimedDelivery,
+        now: i64,
+    ) -> Result<(Content, Option<ListHeaders>), Compose> {
+        match d.kind {
+            DeliveryKind::Confirmation => {
+                // The token is born here and only its hash is stored: the database never
+                // holds a usable confirmation link.
+                let token = Token::generate();
+                let expires = now + ms(self.settings.confirmation_ttl);
+                self.store
+                    .insert_confirmation_token(&d.subscriber_id, &token.hash(), now, expires)
+                    .await
+                    .map_err(|e| Compose::Retry(format!("cannot store confirmation token: {e}")))?;
+                let rendered = self
+                    .composer
+                    .confirmation(d.name.as_deref(), token.as_str())
+                    .map_err(|e| Compose::Fail(e.to_string()))?;
+                Ok((rendered.into(), None))
+            }
+            DeliveryKind::Digest => {
+                let content = self.digest_content(d).await?;
+                let (email, list) = self
+                    .composer
+                    .digest(&content, d.name.as_deref(), &d.unsubscribe_token)
+                    .map_err(|e| Compose::Fail(e.to_string()))?;
+                Ok((email, Some(list)))
+            }
+        }
+    }
+
+    async fn digest_content(&self, d: &ClaimedDelivery) -> Result<Arc<DigestContent>, Compose> {
+        let id = d
+            .digest_id
+            .as_deref()
+            .ok_or_else(|| Compose::Fail("digest delivery without a digest".into()))?;
+        // Loaded under the lock: the senders that start on a digest together wait for one
+        // load (and then one prerendering) instead of each doing its own.
+        let mut cache = self.digests.lock().await;
+        if let Some(c) = cache.get(id) {
+            return Ok(c.clone());
+        }
+        let digest = self
+            .store
+            .digest(id)
+            .await
+            .map_err(|e| Compose::Retry(format!("cannot load digest {id}: {e}")))?
+            .ok_or_else(|| Compose::Fail(format!("digest {id} does not exist")))?;
+        let content = Arc::new(DigestContent::from(&digest));
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), content.clone());
+        Ok(content)
+    }
+}
+
+pub(super) enum Compose {
+    Retry(String),
+    Fail(String),
+}
