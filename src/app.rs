@@ -84,6 +84,11 @@ impl App {
         })
     }
 
+    /// Closes the database pool: what a process does last.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
     pub fn composer(&self) -> Composer {
         Composer::new(self.renderer.clone(), self.config.clone())
     }

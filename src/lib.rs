@@ -1,6 +1,7 @@
 //! Squeeze: a newsletter delivery pipeline. See DESIGN.md for the architecture.
 
 pub mod app;
+pub mod cli;
 pub mod compose;
 pub mod config;
 pub mod domain;
