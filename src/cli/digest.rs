@@ -7,8 +7,8 @@ use clap::Subcommand;
 
 use super::invalid_file;
 use crate::domain::clock::{now_ms, to_rfc3339};
-use crate::editor::{DigestRequest, Editor, EditorResult, PreviewFormat};
-use crate::store::DigestRow;
+use crate::service::Digest;
+use crate::service::{DigestRequest, Editor, PreviewFormat, ServiceResult};
 
 #[derive(Subcommand)]
 pub enum DigestCommand {
@@ -52,7 +52,7 @@ pub enum DigestCommand {
     Resume { id: String },
 }
 
-pub(super) async fn run(editor: &Editor, c: DigestCommand) -> EditorResult<()> {
+pub(super) async fn run(editor: &Editor, c: DigestCommand) -> ServiceResult<()> {
     match c {
         DigestCommand::Create { file } => {
             let request = read_digest_file(&file)?;
@@ -100,7 +100,7 @@ pub(super) async fn run(editor: &Editor, c: DigestCommand) -> EditorResult<()> {
     Ok(())
 }
 
-fn print_digest(d: &DigestRow) {
+fn print_digest(d: &Digest) {
     println!("id:         {}", d.id);
     println!("subject:    {}", d.subject);
     println!("status:     {}", d.status);
@@ -122,7 +122,7 @@ fn print_digest(d: &DigestRow) {
 }
 
 /// TOML unless the file name ends in `.json`.
-fn read_digest_file(path: &Path) -> EditorResult<DigestRequest> {
+fn read_digest_file(path: &Path) -> ServiceResult<DigestRequest> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid_file(format!("cannot read {}: {e}", path.display())))?;
     if path

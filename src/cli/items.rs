@@ -4,8 +4,8 @@ use clap::Subcommand;
 
 use crate::domain::NewItem;
 use crate::domain::clock::now_ms;
-use crate::editor::{Editor, EditorResult};
-use crate::store::ItemRow;
+use crate::service::Item;
+use crate::service::{Editor, ServiceResult};
 
 #[derive(Subcommand)]
 pub enum ItemsCommand {
@@ -29,7 +29,7 @@ pub enum ItemsCommand {
     Delete { id: String },
 }
 
-pub(super) async fn run(editor: &Editor, c: ItemsCommand) -> EditorResult<()> {
+pub(super) async fn run(editor: &Editor, c: ItemsCommand) -> ServiceResult<()> {
     match c {
         ItemsCommand::Add {
             title,
@@ -50,7 +50,7 @@ pub(super) async fn run(editor: &Editor, c: ItemsCommand) -> EditorResult<()> {
     Ok(())
 }
 
-fn print_items(items: &[ItemRow]) {
+fn print_items(items: &[Item]) {
     println!("{:<36}  {:<7}  TITLE", "ID", "STATUS");
     for i in items {
         println!("{:<36}  {:<7}  {}", i.id, i.status, i.title);

@@ -18,7 +18,7 @@ use clap::{Arg, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::app::App;
 use crate::config::{Config, Layer, Setting, TABLE};
-use crate::editor::{EditorError, EditorResult};
+use crate::service::{ServiceError, ServiceResult};
 
 #[derive(Parser)]
 #[command(name = "squeeze", version, about = "Newsletter delivery pipeline")]
@@ -123,24 +123,21 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         Command::Items(c) => editor_exit(items::run(&app.editor(), c).await),
         Command::Digest(c) => editor_exit(digest::run(&app.editor(), c).await),
         Command::Schedule(c) => editor_exit(schedule::run(&app.editor(), c).await),
-        Command::Subscribers(c) => editor_exit(subscribers::run(&app.editor(), c).await),
-        Command::Stats { json, digest } => editor_exit(stats::run(&app, json, digest).await),
+        Command::Subscribers(c) => editor_exit(subscribers::run(&app.subscribers(), c).await),
+        Command::Stats { json, digest } => {
+            editor_exit(stats::run(&app.reporting(), json, digest).await)
+        }
     }
 }
 
 /// Editors' mistakes (bad input, unknown id, broken template) exit 2; conflicts with the
 /// current state and database trouble exit 1.
-fn editor_exit(result: EditorResult<()>) -> ExitCode {
+fn editor_exit(result: ServiceResult<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("squeeze: {e}.");
-            match e {
-                EditorError::Invalid(_) | EditorError::NotFound(_) | EditorError::Template(_) => {
-                    ExitCode::from(2)
-                }
-                EditorError::Conflict(_) | EditorError::Store(_) => ExitCode::from(1),
-            }
+            ExitCode::from(if e.is_request_mistake() { 2 } else { 1 })
         }
     }
 }
@@ -154,6 +151,6 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 /// An editor's mistake about a file named on the command line.
-fn invalid_file(message: String) -> EditorError {
-    EditorError::Invalid(crate::domain::digest::invalid("file", message))
+fn invalid_file(message: String) -> ServiceError {
+    crate::service::invalid("file", message)
 }

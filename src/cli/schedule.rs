@@ -4,7 +4,7 @@ use chrono::Utc;
 use clap::Subcommand;
 
 use crate::domain::DailySchedule;
-use crate::editor::{Editor, EditorResult};
+use crate::service::{Editor, ServiceResult};
 
 #[derive(Subcommand)]
 pub enum ScheduleCommand {
@@ -24,7 +24,7 @@ pub enum ScheduleCommand {
     Show,
 }
 
-pub(super) async fn run(editor: &Editor, c: ScheduleCommand) -> EditorResult<()> {
+pub(super) async fn run(editor: &Editor, c: ScheduleCommand) -> ServiceResult<()> {
     let view = match c {
         ScheduleCommand::Set { daily, tz, disable } => {
             let s = DailySchedule::parse(&daily, &tz, !disable)?;

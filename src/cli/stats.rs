@@ -1,16 +1,21 @@
 //! `squeeze stats`: delivery statistics as a table, or as the JSON of the admin API.
 
 use super::print_json;
-use crate::app::App;
 use crate::domain::clock::now_ms;
-use crate::editor::{EditorError, EditorResult};
+use crate::service::reporting::{DigestStats, Overall};
+use crate::service::{Reporting, ServiceError, ServiceResult};
 
-pub(super) async fn run(app: &App, json: bool, digest: Option<String>) -> EditorResult<()> {
+pub(super) async fn run(
+    reporting: &Reporting,
+    json: bool,
+    digest: Option<String>,
+) -> ServiceResult<()> {
     match digest {
         Some(id) => {
-            let d = crate::stats::digest(&app.store, &id)
+            let d = reporting
+                .digest(&id)
                 .await?
-                .ok_or_else(|| EditorError::NotFound(format!("no digest with id {id}")))?;
+                .ok_or_else(|| ServiceError::NotFound(format!("no digest with id {id}")))?;
             if json {
                 print_json(&d);
             } else {
@@ -18,7 +23,7 @@ pub(super) async fn run(app: &App, json: bool, digest: Option<String>) -> Editor
             }
         }
         None => {
-            let o = crate::stats::overall(&app.store, now_ms()).await?;
+            let o = reporting.overall(now_ms()).await?;
             if json {
                 print_json(&o);
             } else {
@@ -29,7 +34,7 @@ pub(super) async fn run(app: &App, json: bool, digest: Option<String>) -> Editor
     Ok(())
 }
 
-fn print_digest_stats(d: &crate::stats::DigestStats) {
+fn print_digest_stats(d: &DigestStats) {
     let row = |k: &str, v: String| println!("{k:<13}{v}");
     row("digest", format!("{}  {}", d.id, d.subject));
     row("status", d.status.clone());
@@ -71,7 +76,7 @@ fn print_digest_stats(d: &crate::stats::DigestStats) {
     }
 }
 
-fn print_overall(o: &crate::stats::Overall) {
+fn print_overall(o: &Overall) {
     let row = |k: &str, v: String| println!("{k:<15}{v}");
     println!("subscribers");
     for (status, n) in &o.subscribers {

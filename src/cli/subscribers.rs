@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::invalid_file;
 use crate::domain::clock::now_ms;
-use crate::editor::{Editor, EditorResult};
+use crate::service::{ServiceResult, Subscribers};
 
 #[derive(Subcommand)]
 pub enum SubscribersCommand {
@@ -34,14 +34,11 @@ pub enum SubscribersCommand {
     },
 }
 
-pub(super) async fn run(editor: &Editor, c: SubscribersCommand) -> EditorResult<()> {
+pub(super) async fn run(subscribers: &Subscribers, c: SubscribersCommand) -> ServiceResult<()> {
     match c {
         SubscribersCommand::List { status, limit } => {
             println!("{:<36}  {:<12}  EMAIL", "ID", "STATUS");
-            for s in editor
-                .list_subscribers(status.as_deref(), limit, None)
-                .await?
-            {
+            for s in subscribers.list(status.as_deref(), limit, None).await? {
                 println!("{:<36}  {:<12}  {}", s.id, s.status, s.email);
             }
         }
@@ -49,7 +46,7 @@ pub(super) async fn run(editor: &Editor, c: SubscribersCommand) -> EditorResult<
             let reader = std::fs::File::open(&file)
                 .map_err(|e| invalid_file(format!("cannot read {}: {e}", file.display())))?;
             let source = format!("import of {}", file.display());
-            let r = editor
+            let r = subscribers
                 .import_csv(reader, confirmed, &source, now_ms())
                 .await?;
             let what = if confirmed {
@@ -63,13 +60,13 @@ pub(super) async fn run(editor: &Editor, c: SubscribersCommand) -> EditorResult<
             );
         }
         SubscribersCommand::Export { status } => {
-            let n = editor
+            let n = subscribers
                 .export_csv(std::io::stdout().lock(), status.as_deref())
                 .await?;
             eprintln!("exported {n} subscribers");
         }
         SubscribersCommand::Forget { email } => {
-            editor.forget(&email).await?;
+            subscribers.forget(&email).await?;
             println!("forgot {email}");
         }
     }

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{AppState, BODY_LIMIT, HttpError, page};
 use crate::domain::clock::now_ms;
 use crate::domain::{EmailAddress, SubscriberName, Token};
-use crate::store::{ConfirmOutcome, SignUp, UnsubscribeOutcome};
+use crate::service::signup::{ConfirmOutcome, SignUp, UnsubscribeOutcome};
 
 const MAX_USER_AGENT: usize = 512;
 
@@ -132,9 +132,8 @@ async fn subscribe(
         ip: Some(ip.to_string()),
         user_agent,
     };
-    let outcome = state.store.sign_up(&signup, now_ms()).await?;
+    let outcome = state.signup.subscribe(&signup, now_ms()).await?;
     tracing::debug!(?outcome, "sign-up");
-    state.wake.notify_one();
 
     // The same answer whatever the address's state: the form must not reveal who is subscribed.
     match format {
@@ -159,7 +158,7 @@ async fn confirm(
     State(state): State<AppState>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, HttpError> {
-    let valid_hours = state.config.confirmation_ttl.as_secs() / 3600;
+    let valid_hours = state.settings.confirmation_valid_hours;
     let invalid = |status| {
         page(
             &state,
@@ -171,7 +170,7 @@ async fn confirm(
     let Some(token) = q.token.as_deref().and_then(|t| Token::parse(t).ok()) else {
         return invalid(StatusCode::BAD_REQUEST);
     };
-    match state.store.confirm(&token.hash(), now_ms()).await? {
+    match state.signup.confirm(&token, now_ms()).await? {
         ConfirmOutcome::Confirmed | ConfirmOutcome::AlreadyConfirmed => page(
             &state,
             StatusCode::OK,
@@ -204,14 +203,14 @@ async fn unsubscribe_page(
     let Some(token) = unsubscribe_token(&q) else {
         return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
     };
-    match state.store.unsubscribe_token_status(token.as_str()).await? {
-        Some(_) => page(
+    match state.signup.knows_unsubscribe_token(&token).await? {
+        true => page(
             &state,
             StatusCode::OK,
             "unsubscribe.html.j2",
             context! { state => "ask", action => format!("?token={}", token.as_str()) },
         ),
-        None => invalid_unsubscribe(&state, StatusCode::NOT_FOUND),
+        false => invalid_unsubscribe(&state, StatusCode::NOT_FOUND),
     }
 }
 
@@ -226,7 +225,7 @@ async fn unsubscribe(
     let Some(token) = unsubscribe_token(&q) else {
         return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
     };
-    match state.store.unsubscribe(token.as_str(), now_ms()).await? {
+    match state.signup.unsubscribe(&token, now_ms()).await? {
         UnsubscribeOutcome::Unsubscribed | UnsubscribeOutcome::AlreadyGone => page(
             &state,
             StatusCode::OK,
