@@ -437,6 +437,49 @@ mod tests {
     }
 
     #[test]
+    fn the_table_declares_each_setting_once_and_the_readme_shows_its_default() {
+        let readme = include_str!("../../README.md");
+        for (i, s) in TABLE.iter().enumerate() {
+            assert!(
+                TABLE[i + 1..].iter().all(|t| t.key != s.key),
+                "{} twice",
+                s.key
+            );
+            assert!(!s.doc.is_empty() && !s.value_name.is_empty(), "{}", s.key);
+            if let Some(default) = s.default {
+                assert!(
+                    readme.contains(&format!("| `{}` | `{default}` |", s.key)),
+                    "README's default for {} is not {default}",
+                    s.key
+                );
+            }
+        }
+        let secret: Vec<&str> = TABLE.iter().filter(|s| s.secret).map(|s| s.key).collect();
+        assert_eq!(secret, ["smtp_url", "admin_token", "metrics_token"]);
+        assert_eq!(SETTINGS.len(), TABLE.len());
+    }
+
+    #[test]
+    fn a_bad_secret_is_named_but_not_shown() {
+        for key in ["smtp_url", "metrics_token"] {
+            let err = load(&[(key, "ftp://tiny")]).expect_err(key).to_string();
+            assert!(err.contains(&format!("`{key}` = <hidden>")), "{err}");
+            assert!(!err.contains("tiny"), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_value_means_the_default_and_derived_defaults_follow_their_source() {
+        let c = load(&[("rate", ""), ("from", "News <news@example.com>")]).expect("valid");
+        assert_eq!(c.rate.get(), 50);
+        assert_eq!(c.burst.get(), 50);
+        assert_eq!(c.list_id, "News <news.example.com>");
+        let c = load(&[("rate", "7"), ("bind", "0.0.0.0:9000")]).expect("valid");
+        assert_eq!(c.burst.get(), 7);
+        assert_eq!(c.public_url.as_str(), "http://0.0.0.0:9000/");
+    }
+
+    #[test]
     fn links_keep_the_public_path() {
         let c = load(&[("public_url", "https://news.example.com/squeeze/")]).expect("valid");
         assert_eq!(
