@@ -1,6 +1,6 @@
 //! What a subscriber meets: the sign-up form, confirmation and one-click unsubscribe.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -45,6 +45,24 @@ enum Format {
     Form,
 }
 
+/// A sign-up's fields once they are known to be well-formed.
+struct NewSubscriber {
+    email: EmailAddress,
+    name: Option<SubscriberName>,
+}
+
+/// The edge converts: a well-formed address and name, or the field at fault and why.
+impl TryFrom<&SubscribeRequest> for NewSubscriber {
+    type Error = (&'static str, String);
+
+    fn try_from(request: &SubscribeRequest) -> Result<Self, Self::Error> {
+        let email = EmailAddress::parse(&request.email).map_err(|e| ("email", e.to_string()))?;
+        let name = SubscriberName::parse(request.name.as_deref().unwrap_or(""))
+            .map_err(|e| ("name", e.to_string()))?;
+        Ok(Self { email, name })
+    }
+}
+
 async fn subscribe(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -52,59 +70,9 @@ async fn subscribe(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let ip = peer.ip();
-    if let Some(limiter) = &state.signup_limiter
-        && let Err(not_until) = limiter.check_key(&ip)
-    {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        return Err(HttpError::TooManyRequests {
-            retry_after: wait.as_secs().max(1),
-        });
-    }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            HttpError::PayloadTooLarge { limit: BODY_LIMIT }
-        } else {
-            HttpError::BadRequest(format!("cannot read the request body: {e}"))
-        }
-    })?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let (format, request) = match mime.as_str() {
-        "application/json" => (
-            Format::Json,
-            serde_json::from_slice::<SubscribeRequest>(&body)
-                .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}")))?,
-        ),
-        "application/x-www-form-urlencoded" => (
-            Format::Form,
-            serde_urlencoded::from_bytes::<SubscribeRequest>(&body)
-                .map_err(|e| HttpError::BadRequest(format!("invalid form body: {e}")))?,
-        ),
-        _ => {
-            return Err(HttpError::UnsupportedMediaType(
-                "send the sign-up as application/json or application/x-www-form-urlencoded".into(),
-            ));
-        }
-    };
-
-    let parsed = EmailAddress::parse(&request.email)
-        .map_err(|e| ("email", e.to_string()))
-        .and_then(|email| {
-            let name = SubscriberName::parse(request.name.as_deref().unwrap_or(""))
-                .map_err(|e| ("name", e.to_string()))?;
-            Ok((email, name))
-        });
-    let (email, name) = match parsed {
+    check_rate(&state, ip)?;
+    let (format, request) = read_sign_up(&headers, body)?;
+    let NewSubscriber { email, name } = match NewSubscriber::try_from(&request) {
         Ok(v) => v,
         Err((field, message)) if format == Format::Form => {
             // Show the form again, with the reason and what they typed (escaped on render).
@@ -121,7 +89,6 @@ async fn subscribe(
         }
         Err((field, message)) => return Err(HttpError::Unprocessable { field, message }),
     };
-
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -146,6 +113,60 @@ async fn subscribe(
         )
             .into_response()),
         Format::Form => page(&state, StatusCode::ACCEPTED, "subscribed.html.j2", context! {}),
+    }
+}
+
+/// The per-IP sign-up limit, checked before the body is even read.
+fn check_rate(state: &AppState, ip: IpAddr) -> Result<(), HttpError> {
+    if let Some(limiter) = &state.signup_limiter
+        && let Err(not_until) = limiter.check_key(&ip)
+    {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        return Err(HttpError::TooManyRequests {
+            retry_after: wait.as_secs().max(1),
+        });
+    }
+    Ok(())
+}
+
+/// The body as JSON or as a form, by its content type.
+fn read_sign_up(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Format, SubscribeRequest), HttpError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::PayloadTooLarge { limit: BODY_LIMIT }
+        } else {
+            HttpError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok((
+            Format::Json,
+            serde_json::from_slice(&body)
+                .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}")))?,
+        )),
+        "application/x-www-form-urlencoded" => Ok((
+            Format::Form,
+            serde_urlencoded::from_bytes(&body)
+                .map_err(|e| HttpError::BadRequest(format!("invalid form body: {e}")))?,
+        )),
+        _ => Err(HttpError::UnsupportedMediaType(
+            "send the sign-up as application/json or application/x-www-form-urlencoded".into(),
+        )),
     }
 }
 
