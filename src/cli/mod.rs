@@ -93,15 +93,19 @@ pub fn parse() -> (Cli, Layer) {
     let mut grammar = command();
     let matches = grammar.clone().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut grammar).exit());
-    let layer = TABLE
+    (cli, flags_layer(&matches))
+}
+
+/// The setting flags given, as a configuration layer.
+fn flags_layer(matches: &clap::ArgMatches) -> Layer {
+    TABLE
         .iter()
         .filter_map(|s| {
             matches
                 .get_one::<String>(s.key)
                 .map(|v| (s.key.to_owned(), v.clone()))
         })
-        .collect();
-    (cli, layer)
+        .collect()
 }
 
 /// Starts the application from `config` and runs `command` to its end.
@@ -153,4 +157,38 @@ fn print_json<T: serde::Serialize>(value: &T) {
 /// An editor's mistake about a file named on the command line.
 fn invalid_file(message: String) -> ServiceError {
     crate::service::invalid("file", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own checks (no two flags with one name, every reference resolves), and every
+    /// setting's flag in the help with its documentation.
+    #[test]
+    fn the_grammar_is_consistent_and_the_help_documents_every_setting() {
+        let mut grammar = command();
+        grammar.clone().debug_assert();
+        let help = grammar.render_long_help().to_string();
+        for s in TABLE {
+            assert!(help.contains(&format!("--{}", s.flag())), "{}", s.key);
+            assert!(help.contains(s.doc.split_whitespace().next().unwrap_or("")));
+        }
+    }
+
+    #[test]
+    fn setting_flags_become_the_flags_layer_wherever_they_stand() {
+        let matches = command()
+            .try_get_matches_from(["squeeze", "--rate", "5", "migrate", "--lease", "1m"])
+            .expect("valid command line");
+        let cli = Cli::from_arg_matches(&matches).expect("the derived part");
+        assert!(matches!(cli.command, Command::Migrate));
+        assert_eq!(
+            flags_layer(&matches),
+            [
+                ("rate".to_owned(), "5".to_owned()),
+                ("lease".to_owned(), "1m".to_owned())
+            ]
+        );
+    }
 }
