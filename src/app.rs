@@ -9,12 +9,12 @@ use tracing::info;
 
 use crate::compose::{ComposeSettings, Composer};
 use crate::config::Config;
-use crate::editor::Editor;
 use crate::http::{self, AppState};
 use crate::mail::Transport;
 use crate::metrics::Metrics;
 use crate::render::{RenderError, Renderer};
 use crate::scheduler::Scheduler;
+use crate::service::{Editor, Reporting, Signup, Subscribers};
 use crate::store::{Store, StoreError};
 use crate::worker::{Worker, WorkerSettings};
 
@@ -87,12 +87,29 @@ impl App {
         })
     }
 
+    /// Closes the database pool: what a process does last.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
     pub fn composer(&self) -> Composer {
         Composer::new(self.renderer.clone(), compose_settings(&self.config))
     }
 
     pub fn editor(&self) -> Editor {
         Editor::new(self.store.clone(), self.composer())
+    }
+
+    pub fn subscribers(&self) -> Subscribers {
+        Subscribers::new(self.store.clone())
+    }
+
+    pub fn signup(&self) -> Signup {
+        Signup::new(self.store.clone(), self.wake.clone())
+    }
+
+    pub fn reporting(&self) -> Reporting {
+        Reporting::new(self.store.clone(), self.metrics.clone())
     }
 
     pub fn scheduler(&self) -> Scheduler {
@@ -134,13 +151,26 @@ impl App {
     }
 
     pub fn state(&self) -> AppState {
+        let composer = self.composer();
+        let c = &self.config;
+        let settings = http::Settings {
+            admin_token: c.admin_token.clone(),
+            metrics_token: c.metrics_token.clone(),
+            secure_cookies: c.public_url.scheme() == "https",
+            confirmation_valid_hours: c.confirmation_ttl.as_secs() / 3600,
+            subscribe_per_minute: c.subscribe_per_minute,
+        };
+        let pages = http::Pages {
+            renderer: self.renderer.clone(),
+            list_name: composer.list_name().into(),
+        };
         AppState::new(
-            self.store.clone(),
-            self.editor(),
-            self.composer(),
-            self.config.clone(),
-            self.wake.clone(),
-            self.metrics.clone(),
+            Editor::new(self.store.clone(), composer),
+            self.subscribers(),
+            self.signup(),
+            self.reporting(),
+            pages,
+            settings,
         )
     }
 

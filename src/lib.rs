@@ -1,15 +1,18 @@
 //! Squeeze: a newsletter delivery pipeline. See DESIGN.md for the architecture.
 
 pub mod app;
+pub mod cli;
 pub mod compose;
 pub mod config;
 pub mod domain;
-pub mod editor;
 pub mod http;
 pub mod mail;
 pub mod metrics;
 pub mod render;
 pub mod scheduler;
-pub mod stats;
+pub mod service;
 pub mod store;
 pub mod worker;
+
+/// The reports under their old name, for the integration tests that read them from the store.
+pub use service::reporting as stats;

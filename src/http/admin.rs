@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq as _;
 use super::{AppState, HttpError};
 use crate::domain::clock::now_ms;
 use crate::domain::{DailySchedule, NewItem};
-use crate::editor::{DigestRequest, EditorError, PreviewFormat};
+use crate::service::{DigestRequest, PreviewFormat, ServiceError};
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -55,7 +55,7 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, HttpError> {
-    let Some(expected) = state.config.admin_token.as_deref() else {
+    let Some(expected) = state.settings.admin_token.as_deref() else {
         return Err(HttpError::Unavailable(DISABLED.into()));
     };
     let given = request
@@ -70,24 +70,6 @@ async fn require_admin(
         None => Err(HttpError::Unauthorized(
             "send the admin token as `Authorization: Bearer <token>`".into(),
         )),
-    }
-}
-
-impl From<EditorError> for HttpError {
-    fn from(e: EditorError) -> Self {
-        match e {
-            EditorError::Invalid(i) => Self::Unprocessable {
-                field: i.field,
-                message: i.message,
-            },
-            EditorError::NotFound(m) => Self::NotFound(m),
-            EditorError::Conflict(m) => Self::Conflict(m),
-            EditorError::Template(m) => Self::Unprocessable {
-                field: "template",
-                message: m,
-            },
-            EditorError::Store(e) => Self::internal(e),
-        }
     }
 }
 
@@ -136,7 +118,7 @@ async fn add_item(
     ApiJson(b): ApiJson<ItemBody>,
 ) -> Result<Response, HttpError> {
     let item = NewItem::parse(&b.title, &b.url, &b.summary, b.source.as_deref())
-        .map_err(EditorError::from)?;
+        .map_err(ServiceError::from)?;
     let row = s.editor.add_item(&item, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(row)).into_response())
 }
@@ -166,7 +148,7 @@ async fn create_digest(
     State(s): State<AppState>,
     ApiJson(b): ApiJson<DigestRequest>,
 ) -> Result<Response, HttpError> {
-    let new = b.parse().map_err(EditorError::from)?;
+    let new = b.parse().map_err(ServiceError::from)?;
     let digest = s.editor.create_digest(&new, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(digest)).into_response())
 }
@@ -248,7 +230,7 @@ async fn pause(
         .reason
         .map(|r| crate::domain::digest::line("reason", &r, 500))
         .transpose()
-        .map_err(EditorError::from)?
+        .map_err(ServiceError::from)?
         .unwrap_or_else(|| "paused by an editor".into());
     Ok(Json(s.editor.pause(&id, &reason, now_ms()).await?).into_response())
 }
@@ -283,7 +265,7 @@ async fn put_schedule(
     ApiJson(b): ApiJson<ScheduleSetBody>,
 ) -> Result<Response, HttpError> {
     let schedule =
-        DailySchedule::parse(&b.time, &b.timezone, b.enabled).map_err(EditorError::from)?;
+        DailySchedule::parse(&b.time, &b.timezone, b.enabled).map_err(ServiceError::from)?;
     Ok(Json(s.editor.set_schedule(&schedule, Utc::now()).await?).into_response())
 }
 
@@ -300,8 +282,8 @@ async fn list_subscribers(
 ) -> Result<Response, HttpError> {
     let limit = q.limit.unwrap_or(100);
     let page = s
-        .editor
-        .list_subscribers(q.status.as_deref(), limit, q.after.as_deref())
+        .subscribers
+        .list(q.status.as_deref(), limit, q.after.as_deref())
         .await?;
     let next = (page.len() == limit.clamp(1, 1000) as usize)
         .then(|| page.last().map(|p| p.id.clone()))
@@ -310,18 +292,18 @@ async fn list_subscribers(
 }
 
 async fn list_events(State(s): State<AppState>) -> Result<Response, HttpError> {
-    Ok(Json(json!({ "events": s.store.events(100).await? })).into_response())
+    Ok(Json(json!({ "events": s.reporting.events(100).await? })).into_response())
 }
 
 async fn overall_stats(State(s): State<AppState>) -> Result<Response, HttpError> {
-    Ok(Json(crate::stats::overall(&s.store, now_ms()).await?).into_response())
+    Ok(Json(s.reporting.overall(now_ms()).await?).into_response())
 }
 
 async fn digest_stats(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
-    match crate::stats::digest(&s.store, &id).await? {
+    match s.reporting.digest(&id).await? {
         Some(stats) => Ok(Json(stats).into_response()),
         None => Err(HttpError::NotFound(format!("no digest with id {id}"))),
     }
@@ -332,6 +314,6 @@ async fn forget_subscriber(
     State(s): State<AppState>,
     Path(email): Path<String>,
 ) -> Result<Response, HttpError> {
-    s.editor.forget(&email).await?;
+    s.subscribers.forget(&email).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -34,8 +34,8 @@ pub fn router() -> Router<AppState> {
 /// subscriber counts are business data.
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, HttpError> {
     let tokens: Vec<&str> = [
-        s.config.admin_token.as_deref(),
-        s.config.metrics_token.as_deref(),
+        s.settings.admin_token.as_deref(),
+        s.settings.metrics_token.as_deref(),
     ]
     .into_iter()
     .flatten()
@@ -52,7 +52,7 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
         .map(str::trim);
     match given {
         Some(g) if tokens.iter().any(|t| token_matches(t, g)) => {
-            let body = s.metrics.render(&s.store, now_ms()).await?;
+            let body = s.reporting.metrics(now_ms()).await?;
             Ok((
                 [(
                     header::CONTENT_TYPE,
@@ -126,7 +126,7 @@ fn session_valid(admin_token: &str, headers: &HeaderMap, now: i64) -> bool {
 }
 
 fn cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
-    let secure = if state.config.public_url.scheme() == "https" {
+    let secure = if state.settings.secure_cookies {
         "; Secure"
     } else {
         ""
@@ -153,7 +153,7 @@ struct LoginForm {
 }
 
 async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Response, HttpError> {
-    let Some(expected) = s.config.admin_token.as_deref() else {
+    let Some(expected) = s.settings.admin_token.as_deref() else {
         return disabled(&s);
     };
     if !token_matches(expected, f.token.trim()) {
@@ -213,7 +213,7 @@ fn bars(values: &[(String, i64)], width: f64, height: f64) -> Vec<Bar> {
 }
 
 async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, HttpError> {
-    let Some(token) = s.config.admin_token.as_deref() else {
+    let Some(token) = s.settings.admin_token.as_deref() else {
         return disabled(&s);
     };
     let now = now_ms();
@@ -225,8 +225,8 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
             context! {},
         );
     }
-    let overall = crate::stats::overall(&s.store, now).await?;
-    let activity = crate::stats::activity(&s.store, now, CHART_MINUTES).await?;
+    let overall = s.reporting.overall(now).await?;
+    let activity = s.reporting.activity(now, CHART_MINUTES).await?;
     let first_minute = now.div_euclid(60_000) - CHART_MINUTES + 1;
     let per_minute: Vec<(String, i64)> = activity
         .sent_per_minute
@@ -266,9 +266,9 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
 async fn digest_action(
     s: &AppState,
     headers: &HeaderMap,
-    act: impl std::future::Future<Output = Result<crate::store::DigestRow, crate::editor::EditorError>>,
+    act: impl std::future::Future<Output = crate::service::ServiceResult<crate::service::Digest>>,
 ) -> Result<Response, HttpError> {
-    let Some(token) = s.config.admin_token.as_deref() else {
+    let Some(token) = s.settings.admin_token.as_deref() else {
         return disabled(s);
     };
     if !session_valid(token, headers, now_ms()) {

@@ -6,6 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::service::ServiceError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("{0}")]
@@ -54,15 +56,26 @@ impl HttpError {
     }
 }
 
-impl From<crate::store::StoreError> for HttpError {
-    fn from(e: crate::store::StoreError) -> Self {
+/// Each kind of service failure, by name, to its answer.
+impl From<ServiceError> for HttpError {
+    fn from(e: ServiceError) -> Self {
         match e {
+            ServiceError::Invalid(i) => Self::Unprocessable {
+                field: i.field,
+                message: i.message,
+            },
+            ServiceError::NotFound(m) => Self::NotFound(m),
+            ServiceError::Conflict(m) => Self::Conflict(m),
+            ServiceError::Template(m) => Self::Unprocessable {
+                field: "template",
+                message: m,
+            },
             // Every connection stayed busy for the whole acquire timeout (on SQLite: the
             // write turn, behind a very long write): a transient state, not a fault.
-            crate::store::StoreError::Busy(_) => {
+            ServiceError::Busy(_) => {
                 Self::Unavailable("the database is busy; try again in a minute".into())
             }
-            e => Self::Internal(e.into()),
+            ServiceError::Store(e) => Self::internal(e),
         }
     }
 }
@@ -100,18 +113,25 @@ impl IntoResponse for HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
 
     #[test]
-    fn a_busy_database_is_a_503_and_other_store_faults_a_500() {
-        let busy = HttpError::from(StoreError::Busy("pool timed out".into()));
+    fn a_busy_database_is_a_503_and_editors_mistakes_name_their_field() {
+        let busy = HttpError::from(ServiceError::Busy("pool timed out".into()));
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             busy.to_string(),
             "the database is busy; try again in a minute"
         );
-        let fault = HttpError::from(StoreError::Fault("no rows returned".into()));
-        assert_eq!(fault.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(fault.to_string(), "internal error");
+        let invalid = HttpError::from(crate::service::invalid("status", "must be pending"));
+        assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(invalid.to_string(), "status: must be pending");
+        let template = HttpError::from(ServiceError::Template("line 3".into()));
+        assert_eq!(template.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let missing = HttpError::from(ServiceError::NotFound("no digest with id x".into()));
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            HttpError::from(ServiceError::Conflict("sent".into())).status(),
+            StatusCode::CONFLICT
+        );
     }
 }

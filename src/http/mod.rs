@@ -6,6 +6,7 @@ mod error;
 mod public;
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,52 +17,69 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use error::HttpError;
 
-use crate::compose::Composer;
-use crate::config::Config;
-use crate::editor::Editor;
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::render::Renderer;
+use crate::service::{Editor, Reporting, Signup, Subscribers};
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
 pub const BODY_LIMIT: usize = 16 * 1024;
 
+/// The few settings the handlers read; `app` fills them from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Guards the admin API and the dashboard; `None` turns both off.
+    pub admin_token: Option<String>,
+    /// May read /metrics besides the admin token.
+    pub metrics_token: Option<String>,
+    /// The public URL is https: the session cookie is `Secure`.
+    pub secure_cookies: bool,
+    /// How long a confirmation link stays valid, as the confirmation page says it.
+    pub confirmation_valid_hours: u64,
+    /// Sign-up requests per client IP per minute; `None`: no limit.
+    pub subscribe_per_minute: Option<NonZeroU32>,
+}
+
+/// What every page gets: its templates and the list's name.
+#[derive(Clone)]
+pub struct Pages {
+    pub renderer: Arc<Renderer>,
+    pub list_name: Arc<str>,
+}
+
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
     pub editor: Editor,
-    pub composer: Composer,
-    pub config: Arc<Config>,
-    /// Wakes an in-process worker when mail is queued.
-    pub wake: Arc<Notify>,
+    pub subscribers: Subscribers,
+    pub signup: Signup,
+    pub reporting: Reporting,
+    pub pages: Pages,
+    pub settings: Arc<Settings>,
     pub signup_limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
-    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(
-        store: Store,
         editor: Editor,
-        composer: Composer,
-        config: Arc<Config>,
-        wake: Arc<Notify>,
-        metrics: Arc<Metrics>,
+        subscribers: Subscribers,
+        signup: Signup,
+        reporting: Reporting,
+        pages: Pages,
+        settings: Settings,
     ) -> Self {
-        let signup_limiter = config
+        let signup_limiter = settings
             .subscribe_per_minute
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
         Self {
-            store,
             editor,
-            composer,
-            config,
-            wake,
+            subscribers,
+            signup,
+            reporting,
+            pages,
+            settings: Arc::new(settings),
             signup_limiter,
-            metrics,
         }
     }
 }
@@ -112,18 +130,18 @@ fn page(
     ctx: minijinja::Value,
 ) -> Result<Response, HttpError> {
     let base = minijinja::context! {
-        list_name => state.composer.list_name(),
+        list_name => &*state.pages.list_name,
         subscribe_action => "/subscribe",
     };
     let html = state
-        .composer
-        .renderer()
+        .pages
+        .renderer
         .render(name, minijinja::context! { ..ctx, ..base })?;
     Ok((status, axum::response::Html(html)).into_response())
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+    match state.reporting.health().await {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
             tracing::error!(error = %e, "health check: database does not answer");

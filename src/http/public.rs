@@ -1,6 +1,6 @@
 //! What a subscriber meets: the sign-up form, confirmation and one-click unsubscribe.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,9 +15,8 @@ use serde_json::json;
 
 use super::{AppState, BODY_LIMIT, HttpError, page};
 use crate::domain::clock::now_ms;
-use crate::domain::subscriber::ConfirmOutcome;
 use crate::domain::{EmailAddress, SubscriberName, Token};
-use crate::store::{SignUp, UnsubscribeOutcome};
+use crate::service::signup::{ConfirmOutcome, SignUp, UnsubscribeOutcome};
 
 const MAX_USER_AGENT: usize = 512;
 
@@ -46,6 +45,24 @@ enum Format {
     Form,
 }
 
+/// A sign-up's fields once they are known to be well-formed.
+struct NewSubscriber {
+    email: EmailAddress,
+    name: Option<SubscriberName>,
+}
+
+/// The edge converts: a well-formed address and name, or the field at fault and why.
+impl TryFrom<&SubscribeRequest> for NewSubscriber {
+    type Error = (&'static str, String);
+
+    fn try_from(request: &SubscribeRequest) -> Result<Self, Self::Error> {
+        let email = EmailAddress::parse(&request.email).map_err(|e| ("email", e.to_string()))?;
+        let name = SubscriberName::parse(request.name.as_deref().unwrap_or(""))
+            .map_err(|e| ("name", e.to_string()))?;
+        Ok(Self { email, name })
+    }
+}
+
 async fn subscribe(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -53,6 +70,54 @@ async fn subscribe(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let ip = peer.ip();
+    check_rate(&state, ip)?;
+    let (format, request) = read_sign_up(&headers, body)?;
+    let NewSubscriber { email, name } = match NewSubscriber::try_from(&request) {
+        Ok(v) => v,
+        Err((field, message)) if format == Format::Form => {
+            // Show the form again, with the reason and what they typed (escaped on render).
+            return page(
+                &state,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "index.html.j2",
+                context! {
+                    error => format!("Please check the {field}: {message}."),
+                    email => request.email,
+                    name => request.name.unwrap_or_default(),
+                },
+            );
+        }
+        Err((field, message)) => return Err(HttpError::Unprocessable { field, message }),
+    };
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    let signup = SignUp {
+        email,
+        name,
+        ip: Some(ip.to_string()),
+        user_agent,
+    };
+    let outcome = state.signup.subscribe(&signup, now_ms()).await?;
+    tracing::debug!(?outcome, "sign-up");
+
+    // The same answer whatever the address's state: the form must not reveal who is subscribed.
+    match format {
+        Format::Json => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "status": "accepted",
+                "message": "If this address can receive the newsletter, a confirmation link is on its way.",
+            })),
+        )
+            .into_response()),
+        Format::Form => page(&state, StatusCode::ACCEPTED, "subscribed.html.j2", context! {}),
+    }
+}
+
+/// The per-IP sign-up limit, checked before the body is even read.
+fn check_rate(state: &AppState, ip: IpAddr) -> Result<(), HttpError> {
     if let Some(limiter) = &state.signup_limiter
         && let Err(not_until) = limiter.check_key(&ip)
     {
@@ -63,6 +128,14 @@ async fn subscribe(
             retry_after: wait.as_secs().max(1),
         });
     }
+    Ok(())
+}
+
+/// The body as JSON or as a form, by its content type.
+fn read_sign_up(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Format, SubscribeRequest), HttpError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HttpError::PayloadTooLarge { limit: BODY_LIMIT }
@@ -80,74 +153,20 @@ async fn subscribe(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let (format, request) = match mime.as_str() {
-        "application/json" => (
+    match mime.as_str() {
+        "application/json" => Ok((
             Format::Json,
-            serde_json::from_slice::<SubscribeRequest>(&body)
+            serde_json::from_slice(&body)
                 .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}")))?,
-        ),
-        "application/x-www-form-urlencoded" => (
+        )),
+        "application/x-www-form-urlencoded" => Ok((
             Format::Form,
-            serde_urlencoded::from_bytes::<SubscribeRequest>(&body)
+            serde_urlencoded::from_bytes(&body)
                 .map_err(|e| HttpError::BadRequest(format!("invalid form body: {e}")))?,
-        ),
-        _ => {
-            return Err(HttpError::UnsupportedMediaType(
-                "send the sign-up as application/json or application/x-www-form-urlencoded".into(),
-            ));
-        }
-    };
-
-    let parsed = EmailAddress::parse(&request.email)
-        .map_err(|e| ("email", e.to_string()))
-        .and_then(|email| {
-            let name = SubscriberName::parse(request.name.as_deref().unwrap_or(""))
-                .map_err(|e| ("name", e.to_string()))?;
-            Ok((email, name))
-        });
-    let (email, name) = match parsed {
-        Ok(v) => v,
-        Err((field, message)) if format == Format::Form => {
-            // Show the form again, with the reason and what they typed (escaped on render).
-            return page(
-                &state,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "index.html.j2",
-                context! {
-                    error => format!("Please check the {field}: {message}."),
-                    email => request.email,
-                    name => request.name.unwrap_or_default(),
-                },
-            );
-        }
-        Err((field, message)) => return Err(HttpError::Unprocessable { field, message }),
-    };
-
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
-    let signup = SignUp {
-        email,
-        name,
-        ip: Some(ip.to_string()),
-        user_agent,
-    };
-    let outcome = state.store.sign_up(&signup, now_ms()).await?;
-    tracing::debug!(?outcome, "sign-up");
-    state.wake.notify_one();
-
-    // The same answer whatever the address's state: the form must not reveal who is subscribed.
-    match format {
-        Format::Json => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "status": "accepted",
-                "message": "If this address can receive the newsletter, a confirmation link is on its way.",
-            })),
-        )
-            .into_response()),
-        Format::Form => page(&state, StatusCode::ACCEPTED, "subscribed.html.j2", context! {}),
+        )),
+        _ => Err(HttpError::UnsupportedMediaType(
+            "send the sign-up as application/json or application/x-www-form-urlencoded".into(),
+        )),
     }
 }
 
@@ -160,7 +179,7 @@ async fn confirm(
     State(state): State<AppState>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, HttpError> {
-    let valid_hours = state.config.confirmation_ttl.as_secs() / 3600;
+    let valid_hours = state.settings.confirmation_valid_hours;
     let invalid = |status| {
         page(
             &state,
@@ -172,7 +191,7 @@ async fn confirm(
     let Some(token) = q.token.as_deref().and_then(|t| Token::parse(t).ok()) else {
         return invalid(StatusCode::BAD_REQUEST);
     };
-    match state.store.confirm(&token.hash(), now_ms()).await? {
+    match state.signup.confirm(&token, now_ms()).await? {
         ConfirmOutcome::Confirmed | ConfirmOutcome::AlreadyConfirmed => page(
             &state,
             StatusCode::OK,
@@ -205,14 +224,14 @@ async fn unsubscribe_page(
     let Some(token) = unsubscribe_token(&q) else {
         return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
     };
-    match state.store.unsubscribe_token_status(token.as_str()).await? {
-        Some(_) => page(
+    match state.signup.knows_unsubscribe_token(&token).await? {
+        true => page(
             &state,
             StatusCode::OK,
             "unsubscribe.html.j2",
             context! { state => "ask", action => format!("?token={}", token.as_str()) },
         ),
-        None => invalid_unsubscribe(&state, StatusCode::NOT_FOUND),
+        false => invalid_unsubscribe(&state, StatusCode::NOT_FOUND),
     }
 }
 
@@ -227,7 +246,7 @@ async fn unsubscribe(
     let Some(token) = unsubscribe_token(&q) else {
         return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
     };
-    match state.store.unsubscribe(token.as_str(), now_ms()).await? {
+    match state.signup.unsubscribe(&token, now_ms()).await? {
         UnsubscribeOutcome::Unsubscribed | UnsubscribeOutcome::AlreadyGone => page(
             &state,
             StatusCode::OK,

@@ -1,13 +1,18 @@
 //! The numbers operators see, computed by the store with aggregate queries (never by loading
-//! rows), shaped for the JSON API, the CLI table, the dashboard and /metrics.
+//! rows), shaped for the JSON API, the CLI table, the dashboard and /metrics; the event log;
+//! the health check.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::{ServiceError, ServiceResult};
 use crate::domain::clock::{Millis, to_rfc3339};
 use crate::domain::{DigestStatus, SubscriberStatus};
+use crate::metrics::Metrics;
+pub use crate::store::EventRow as Event;
 use crate::store::{DayColumn, DeliveryCounts, DigestRow, FailureRow, Store, StoreResult};
 
 const DAY_MS: i64 = 86_400_000;
@@ -228,4 +233,57 @@ pub async fn activity(store: &Store, now: Millis, minutes: i64) -> StoreResult<A
             .collect(),
         recent_failures: store.recent_failures(20).await?,
     })
+}
+
+/// The reports as one service, for http and the CLI: a busy database is `Busy` here.
+#[derive(Clone)]
+pub struct Reporting {
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+impl Reporting {
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
+    }
+
+    pub async fn overall(&self, now: Millis) -> ServiceResult<Overall> {
+        overall(&self.store, now)
+            .await
+            .map_err(ServiceError::busy_or_fault)
+    }
+
+    /// Stats of one digest; `None` if there is no such digest.
+    pub async fn digest(&self, id: &str) -> ServiceResult<Option<DigestStats>> {
+        digest(&self.store, id)
+            .await
+            .map_err(ServiceError::busy_or_fault)
+    }
+
+    pub async fn activity(&self, now: Millis, minutes: i64) -> ServiceResult<Activity> {
+        activity(&self.store, now, minutes)
+            .await
+            .map_err(ServiceError::busy_or_fault)
+    }
+
+    /// The latest `limit` events, newest first.
+    pub async fn events(&self, limit: u32) -> ServiceResult<Vec<Event>> {
+        self.store
+            .events(limit)
+            .await
+            .map_err(ServiceError::busy_or_fault)
+    }
+
+    /// The Prometheus text: the worker's counters and gauges read from the store now.
+    pub async fn metrics(&self, now: Millis) -> ServiceResult<String> {
+        self.metrics
+            .render(&self.store, now)
+            .await
+            .map_err(ServiceError::busy_or_fault)
+    }
+
+    /// Whether the database answers.
+    pub async fn health(&self) -> ServiceResult<()> {
+        self.store.ping().await.map_err(ServiceError::Store)
+    }
 }

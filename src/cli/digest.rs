@@ -1,0 +1,143 @@
+//! `squeeze digest …`: create, preview and schedule digests.
+
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use clap::Subcommand;
+
+use super::invalid_file;
+use crate::domain::clock::{now_ms, to_rfc3339};
+use crate::service::Digest;
+use crate::service::{DigestRequest, Editor, PreviewFormat, ServiceResult};
+
+#[derive(Subcommand)]
+pub enum DigestCommand {
+    /// Create a draft from a TOML or JSON file: subject, intro (optional), items = [ids] or "pending".
+    Create {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List digests, newest first.
+    List,
+    /// Show one digest with its items.
+    Show { id: String },
+    /// Print what a sample subscriber would receive (HTML, or --text).
+    Preview {
+        id: String,
+        #[arg(long)]
+        text: bool,
+    },
+    /// Schedule a digest: --at <RFC 3339 time> or --now.
+    Schedule {
+        id: String,
+        #[arg(
+            long,
+            value_name = "TIME",
+            conflicts_with = "now",
+            required_unless_present = "now"
+        )]
+        at: Option<String>,
+        #[arg(long)]
+        now: bool,
+    },
+    /// Cancel a digest before it is sent; its items become pending again.
+    Cancel { id: String },
+    /// Pause a scheduled or sending digest.
+    Pause {
+        id: String,
+        #[arg(long, default_value = "paused by an editor")]
+        reason: String,
+    },
+    /// Resume a paused digest where it stopped.
+    Resume { id: String },
+}
+
+pub(super) async fn run(editor: &Editor, c: DigestCommand) -> ServiceResult<()> {
+    match c {
+        DigestCommand::Create { file } => {
+            let request = read_digest_file(&file)?;
+            let d = editor.create_digest(&request.parse()?, now_ms()).await?;
+            print_digest(&d);
+        }
+        DigestCommand::List => {
+            println!(
+                "{:<36}  {:<9}  {:<25}  {:>10}  SUBJECT",
+                "ID", "STATUS", "SEND AT", "RECIPIENTS"
+            );
+            for d in editor.list_digests().await? {
+                let at = d.send_at.map(to_rfc3339).unwrap_or_default();
+                let n = d.recipients.map(|n| n.to_string()).unwrap_or_default();
+                println!(
+                    "{:<36}  {:<9}  {:<25}  {:>10}  {}",
+                    d.id, d.status, at, n, d.subject
+                );
+            }
+        }
+        DigestCommand::Show { id } => print_digest(&editor.digest(&id).await?),
+        DigestCommand::Preview { id, text } => {
+            let format = if text {
+                PreviewFormat::Text
+            } else {
+                PreviewFormat::Html
+            };
+            print!("{}", editor.preview(&id, format).await?);
+        }
+        DigestCommand::Schedule { id, at, now } => {
+            let when = if now {
+                "now".to_owned()
+            } else {
+                at.unwrap_or_default()
+            };
+            print_digest(&editor.schedule(&id, &when, Utc::now()).await?);
+        }
+        DigestCommand::Cancel { id } => print_digest(&editor.cancel(&id, now_ms()).await?),
+        DigestCommand::Pause { id, reason } => {
+            let reason = crate::domain::digest::line("reason", &reason, 500)?;
+            print_digest(&editor.pause(&id, &reason, now_ms()).await?);
+        }
+        DigestCommand::Resume { id } => print_digest(&editor.resume(&id, now_ms()).await?),
+    }
+    Ok(())
+}
+
+fn print_digest(d: &Digest) {
+    println!("id:         {}", d.id);
+    println!("subject:    {}", d.subject);
+    println!("status:     {}", d.status);
+    if let Some(at) = d.send_at {
+        println!("send at:    {}", to_rfc3339(at));
+    }
+    if let Some(n) = d.recipients {
+        println!("recipients: {n}");
+    }
+    if let Some(r) = &d.paused_reason {
+        println!("paused:     {r}");
+    }
+    if let Some(n) = &d.note {
+        println!("note:       {n}");
+    }
+    for (i, item) in d.items.iter().enumerate() {
+        println!("  {}. {} <{}>", i + 1, item.title, item.url);
+    }
+}
+
+/// TOML unless the file name ends in `.json`.
+fn read_digest_file(path: &Path) -> ServiceResult<DigestRequest> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid_file(format!("cannot read {}: {e}", path.display())))?;
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        serde_json::from_str(&text)
+            .map_err(|e| invalid_file(format!("{} is not a valid digest: {e}", path.display())))
+    } else {
+        toml::from_str(&text).map_err(|e| {
+            invalid_file(format!(
+                "{} is not a valid digest: {}",
+                path.display(),
+                e.message()
+            ))
+        })
+    }
+}

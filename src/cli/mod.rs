@@ -1,0 +1,194 @@
+//! The `squeeze` command line: the argument grammar, one module per command group, and the
+//! exit codes (DESIGN.md: 2 for a mistake the operator can fix, 1 for trouble at runtime).
+//!
+//! The global setting flags are not written here: they are generated from the one
+//! declaration of every setting, `config::TABLE`, on top of the derived grammar.
+
+mod digest;
+mod items;
+mod schedule;
+mod serve;
+mod stats;
+mod subscribers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::app::App;
+use crate::config::{Config, Layer, Setting, TABLE};
+use crate::service::{ServiceError, ServiceResult};
+
+#[derive(Parser)]
+#[command(name = "squeeze", version, about = "Newsletter delivery pipeline")]
+pub struct Cli {
+    /// Configuration file (default: ./squeeze.toml when present; also SQUEEZE_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Web server, scheduler and worker in one process (the embedded default).
+    Serve {
+        /// Serve HTTP only; run `squeeze worker` processes to send.
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Send queued mail until stopped (SIGTERM/SIGINT finish what is on the wire).
+    Worker,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// News items, the raw material of digests.
+    #[command(subcommand)]
+    Items(items::ItemsCommand),
+    /// Create, preview and schedule digests.
+    #[command(subcommand)]
+    Digest(digest::DigestCommand),
+    /// The daily schedule.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
+    /// Who the digest reaches.
+    #[command(subcommand)]
+    Subscribers(subscribers::SubscribersCommand),
+    /// Delivery statistics: overall, or of one digest.
+    Stats {
+        /// Print JSON (the same shape as GET /api/stats and /api/digests/{id}/stats).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "ID")]
+        digest: Option<String>,
+    },
+}
+
+/// The derived grammar plus one global flag per setting; each beats squeeze.toml and
+/// SQUEEZE_* (see the README).
+fn command() -> clap::Command {
+    TABLE.iter().fold(Cli::command(), |command, setting| {
+        command.arg(flag(setting))
+    })
+}
+
+fn flag(setting: &Setting) -> Arg {
+    let help = match setting.default {
+        Some(default) => format!("{} [default: {default}]", setting.doc),
+        None => setting.doc.to_owned(),
+    };
+    // clap wants a `'static` long name; the table holds the key, and the 29 short strings
+    // live as long as the process anyway.
+    let long: &'static str = Box::leak(setting.flag().into_boxed_str());
+    Arg::new(setting.key)
+        .long(long)
+        .global(true)
+        .value_name(setting.value_name)
+        .help(help)
+}
+
+/// Parses the command line (exiting with clap's usage error, code 2, on a bad one) into the
+/// command and the flags' configuration layer.
+pub fn parse() -> (Cli, Layer) {
+    let mut grammar = command();
+    let matches = grammar.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut grammar).exit());
+    (cli, flags_layer(&matches))
+}
+
+/// The setting flags given, as a configuration layer.
+fn flags_layer(matches: &clap::ArgMatches) -> Layer {
+    TABLE
+        .iter()
+        .filter_map(|s| {
+            matches
+                .get_one::<String>(s.key)
+                .map(|v| (s.key.to_owned(), v.clone()))
+        })
+        .collect()
+}
+
+/// Starts the application from `config` and runs `command` to its end.
+pub async fn run(command: Command, config: Config) -> ExitCode {
+    let bind = config.bind;
+    let app = match App::start(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("squeeze: {e}.");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    // Every command, as before: SIGTERM and SIGINT cancel this instead of killing the process.
+    let shutdown = serve::on_signal();
+    match command {
+        Command::Migrate => serve::migrate(app).await,
+        Command::Worker => serve::worker(app, shutdown).await,
+        Command::Serve { no_worker } => serve::serve(app, bind, no_worker, shutdown).await,
+        Command::Items(c) => editor_exit(items::run(&app.editor(), c).await),
+        Command::Digest(c) => editor_exit(digest::run(&app.editor(), c).await),
+        Command::Schedule(c) => editor_exit(schedule::run(&app.editor(), c).await),
+        Command::Subscribers(c) => editor_exit(subscribers::run(&app.subscribers(), c).await),
+        Command::Stats { json, digest } => {
+            editor_exit(stats::run(&app.reporting(), json, digest).await)
+        }
+    }
+}
+
+/// Editors' mistakes (bad input, unknown id, broken template) exit 2; conflicts with the
+/// current state and database trouble exit 1.
+fn editor_exit(result: ServiceResult<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("squeeze: {e}.");
+            ExitCode::from(if e.is_request_mistake() { 2 } else { 1 })
+        }
+    }
+}
+
+/// Pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("squeeze: cannot encode JSON: {e}."),
+    }
+}
+
+/// An editor's mistake about a file named on the command line.
+fn invalid_file(message: String) -> ServiceError {
+    crate::service::invalid("file", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own checks (no two flags with one name, every reference resolves), and every
+    /// setting's flag in the help with its documentation.
+    #[test]
+    fn the_grammar_is_consistent_and_the_help_documents_every_setting() {
+        let mut grammar = command();
+        grammar.clone().debug_assert();
+        let help = grammar.render_long_help().to_string();
+        for s in TABLE {
+            assert!(help.contains(&format!("--{}", s.flag())), "{}", s.key);
+            assert!(help.contains(s.doc.split_whitespace().next().unwrap_or("")));
+        }
+    }
+
+    #[test]
+    fn setting_flags_become_the_flags_layer_wherever_they_stand() {
+        let matches = command()
+            .try_get_matches_from(["squeeze", "--rate", "5", "migrate", "--lease", "1m"])
+            .expect("valid command line");
+        let cli = Cli::from_arg_matches(&matches).expect("the derived part");
+        assert!(matches!(cli.command, Command::Migrate));
+        assert_eq!(
+            flags_layer(&matches),
+            [
+                ("rate".to_owned(), "5".to_owned()),
+                ("lease".to_owned(), "1m".to_owned())
+            ]
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! `squeeze schedule …`: the daily schedule.
+
+use chrono::Utc;
+use clap::Subcommand;
+
+use crate::domain::DailySchedule;
+use crate::service::{Editor, ServiceResult};
+
+#[derive(Subcommand)]
+pub enum ScheduleCommand {
+    /// Send a digest of the pending items every day at a local time.
+    Set {
+        /// Local time, HH:MM.
+        #[arg(long, value_name = "HH:MM")]
+        daily: String,
+        /// IANA time zone, such as Europe/Madrid.
+        #[arg(long, value_name = "ZONE")]
+        tz: String,
+        /// Keep the schedule but stop sending.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Show the daily schedule and its next run.
+    Show,
+}
+
+pub(super) async fn run(editor: &Editor, c: ScheduleCommand) -> ServiceResult<()> {
+    let view = match c {
+        ScheduleCommand::Set { daily, tz, disable } => {
+            let s = DailySchedule::parse(&daily, &tz, !disable)?;
+            Some(editor.set_schedule(&s, Utc::now()).await?)
+        }
+        ScheduleCommand::Show => editor.schedule_view(Utc::now()).await?,
+    };
+    match view {
+        Some(v) => {
+            println!(
+                "daily at {} {} ({})",
+                v.time,
+                v.timezone,
+                if v.enabled { "enabled" } else { "disabled" }
+            );
+            if let Some(next) = v.next_run {
+                println!("next run: {next}");
+            }
+        }
+        None => println!(
+            "no daily schedule; set one with `squeeze schedule set --daily 07:00 --tz Europe/Madrid`"
+        ),
+    }
+    Ok(())
+}

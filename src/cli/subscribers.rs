@@ -1,0 +1,74 @@
+//! `squeeze subscribers …`: who the digest reaches.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::invalid_file;
+use crate::domain::clock::now_ms;
+use crate::service::{ServiceResult, Subscribers};
+
+#[derive(Subcommand)]
+pub enum SubscribersCommand {
+    /// Import a CSV with `email` and optional `name` columns. Without --confirmed each
+    /// address gets a confirmation email (double opt-in); known addresses are never changed.
+    Import {
+        file: PathBuf,
+        /// The list's consent is already documented: add the rows as confirmed subscribers.
+        #[arg(long)]
+        confirmed: bool,
+    },
+    /// Write subscribers with their consent evidence as CSV to standard output.
+    Export {
+        #[arg(long, value_parser = ["pending", "confirmed", "unsubscribed", "bounced"])]
+        status: Option<String>,
+    },
+    /// Erase a subscriber and everything about them (right to erasure).
+    Forget { email: String },
+    /// List subscribers, oldest first.
+    List {
+        #[arg(long, value_parser = ["pending", "confirmed", "unsubscribed", "bounced"])]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+pub(super) async fn run(subscribers: &Subscribers, c: SubscribersCommand) -> ServiceResult<()> {
+    match c {
+        SubscribersCommand::List { status, limit } => {
+            println!("{:<36}  {:<12}  EMAIL", "ID", "STATUS");
+            for s in subscribers.list(status.as_deref(), limit, None).await? {
+                println!("{:<36}  {:<12}  {}", s.id, s.status, s.email);
+            }
+        }
+        SubscribersCommand::Import { file, confirmed } => {
+            let reader = std::fs::File::open(&file)
+                .map_err(|e| invalid_file(format!("cannot read {}: {e}", file.display())))?;
+            let source = format!("import of {}", file.display());
+            let r = subscribers
+                .import_csv(reader, confirmed, &source, now_ms())
+                .await?;
+            let what = if confirmed {
+                "added as confirmed"
+            } else {
+                "sent a confirmation email"
+            };
+            println!(
+                "{} {what}, {} already known and left unchanged",
+                r.added, r.unchanged
+            );
+        }
+        SubscribersCommand::Export { status } => {
+            let n = subscribers
+                .export_csv(std::io::stdout().lock(), status.as_deref())
+                .await?;
+            eprintln!("exported {n} subscribers");
+        }
+        SubscribersCommand::Forget { email } => {
+            subscribers.forget(&email).await?;
+            println!("forgot {email}");
+        }
+    }
+    Ok(())
+}

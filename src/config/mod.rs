@@ -1,0 +1,490 @@
+//! Typed configuration: defaults < squeeze.toml < SQUEEZE_* environment < command-line flags.
+//! Everything is validated here, once, so the rest of the program only sees good values.
+//!
+//! Each setting is declared once, in `settings::TABLE`: key, default, documentation and a
+//! parser (a plain table rather than a layering crate such as figment: the layers are four
+//! string maps, every value arrives as text from a flag or a variable anyway, and the error
+//! sentence that names the key, its value and its source is ours to keep word for word).
+//! The CLI generates its global flags from the same table.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use url::Url;
+
+use crate::domain::RetryPolicy;
+
+mod settings;
+mod smtp;
+
+pub use settings::{Setting, TABLE};
+pub use smtp::{SmtpSecurity, SmtpSettings};
+
+/// Every setting's key: in squeeze.toml as is, as the environment variable `SQUEEZE_<KEY>` and
+/// as the flag `--key-with-dashes`. Defaults and meanings: `TABLE`, and the README's
+/// configuration table (a test keeps the two in step).
+pub const SETTINGS: &[&str] = &settings::KEYS;
+
+/// Where a value came from, so an error can say what to edit.
+#[derive(Debug, Clone)]
+enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("the default"),
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Env(v) => write!(f, "environment variable {v}"),
+            Self::Flag(v) => write!(f, "flag {v}"),
+        }
+    }
+}
+
+/// A bad setting: one sentence that names it, where it was set, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn setting(
+        setting: &Setting,
+        value: &str,
+        source: &Source,
+        problem: impl fmt::Display,
+    ) -> Self {
+        let key = setting.key;
+        let shown = if setting.secret {
+            "<hidden>".to_owned()
+        } else {
+            format!("{value:?}")
+        };
+        Self(format!(
+            "setting `{key}` = {shown} (from {source}) is invalid: {problem}."
+        ))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub database_kind: DatabaseKind,
+    pub bind: SocketAddr,
+    pub public_url: Url,
+    pub smtp: Option<SmtpSettings>,
+    pub outbox: PathBuf,
+    pub from: Mailbox,
+    pub admin_token: Option<String>,
+    pub rate: NonZeroU32,
+    pub burst: NonZeroU32,
+    pub concurrency: NonZeroUsize,
+    pub templates: PathBuf,
+    pub confirmation_ttl: Duration,
+    pub subscribe_per_minute: Option<NonZeroU32>,
+    pub smtp_timeout: Duration,
+    pub lease: Duration,
+    pub shutdown_timeout: Duration,
+    /// RFC 2919 List-Id header value, e.g. `News <news.example.com>`.
+    pub list_id: String,
+    /// `mailto:` URI offered in List-Unsubscribe besides the one-click URL.
+    pub unsubscribe_mailto: Option<String>,
+    /// A digest whose send time passed while nothing ran is still sent within this window.
+    pub missed_grace: Duration,
+    /// How long a one-off digest's deliveries are retried (daily ones: until the next).
+    pub digest_ttl: Duration,
+    /// Per-recipient-domain limits, messages per second, paced evenly.
+    pub domain_rates: Vec<(String, NonZeroU32)>,
+    /// How long a domain that answered 421/451/454 is left alone.
+    pub throttle_cooldown: Duration,
+    pub retry: RetryPolicy,
+    /// Share of failed attempts (permanent, or connection-level) in a digest's last
+    /// `pause_window` attempts beyond which the digest pauses itself.
+    pub pause_threshold: f64,
+    pub pause_window: usize,
+    /// A token that may read /metrics (besides the admin token), for Prometheus.
+    pub metrics_token: Option<String>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Raw `key -> value` pairs from one layer.
+pub type Layer = Vec<(String, String)>;
+
+impl Config {
+    /// Loads all layers. `file` is the `--config` flag's value: an explicit file must exist;
+    /// otherwise `./squeeze.toml` is read when present.
+    pub fn load(file: Option<&Path>, flags: Layer) -> Result<Self, ConfigError> {
+        let mut values: BTreeMap<String, (String, Source)> = BTreeMap::new();
+        let (path, required) = match file {
+            Some(p) => (p.to_path_buf(), true),
+            None => match std::env::var_os("SQUEEZE_CONFIG") {
+                Some(p) => (PathBuf::from(p), true),
+                None => (PathBuf::from("squeeze.toml"), false),
+            },
+        };
+        if required || path.exists() {
+            for (k, v) in read_file(&path)? {
+                values.insert(k, (v, Source::File(path.clone())));
+            }
+        }
+        for setting in TABLE {
+            let var = setting.env_var();
+            match std::env::var(&var) {
+                Ok(v) => {
+                    values.insert(setting.key.to_owned(), (v, Source::Env(var)));
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(ConfigError(format!(
+                        "environment variable {var} is not valid UTF-8."
+                    )));
+                }
+                Err(std::env::VarError::NotPresent) => {}
+            }
+        }
+        for (k, v) in flags {
+            let flag = format!("--{}", k.replace('_', "-"));
+            values.insert(k, (v, Source::Flag(flag)));
+        }
+        Self::from_values(&values)
+    }
+
+    /// Parses every setting in `TABLE` order from its layered value (or its default), then
+    /// fills the defaults derived from other settings. The first bad setting is the error.
+    fn from_values(values: &BTreeMap<String, (String, Source)>) -> Result<Self, ConfigError> {
+        let mut draft = settings::Draft::default();
+        for setting in TABLE {
+            let given = values
+                .get(setting.key)
+                .map(|(v, s)| (v.as_str(), s))
+                .filter(|(v, _)| !v.is_empty());
+            let (value, source) = match (given, setting.default) {
+                (Some(given), _) => given,
+                (None, Some(default)) => (default, &Source::Default),
+                (None, None) => continue,
+            };
+            (setting.parse)(value, &mut draft)
+                .map_err(|problem| ConfigError::setting(setting, value, source, problem))?;
+        }
+        Self::finish(draft)
+    }
+
+    /// The draft of a full pass over `TABLE`: every setting with a default is there.
+    fn finish(d: settings::Draft) -> Result<Self, ConfigError> {
+        let missing = |key: &str| ConfigError(format!("setting `{key}` has no value."));
+        let (database_url, database_kind) = d.database.ok_or_else(|| missing("database_url"))?;
+        let bind = d.bind.ok_or_else(|| missing("bind"))?;
+        let public_url = match d.public_url {
+            Some(u) => u,
+            None => {
+                let default_public = format!("http://{bind}");
+                Url::parse(&default_public).map_err(|_| {
+                    ConfigError(format!(
+                        "setting `public_url` = {default_public:?} (from {}) is invalid: \
+                         expected an http:// or https:// URL.",
+                        Source::Default
+                    ))
+                })?
+            }
+        };
+        let mut smtp = d.smtp;
+        if let (Some(s), Some(pem)) = (smtp.as_mut(), d.smtp_ca) {
+            s.extra_roots_pem = Some(pem);
+        }
+        let from = d.from.ok_or_else(|| missing("from"))?;
+        let rate = d.rate.ok_or_else(|| missing("rate"))?;
+        let list_id = match d.list_id {
+            Some(l) => l,
+            None => {
+                let name = from
+                    .name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "Squeeze".into());
+                let name: String = name
+                    .chars()
+                    .filter(|c| !matches!(c, '<' | '>' | '"'))
+                    .collect();
+                format!("{name} <{}.{}>", from.email.user(), from.email.domain())
+            }
+        };
+        let retry = RetryPolicy::builder()
+            .initial(d.retry_initial.ok_or_else(|| missing("retry_initial"))?)
+            .max(d.retry_max.ok_or_else(|| missing("retry_max"))?)
+            .build();
+        Ok(Self {
+            database_url,
+            database_kind,
+            bind,
+            public_url,
+            smtp,
+            outbox: d.outbox.ok_or_else(|| missing("outbox"))?,
+            from,
+            admin_token: d.admin_token,
+            rate,
+            burst: d.burst.unwrap_or(rate),
+            concurrency: d.concurrency.ok_or_else(|| missing("concurrency"))?,
+            templates: d.templates.ok_or_else(|| missing("templates"))?,
+            confirmation_ttl: d
+                .confirmation_ttl
+                .ok_or_else(|| missing("confirmation_ttl"))?,
+            subscribe_per_minute: d
+                .subscribe_per_minute
+                .ok_or_else(|| missing("subscribe_per_minute"))?,
+            smtp_timeout: d.smtp_timeout.ok_or_else(|| missing("smtp_timeout"))?,
+            lease: d.lease.ok_or_else(|| missing("lease"))?,
+            shutdown_timeout: d
+                .shutdown_timeout
+                .ok_or_else(|| missing("shutdown_timeout"))?,
+            list_id,
+            unsubscribe_mailto: d.unsubscribe_mailto,
+            missed_grace: d.missed_grace.ok_or_else(|| missing("missed_grace"))?,
+            digest_ttl: d.digest_ttl.ok_or_else(|| missing("digest_ttl"))?,
+            domain_rates: d.domain_rates.unwrap_or_default(),
+            throttle_cooldown: d
+                .throttle_cooldown
+                .ok_or_else(|| missing("throttle_cooldown"))?,
+            retry,
+            pause_threshold: d
+                .pause_threshold
+                .ok_or_else(|| missing("pause_threshold"))?,
+            pause_window: d.pause_window.ok_or_else(|| missing("pause_window"))?,
+            metrics_token: d.metrics_token,
+            log_format: d.log_format.ok_or_else(|| missing("log_format"))?,
+        })
+    }
+    /// `public_url` joined with a path such as `/confirm`.
+    pub fn link(&self, path: &str, token: &str) -> String {
+        let mut url = self.public_url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}{path}"));
+        url.query_pairs_mut().clear().append_pair("token", token);
+        url.into()
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}.", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        ConfigError(format!(
+            "config file {} is not valid TOML: {}.",
+            path.display(),
+            e.message()
+        ))
+    })?;
+    let mut out = Vec::new();
+    for (key, v) in table {
+        if !SETTINGS.contains(&key.as_str()) {
+            return Err(ConfigError(format!(
+                "config file {} has an unknown setting `{key}`; known settings are listed in the README.",
+                path.display()
+            )));
+        }
+        let v = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            // domain_rates = { "gmail.com" = 20 }
+            toml::Value::Table(t) => t
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => {
+                return Err(ConfigError(format!(
+                    "config file {}: setting `{key}` must be a string or a number.",
+                    path.display()
+                )));
+            }
+        };
+        out.push((key, v));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut values = BTreeMap::new();
+        values.insert(
+            "templates".to_owned(),
+            (
+                concat!(env!("CARGO_MANIFEST_DIR"), "/templates").to_owned(),
+                Source::Default,
+            ),
+        );
+        for (k, v) in pairs {
+            values.insert(
+                (*k).to_owned(),
+                (
+                    (*v).to_owned(),
+                    Source::Env(format!("SQUEEZE_{}", k.to_uppercase())),
+                ),
+            );
+        }
+        Config::from_values(&values)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(c.database_kind, DatabaseKind::Sqlite);
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert!(c.smtp.is_none());
+        assert_eq!(c.burst, c.rate);
+        assert_eq!(c.confirmation_ttl, Duration::from_secs(48 * 3600));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_its_source() {
+        let cases = [
+            ("rate", "0", "`rate`"),
+            ("database_url", "mysql://x", "scheme"),
+            ("bind", "localhost", "`bind`"),
+            ("smtp_url", "http://relay", "smtp://"),
+            ("smtp_url", "smtp://relay?tls=maybe", "tls=maybe"),
+            ("from", "not an address", "`from`"),
+            ("admin_token", "short", "16"),
+            ("confirmation_ttl", "soon", "duration"),
+            ("templates", "/no/such/folder", "no such folder"),
+            ("domain_rates", "gmail.com", "example.com=20"),
+            ("domain_rates", "gmail.com=0", "at least 1"),
+            ("pause_threshold", "150%", "share"),
+            ("pause_window", "3", "10 to 100000"),
+            ("retry_initial", "0s", "duration"),
+        ];
+        for (key, value, expected) in cases {
+            let err = load(&[(key, value)]).expect_err(key).to_string();
+            assert!(err.contains(expected), "{key}: {err}");
+            assert!(err.contains("SQUEEZE_"), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn domain_rates_and_shares_parse() {
+        let c = load(&[
+            ("domain_rates", "Gmail.com=20, outlook.com=10/s"),
+            ("pause_threshold", "25%"),
+        ])
+        .expect("valid");
+        let rates: Vec<(String, u32)> = c
+            .domain_rates
+            .iter()
+            .map(|(d, r)| (d.clone(), r.get()))
+            .collect();
+        assert_eq!(
+            rates,
+            vec![("gmail.com".to_owned(), 20), ("outlook.com".to_owned(), 10)]
+        );
+        assert!((c.pause_threshold - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn secrets_are_not_echoed() {
+        let err = load(&[("admin_token", "tiny-secret")]).expect_err("too short");
+        assert!(!err.to_string().contains("tiny-secret"));
+    }
+
+    #[test]
+    fn smtp_urls_follow_lettre_forms() {
+        let s = SmtpSettings::from_url("smtp://user%40x:p%3Ass@relay.example:2525/helo.example")
+            .expect("valid");
+        assert_eq!((s.host.as_str(), s.port), ("relay.example", 2525));
+        assert_eq!(s.security, SmtpSecurity::None);
+        assert_eq!(s.username.as_deref(), Some("user@x"));
+        assert_eq!(s.password.as_deref(), Some("p:ss"));
+        assert_eq!(s.hello_name.as_deref(), Some("helo.example"));
+        let s = SmtpSettings::from_url("smtps://relay.example").expect("valid");
+        assert_eq!((s.security, s.port), (SmtpSecurity::Implicit, 465));
+        let s = SmtpSettings::from_url("smtp://relay.example?tls=required").expect("valid");
+        assert_eq!((s.security, s.port), (SmtpSecurity::Required, 587));
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting() {
+        let readme = include_str!("../../README.md");
+        for key in SETTINGS {
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "README lacks {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_declares_each_setting_once_and_the_readme_shows_its_default() {
+        let readme = include_str!("../../README.md");
+        for (i, s) in TABLE.iter().enumerate() {
+            assert!(
+                TABLE[i + 1..].iter().all(|t| t.key != s.key),
+                "{} twice",
+                s.key
+            );
+            assert!(!s.doc.is_empty() && !s.value_name.is_empty(), "{}", s.key);
+            if let Some(default) = s.default {
+                assert!(
+                    readme.contains(&format!("| `{}` | `{default}` |", s.key)),
+                    "README's default for {} is not {default}",
+                    s.key
+                );
+            }
+        }
+        let secret: Vec<&str> = TABLE.iter().filter(|s| s.secret).map(|s| s.key).collect();
+        assert_eq!(secret, ["smtp_url", "admin_token", "metrics_token"]);
+        assert_eq!(SETTINGS.len(), TABLE.len());
+    }
+
+    #[test]
+    fn a_bad_secret_is_named_but_not_shown() {
+        for key in ["smtp_url", "metrics_token"] {
+            let err = load(&[(key, "ftp://tiny")]).expect_err(key).to_string();
+            assert!(err.contains(&format!("`{key}` = <hidden>")), "{err}");
+            assert!(!err.contains("tiny"), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_value_means_the_default_and_derived_defaults_follow_their_source() {
+        let c = load(&[("rate", ""), ("from", "News <news@example.com>")]).expect("valid");
+        assert_eq!(c.rate.get(), 50);
+        assert_eq!(c.burst.get(), 50);
+        assert_eq!(c.list_id, "News <news.example.com>");
+        let c = load(&[("rate", "7"), ("bind", "0.0.0.0:9000")]).expect("valid");
+        assert_eq!(c.burst.get(), 7);
+        assert_eq!(c.public_url.as_str(), "http://0.0.0.0:9000/");
+    }
+
+    #[test]
+    fn links_keep_the_public_path() {
+        let c = load(&[("public_url", "https://news.example.com/squeeze/")]).expect("valid");
+        assert_eq!(
+            c.link("/confirm", "abc"),
+            "https://news.example.com/squeeze/confirm?token=abc"
+        );
+    }
+}

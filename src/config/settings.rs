@@ -1,0 +1,526 @@
+//! The one declaration of every setting: its key, default, documentation and parser.
+//!
+//! `TABLE` drives everything else: the keys squeeze.toml may hold, the `SQUEEZE_*` variables
+//! read, the global `--flags` the CLI generates (with this documentation as their help), the
+//! defaults, the validation, and the error sentence (`setting `key` = "value" (from …) is
+//! invalid: <the parser's problem>.`). The entries are in the order they are checked, so the
+//! first bad setting reported is the same as before the table existed.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use url::Url;
+
+use super::smtp::{SmtpSettings, read_certificates};
+use super::{DatabaseKind, LogFormat};
+
+/// One setting: in squeeze.toml as `key`, in the environment as `SQUEEZE_<KEY>`, on the
+/// command line as `--key-with-dashes`.
+pub struct Setting {
+    pub key: &'static str,
+    /// What the flag's value looks like in `--help`.
+    pub value_name: &'static str,
+    /// Parsed when no layer sets a value; `None`: unset, or derived from other settings (the
+    /// documentation says from which).
+    pub default: Option<&'static str>,
+    /// Never echoed in error messages.
+    pub secret: bool,
+    pub doc: &'static str,
+    /// Checks the value and keeps it in the draft; `Err` is the problem, said in a phrase.
+    pub(super) parse: fn(&str, &mut Draft) -> Result<(), String>,
+}
+
+impl Setting {
+    /// `--key-with-dashes`, without the dashes in front.
+    pub fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    pub fn env_var(&self) -> String {
+        format!("SQUEEZE_{}", self.key.to_ascii_uppercase())
+    }
+}
+
+/// Values parsed so far; `Config::finish` turns it into a `Config`, filling the derived
+/// defaults (`public_url` from `bind`, `burst` from `rate`, `list_id` from `from`).
+#[derive(Default)]
+pub(super) struct Draft {
+    pub database: Option<(String, DatabaseKind)>,
+    pub bind: Option<SocketAddr>,
+    pub public_url: Option<Url>,
+    pub smtp: Option<SmtpSettings>,
+    pub smtp_ca: Option<Vec<u8>>,
+    pub outbox: Option<PathBuf>,
+    pub from: Option<Mailbox>,
+    pub admin_token: Option<String>,
+    pub rate: Option<NonZeroU32>,
+    pub burst: Option<NonZeroU32>,
+    pub concurrency: Option<NonZeroUsize>,
+    pub templates: Option<PathBuf>,
+    pub confirmation_ttl: Option<Duration>,
+    pub subscribe_per_minute: Option<Option<NonZeroU32>>,
+    pub smtp_timeout: Option<Duration>,
+    pub lease: Option<Duration>,
+    pub shutdown_timeout: Option<Duration>,
+    pub list_id: Option<String>,
+    pub unsubscribe_mailto: Option<String>,
+    pub missed_grace: Option<Duration>,
+    pub digest_ttl: Option<Duration>,
+    pub domain_rates: Option<Vec<(String, NonZeroU32)>>,
+    pub throttle_cooldown: Option<Duration>,
+    pub retry_initial: Option<Duration>,
+    pub retry_max: Option<Duration>,
+    pub pause_threshold: Option<f64>,
+    pub pause_window: Option<usize>,
+    pub metrics_token: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+const DURATION: &str = "expected a duration like 30s, 5m or 48h";
+
+/// A non-zero duration such as `30s`.
+fn duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| DURATION.to_owned())
+}
+
+/// A token that guards something: at least 16 characters.
+fn token(v: &str) -> Result<String, String> {
+    if v.len() < 16 {
+        return Err("use at least 16 characters".into());
+    }
+    Ok(v.to_owned())
+}
+
+/// The settings, in the order they are checked.
+pub const TABLE: &[Setting] = &[
+    Setting {
+        key: "database_url",
+        value_name: "URL",
+        default: Some("sqlite://squeeze.db"),
+        secret: false,
+        doc: "Database URL; the scheme picks the backend (sqlite:// or postgres://)",
+        parse: |v, d| {
+            let kind = if v.starts_with("sqlite:") {
+                DatabaseKind::Sqlite
+            } else if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+                DatabaseKind::Postgres
+            } else {
+                return Err(
+                    "the scheme must be sqlite:// (embedded) or postgres:// (scale-out)".into(),
+                );
+            };
+            d.database = Some((v.to_owned(), kind));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "bind",
+        value_name: "ADDR",
+        default: Some("127.0.0.1:8080"),
+        secret: false,
+        doc: "Address the HTTP server listens on",
+        parse: |v, d| {
+            d.bind =
+                Some(v.parse().map_err(|_| {
+                    "expected an IP address and port, like 127.0.0.1:8080".to_owned()
+                })?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "public_url",
+        value_name: "URL",
+        default: None,
+        secret: false,
+        doc: "Base URL of links in emails and pages [default: http://<bind>]",
+        parse: |v, d| {
+            d.public_url = Some(
+                Url::parse(v)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .ok_or("expected an http:// or https:// URL")?,
+            );
+            Ok(())
+        },
+    },
+    Setting {
+        key: "smtp_url",
+        value_name: "URL",
+        default: None,
+        secret: true,
+        doc: "SMTP relay: smtp://host:25, smtp://user:pass@host:587?tls=required, \
+              ?tls=opportunistic, smtps://user:pass@host:465 [default: .eml files in outbox]",
+        parse: |v, d| {
+            d.smtp = Some(SmtpSettings::from_url(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "smtp_ca_file",
+        value_name: "PEM_FILE",
+        default: None,
+        secret: false,
+        doc: "PEM file of extra root certificates to trust for the relay's TLS",
+        parse: |v, d| {
+            d.smtp_ca = Some(read_certificates(Path::new(v))?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "from",
+        value_name: "MAILBOX",
+        default: Some("Squeeze <newsletter@squeeze.localhost>"),
+        secret: false,
+        doc: "From mailbox of every email; its display name is the list's name on pages",
+        parse: |v, d| {
+            if v.chars().any(char::is_control) {
+                return Err("it contains a control character".into());
+            }
+            d.from =
+                Some(v.parse().map_err(|e| {
+                    format!("expected a mailbox like `News <news@example.com>` ({e})")
+                })?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "admin_token",
+        value_name: "TOKEN",
+        default: None,
+        secret: true,
+        doc: "Bearer token (16+ characters) for the admin API and dashboard; unset disables them",
+        parse: |v, d| {
+            d.admin_token = Some(token(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "rate",
+        value_name: "PER_SECOND",
+        default: Some("50"),
+        secret: false,
+        doc: "Messages per second, across all senders of the process",
+        parse: |v, d| {
+            d.rate = Some(
+                parse_nonzero(v)
+                    .ok_or("expected a whole number of messages per second, at least 1")?,
+            );
+            Ok(())
+        },
+    },
+    Setting {
+        key: "burst",
+        value_name: "N",
+        default: None,
+        secret: false,
+        doc: "Messages that may go out at once before `rate` paces them [default: rate]",
+        parse: |v, d| {
+            d.burst = Some(parse_nonzero(v).ok_or("expected a whole number, at least 1")?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "concurrency",
+        value_name: "N",
+        default: Some("4"),
+        secret: false,
+        doc: "SMTP connections, i.e. messages on the wire at once (1-1000)",
+        parse: |v, d| {
+            d.concurrency = Some(
+                v.parse::<NonZeroUsize>()
+                    .ok()
+                    .filter(|n| n.get() <= 1000)
+                    .ok_or("expected a whole number from 1 to 1000")?,
+            );
+            Ok(())
+        },
+    },
+    Setting {
+        key: "templates",
+        value_name: "DIR",
+        default: Some("./templates"),
+        secret: false,
+        doc: "Folder of email and page templates",
+        parse: |v, d| {
+            let templates = PathBuf::from(v);
+            if !templates.is_dir() {
+                return Err("no such folder".into());
+            }
+            d.templates = Some(templates);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "subscribe_per_minute",
+        value_name: "N",
+        default: Some("10"),
+        secret: false,
+        doc: "Sign-up requests per client IP per minute; 0 turns the limit off",
+        parse: |v, d| {
+            d.subscribe_per_minute = Some(
+                v.parse::<u32>()
+                    .map(NonZeroU32::new)
+                    .map_err(|_| "expected a whole number (0: no limit)")?,
+            );
+            Ok(())
+        },
+    },
+    Setting {
+        key: "list_id",
+        value_name: "LIST_ID",
+        default: None,
+        secret: false,
+        doc: "The List-Id header of digests (RFC 2919), e.g. `News <news.example.com>` \
+              [default: <from name> <<from user>.<from domain>>]",
+        parse: |v, d| {
+            let ok = !v.chars().any(char::is_control)
+                && v.len() <= 200
+                && v.trim_end().ends_with('>')
+                && v.contains('<');
+            if !ok {
+                return Err("expected `Name <id.example.com>` on one line".into());
+            }
+            d.list_id = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "unsubscribe_mailto",
+        value_name: "ADDRESS",
+        default: None,
+        secret: false,
+        doc: "An address offered as <mailto:…> in List-Unsubscribe besides the one-click URL",
+        parse: |v, d| {
+            let a = crate::domain::EmailAddress::parse(v).map_err(|e| e.to_string())?;
+            d.unsubscribe_mailto = Some(format!("mailto:{a}?subject=unsubscribe"));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "domain_rates",
+        value_name: "DOMAIN=RATE,…",
+        default: None,
+        secret: false,
+        doc: "Per-recipient-domain limits, messages per second: gmail.com=20, outlook.com=10",
+        parse: |v, d| {
+            d.domain_rates = Some(parse_domain_rates(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "pause_threshold",
+        value_name: "SHARE",
+        default: Some("20%"),
+        secret: false,
+        doc: "A digest pauses itself when more than this share of its last `pause_window` \
+              attempts failed permanently or at the connection level",
+        parse: |v, d| {
+            d.pause_threshold = Some(parse_share(v).ok_or("expected a share such as 20% or 0.2")?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "pause_window",
+        value_name: "N",
+        default: Some("200"),
+        secret: false,
+        doc: "How many recent attempts of a digest `pause_threshold` looks at (10-100000)",
+        parse: |v, d| {
+            d.pause_window = Some(
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (10..=100_000).contains(n))
+                    .ok_or("expected a whole number from 10 to 100000")?,
+            );
+            Ok(())
+        },
+    },
+    Setting {
+        key: "metrics_token",
+        value_name: "TOKEN",
+        default: None,
+        secret: true,
+        doc: "A token (16+ characters) that may read /metrics besides the admin token",
+        parse: |v, d| {
+            d.metrics_token = Some(token(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log_format",
+        value_name: "text|json",
+        default: Some("text"),
+        secret: false,
+        doc: "text (human-readable) or json (one JSON object a line)",
+        parse: |v, d| {
+            d.log_format = Some(match v {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err("expected text or json".into()),
+            });
+            Ok(())
+        },
+    },
+    Setting {
+        key: "retry_initial",
+        value_name: "DURATION",
+        default: Some("30s"),
+        secret: false,
+        doc: "First retry delay after a transient failure; it doubles each attempt",
+        parse: |v, d| {
+            d.retry_initial = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "retry_max",
+        value_name: "DURATION",
+        default: Some("30m"),
+        secret: false,
+        doc: "Longest retry delay, with up to 25% jitter",
+        parse: |v, d| {
+            d.retry_max = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "throttle_cooldown",
+        value_name: "DURATION",
+        default: Some("30s"),
+        secret: false,
+        doc: "How long a domain that answered 421, 451 or 454 is left alone",
+        parse: |v, d| {
+            d.throttle_cooldown = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "missed_grace",
+        value_name: "DURATION",
+        default: Some("6h"),
+        secret: false,
+        doc: "A digest whose send time passed while nothing ran is still sent within this window",
+        parse: |v, d| {
+            d.missed_grace = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "digest_ttl",
+        value_name: "DURATION",
+        default: Some("24h"),
+        secret: false,
+        doc: "How long a one-off digest's deliveries are retried when there is no daily schedule",
+        parse: |v, d| {
+            d.digest_ttl = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "outbox",
+        value_name: "DIR",
+        default: Some("./outbox"),
+        secret: false,
+        doc: "Folder for .eml files when no SMTP relay is set",
+        parse: |v, d| {
+            d.outbox = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "confirmation_ttl",
+        value_name: "DURATION",
+        default: Some("48h"),
+        secret: false,
+        doc: "How long a confirmation link stays valid",
+        parse: |v, d| {
+            d.confirmation_ttl = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "smtp_timeout",
+        value_name: "DURATION",
+        default: Some("30s"),
+        secret: false,
+        doc: "Timeout for connecting and for each message's SMTP exchange",
+        parse: |v, d| {
+            d.smtp_timeout = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "lease",
+        value_name: "DURATION",
+        default: Some("5m"),
+        secret: false,
+        doc: "How long a claimed delivery is reserved before another worker may take it over",
+        parse: |v, d| {
+            d.lease = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "shutdown_timeout",
+        value_name: "DURATION",
+        default: Some("30s"),
+        secret: false,
+        doc: "How long a stopping worker waits for messages on the wire",
+        parse: |v, d| {
+            d.shutdown_timeout = Some(duration(v)?);
+            Ok(())
+        },
+    },
+];
+
+/// `gmail.com=20, outlook.com=10` (messages per second per domain).
+fn parse_domain_rates(s: &str) -> Result<Vec<(String, NonZeroU32)>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (domain, rate) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` should look like example.com=20"))?;
+            let domain = domain.trim().to_ascii_lowercase();
+            if domain.is_empty() || !domain.contains('.') || domain.contains(char::is_whitespace) {
+                return Err(format!("`{domain}` is not a domain"));
+            }
+            let rate = parse_nonzero(rate.trim().trim_end_matches("/s")).ok_or_else(|| {
+                format!("the rate for {domain} must be a whole number, at least 1")
+            })?;
+            Ok((domain, rate))
+        })
+        .collect()
+}
+
+/// `20%` or `0.2`.
+fn parse_share(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().ok()? / 100.0,
+        None => s.parse::<f64>().ok()?,
+    };
+    (v > 0.0 && v <= 1.0).then_some(v)
+}
+
+fn parse_nonzero(s: &str) -> Option<NonZeroU32> {
+    s.trim().parse().ok()
+}
+
+/// Every key, for code that needs only the names (the README test, the file check).
+pub const KEYS: [&str; TABLE.len()] = {
+    let mut keys = [""; TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        keys[i] = TABLE[i].key;
+        i += 1;
+    }
+    keys
+};

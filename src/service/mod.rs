@@ -1,0 +1,113 @@
+//! The use cases that http and the CLI share, so both behave the same: `editorial` (items,
+//! digests, preview, schedule), `signup` (subscribe, confirm, unsubscribe), `subscribers`
+//! (import, export, list, forget) and `reporting` (statistics, events, metrics, health).
+//!
+//! This is the layer that talks to the store; above it, `http` and `cli` name neither the
+//! store nor sqlx. What they print or serialise is re-exported here under the service's
+//! names. Every use case answers with one error type, `ServiceError`, which http maps to a
+//! status and the CLI to an exit code.
+
+pub mod editorial;
+pub mod reporting;
+pub mod signup;
+pub mod subscribers;
+
+pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleView};
+pub use reporting::Reporting;
+pub use signup::Signup;
+pub use subscribers::{ImportReport, Subscribers};
+
+/// The rows http and the CLI show, as the store reads them.
+pub use crate::store::{DigestRow as Digest, ItemRow as Item, SubscriberRow as Subscriber};
+
+use crate::domain::Invalid;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request breaks a rule: names the field and why.
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not fit the current state (a digest already sent, say).
+    #[error("{0}")]
+    Conflict(String),
+    /// A template failed to render this digest: fix the template, then preview again.
+    #[error("the digest does not render: {0}")]
+    Template(String),
+    /// The database stayed busy for the whole wait for a connection: try again shortly.
+    /// Only sign-up and reporting tell this apart (as before this layer existed); the
+    /// editorial use cases report it as a `Store` fault.
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Editorial mistakes the store detects become the editor's `NotFound` and `Conflict`;
+/// anything else is a fault.
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Self::NotFound(m),
+            StoreError::Conflict(m) => Self::Conflict(m),
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl ServiceError {
+    /// For the use cases whose callers may simply retry (sign-up, confirmation, reports): a
+    /// busy database is `Busy`, every other store error a fault.
+    fn busy_or_fault(e: StoreError) -> Self {
+        match e {
+            // Said as the store says it: "database error: …".
+            busy @ StoreError::Busy(_) => Self::Busy(busy.to_string()),
+            other => Self::Store(other),
+        }
+    }
+
+    /// Whether the operator can fix this by changing what they asked (CLI exit code 2), as
+    /// opposed to a conflict with the current state or database trouble (exit code 1).
+    pub fn is_request_mistake(&self) -> bool {
+        match self {
+            Self::Invalid(_) | Self::NotFound(_) | Self::Template(_) => true,
+            Self::Conflict(_) | Self::Busy(_) | Self::Store(_) => false,
+        }
+    }
+
+    /// A failure to write a report (CSV on standard output).
+    fn output(e: impl std::fmt::Display) -> Self {
+        Self::Store(StoreError::Corrupt(format!("cannot write CSV: {e}")))
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// An editor's mistake about one field.
+pub fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid(crate::domain::digest::invalid(field, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sign_up_and_reports_tell_a_busy_database_apart() {
+        let busy = || StoreError::Busy("pool timed out".into());
+        assert!(
+            matches!(ServiceError::busy_or_fault(busy()), ServiceError::Busy(m) if m == "database error: pool timed out")
+        );
+        assert!(matches!(ServiceError::from(busy()), ServiceError::Store(_)));
+        assert!(matches!(
+            ServiceError::from(StoreError::NotFound("no digest".into())),
+            ServiceError::NotFound(_)
+        ));
+        assert!(matches!(
+            ServiceError::busy_or_fault(StoreError::NotFound("x".into())),
+            ServiceError::Store(_)
+        ));
+    }
+}

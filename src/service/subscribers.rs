@@ -1,0 +1,191 @@
+//! The subscribers as operators handle them: CSV import (double opt-in, or confirmed with
+//! documented consent), CSV export with consent evidence, listing, and erasure.
+
+use super::{ServiceError, ServiceResult};
+use crate::domain::SubscriberStatus;
+use crate::domain::clock::{Millis, to_rfc3339};
+use crate::domain::subscriber::SignUpOutcome;
+use crate::store::{SignUp, Store, SubscriberRow};
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportReport {
+    /// New subscribers (confirmed import), or confirmations queued (pending import).
+    pub added: u64,
+    /// Rows whose address was already known and left as it was.
+    pub unchanged: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct CsvRow {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Subscribers {
+    store: Store,
+}
+
+impl Subscribers {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Imports a CSV with an `email` column and an optional `name` column. Every row is
+    /// checked first: if any is invalid, nothing is imported and the error lists the lines.
+    /// `confirmed`: the operator vouches for consent, the rows become confirmed subscribers;
+    /// otherwise each address gets a confirmation email (double opt-in). Known addresses are
+    /// never changed: an unsubscribed person is not re-subscribed by an import.
+    pub async fn import_csv<R: std::io::Read>(
+        &self,
+        reader: R,
+        confirmed: bool,
+        source: &str,
+        now: Millis,
+    ) -> ServiceResult<ImportReport> {
+        let invalid = |m: String| super::invalid("file", m);
+        let mut rows = Vec::new();
+        let mut problems = Vec::new();
+        let mut csv = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(reader);
+        for (i, record) in csv.deserialize::<CsvRow>().enumerate() {
+            let line = i + 2; // 1-based, after the header
+            let row = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(format!("line {line}: {e}"));
+                    continue;
+                }
+            };
+            let email = crate::domain::EmailAddress::parse(&row.email);
+            let name = crate::domain::SubscriberName::parse(row.name.as_deref().unwrap_or(""));
+            match (email, name) {
+                (Ok(e), Ok(n)) => rows.push((e, n)),
+                (Err(e), _) => problems.push(format!("line {line}: {e}")),
+                (_, Err(e)) => problems.push(format!("line {line}: {e}")),
+            }
+        }
+        if !problems.is_empty() {
+            let shown: Vec<_> = problems.iter().take(10).cloned().collect();
+            let more = problems.len().saturating_sub(10);
+            return Err(invalid(format!(
+                "{} rows are not valid, so nothing was imported: {}{}",
+                problems.len(),
+                shown.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        let mut report = ImportReport::default();
+        if confirmed {
+            for chunk in rows.chunks(1000) {
+                let added = self.store.import_confirmed(chunk, source, now).await?;
+                report.added += added;
+                report.unchanged += chunk.len() as u64 - added;
+            }
+        } else {
+            for (email, name) in rows {
+                let signup = SignUp {
+                    email,
+                    name,
+                    ip: None,
+                    user_agent: Some(source.to_owned()),
+                };
+                let outcome = self.store.sign_up(&signup, now).await?;
+                if outcome == SignUpOutcome::ConfirmationQueued {
+                    report.added += 1;
+                } else {
+                    report.unchanged += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Writes subscribers (all, or of one status) as CSV, with their consent evidence.
+    pub async fn export_csv<W: std::io::Write>(
+        &self,
+        writer: W,
+        status: Option<&str>,
+    ) -> ServiceResult<u64> {
+        let io = ServiceError::output;
+        let mut out = csv::Writer::from_writer(writer);
+        out.write_record([
+            "email",
+            "name",
+            "status",
+            "created_at",
+            "confirmed_at",
+            "consent_at",
+            "consent_ip",
+            "consent_user_agent",
+        ])
+        .map_err(io)?;
+        let mut after: Option<String> = None;
+        let mut n = 0;
+        loop {
+            let page = self.list(status, 1000, after.as_deref()).await?;
+            for s in &page {
+                let confirmed = s.confirmed_at.map(to_rfc3339).unwrap_or_default();
+                out.write_record([
+                    s.email.as_str(),
+                    s.name.as_deref().unwrap_or(""),
+                    s.status.as_str(),
+                    &to_rfc3339(s.created_at),
+                    &confirmed,
+                    &to_rfc3339(s.consent_at),
+                    s.consent_ip.as_deref().unwrap_or(""),
+                    s.consent_user_agent.as_deref().unwrap_or(""),
+                ])
+                .map_err(io)?;
+                n += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == 1000 => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        out.flush().map_err(ServiceError::output)?;
+        Ok(n)
+    }
+
+    /// Erases a subscriber and everything about them.
+    pub async fn forget(&self, email: &str) -> ServiceResult<()> {
+        let email = crate::domain::EmailAddress::parse(email)
+            .map_err(|e| crate::domain::digest::invalid("email", e.to_string()))?;
+        if self.store.forget(email.as_str()).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound(format!(
+                "no subscriber with the address {email}"
+            )))
+        }
+    }
+
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> ServiceResult<Vec<SubscriberRow>> {
+        let status = status
+            .map(|s| s.parse::<SubscriberStatus>())
+            .transpose()
+            .map_err(|_| {
+                crate::domain::digest::invalid(
+                    "status",
+                    "must be pending, confirmed, unsubscribed or bounced",
+                )
+            })?;
+        Ok(self
+            .store
+            .list_subscribers(status, limit.clamp(1, 1000), after)
+            .await?)
+    }
+}
