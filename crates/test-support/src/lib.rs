@@ -1,11 +1,14 @@
-//! Shared test harness: a real Squeeze (HTTP on an ephemeral port, SQLite file in a temp dir,
-//! worker) wired to the in-process SMTP server.
-#![allow(dead_code)]
+//! What Squeeze's integration tests (`tests/it`) and its benchmark (`bench/`) share: a real
+//! Squeeze (HTTP on an ephemeral port, a database of its own, worker) wired to the in-process
+//! SMTP server, with typed helpers for what tests do through the API; the test database; child
+//! processes.
 
+pub mod api;
+pub mod db;
+pub mod process;
 pub mod smtp;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use squeeze::app::{App, Roles};
@@ -13,9 +16,14 @@ use squeeze::config::Config;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use db::{TestDb, on_postgres, postgres_base_url};
+pub use process::{spawn_squeeze, terminate, wait_exit};
 pub use smtp::SmtpServer;
 
-pub const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+/// The product's repository (the workspace root).
+pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+/// The product's templates.
+pub const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../templates");
 pub const WAIT: Duration = Duration::from_secs(10);
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -36,122 +44,6 @@ impl Default for Options {
             scheduler: false,
             database: None,
             settings: Vec::new(),
-        }
-    }
-}
-
-/// A fresh database for one test: an SQLite file in a temporary folder, or — when
-/// `SQUEEZE_TEST_DATABASE=postgres` — a schema of its own in the PostgreSQL database at
-/// `SQUEEZE_TEST_POSTGRES_URL` (default `postgres://root@127.0.0.1:5432/test`), dropped when
-/// the last clone goes.
-#[derive(Clone)]
-pub struct TestDb(Arc<DbInner>);
-
-struct DbInner {
-    url: String,
-    /// Holds the SQLite file, the outbox and logs.
-    dir: tempfile::TempDir,
-    postgres: Option<(String, String)>,
-}
-
-pub fn postgres_base_url() -> String {
-    std::env::var("SQUEEZE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
-}
-
-/// Whether this run exercises PostgreSQL instead of SQLite.
-pub fn on_postgres() -> bool {
-    std::env::var("SQUEEZE_TEST_DATABASE").is_ok_and(|v| v == "postgres")
-}
-
-impl TestDb {
-    pub async fn new() -> Self {
-        if on_postgres() {
-            Self::postgres()
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL for the test suite: {e}"))
-        } else {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let url = format!("sqlite://{}", dir.path().join("squeeze.db").display());
-            Self(Arc::new(DbInner {
-                url,
-                dir,
-                postgres: None,
-            }))
-        }
-    }
-
-    /// A new schema in the test PostgreSQL database, or why there is none.
-    pub async fn postgres() -> Result<Self, String> {
-        use sqlx::Connection as _;
-        let base = postgres_base_url();
-        let mut conn =
-            tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&base))
-                .await
-                .map_err(|_| format!("no answer from {base}"))?
-                .map_err(|e| format!("cannot connect to {base}: {e}"))?;
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.close().await.ok();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        let dir = tempfile::tempdir().expect("tempdir");
-        Ok(Self(Arc::new(DbInner {
-            url,
-            dir,
-            postgres: Some((base, schema)),
-        })))
-    }
-
-    pub fn url(&self) -> &str {
-        &self.0.url
-    }
-
-    pub fn dir(&self) -> &std::path::Path {
-        self.0.dir.path()
-    }
-
-    pub async fn pool(&self) -> sqlx::AnyPool {
-        sqlx::any::install_default_drivers();
-        sqlx::any::AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(self.url())
-            .await
-            .expect("open test database")
-    }
-}
-
-impl Drop for DbInner {
-    fn drop(&mut self) {
-        if let Some((base, schema)) = self.postgres.take() {
-            // Drop is not async; a short-lived runtime on its own thread does the clean-up.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async {
-                    use sqlx::Connection as _;
-                    if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
-                        // This blocks the test's thread: should a connection of the test
-                        // still hold a lock in the schema (a task left mid-transaction), the
-                        // schema stays behind rather than the test hanging.
-                        let _ = sqlx::query("SET lock_timeout = '10s'")
-                            .execute(&mut c)
-                            .await;
-                        if let Err(e) = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                            .execute(&mut c)
-                            .await
-                        {
-                            eprintln!("test schema {schema} left behind: {e}");
-                        }
-                    }
-                });
-                Ok::<(), std::io::Error>(())
-            })
-            .join();
         }
     }
 }
@@ -314,66 +206,6 @@ where
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The `squeeze` binary as a child process (for crash and signal tests), logging to a file in
-/// the database's folder.
-pub fn spawn_squeeze(
-    args: &[&str],
-    database: &TestDb,
-    env: &[(&str, String)],
-) -> std::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(database.dir().join("squeeze.log"))
-        .expect("log file");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_squeeze"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SQUEEZE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(args)
-        .current_dir(database.dir())
-        .env("SQUEEZE_DATABASE_URL", database.url())
-        .env("SQUEEZE_TEMPLATES", TEMPLATES)
-        .env("SQUEEZE_FROM", "Squeeze Test <news@squeeze.test>")
-        .env("RUST_LOG", "squeeze=info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn squeeze")
-}
-
-/// Sends SIGTERM (graceful stop) to a child.
-pub fn terminate(child: &std::process::Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-}
-
-/// Waits for a child to exit, up to `timeout`.
-pub async fn wait_exit(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> std::process::ExitStatus {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "process did not exit within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

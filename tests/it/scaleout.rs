@@ -2,14 +2,13 @@
 //! rate; several `squeeze serve` nodes elect one scheduler. These tests need PostgreSQL: on a
 //! laptop without it they skip with a reason; under CI=true they fail instead.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{
-    Options, SmtpServer, TestApp, TestDb, eventually, seed, spawn_squeeze, terminate, wait_exit,
+use crate::helpers::{
+    self, Options, SmtpServer, TestApp, TestDb, eventually, seed, spawn_squeeze, terminate,
+    wait_exit,
 };
 
 async fn postgres() -> Option<TestDb> {
@@ -87,7 +86,7 @@ async fn scaleout_three_workers_share_the_queue_and_the_global_rate() {
     wait_live_workers(&app, 3).await;
     // Let every worker see the other two at a heartbeat before the digest arrives.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    common::send_digest_now(&app).await;
+    helpers::send_digest_now(&app).await;
     let got = smtp.wait_for(3000, Duration::from_secs(60)).await;
     let arrivals: Vec<Instant> = got.iter().map(|m| m.at).collect();
     let first = *arrivals.iter().min().expect("arrivals");
@@ -131,8 +130,8 @@ async fn scaleout_killing_one_of_three_workers_loses_nothing() {
     ];
     let mut children = workers(3, &db, &env);
     wait_live_workers(&app, 3).await;
-    common::send_digest_now(&app).await;
-    smtp.wait_for(1000, Duration::from_secs(30)).await;
+    helpers::send_digest_now(&app).await;
+    smtp.wait_for_at_least(1000, Duration::from_secs(30)).await;
     let mut victim = children.remove(0);
     victim.kill().expect("SIGKILL");
     victim.wait().expect("reaped");

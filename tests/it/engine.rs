@@ -1,16 +1,14 @@
 //! The delivery engine under load and faults: TCP_NODELAY, rate limits, throttling,
 //! auto-pause, a SIGKILLed worker process, graceful shutdown, a relay that goes away.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{
-    Options, SmtpServer, TestApp, WAIT, eventually, seed, send_digest_now, spawn_squeeze,
+use crate::helpers::{
+    self, Options, SmtpServer, TestApp, WAIT, eventually, seed, send_digest_now, spawn_squeeze,
     terminate, wait_exit,
 };
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 fn opts(smtp: &SmtpServer, settings: &[(&str, &str)]) -> Options {
     Options {
@@ -29,7 +27,7 @@ async fn run_worker_until(
     smtp: &SmtpServer,
     n: usize,
     timeout: Duration,
-) -> Vec<common::smtp::Received> {
+) -> Vec<helpers::smtp::Received> {
     let stop = tokio_util::sync::CancellationToken::new();
     let worker = tokio::spawn(app.app.worker().run(stop.clone()));
     let got = smtp.wait_for(n, timeout).await;
@@ -218,12 +216,7 @@ async fn a_failing_digest_pauses_itself_and_resumes_without_resending() {
 
     // The relay is fixed; an editor resumes through the API.
     smtp.faults().rcpt_always.clear();
-    let res = app
-        .admin(Method::POST, &format!("/api/digests/{id}/resume"))
-        .send()
-        .await
-        .expect("resume");
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.resume(&id).await.0, StatusCode::OK);
     eventually("the digest finishes", WAIT, || async {
         app.app
             .scheduler()
@@ -258,25 +251,17 @@ async fn pause_and_resume_by_hand_continue_where_they_stopped() {
     let app = TestApp::spawn_with(opts(&smtp, &[("rate", "100"), ("burst", "1")])).await;
     seed(&app, &[("confirmed", 150)], "example.com").await;
     let id = send_digest_now(&app).await;
-    smtp.wait_for(20, WAIT).await;
-    let res = app
-        .admin(Method::POST, &format!("/api/digests/{id}/pause"))
-        .json(&serde_json::json!({"reason": "typo in the subject"}))
-        .send()
-        .await
-        .expect("pause");
-    assert_eq!(res.status(), StatusCode::OK);
+    smtp.wait_for_at_least(20, WAIT).await;
+    assert_eq!(
+        app.pause(&id, "typo in the subject").await.0,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let at_pause = smtp.count();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.count(), at_pause, "nothing goes out while paused");
     assert!(at_pause < 150);
-    let res = app
-        .admin(Method::POST, &format!("/api/digests/{id}/resume"))
-        .send()
-        .await
-        .expect("resume");
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.resume(&id).await.0, StatusCode::OK);
     smtp.wait_for(150, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.count(), 150, "resume never re-sends");
@@ -329,7 +314,7 @@ async fn a_sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_flight
     ];
 
     let mut first = spawn_squeeze(&["worker"], &db, &env);
-    smtp.wait_for(600, Duration::from_secs(30)).await;
+    smtp.wait_for_at_least(600, Duration::from_secs(30)).await;
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
     let at_kill = smtp.count();
@@ -387,7 +372,7 @@ async fn sigterm_finishes_messages_on_the_wire_and_hands_back_the_rest() {
         ("SQUEEZE_CONCURRENCY", "4".to_owned()),
     ];
     let mut worker = spawn_squeeze(&["worker"], &db, &env);
-    smtp.wait_for(4, WAIT).await;
+    smtp.wait_for_at_least(4, WAIT).await;
     terminate(&worker);
     let status = wait_exit(&mut worker, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));

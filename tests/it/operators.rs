@@ -1,12 +1,12 @@
 //! What operators see: stats as JSON and in the CLI, Prometheus metrics, and the dashboard in
 //! a real browser — all showing the numbers of one seeded scenario.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Options, SmtpServer, TestApp, eventually, seed, send_digest_now};
+use crate::helpers::{
+    self, ADMIN_TOKEN, Options, SmtpServer, TestApp, eventually, seed, send_digest_now,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -129,7 +129,7 @@ async fn json_stats_and_the_cli_show_the_seeded_numbers() {
             .args(args)
             .current_dir(db.dir())
             .env("SQUEEZE_DATABASE_URL", db.url())
-            .env("SQUEEZE_TEMPLATES", common::TEMPLATES)
+            .env("SQUEEZE_TEMPLATES", helpers::TEMPLATES)
             .output()
             .expect("run");
         assert!(
@@ -430,7 +430,7 @@ async fn logs_carry_delivery_ids_as_json_and_never_an_address() {
     seed(&app, &[("confirmed", 3)], "example.com").await;
     send_digest_now(&app).await;
     let db = app.database.clone();
-    let mut worker = common::spawn_squeeze(
+    let mut worker = helpers::spawn_squeeze(
         &["worker"],
         &db,
         &[
@@ -450,8 +450,8 @@ async fn logs_carry_delivery_ids_as_json_and_never_an_address() {
         },
     )
     .await;
-    common::terminate(&worker);
-    common::wait_exit(&mut worker, Duration::from_secs(10)).await;
+    helpers::terminate(&worker);
+    helpers::wait_exit(&mut worker, Duration::from_secs(10)).await;
     let log = std::fs::read_to_string(db.dir().join("squeeze.log")).expect("log");
     assert!(
         !log.contains("@example.com"),

@@ -227,8 +227,25 @@ impl SmtpServer {
             .collect()
     }
 
-    /// Waits until at least `n` messages arrived, or panics after `timeout`.
+    /// Waits until `n` messages arrived, then for [`SETTLE`] more, and panics unless exactly
+    /// `n` are there: a duplicate or a stray send fails the test. Panics after `timeout` if
+    /// fewer than `n` came.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        self.wait_for_at_least(n, timeout).await;
+        tokio::time::sleep(SETTLE).await;
+        let got = self.received();
+        assert_eq!(
+            got.len(),
+            n,
+            "expected exactly {n} messages at the SMTP server, got {} (duplicates or strays)",
+            got.len()
+        );
+        got
+    }
+
+    /// Waits until at least `n` messages arrived, or panics after `timeout`: for a point in a
+    /// run that is still sending (pause it, kill the worker), where more are expected.
+    pub async fn wait_for_at_least(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let got = self.received();
@@ -244,6 +261,11 @@ impl SmtpServer {
         }
     }
 }
+
+/// How long [`SmtpServer::wait_for`] waits after the expected count for anything more: longer
+/// than the test configuration's retry delays (50 ms, at most 200 ms), so a message sent twice
+/// arrives within it.
+pub const SETTLE: Duration = Duration::from_millis(300);
 
 fn addr_of(arg: &str) -> String {
     let start = arg.find('<').map_or(0, |i| i + 1);
