@@ -290,7 +290,7 @@ async fn a_stalled_server_times_out_and_delivery_recovers_when_it_answers_again(
     })
     .await;
     smtp.faults().stall = false;
-    smtp.wait_for(1, WAIT).await;
+    app.wait_all_sent(&smtp, 1).await;
     app.stop().await;
 }
 

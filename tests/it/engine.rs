@@ -283,7 +283,7 @@ async fn a_relay_that_goes_away_and_comes_back_gets_everything() {
     })
     .await;
     let back = SmtpServer::start_on(&addr.to_string()).await;
-    back.wait_for(5, WAIT).await;
+    app.wait_all_sent(&back, 5).await;
     app.stop().await;
 }
 

@@ -4,6 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::smtp::Received;
 use crate::{SmtpServer, TestApp, WAIT};
 
 /// The status and the JSON body of an answer (`null` when the body is not JSON).
@@ -115,6 +116,21 @@ impl TestApp {
     /// Digest `id` as the admin API shows it.
     pub async fn digest(&self, id: &str) -> (StatusCode, Value) {
         self.get_json(&format!("/api/digests/{id}")).await
+    }
+
+    /// Waits until `smtp` has received `n` messages and nothing is left to send (no delivery
+    /// queued or on the wire), then checks that exactly `n` arrived: a message sent again after
+    /// a failure (which the worker would pick up only after its idle poll, later than
+    /// [`SmtpServer::wait_for`] looks) fails the test either way. Returns what arrived.
+    pub async fn wait_all_sent(&self, smtp: &SmtpServer, n: usize) -> Vec<Received> {
+        smtp.wait_for_at_least(n, WAIT).await;
+        crate::eventually("nothing left to send", WAIT, || async {
+            self.scalar("SELECT COUNT(*) FROM deliveries WHERE status IN ('queued', 'sending')")
+                .await
+                == 0
+        })
+        .await;
+        smtp.wait_for(n, WAIT).await
     }
 
     /// Signs `email` up and follows the link of the confirmation `smtp` receives for it, as a
