@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::helpers::{
     self, ADMIN_TOKEN, Options, SmtpServer, TestApp, eventually, seed, send_digest_now,
 };
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 const METRICS_TOKEN: &str = "metrics-token-0123456789";
@@ -84,23 +84,11 @@ async fn json_stats_and_the_cli_show_the_seeded_numbers() {
     let smtp = SmtpServer::start().await;
     let (app, id) = scenario(&smtp).await;
 
-    let d: Value = app
-        .admin(Method::GET, &format!("/api/digests/{id}/stats"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let (status, d) = app.digest_stats(&id).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
     check_digest_numbers(&d);
-    let o: Value = app
-        .admin(Method::GET, "/api/stats")
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let (status, o) = app.stats().await;
+    assert_eq!(status, StatusCode::OK, "{o}");
     assert_eq!(o["subscribers"]["confirmed"], 8, "{o}");
     assert_eq!(o["subscribers"]["bounced"], 1);
     assert_eq!(o["subscribers"]["unsubscribed"], 1);
@@ -115,12 +103,7 @@ async fn json_stats_and_the_cli_show_the_seeded_numbers() {
         .await
         .expect("req");
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    let res = app
-        .admin(Method::GET, "/api/digests/nope/stats")
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.digest_stats("nope").await.0, StatusCode::NOT_FOUND);
 
     // The CLI reads the same database.
     let db = app.database.clone();

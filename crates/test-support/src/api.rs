@@ -118,6 +118,16 @@ impl TestApp {
         self.get_json(&format!("/api/digests/{id}")).await
     }
 
+    /// The delivery figures of digest `id` (`GET /api/digests/{id}/stats`).
+    pub async fn digest_stats(&self, id: &str) -> (StatusCode, Value) {
+        self.get_json(&format!("/api/digests/{id}/stats")).await
+    }
+
+    /// The dashboard's figures (`GET /api/stats`).
+    pub async fn stats(&self) -> (StatusCode, Value) {
+        self.get_json("/api/stats").await
+    }
+
     /// Waits until `smtp` has received `n` messages and nothing is left to send (no delivery
     /// queued or on the wire), then checks that exactly `n` arrived: a message sent again after
     /// a failure (which the worker would pick up only after its idle poll, later than
