@@ -728,40 +728,23 @@ async fn missed_schedules_are_sent_within_the_grace_window_and_marked_missed_aft
 async fn schedule_api_and_subscriber_listing() {
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn(&smtp).await;
-    let res = app
-        .admin(Method::GET, "/api/schedule")
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.daily_schedule().await.0, StatusCode::NOT_FOUND);
     let (status, err) = app
-        .admin_json(
-            Method::PUT,
-            "/api/schedule",
-            Some(json!({"time": "7am", "timezone": "Europe/Madrid"})),
-        )
+        .set_daily_schedule(json!({"time": "7am", "timezone": "Europe/Madrid"}))
         .await;
     assert_eq!(
         (status, err["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("time"))
     );
     let (status, err) = app
-        .admin_json(
-            Method::PUT,
-            "/api/schedule",
-            Some(json!({"time": "07:00", "timezone": "Europe/Madird"})),
-        )
+        .set_daily_schedule(json!({"time": "07:00", "timezone": "Europe/Madird"}))
         .await;
     assert_eq!(
         (status, err["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("timezone"))
     );
     let (status, s) = app
-        .admin_json(
-            Method::PUT,
-            "/api/schedule",
-            Some(json!({"time": "07:00", "timezone": "Europe/Madrid", "enabled": true})),
-        )
+        .set_daily_schedule(json!({"time": "07:00", "timezone": "Europe/Madrid", "enabled": true}))
         .await;
     assert_eq!(status, StatusCode::OK, "{s}");
     assert_eq!(
@@ -773,19 +756,15 @@ async fn schedule_api_and_subscriber_listing() {
         (Some("07:00"), Some("Europe/Madrid"), Some(true))
     );
     assert!(s["next_run"].as_str().is_some());
-    let (_, got) = app.get_json("/api/schedule").await;
+    let (_, got) = app.daily_schedule().await;
     assert_eq!(got["time"], "07:00");
 
     seed(&app, &[("confirmed", 5), ("pending", 3)]).await;
-    let (_, page1) = app
-        .get_json("/api/subscribers?status=confirmed&limit=3")
-        .await;
+    let (_, page1) = app.subscribers("status=confirmed&limit=3").await;
     assert_eq!(page1["subscribers"].as_array().map(Vec::len), Some(3));
     let after = page1["next_after"].as_str().expect("cursor");
     let (_, page2) = app
-        .get_json(&format!(
-            "/api/subscribers?status=confirmed&limit=3&after={after}"
-        ))
+        .subscribers(&format!("status=confirmed&limit=3&after={after}"))
         .await;
     assert_eq!(page2["subscribers"].as_array().map(Vec::len), Some(2));
     assert!(page2["next_after"].is_null());
@@ -796,7 +775,7 @@ async fn schedule_api_and_subscriber_listing() {
         .map(|s| s["status"].as_str().unwrap_or(""))
         .collect();
     assert!(statuses.iter().all(|s| *s == "confirmed"));
-    let (status, _) = app.get_json("/api/subscribers?status=vip").await;
+    let (status, _) = app.subscribers("status=vip").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     app.stop().await;
 }

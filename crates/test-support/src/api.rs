@@ -118,6 +118,23 @@ impl TestApp {
         self.get_json(&format!("/api/digests/{id}")).await
     }
 
+    /// The daily schedule (`GET /api/schedule`; 404 while there is none).
+    pub async fn daily_schedule(&self) -> (StatusCode, Value) {
+        self.get_json("/api/schedule").await
+    }
+
+    /// Sets the daily schedule (`PUT /api/schedule` with `body`: `time`, `timezone`,
+    /// `enabled`).
+    pub async fn set_daily_schedule(&self, body: Value) -> (StatusCode, Value) {
+        self.admin_json(Method::PUT, "/api/schedule", Some(body))
+            .await
+    }
+
+    /// One page of subscribers (`GET /api/subscribers?{query}`).
+    pub async fn subscribers(&self, query: &str) -> (StatusCode, Value) {
+        self.get_json(&format!("/api/subscribers?{query}")).await
+    }
+
     /// The delivery figures of digest `id` (`GET /api/digests/{id}/stats`).
     pub async fn digest_stats(&self, id: &str) -> (StatusCode, Value) {
         self.get_json(&format!("/api/digests/{id}/stats")).await
