@@ -159,7 +159,7 @@ async fn scaleout_killing_one_of_three_workers_loses_nothing() {
     let duplicates = smtp.count() - 3000;
     println!("killed one of three workers after {at_kill} messages; {duplicates} duplicates");
     // One worker's worth (concurrency 4): on the wire, waiting for the recorder, being
-    // written (as in tests/engine.rs).
+    // written (as in tests/it/engine.rs).
     let bound = 4 + 2 * squeeze::worker::UNRECORDED_PER_CONNECTION * 4;
     assert!(
         duplicates <= bound,
