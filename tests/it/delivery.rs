@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{
-    self, Options, SmtpServer, TestApp, WAIT, eventually, seed, send_digest_with_intro_now,
-};
+use crate::helpers::{self, Options, SmtpServer, TestApp, WAIT, eventually, seed};
 use squeeze::domain::clock::now_ms;
 
 fn opts(smtp: &SmtpServer) -> Options {
@@ -206,7 +204,7 @@ async fn commands_are_pipelined_only_where_offered_and_dotted_lines_arrive_intac
         );
         let app = TestApp::spawn(&smtp).await;
         seed(&app, &[("confirmed", 2)], "dots.example").await;
-        send_digest_with_intro_now(&app, Some(intro)).await;
+        app.send_digest_with_intro_now(Some(intro)).await;
         eventually("both sent, one after a retry", WAIT, || async {
             app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
                 .await
@@ -732,7 +730,7 @@ async fn a_digest_is_not_sent_while_a_worker_still_holds_its_last_delivery() {
     let smtp = SmtpServer::start().await;
     let app = without_worker(&smtp).await;
     seed(&app, &[("confirmed", 1)], "example.com").await;
-    let id = helpers::send_digest_now(&app).await;
+    let id = app.send_digest_now().await;
     let digest_sent = format!("SELECT COUNT(*) FROM digests WHERE id = '{id}' AND status = 'sent'");
     let claimed = app
         .app
@@ -769,7 +767,7 @@ async fn an_expired_claim_requeues_only_its_unfinished_deliveries() {
     let smtp = SmtpServer::start().await;
     let app = without_worker(&smtp).await;
     seed(&app, &[("confirmed", 3)], "example.com").await;
-    helpers::send_digest_now(&app).await;
+    app.send_digest_now().await;
     let store = &app.app.store;
     let lease = Duration::from_millis(200);
     let first = store.claim(now_ms(), lease, 10).await.expect("claim");

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    self, Options, SmtpServer, TestApp, WAIT, eventually, seed, send_digest_now, spawn_squeeze,
-    terminate, wait_exit,
+    self, Options, SmtpServer, TestApp, WAIT, eventually, seed, spawn_squeeze, terminate, wait_exit,
 };
 use reqwest::StatusCode;
 
@@ -52,7 +51,7 @@ async fn one_connection_sends_200_messages_without_the_nagle_stall() {
     })
     .await;
     seed(&app, &[("confirmed", 200)], "example.com").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     let start = Instant::now();
     let got = run_worker_until(&app, &smtp, 200, Duration::from_secs(30)).await;
     let elapsed = got.iter().map(|m| m.at).max().expect("arrivals") - start;
@@ -81,7 +80,7 @@ async fn the_global_rate_holds_across_connections() {
     })
     .await;
     seed(&app, &[("confirmed", 500)], "example.com").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     let got = run_worker_until(&app, &smtp, 500, Duration::from_secs(30)).await;
     let rate = achieved_rate(&got.iter().map(|m| m.at).collect::<Vec<_>>());
     println!(
@@ -109,7 +108,7 @@ async fn a_per_domain_limit_paces_only_that_domain() {
     .await;
     seed(&app, &[("confirmed", 40)], "slow.example").await;
     seed(&app, &[("confirmed", 40)], "fast.example").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     let got = run_worker_until(&app, &smtp, 80, Duration::from_secs(30)).await;
     let slow: Vec<Instant> = got
         .iter()
@@ -139,7 +138,7 @@ async fn a_throttling_reply_cools_the_domain_down_and_nothing_is_lost() {
     // The throttled recipient comes first.
     app.exec("UPDATE subscribers SET id = '0' WHERE email = 'confirmed0@cool.example'")
         .await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     app.exec("UPDATE delivery_queue SET run_at = run_at - 1000 WHERE delivery_id IN (SELECT id FROM deliveries WHERE subscriber_id = '0')")
         .await;
     run_worker_until(&app, &smtp, 10, WAIT).await;
@@ -190,7 +189,7 @@ async fn a_failing_digest_pauses_itself_and_resumes_without_resending() {
             "550 5.7.1 Relaying denied".into(),
         );
     }
-    let id = send_digest_now(&app).await;
+    let id = app.send_digest_now().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let worker = tokio::spawn(app.app.worker().run(stop.clone()));
     eventually("the digest pauses itself", WAIT, || async {
@@ -250,7 +249,7 @@ async fn pause_and_resume_by_hand_continue_where_they_stopped() {
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn_with(opts(&smtp, &[("rate", "100"), ("burst", "1")])).await;
     seed(&app, &[("confirmed", 150)], "example.com").await;
-    let id = send_digest_now(&app).await;
+    let id = app.send_digest_now().await;
     smtp.wait_for_at_least(20, WAIT).await;
     assert_eq!(
         app.pause(&id, "typo in the subject").await.0,
@@ -275,7 +274,7 @@ async fn a_relay_that_goes_away_and_comes_back_gets_everything() {
     smtp.stop();
     let app = TestApp::spawn(&smtp).await;
     seed(&app, &[("confirmed", 5)], "example.com").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     eventually("connection failures are recorded", WAIT, || async {
         app.scalar("SELECT COUNT(*) FROM deliveries WHERE last_error LIKE '%cannot connect%'")
             .await
@@ -303,7 +302,7 @@ async fn a_sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_flight
     })
     .await;
     let confirmed = seed(&web, &[("confirmed", 2000)], "example.com").await;
-    send_digest_now(&web).await;
+    web.send_digest_now().await;
     let db = web.database.clone();
     web.stop().await;
     let env = [
@@ -364,7 +363,7 @@ async fn sigterm_finishes_messages_on_the_wire_and_hands_back_the_rest() {
     })
     .await;
     seed(&web, &[("confirmed", 60)], "example.com").await;
-    send_digest_now(&web).await;
+    web.send_digest_now().await;
     let db = web.database.clone();
     web.stop().await;
     let env = [

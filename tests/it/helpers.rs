@@ -6,7 +6,7 @@ use std::process::Child;
 pub use squeeze_test_support::smtp::{self, SmtpServer};
 pub use squeeze_test_support::{
     ADMIN_TOKEN, Options, TEMPLATES, TestApp, TestDb, WAIT, eventually, on_postgres, seed,
-    send_digest_now, send_digest_with_intro_now, terminate, wait_exit,
+    terminate, wait_exit,
 };
 
 /// The `squeeze` binary as a child process (for crash and signal tests), logging to a file in

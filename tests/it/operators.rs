@@ -4,9 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::{
-    self, ADMIN_TOKEN, Options, SmtpServer, TestApp, eventually, seed, send_digest_now,
-};
+use crate::helpers::{self, ADMIN_TOKEN, Options, SmtpServer, TestApp, eventually, seed};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -34,7 +32,7 @@ async fn scenario(smtp: &SmtpServer) -> (TestApp, String) {
             "550 5.1.1 No such user here".into(),
         );
     }
-    let id = send_digest_now(&app).await;
+    let id = app.send_digest_now().await;
     app.exec(
         "UPDATE subscribers SET status = 'unsubscribed' WHERE email = 'confirmed9@example.com'",
     )
@@ -411,7 +409,7 @@ async fn logs_carry_delivery_ids_as_json_and_never_an_address() {
     })
     .await;
     seed(&app, &[("confirmed", 3)], "example.com").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     let db = app.database.clone();
     let mut worker = helpers::spawn_squeeze(
         &["worker"],

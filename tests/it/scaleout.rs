@@ -7,8 +7,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    self, Options, SmtpServer, TestApp, TestDb, eventually, seed, spawn_squeeze, terminate,
-    wait_exit,
+    Options, SmtpServer, TestApp, TestDb, eventually, seed, spawn_squeeze, terminate, wait_exit,
 };
 
 async fn postgres() -> Option<TestDb> {
@@ -86,7 +85,7 @@ async fn scaleout_three_workers_share_the_queue_and_the_global_rate() {
     wait_live_workers(&app, 3).await;
     // Let every worker see the other two at a heartbeat before the digest arrives.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    helpers::send_digest_now(&app).await;
+    app.send_digest_now().await;
     let got = smtp.wait_for(3000, Duration::from_secs(60)).await;
     let arrivals: Vec<Instant> = got.iter().map(|m| m.at).collect();
     let first = *arrivals.iter().min().expect("arrivals");
@@ -130,7 +129,7 @@ async fn scaleout_killing_one_of_three_workers_loses_nothing() {
     ];
     let mut children = workers(3, &db, &env);
     wait_live_workers(&app, 3).await;
-    helpers::send_digest_now(&app).await;
+    app.send_digest_now().await;
     smtp.wait_for_at_least(1000, Duration::from_secs(30)).await;
     let mut victim = children.remove(0);
     victim.kill().expect("SIGKILL");

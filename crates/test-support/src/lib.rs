@@ -242,35 +242,37 @@ pub async fn seed(app: &TestApp, groups: &[(&str, usize)], domain: &str) -> Vec<
     confirmed
 }
 
-/// Makes a digest of one fresh item and fans it out now; returns its id.
-pub async fn send_digest_now(app: &TestApp) -> String {
-    send_digest_with_intro_now(app, None).await
-}
+impl TestApp {
+    /// Makes a digest of one fresh item and fans it out now; returns its id.
+    pub async fn send_digest_now(&self) -> String {
+        self.send_digest_with_intro_now(None).await
+    }
 
-/// `send_digest_now`, with this introduction.
-pub async fn send_digest_with_intro_now(app: &TestApp, intro: Option<&str>) -> String {
-    use squeeze::domain::{ItemSelection, NewDigest, NewItem};
-    let now = squeeze::domain::clock::now_ms();
-    let item = NewItem::parse("News", "https://example.com/n", "Summary", None).expect("item");
-    app.app.store.add_item(&item, now).await.expect("item");
-    let d = NewDigest::parse("Today", intro, ItemSelection::Pending).expect("digest");
-    let digest = app
-        .app
-        .store
-        .create_digest(&d, None, now)
-        .await
-        .expect("digest");
-    app.app
-        .store
-        .schedule_digest(&digest.id, now, now)
-        .await
-        .expect("schedule");
-    let report = app
-        .app
-        .scheduler()
-        .tick(chrono::Utc::now())
-        .await
-        .expect("tick");
-    assert_eq!(report.fanned_out.len(), 1, "fanned out");
-    digest.id
+    /// `send_digest_now`, with this introduction.
+    pub async fn send_digest_with_intro_now(&self, intro: Option<&str>) -> String {
+        use squeeze::domain::{ItemSelection, NewDigest, NewItem};
+        let now = squeeze::domain::clock::now_ms();
+        let item = NewItem::parse("News", "https://example.com/n", "Summary", None).expect("item");
+        self.app.store.add_item(&item, now).await.expect("item");
+        let d = NewDigest::parse("Today", intro, ItemSelection::Pending).expect("digest");
+        let digest = self
+            .app
+            .store
+            .create_digest(&d, None, now)
+            .await
+            .expect("digest");
+        self.app
+            .store
+            .schedule_digest(&digest.id, now, now)
+            .await
+            .expect("schedule");
+        let report = self
+            .app
+            .scheduler()
+            .tick(chrono::Utc::now())
+            .await
+            .expect("tick");
+        assert_eq!(report.fanned_out.len(), 1, "fanned out");
+        digest.id
+    }
 }
