@@ -2,7 +2,8 @@
 # CI hook for the benchmark (issue #7): runs the already built squeeze-bench once at a tiny N,
 # so the benchmark keeps compiling and working. It builds nothing and judges no timing: it
 # fails only when the run fails (sink, seeding, fan-out, worker or floor).
-# Uses whichever of the debug and release builds is newer (`cargo test` builds the debug one).
+# Uses whichever of the debug and release builds is newer (`cargo build --bins` builds the
+# debug ones; the benchmark is the workspace's `bench/` crate).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"

@@ -2,13 +2,11 @@
 //! rate; several `squeeze serve` nodes elect one scheduler. These tests need PostgreSQL: on a
 //! laptop without it they skip with a reason; under CI=true they fail instead.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::helpers::{
     Options, SmtpServer, TestApp, TestDb, eventually, seed, spawn_squeeze, terminate, wait_exit,
 };
 
@@ -87,7 +85,7 @@ async fn scaleout_three_workers_share_the_queue_and_the_global_rate() {
     wait_live_workers(&app, 3).await;
     // Let every worker see the other two at a heartbeat before the digest arrives.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    common::send_digest_now(&app).await;
+    app.send_digest_now().await;
     let got = smtp.wait_for(3000, Duration::from_secs(60)).await;
     let arrivals: Vec<Instant> = got.iter().map(|m| m.at).collect();
     let first = *arrivals.iter().min().expect("arrivals");
@@ -131,8 +129,8 @@ async fn scaleout_killing_one_of_three_workers_loses_nothing() {
     ];
     let mut children = workers(3, &db, &env);
     wait_live_workers(&app, 3).await;
-    common::send_digest_now(&app).await;
-    smtp.wait_for(1000, Duration::from_secs(30)).await;
+    app.send_digest_now().await;
+    smtp.wait_for_at_least(1000, Duration::from_secs(30)).await;
     let mut victim = children.remove(0);
     victim.kill().expect("SIGKILL");
     victim.wait().expect("reaped");
@@ -160,7 +158,7 @@ async fn scaleout_killing_one_of_three_workers_loses_nothing() {
     let duplicates = smtp.count() - 3000;
     println!("killed one of three workers after {at_kill} messages; {duplicates} duplicates");
     // One worker's worth (concurrency 4): on the wire, waiting for the recorder, being
-    // written (as in tests/engine.rs).
+    // written (as in tests/it/engine.rs).
     let bound = 4 + 2 * squeeze::worker::UNRECORDED_PER_CONNECTION * 4;
     assert!(
         duplicates <= bound,

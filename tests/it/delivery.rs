@@ -1,11 +1,9 @@
 //! The durable queue and its worker against a real SMTP server: restarts, dead workers,
 //! transient and permanent failures, authentication, the outbox.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Options, SmtpServer, TestApp, WAIT, eventually, seed, send_digest_with_intro_now};
+use crate::helpers::{self, Options, SmtpServer, TestApp, WAIT, eventually, seed};
 use squeeze::domain::clock::now_ms;
 
 fn opts(smtp: &SmtpServer) -> Options {
@@ -37,7 +35,7 @@ fn sent(d: &squeeze::store::ClaimedDelivery) -> squeeze::store::Recorded {
 #[tokio::test]
 async fn a_queued_confirmation_survives_a_worker_restart_and_is_delivered_once() {
     let smtp = SmtpServer::start().await;
-    let db = common::TestDb::new().await;
+    let db = helpers::TestDb::new().await;
 
     // Web only: the sign-up is queued, nothing is sent.
     let web = TestApp::spawn_with(Options {
@@ -79,7 +77,7 @@ async fn a_queued_confirmation_survives_a_worker_restart_and_is_delivered_once()
 #[tokio::test]
 async fn a_dead_workers_lease_expires_and_the_delivery_is_claimed_again() {
     let smtp = SmtpServer::start().await;
-    let db = common::TestDb::new().await;
+    let db = helpers::TestDb::new().await;
     let lease = vec![("lease".to_owned(), "1s".to_owned())];
 
     let web = TestApp::spawn_with(Options {
@@ -206,7 +204,7 @@ async fn commands_are_pipelined_only_where_offered_and_dotted_lines_arrive_intac
         );
         let app = TestApp::spawn(&smtp).await;
         seed(&app, &[("confirmed", 2)], "dots.example").await;
-        send_digest_with_intro_now(&app, Some(intro)).await;
+        app.send_digest_with_intro_now(Some(intro)).await;
         eventually("both sent, one after a retry", WAIT, || async {
             app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
                 .await
@@ -290,7 +288,7 @@ async fn a_stalled_server_times_out_and_delivery_recovers_when_it_answers_again(
     })
     .await;
     smtp.faults().stall = false;
-    smtp.wait_for(1, WAIT).await;
+    app.wait_all_sent(&smtp, 1).await;
     app.stop().await;
 }
 
@@ -374,9 +372,12 @@ async fn tls_app(smtp_url: String, ca_pem: Option<&str>) -> (TestApp, tempfile::
 
 #[tokio::test]
 async fn starttls_and_implicit_tls_with_a_private_ca() {
-    let (acceptor, pem) = common::smtp::localhost_tls();
-    let starttls =
-        SmtpServer::start_with("127.0.0.1:0", common::smtp::Tls::Starttls(acceptor.clone())).await;
+    let (acceptor, pem) = helpers::smtp::localhost_tls();
+    let starttls = SmtpServer::start_with(
+        "127.0.0.1:0",
+        helpers::smtp::Tls::Starttls(acceptor.clone()),
+    )
+    .await;
     starttls.faults().credentials = Some(("mailer".into(), "pw".into()));
     let url = format!(
         "smtp://mailer:pw@localhost:{}?tls=required",
@@ -390,7 +391,7 @@ async fn starttls_and_implicit_tls_with_a_private_ca() {
     app.stop().await;
 
     let implicit =
-        SmtpServer::start_with("127.0.0.1:0", common::smtp::Tls::Implicit(acceptor)).await;
+        SmtpServer::start_with("127.0.0.1:0", helpers::smtp::Tls::Implicit(acceptor)).await;
     let (app, _dir) = tls_app(
         format!("smtps://localhost:{}", implicit.addr.port()),
         Some(&pem),
@@ -403,8 +404,8 @@ async fn starttls_and_implicit_tls_with_a_private_ca() {
 
 #[tokio::test]
 async fn an_untrusted_relay_certificate_is_refused_and_the_mail_kept() {
-    let (acceptor, _) = common::smtp::localhost_tls();
-    let smtp = SmtpServer::start_with("127.0.0.1:0", common::smtp::Tls::Starttls(acceptor)).await;
+    let (acceptor, _) = helpers::smtp::localhost_tls();
+    let smtp = SmtpServer::start_with("127.0.0.1:0", helpers::smtp::Tls::Starttls(acceptor)).await;
     let (app, _dir) = tls_app(
         format!("smtp://localhost:{}?tls=required", smtp.addr.port()),
         None,
@@ -420,8 +421,8 @@ async fn an_untrusted_relay_certificate_is_refused_and_the_mail_kept() {
 }
 
 /// A test database with the schema as it was before migration `version`, and its URL.
-async fn schema_before(db: &common::TestDb, version: i64) -> (sqlx::AnyPool, String) {
-    let folder = if common::on_postgres() {
+async fn schema_before(db: &helpers::TestDb, version: i64) -> (sqlx::AnyPool, String) {
+    let folder = if helpers::on_postgres() {
         "migrations/postgres"
     } else {
         "migrations/sqlite"
@@ -437,7 +438,7 @@ async fn schema_before(db: &common::TestDb, version: i64) -> (sqlx::AnyPool, Str
         .cloned()
         .collect::<Vec<_>>()
         .into();
-    let url = if common::on_postgres() {
+    let url = if helpers::on_postgres() {
         db.url().to_owned()
     } else {
         format!("{}?mode=rwc", db.url())
@@ -458,7 +459,7 @@ async fn schema_before(db: &common::TestDb, version: i64) -> (sqlx::AnyPool, Str
 #[tokio::test]
 async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
     let smtp = SmtpServer::start().await;
-    let db = common::TestDb::new().await;
+    let db = helpers::TestDb::new().await;
     let (pool, _) = schema_before(&db, 7).await;
     let now = now_ms();
     for (id, status) in [
@@ -562,11 +563,11 @@ async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
 /// rules: the CHECK, the foreign keys and their cascades.
 #[tokio::test]
 async fn the_status_check_rebuild_keeps_every_delivery_and_every_rule() {
-    if common::on_postgres() {
+    if helpers::on_postgres() {
         println!("skipped: migration 0008 is SQLite's alone");
         return;
     }
-    let db = common::TestDb::new().await;
+    let db = helpers::TestDb::new().await;
     let (pool, url) = schema_before(&db, 8).await;
     let now = now_ms();
     for id in ["a", "b"] {
@@ -689,7 +690,7 @@ async fn the_status_check_rebuild_keeps_every_delivery_and_every_rule() {
 async fn no_index_of_deliveries_covers_a_column_that_sending_changes() {
     let smtp = SmtpServer::start().await;
     let app = without_worker(&smtp).await;
-    let sql = if common::on_postgres() {
+    let sql = if helpers::on_postgres() {
         "SELECT indexdef FROM pg_indexes
          WHERE tablename = 'deliveries' AND schemaname = current_schema()"
     } else {
@@ -729,7 +730,7 @@ async fn a_digest_is_not_sent_while_a_worker_still_holds_its_last_delivery() {
     let smtp = SmtpServer::start().await;
     let app = without_worker(&smtp).await;
     seed(&app, &[("confirmed", 1)], "example.com").await;
-    let id = common::send_digest_now(&app).await;
+    let id = app.send_digest_now().await;
     let digest_sent = format!("SELECT COUNT(*) FROM digests WHERE id = '{id}' AND status = 'sent'");
     let claimed = app
         .app
@@ -766,7 +767,7 @@ async fn an_expired_claim_requeues_only_its_unfinished_deliveries() {
     let smtp = SmtpServer::start().await;
     let app = without_worker(&smtp).await;
     seed(&app, &[("confirmed", 3)], "example.com").await;
-    common::send_digest_now(&app).await;
+    app.send_digest_now().await;
     let store = &app.app.store;
     let lease = Duration::from_millis(200);
     let first = store.claim(now_ms(), lease, 10).await.expect("claim");

@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,10 +37,12 @@ use squeeze::domain::clock::now_ms;
 use squeeze::domain::{ItemSelection, NewDigest, NewItem, Token};
 use squeeze::mail::{self as mailer, Letter, Sender as _};
 use squeeze::store::WORK_CHANNEL;
+use squeeze_test_support::TEMPLATES;
+use squeeze_test_support::db::TestDb;
+use squeeze_test_support::process::{Reaped, child_command, without_squeeze_env};
 use tokio::net::TcpStream;
 
-const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
-const INSTALL_SINK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smtp-sink.sh");
+const INSTALL_SINK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/smtp-sink.sh");
 const FROM: &str = "Freshly Squeezed <news@squeeze.example>";
 const PUBLIC_URL: &str = "https://news.squeeze.example";
 /// Rate limits lifted: the benchmark measures what the pipeline can do, not the pacing.
@@ -125,43 +127,24 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// Sets up the database, runs the measurements (stopping early on Ctrl-C), and always
-/// cleans up: child processes and the temporary folder through `Drop` guards inside `run`,
-/// the PostgreSQL schema here.
+/// cleans up: child processes through `Drop` guards inside `run`, the temporary folder and the
+/// PostgreSQL schema when the test database goes.
 async fn bench(args: &Args) -> Result<()> {
     sqlx::any::install_default_drivers();
-    let mut dir = TempDir::create()?;
-    let (url, schema) = match args.database {
-        Database::Sqlite => (
-            format!("sqlite://{}", dir.0.join("squeeze.db").display()),
-            None,
-        ),
+    let db = match args.database {
+        Database::Sqlite => TestDb::sqlite("squeeze-bench-")?,
         Database::Postgres => {
-            let schema = create_schema(&args.postgres_url).await?;
-            let sep = if args.postgres_url.contains('?') {
-                '&'
-            } else {
-                '?'
-            };
-            let url = format!(
-                "{}{sep}options=-c%20search_path%3D{schema}",
-                args.postgres_url
-            );
-            (url, Some(schema))
+            TestDb::postgres_at(&args.postgres_url, "bench_", "squeeze-bench-").await?
         }
     };
     let result = tokio::select! {
-        r = run(args, &dir.0, &url) => r,
+        r = run(args, db.dir(), db.url()) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
-    if let Some(schema) = schema
-        && let Err(e) = drop_schema(&args.postgres_url, &schema).await
-    {
-        eprintln!("squeeze-bench: could not drop schema {schema}: {e:#}");
-    }
     if args.keep_dir {
-        println!("kept: {}", dir.keep().display());
+        println!("kept: {}", db.keep_dir().display());
     }
-    drop(dir);
+    drop(db);
     result
 }
 
@@ -559,11 +542,7 @@ impl Worker {
         };
         cmd.arg("worker");
         // Only the settings below count: none inherited from the caller's environment.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SQUEEZE_") {
-                cmd.env_remove(k);
-            }
-        }
+        without_squeeze_env(&mut cmd);
         for (k, v) in settings(url, dir, args.concurrency) {
             cmd.env(format!("SQUEEZE_{}", k.to_uppercase()), v);
         }
@@ -987,107 +966,6 @@ fn running_as_root() -> bool {
             .and_then(|l| l.split_whitespace().next())
             == Some("0")
     })
-}
-
-/// A command for a child that must not outlive the benchmark. `Reaped` covers errors and
-/// Ctrl-C; when the benchmark itself is killed (a CI timeout's SIGKILL) only the kernel can
-/// help: util-linux's `setpriv --pdeathsig KILL` asks it to kill the child with its parent,
-/// then execs the program, so the pid stays the program's (as /proc sampling needs).
-fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    const SETPRIV: &str = "/usr/bin/setpriv";
-    if Path::new(SETPRIV).exists() {
-        let mut c = Command::new(SETPRIV);
-        c.args(["--pdeathsig", "KILL", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-/// A child process that is killed (SIGKILL) if still running when dropped: an error or
-/// Ctrl-C anywhere leaves no sink or worker behind.
-struct Reaped(Child);
-
-impl Reaped {
-    /// SIGTERM (the worker's graceful stop), then waits up to `timeout`.
-    async fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let pid = self.0.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .context("running kill -TERM")?;
-        ensure!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.0.try_wait()? {
-                return Ok(status);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "process {pid} still running {timeout:?} after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// A folder under the system temp dir for the database and logs, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn create() -> Result<Self> {
-        let path =
-            std::env::temp_dir().join(format!("squeeze-bench-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl TempDir {
-    /// Leaves the folder in place.
-    fn keep(&mut self) -> PathBuf {
-        std::mem::take(&mut self.0)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.0.as_os_str().is_empty() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-async fn create_schema(base: &str) -> Result<String> {
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), AnyConnection::connect(base))
-        .await
-        .with_context(|| format!("no answer from {base}"))?
-        .with_context(|| format!("connecting to {base}"))?;
-    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("creating schema {schema}"))?;
-    conn.close().await?;
-    Ok(schema)
-}
-
-async fn drop_schema(base: &str, schema: &str) -> Result<()> {
-    let mut conn = AnyConnection::connect(base).await?;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
-    Ok(())
 }
 
 /// VmHWM: the process's peak resident set, in kB.

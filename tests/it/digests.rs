@@ -1,62 +1,17 @@
 //! The editors' half: items, digests, preview, scheduling and fan-out, with an injected clock
 //! for the scheduler and a real SMTP server counting what arrives.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::helpers::{self, Options, SmtpServer, TEMPLATES, TestApp, WAIT, eventually};
 use chrono::{DateTime, Utc};
-use common::{Options, SmtpServer, TEMPLATES, TestApp, WAIT, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use squeeze::domain::DailySchedule;
 
 async fn seed(app: &TestApp, groups: &[(&str, usize)]) -> Vec<String> {
-    common::seed(app, groups, "example.com").await
-}
-
-async fn json_of(res: reqwest::Response) -> (StatusCode, Value) {
-    let status = res.status();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn add_item(app: &TestApp, title: &str) -> String {
-    let (status, body) = json_of(
-        app.admin(Method::POST, "/api/items")
-            .json(&json!({ "title": title, "url": "https://example.com/news?a=1&b=2", "summary": "Short & sweet.", "source": "Example" }))
-            .send()
-            .await
-            .expect("add item"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["id"].as_str().expect("id").to_owned()
-}
-
-async fn create_digest(app: &TestApp, items: Value) -> String {
-    let (status, body) = json_of(
-        app.admin(Method::POST, "/api/digests")
-            .json(&json!({ "subject": "Freshly squeezed: Monday", "intro": "Three things worth your time.", "items": items }))
-            .send()
-            .await
-            .expect("create digest"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["status"], "draft");
-    body["id"].as_str().expect("id").to_owned()
-}
-
-async fn schedule_now(app: &TestApp, id: &str) -> (StatusCode, Value) {
-    json_of(
-        app.admin(Method::POST, &format!("/api/digests/{id}/schedule"))
-            .json(&json!({ "send_at": "now" }))
-            .send()
-            .await
-            .expect("schedule"),
-    )
-    .await
+    helpers::seed(app, groups, "example.com").await
 }
 
 fn smtp_opts(smtp: &SmtpServer) -> Options {
@@ -138,57 +93,24 @@ async fn items_are_validated_listed_and_deleted() {
             "summary",
         ),
     ] {
-        let (status, err) = json_of(
-            app.admin(Method::POST, "/api/items")
-                .json(&body)
-                .send()
-                .await
-                .expect("req"),
-        )
-        .await;
+        let (status, err) = app.post_json("/api/items", body.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(err["field"], field, "{body}: {err}");
     }
-    let (status, _) = json_of(
-        app.admin(Method::POST, "/api/items")
-            .json(&json!({"url": "https://e.com"}))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (status, _) = app
+        .post_json("/api/items", json!({"url": "https://e.com"}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "missing title");
 
-    let a = add_item(&app, "A").await;
-    let b = add_item(&app, "B").await;
-    let (_, list) = json_of(
-        app.admin(Method::GET, "/api/items?status=pending")
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let a = app.add_item("A").await;
+    let b = app.add_item("B").await;
+    let (_, list) = app.get_json("/api/items?status=pending").await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
-    let res = app
-        .admin(Method::DELETE, &format!("/api/items/{a}"))
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let res = app
-        .admin(Method::DELETE, &format!("/api/items/{a}"))
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.delete_item(&a).await, StatusCode::NO_CONTENT);
+    assert_eq!(app.delete_item(&a).await, StatusCode::NOT_FOUND);
     // An item in a digest stays.
-    create_digest(&app, json!([b])).await;
-    let res = app
-        .admin(Method::DELETE, &format!("/api/items/{b}"))
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(res.status(), StatusCode::CONFLICT);
+    app.create_digest(json!([b])).await;
+    assert_eq!(app.delete_item(&b).await, StatusCode::CONFLICT);
     app.stop().await;
 }
 
@@ -196,8 +118,9 @@ async fn items_are_validated_listed_and_deleted() {
 async fn preview_renders_what_a_subscriber_receives_with_editor_html_escaped() {
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn(&smtp).await;
-    add_item(&app, "Rust <script>alert(1)</script> released").await;
-    let id = create_digest(&app, json!("pending")).await;
+    app.add_item("Rust <script>alert(1)</script> released")
+        .await;
+    let id = app.create_digest(json!("pending")).await;
     let html = app
         .admin(
             Method::GET,
@@ -258,34 +181,21 @@ async fn a_broken_template_is_caught_at_preview_and_schedule() {
         ..smtp_opts(&smtp)
     })
     .await;
-    add_item(&app, "Item").await;
-    let id = create_digest(&app, json!("pending")).await;
-    let (status, err) = json_of(
-        app.admin(
-            Method::GET,
-            &format!("/api/digests/{id}/preview?format=text"),
-        )
-        .send()
-        .await
-        .expect("req"),
-    )
-    .await;
+    app.add_item("Item").await;
+    let id = app.create_digest(json!("pending")).await;
+    let (status, err) = app
+        .get_json(&format!("/api/digests/{id}/preview?format=text"))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let msg = err["error"].as_str().expect("message");
     assert!(
         msg.contains("digest.txt.j2") && msg.contains("line 2") && msg.contains("undefined"),
         "{msg}"
     );
-    let (status, err) = schedule_now(&app, &id).await;
+    let (status, err) = app.schedule_now(&id).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     assert_eq!(err["field"], "template");
-    let (_, d) = json_of(
-        app.admin(Method::GET, &format!("/api/digests/{id}"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (_, d) = app.digest(&id).await;
     assert_eq!(d["status"], "draft", "nothing was scheduled");
     app.stop().await;
 }
@@ -311,10 +221,10 @@ async fn fan_out_reaches_exactly_the_confirmed_subscribers_once_with_list_header
         ],
     )
     .await;
-    add_item(&app, "One").await;
-    add_item(&app, "Two").await;
-    let id = create_digest(&app, json!("pending")).await;
-    let (status, body) = schedule_now(&app, &id).await;
+    app.add_item("One").await;
+    app.add_item("Two").await;
+    let id = app.create_digest(json!("pending")).await;
+    let (status, body) = app.schedule_now(&id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "scheduled");
 
@@ -329,7 +239,7 @@ async fn fan_out_reaches_exactly_the_confirmed_subscribers_once_with_list_header
         .chain(b.expect("tick").fanned_out)
         .collect();
     assert_eq!(fanned, vec![(id.clone(), 700)]);
-    if common::on_postgres() {
+    if helpers::on_postgres() {
         // The planner was told the queue grew: on the statistics of the empty table it
         // planned every claim as a sort of the whole queue.
         let planned: String = app
@@ -340,7 +250,7 @@ async fn fan_out_reaches_exactly_the_confirmed_subscribers_once_with_list_header
             "planner statistics after the fan-out: {planned} rows"
         );
     }
-    let (status, _) = schedule_now(&app, &id).await;
+    let (status, _) = app.schedule_now(&id).await;
     assert_eq!(
         status,
         StatusCode::CONFLICT,
@@ -427,26 +337,17 @@ async fn a_digest_that_is_not_ascii_arrives_intact_as_8bit_or_encoded_as_the_rel
         let confirmed = seed(&app, &[("confirmed", 12)]).await;
         app.exec("UPDATE subscribers SET name = 'Zoë Ünal' WHERE email = 'confirmed3@example.com'")
             .await;
-        let (status, body) = json_of(
-            app.admin(Method::POST, "/api/items")
-                .json(&json!({ "title": TITLE, "url": "https://example.com/rust?a=1&b=2", "summary": SUMMARY }))
-                .send()
-                .await
-                .expect("add item"),
-        )
-        .await;
+        let (status, body) = app.post_json("/api/items", json!({ "title": TITLE, "url": "https://example.com/rust?a=1&b=2", "summary": SUMMARY })).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        let (status, body) = json_of(
-            app.admin(Method::POST, "/api/digests")
-                .json(&json!({ "subject": "Montag — die Woche 🍊", "items": "pending" }))
-                .send()
-                .await
-                .expect("create digest"),
-        )
-        .await;
+        let (status, body) = app
+            .post_json(
+                "/api/digests",
+                json!({ "subject": "Montag — die Woche 🍊", "items": "pending" }),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let id = body["id"].as_str().expect("id").to_owned();
-        let (status, body) = schedule_now(&app, &id).await;
+        let (status, body) = app.schedule_now(&id).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         app.app
             .scheduler()
@@ -516,7 +417,7 @@ async fn a_digest_that_is_not_ascii_arrives_intact_as_8bit_or_encoded_as_the_rel
 #[tokio::test]
 async fn unsubscribing_between_fan_out_and_send_is_honoured() {
     let smtp = SmtpServer::start().await;
-    let db = common::TestDb::new().await;
+    let db = helpers::TestDb::new().await;
     let web = TestApp::spawn_with(Options {
         worker: false,
         database: Some(db.clone()),
@@ -524,9 +425,9 @@ async fn unsubscribing_between_fan_out_and_send_is_honoured() {
     })
     .await;
     seed(&web, &[("confirmed", 20)]).await;
-    add_item(&web, "News").await;
-    let id = create_digest(&web, json!("pending")).await;
-    schedule_now(&web, &id).await;
+    web.add_item("News").await;
+    let id = web.create_digest(json!("pending")).await;
+    web.schedule_now(&id).await;
     web.app
         .scheduler()
         .tick(Utc::now() + chrono::Duration::seconds(1))
@@ -578,9 +479,9 @@ async fn the_list_unsubscribe_url_of_a_received_digest_unsubscribes_with_one_pos
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn(&smtp).await;
     seed(&app, &[("confirmed", 2)]).await;
-    add_item(&app, "News").await;
-    let id = create_digest(&app, json!("pending")).await;
-    schedule_now(&app, &id).await;
+    app.add_item("News").await;
+    let id = app.create_digest(json!("pending")).await;
+    app.schedule_now(&id).await;
     app.app
         .scheduler()
         .tick(Utc::now() + chrono::Duration::seconds(1))
@@ -628,15 +529,9 @@ async fn cancel_before_sending_returns_items_and_refuses_after() {
     })
     .await;
     seed(&app, &[("confirmed", 1)]).await;
-    add_item(&app, "News").await;
-    let id = create_digest(&app, json!("pending")).await;
-    let (status, d) = json_of(
-        app.admin(Method::POST, &format!("/api/digests/{id}/cancel"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    app.add_item("News").await;
+    let id = app.create_digest(json!("pending")).await;
+    let (status, d) = app.cancel(&id).await;
     assert_eq!(
         (status, d["status"].as_str()),
         (StatusCode::OK, Some("cancelled"))
@@ -646,29 +541,16 @@ async fn cancel_before_sending_returns_items_and_refuses_after() {
             .await,
         1
     );
-    let again = create_digest(&app, json!("pending")).await;
-    schedule_now(&app, &again).await;
+    let again = app.create_digest(json!("pending")).await;
+    app.schedule_now(&again).await;
     app.app
         .scheduler()
         .tick(Utc::now() + chrono::Duration::seconds(1))
         .await
         .expect("tick");
-    let (status, err) = json_of(
-        app.admin(Method::POST, &format!("/api/digests/{again}/cancel"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (status, err) = app.cancel(&again).await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
-    let (status, _) = json_of(
-        app.admin(Method::POST, &format!("/api/digests/{again}/schedule"))
-            .json(&json!({"send_at": "2001-01-01T00:00:00Z"}))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (status, _) = app.schedule(&again, "2001-01-01T00:00:00Z").await;
     assert_eq!(
         status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -711,7 +593,7 @@ async fn daily_schedule_fires_once_per_local_day_across_dst_and_records_empty_da
     );
 
     // Sunday 29 March: clocks go forward at 02:00; 07:00 local is now 05:00 UTC.
-    add_item(&app, "Sunday news").await;
+    app.add_item("Sunday news").await;
     assert_eq!(
         scheduler
             .tick(at("2026-03-29T04:59:00Z"))
@@ -774,12 +656,12 @@ async fn missed_schedules_are_sent_within_the_grace_window_and_marked_missed_aft
     .await;
     seed(&app, &[("confirmed", 2)]).await;
     let scheduler = app.app.scheduler();
-    add_item(&app, "Late but fine").await;
-    let late = create_digest(&app, json!("pending")).await;
-    schedule_now(&app, &late).await;
-    add_item(&app, "Too late").await;
-    let too_late = create_digest(&app, json!("pending")).await;
-    schedule_now(&app, &too_late).await;
+    app.add_item("Late but fine").await;
+    let late = app.create_digest(json!("pending")).await;
+    app.schedule_now(&late).await;
+    app.add_item("Too late").await;
+    let too_late = app.create_digest(json!("pending")).await;
+    app.schedule_now(&too_late).await;
     let now = Utc::now();
     // The process was down: the first digest's tick comes 5 h late (grace is 6 h) ...
     app.exec(&format!(
@@ -796,13 +678,7 @@ async fn missed_schedules_are_sent_within_the_grace_window_and_marked_missed_aft
     let r = scheduler.tick(now).await.expect("tick");
     assert_eq!(r.fanned_out, vec![(late.clone(), 2)]);
     assert_eq!(r.missed, vec![too_late.clone()]);
-    let (_, d) = json_of(
-        app.admin(Method::GET, &format!("/api/digests/{too_late}"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (_, d) = app.digest(&too_late).await;
     assert_eq!(d["status"], "missed");
     assert!(
         d["note"].as_str().is_some_and(|n| n.contains("grace")),
@@ -823,7 +699,7 @@ async fn missed_schedules_are_sent_within_the_grace_window_and_marked_missed_aft
         .set_schedule(&daily, at("2026-06-01T06:00:00Z"))
         .await
         .expect("set");
-    add_item(&app, "For the daily").await;
+    app.add_item("For the daily").await;
     let r = scheduler
         .tick(at("2026-06-01T14:00:00Z"))
         .await
@@ -852,44 +728,24 @@ async fn missed_schedules_are_sent_within_the_grace_window_and_marked_missed_aft
 async fn schedule_api_and_subscriber_listing() {
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn(&smtp).await;
-    let res = app
-        .admin(Method::GET, "/api/schedule")
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    let (status, err) = json_of(
-        app.admin(Method::PUT, "/api/schedule")
-            .json(&json!({"time": "7am", "timezone": "Europe/Madrid"}))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    assert_eq!(app.daily_schedule().await.0, StatusCode::NOT_FOUND);
+    let (status, err) = app
+        .set_daily_schedule(json!({"time": "7am", "timezone": "Europe/Madrid"}))
+        .await;
     assert_eq!(
         (status, err["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("time"))
     );
-    let (status, err) = json_of(
-        app.admin(Method::PUT, "/api/schedule")
-            .json(&json!({"time": "07:00", "timezone": "Europe/Madird"}))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (status, err) = app
+        .set_daily_schedule(json!({"time": "07:00", "timezone": "Europe/Madird"}))
+        .await;
     assert_eq!(
         (status, err["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("timezone"))
     );
-    let (status, s) = json_of(
-        app.admin(Method::PUT, "/api/schedule")
-            .json(&json!({"time": "07:00", "timezone": "Europe/Madrid", "enabled": true}))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (status, s) = app
+        .set_daily_schedule(json!({"time": "07:00", "timezone": "Europe/Madrid", "enabled": true}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{s}");
     assert_eq!(
         (
@@ -900,35 +756,16 @@ async fn schedule_api_and_subscriber_listing() {
         (Some("07:00"), Some("Europe/Madrid"), Some(true))
     );
     assert!(s["next_run"].as_str().is_some());
-    let (_, got) = json_of(
-        app.admin(Method::GET, "/api/schedule")
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (_, got) = app.daily_schedule().await;
     assert_eq!(got["time"], "07:00");
 
     seed(&app, &[("confirmed", 5), ("pending", 3)]).await;
-    let (_, page1) = json_of(
-        app.admin(Method::GET, "/api/subscribers?status=confirmed&limit=3")
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (_, page1) = app.subscribers("status=confirmed&limit=3").await;
     assert_eq!(page1["subscribers"].as_array().map(Vec::len), Some(3));
     let after = page1["next_after"].as_str().expect("cursor");
-    let (_, page2) = json_of(
-        app.admin(
-            Method::GET,
-            &format!("/api/subscribers?status=confirmed&limit=3&after={after}"),
-        )
-        .send()
-        .await
-        .expect("req"),
-    )
-    .await;
+    let (_, page2) = app
+        .subscribers(&format!("status=confirmed&limit=3&after={after}"))
+        .await;
     assert_eq!(page2["subscribers"].as_array().map(Vec::len), Some(2));
     assert!(page2["next_after"].is_null());
     let statuses: Vec<_> = page2["subscribers"]
@@ -938,13 +775,7 @@ async fn schedule_api_and_subscriber_listing() {
         .map(|s| s["status"].as_str().unwrap_or(""))
         .collect();
     assert!(statuses.iter().all(|s| *s == "confirmed"));
-    let (status, _) = json_of(
-        app.admin(Method::GET, "/api/subscribers?status=vip")
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (status, _) = app.subscribers("status=vip").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     app.stop().await;
 }

@@ -1,8 +1,8 @@
 //! Sign-up, double opt-in and one-click unsubscribe over real HTTP and a real SMTP server.
 
-mod common;
+use std::time::Duration;
 
-use common::{SmtpServer, TestApp, WAIT};
+use crate::helpers::{self, Options, SmtpServer, TestApp, WAIT};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -222,6 +222,42 @@ async fn expired_confirmation_link_offers_a_new_one_without_revealing_the_addres
 }
 
 #[tokio::test]
+async fn a_confirmation_link_stops_working_after_confirmation_ttl() {
+    // Through the product only: the setting, the emails, the links. A token stored with no
+    // expiry (or a fixed one) keeps the late link working and fails this test.
+    let ttl = Duration::from_secs(3);
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        settings: vec![("confirmation_ttl".into(), "3s".into())],
+        ..Options::default()
+    })
+    .await;
+    app.subscribe("late@example.com").await;
+    // Valid within the TTL: signed up, followed the link, confirmed.
+    app.subscribe_confirmed(&smtp, "early@example.com").await;
+    let late = smtp.wait_for(2, WAIT).await;
+    let late = late
+        .iter()
+        .find(|m| m.rcpts.iter().any(|r| r == "late@example.com"))
+        .and_then(|m| m.link(&format!("{}/confirm?token=", app.url)))
+        .expect("confirm link");
+
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    let res = app.http.get(&late).send().await.expect("confirm too late");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND, "expired after the TTL");
+    assert!(
+        res.text().await.expect("body").contains("name=\"email\""),
+        "offers a new link"
+    );
+    assert_eq!(
+        app.status_of("late@example.com").await.as_deref(),
+        Some("pending")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_answer_is_identical_for_new_pending_and_confirmed_addresses() {
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn(&smtp).await;
@@ -400,7 +436,7 @@ async fn oversized_bodies_get_413_and_store_nothing() {
 #[tokio::test]
 async fn sign_ups_are_rate_limited_per_client_ip() {
     let smtp = SmtpServer::start().await;
-    let app = TestApp::spawn_with(common::Options {
+    let app = TestApp::spawn_with(helpers::Options {
         smtp_url: Some(smtp.url()),
         settings: vec![("subscribe_per_minute".into(), "3".into())],
         ..Default::default()
@@ -500,7 +536,7 @@ async fn concurrent_sign_ups_each_get_their_answer_and_exactly_one_confirmation(
 #[tokio::test]
 async fn a_sign_up_reaches_the_sqlite_file_within_seconds() {
     use sqlx::Connection as _;
-    if common::on_postgres() {
+    if helpers::on_postgres() {
         println!("skipped: SQLite's write-ahead log only");
         return;
     }
@@ -511,7 +547,7 @@ async fn a_sign_up_reaches_the_sqlite_file_within_seconds() {
     let copy_dir = tempfile::tempdir().expect("tempdir");
     let copy = copy_dir.path().join("copy.db");
     let within = std::time::Duration::from_secs(3);
-    common::eventually("the sign-up in the database file", within, || async {
+    helpers::eventually("the sign-up in the database file", within, || async {
         // A copy caught in the middle of a checkpoint may not open; try again.
         if std::fs::copy(&file, &copy).is_err() {
             return false;

@@ -1,16 +1,13 @@
 //! The delivery engine under load and faults: TCP_NODELAY, rate limits, throttling,
 //! auto-pause, a SIGKILLed worker process, graceful shutdown, a relay that goes away.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{
-    Options, SmtpServer, TestApp, WAIT, eventually, seed, send_digest_now, spawn_squeeze,
-    terminate, wait_exit,
+use crate::helpers::{
+    self, Options, SmtpServer, TestApp, WAIT, eventually, seed, spawn_squeeze, terminate, wait_exit,
 };
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 fn opts(smtp: &SmtpServer, settings: &[(&str, &str)]) -> Options {
     Options {
@@ -29,7 +26,7 @@ async fn run_worker_until(
     smtp: &SmtpServer,
     n: usize,
     timeout: Duration,
-) -> Vec<common::smtp::Received> {
+) -> Vec<helpers::smtp::Received> {
     let stop = tokio_util::sync::CancellationToken::new();
     let worker = tokio::spawn(app.app.worker().run(stop.clone()));
     let got = smtp.wait_for(n, timeout).await;
@@ -54,7 +51,7 @@ async fn one_connection_sends_200_messages_without_the_nagle_stall() {
     })
     .await;
     seed(&app, &[("confirmed", 200)], "example.com").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     let start = Instant::now();
     let got = run_worker_until(&app, &smtp, 200, Duration::from_secs(30)).await;
     let elapsed = got.iter().map(|m| m.at).max().expect("arrivals") - start;
@@ -83,7 +80,7 @@ async fn the_global_rate_holds_across_connections() {
     })
     .await;
     seed(&app, &[("confirmed", 500)], "example.com").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     let got = run_worker_until(&app, &smtp, 500, Duration::from_secs(30)).await;
     let rate = achieved_rate(&got.iter().map(|m| m.at).collect::<Vec<_>>());
     println!(
@@ -111,7 +108,7 @@ async fn a_per_domain_limit_paces_only_that_domain() {
     .await;
     seed(&app, &[("confirmed", 40)], "slow.example").await;
     seed(&app, &[("confirmed", 40)], "fast.example").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     let got = run_worker_until(&app, &smtp, 80, Duration::from_secs(30)).await;
     let slow: Vec<Instant> = got
         .iter()
@@ -141,7 +138,7 @@ async fn a_throttling_reply_cools_the_domain_down_and_nothing_is_lost() {
     // The throttled recipient comes first.
     app.exec("UPDATE subscribers SET id = '0' WHERE email = 'confirmed0@cool.example'")
         .await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     app.exec("UPDATE delivery_queue SET run_at = run_at - 1000 WHERE delivery_id IN (SELECT id FROM deliveries WHERE subscriber_id = '0')")
         .await;
     run_worker_until(&app, &smtp, 10, WAIT).await;
@@ -192,7 +189,7 @@ async fn a_failing_digest_pauses_itself_and_resumes_without_resending() {
             "550 5.7.1 Relaying denied".into(),
         );
     }
-    let id = send_digest_now(&app).await;
+    let id = app.send_digest_now().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let worker = tokio::spawn(app.app.worker().run(stop.clone()));
     eventually("the digest pauses itself", WAIT, || async {
@@ -218,12 +215,7 @@ async fn a_failing_digest_pauses_itself_and_resumes_without_resending() {
 
     // The relay is fixed; an editor resumes through the API.
     smtp.faults().rcpt_always.clear();
-    let res = app
-        .admin(Method::POST, &format!("/api/digests/{id}/resume"))
-        .send()
-        .await
-        .expect("resume");
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.resume(&id).await.0, StatusCode::OK);
     eventually("the digest finishes", WAIT, || async {
         app.app
             .scheduler()
@@ -257,26 +249,18 @@ async fn pause_and_resume_by_hand_continue_where_they_stopped() {
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn_with(opts(&smtp, &[("rate", "100"), ("burst", "1")])).await;
     seed(&app, &[("confirmed", 150)], "example.com").await;
-    let id = send_digest_now(&app).await;
-    smtp.wait_for(20, WAIT).await;
-    let res = app
-        .admin(Method::POST, &format!("/api/digests/{id}/pause"))
-        .json(&serde_json::json!({"reason": "typo in the subject"}))
-        .send()
-        .await
-        .expect("pause");
-    assert_eq!(res.status(), StatusCode::OK);
+    let id = app.send_digest_now().await;
+    smtp.wait_for_at_least(20, WAIT).await;
+    assert_eq!(
+        app.pause(&id, "typo in the subject").await.0,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let at_pause = smtp.count();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.count(), at_pause, "nothing goes out while paused");
     assert!(at_pause < 150);
-    let res = app
-        .admin(Method::POST, &format!("/api/digests/{id}/resume"))
-        .send()
-        .await
-        .expect("resume");
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.resume(&id).await.0, StatusCode::OK);
     smtp.wait_for(150, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.count(), 150, "resume never re-sends");
@@ -290,7 +274,7 @@ async fn a_relay_that_goes_away_and_comes_back_gets_everything() {
     smtp.stop();
     let app = TestApp::spawn(&smtp).await;
     seed(&app, &[("confirmed", 5)], "example.com").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     eventually("connection failures are recorded", WAIT, || async {
         app.scalar("SELECT COUNT(*) FROM deliveries WHERE last_error LIKE '%cannot connect%'")
             .await
@@ -298,7 +282,7 @@ async fn a_relay_that_goes_away_and_comes_back_gets_everything() {
     })
     .await;
     let back = SmtpServer::start_on(&addr.to_string()).await;
-    back.wait_for(5, WAIT).await;
+    app.wait_all_sent(&back, 5).await;
     app.stop().await;
 }
 
@@ -318,7 +302,7 @@ async fn a_sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_flight
     })
     .await;
     let confirmed = seed(&web, &[("confirmed", 2000)], "example.com").await;
-    send_digest_now(&web).await;
+    web.send_digest_now().await;
     let db = web.database.clone();
     web.stop().await;
     let env = [
@@ -329,7 +313,7 @@ async fn a_sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_flight
     ];
 
     let mut first = spawn_squeeze(&["worker"], &db, &env);
-    smtp.wait_for(600, Duration::from_secs(30)).await;
+    smtp.wait_for_at_least(600, Duration::from_secs(30)).await;
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
     let at_kill = smtp.count();
@@ -379,7 +363,7 @@ async fn sigterm_finishes_messages_on_the_wire_and_hands_back_the_rest() {
     })
     .await;
     seed(&web, &[("confirmed", 60)], "example.com").await;
-    send_digest_now(&web).await;
+    web.send_digest_now().await;
     let db = web.database.clone();
     web.stop().await;
     let env = [
@@ -387,7 +371,7 @@ async fn sigterm_finishes_messages_on_the_wire_and_hands_back_the_rest() {
         ("SQUEEZE_CONCURRENCY", "4".to_owned()),
     ];
     let mut worker = spawn_squeeze(&["worker"], &db, &env);
-    smtp.wait_for(4, WAIT).await;
+    smtp.wait_for_at_least(4, WAIT).await;
     terminate(&worker);
     let status = wait_exit(&mut worker, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));

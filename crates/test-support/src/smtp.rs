@@ -227,8 +227,25 @@ impl SmtpServer {
             .collect()
     }
 
-    /// Waits until at least `n` messages arrived, or panics after `timeout`.
+    /// Waits until `n` messages arrived, then for [`SETTLE`] more, and panics unless exactly
+    /// `n` are there: a duplicate or a stray send fails the test. Panics after `timeout` if
+    /// fewer than `n` came.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        self.wait_for_at_least(n, timeout).await;
+        tokio::time::sleep(SETTLE).await;
+        let got = self.received();
+        assert_eq!(
+            got.len(),
+            n,
+            "expected exactly {n} messages at the SMTP server, got {} (duplicates or strays)",
+            got.len()
+        );
+        got
+    }
+
+    /// Waits until at least `n` messages arrived, or panics after `timeout`: for a point in a
+    /// run that is still sending (pause it, kill the worker), where more are expected.
+    pub async fn wait_for_at_least(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let got = self.received();
@@ -244,6 +261,12 @@ impl SmtpServer {
         }
     }
 }
+
+/// How long [`SmtpServer::wait_for`] waits after the expected count for anything more: a
+/// message sent twice at once (two claims of one delivery, a resend on the same connection)
+/// arrives within it. A resend after a failure waits for the worker's next poll (up to a
+/// second): [`crate::TestApp::wait_all_sent`] catches those.
+pub const SETTLE: Duration = Duration::from_millis(150);
 
 fn addr_of(arg: &str) -> String {
     let start = arg.find('<').map_or(0, |i| i + 1);

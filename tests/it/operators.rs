@@ -1,13 +1,11 @@
 //! What operators see: stats as JSON and in the CLI, Prometheus metrics, and the dashboard in
 //! a real browser — all showing the numbers of one seeded scenario.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Options, SmtpServer, TestApp, eventually, seed, send_digest_now};
-use reqwest::{Method, StatusCode};
+use crate::helpers::{self, ADMIN_TOKEN, Options, SmtpServer, TestApp, eventually, seed};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 const METRICS_TOKEN: &str = "metrics-token-0123456789";
@@ -34,7 +32,7 @@ async fn scenario(smtp: &SmtpServer) -> (TestApp, String) {
             "550 5.1.1 No such user here".into(),
         );
     }
-    let id = send_digest_now(&app).await;
+    let id = app.send_digest_now().await;
     app.exec(
         "UPDATE subscribers SET status = 'unsubscribed' WHERE email = 'confirmed9@example.com'",
     )
@@ -84,23 +82,11 @@ async fn json_stats_and_the_cli_show_the_seeded_numbers() {
     let smtp = SmtpServer::start().await;
     let (app, id) = scenario(&smtp).await;
 
-    let d: Value = app
-        .admin(Method::GET, &format!("/api/digests/{id}/stats"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let (status, d) = app.digest_stats(&id).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
     check_digest_numbers(&d);
-    let o: Value = app
-        .admin(Method::GET, "/api/stats")
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let (status, o) = app.stats().await;
+    assert_eq!(status, StatusCode::OK, "{o}");
     assert_eq!(o["subscribers"]["confirmed"], 8, "{o}");
     assert_eq!(o["subscribers"]["bounced"], 1);
     assert_eq!(o["subscribers"]["unsubscribed"], 1);
@@ -115,12 +101,7 @@ async fn json_stats_and_the_cli_show_the_seeded_numbers() {
         .await
         .expect("req");
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    let res = app
-        .admin(Method::GET, "/api/digests/nope/stats")
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.digest_stats("nope").await.0, StatusCode::NOT_FOUND);
 
     // The CLI reads the same database.
     let db = app.database.clone();
@@ -129,7 +110,7 @@ async fn json_stats_and_the_cli_show_the_seeded_numbers() {
             .args(args)
             .current_dir(db.dir())
             .env("SQUEEZE_DATABASE_URL", db.url())
-            .env("SQUEEZE_TEMPLATES", common::TEMPLATES)
+            .env("SQUEEZE_TEMPLATES", helpers::TEMPLATES)
             .output()
             .expect("run");
         assert!(
@@ -428,9 +409,9 @@ async fn logs_carry_delivery_ids_as_json_and_never_an_address() {
     })
     .await;
     seed(&app, &[("confirmed", 3)], "example.com").await;
-    send_digest_now(&app).await;
+    app.send_digest_now().await;
     let db = app.database.clone();
-    let mut worker = common::spawn_squeeze(
+    let mut worker = helpers::spawn_squeeze(
         &["worker"],
         &db,
         &[
@@ -450,8 +431,8 @@ async fn logs_carry_delivery_ids_as_json_and_never_an_address() {
         },
     )
     .await;
-    common::terminate(&worker);
-    common::wait_exit(&mut worker, Duration::from_secs(10)).await;
+    helpers::terminate(&worker);
+    helpers::wait_exit(&mut worker, Duration::from_secs(10)).await;
     let log = std::fs::read_to_string(db.dir().join("squeeze.log")).expect("log");
     assert!(
         !log.contains("@example.com"),
