@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 use super::{ServiceError, ServiceResult};
 use crate::domain::Token;
 use crate::domain::clock::Millis;
-use crate::store::Store;
 pub use crate::domain::subscriber::{ConfirmOutcome, SignUpOutcome};
+use crate::store::Store;
 pub use crate::store::{SignUp, UnsubscribeOutcome};
 
 #[derive(Clone)]
