@@ -20,10 +20,11 @@ use url::Url;
 use crate::domain::RetryPolicy;
 
 mod settings;
-mod smtp;
 
+#[cfg(test)]
+use crate::mail::settings::SmtpSecurity;
+use crate::mail::settings::SmtpSettings;
 pub use settings::{Setting, TABLE};
-pub use smtp::{SmtpSecurity, SmtpSettings};
 
 /// Every setting's key: in squeeze.toml as is, as the environment variable `SQUEEZE_<KEY>` and
 /// as the flag `--key-with-dashes`. Defaults and meanings: `TABLE`, and the README's
@@ -74,11 +75,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DatabaseKind {
-    Sqlite,
-    Postgres,
-}
+use crate::store::DatabaseKind;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

@@ -14,8 +14,8 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use url::Url;
 
-use super::smtp::{SmtpSettings, read_certificates};
 use super::{DatabaseKind, LogFormat};
+use crate::mail::settings::{SmtpSettings, read_certificates};
 
 /// One setting: in squeeze.toml as `key`, in the environment as `SQUEEZE_<KEY>`, on the
 /// command line as `--key-with-dashes`.

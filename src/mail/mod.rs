@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use lettre::address::Envelope;
 
-use crate::config::SmtpSettings;
 use crate::domain::delivery::SendFailure;
+use settings::SmtpSettings;
 
 pub mod message;
 pub mod outbox;
+pub mod settings;
 pub mod smtp;
 pub mod stub;
 

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Sender;
-use crate::config::{SmtpSecurity, SmtpSettings};
+use super::settings::{SmtpSecurity, SmtpSettings};
 use crate::domain::delivery::SendFailure;
 
 pub struct SmtpTransport {

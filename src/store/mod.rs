@@ -38,10 +38,15 @@ use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::config::DatabaseKind;
-
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database a URL names; its scheme decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
 
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -8,7 +8,6 @@ use tokio::sync::Notify;
 
 use super::{Worker, WorkerSettings};
 use crate::compose::{ComposeSettings, Composer, DigestContent, ItemContent};
-use crate::config::DatabaseKind;
 use crate::domain::clock::{Millis, ms, now_ms};
 use crate::domain::delivery::{Outcome, SendFailure};
 use crate::domain::{DeliveryKind, RetryPolicy, SubscriberStatus};
@@ -16,6 +15,7 @@ use crate::mail::Transport;
 use crate::mail::stub::StubSender;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
+use crate::store::DatabaseKind;
 use crate::store::{ClaimedDelivery, Store};
 
 const DAY: Millis = 24 * 3600 * 1000;

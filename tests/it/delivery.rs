@@ -629,7 +629,7 @@ async fn the_status_check_rebuild_keeps_every_delivery_and_every_rule() {
     assert_eq!(rows_before.len(), 5);
 
     pool.close().await;
-    let store = squeeze::store::Store::connect(db.url(), &squeeze::config::DatabaseKind::Sqlite)
+    let store = squeeze::store::Store::connect(db.url(), &squeeze::store::DatabaseKind::Sqlite)
         .await
         .expect("store");
     store.migrate().await.expect("migration 0008");

@@ -102,7 +102,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Reads a PEM file that must hold at least one certificate.
-pub(super) fn read_certificates(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<u8>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let pem = std::fs::read(path).map_err(|e| format!("cannot read it ({e})"))?;
