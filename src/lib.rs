@@ -13,6 +13,3 @@ pub mod scheduler;
 pub mod service;
 pub mod store;
 pub mod worker;
-
-/// The reports under their old name, for the integration tests that read them from the store.
-pub use service::reporting as stats;

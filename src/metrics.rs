@@ -11,7 +11,7 @@ use prometheus::{
 use crate::domain::DeliveryKind;
 use crate::domain::clock::Millis;
 use crate::domain::delivery::Outcome;
-use crate::stats::WORKER_ALIVE;
+use crate::service::reporting::WORKER_ALIVE;
 use crate::store::{Store, StoreResult};
 
 pub struct Metrics {

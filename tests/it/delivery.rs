@@ -539,7 +539,7 @@ async fn an_upgrade_to_the_separate_queue_loses_and_repeats_nothing() {
         0,
         "nothing left queued or claimed"
     );
-    let activity = squeeze::stats::activity(&app.app.store, now_ms(), 60)
+    let activity = squeeze::service::reporting::activity(&app.app.store, now_ms(), 60)
         .await
         .expect("activity");
     let failed: Vec<_> = activity
