@@ -11,7 +11,7 @@ use prometheus::{
 use crate::domain::DeliveryKind;
 use crate::domain::clock::Millis;
 use crate::domain::delivery::Outcome;
-use crate::service::reporting::WORKER_ALIVE;
+use crate::domain::liveness::ALIVE_WITHIN;
 use crate::store::{Store, StoreResult};
 
 pub struct Metrics {
@@ -168,7 +168,7 @@ impl Metrics {
                 .set(n);
         }
         self.workers_alive
-            .set(store.live_workers(now, WORKER_ALIVE).await?);
+            .set(store.live_workers(now, ALIVE_WITHIN).await?);
         let mut out = Vec::new();
         // Encoding our own registry into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

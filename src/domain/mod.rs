@@ -4,6 +4,7 @@ pub mod clock;
 pub mod delivery;
 pub mod digest;
 pub mod email;
+pub mod liveness;
 pub mod retry;
 pub mod smtp;
 pub mod subscriber;

@@ -4,20 +4,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 
 use super::{ServiceError, ServiceResult};
 use crate::domain::clock::{Millis, to_rfc3339};
+use crate::domain::liveness::ALIVE_WITHIN;
 use crate::domain::{DigestStatus, SubscriberStatus};
 use crate::metrics::Metrics;
 pub use crate::store::EventRow as Event;
 use crate::store::{DayColumn, DeliveryCounts, DigestRow, FailureRow, Store, StoreResult};
 
 const DAY_MS: i64 = 86_400_000;
-/// A worker is alive while its heartbeat is at most this old (it beats every 2 s).
-pub const WORKER_ALIVE: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Latency {
@@ -189,7 +187,7 @@ pub async fn overall(store: &Store, now: Millis) -> StoreResult<Overall> {
         depth: deliveries.pending(),
         oldest_due_age_seconds: oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
     };
-    let workers_alive = store.live_workers(now, WORKER_ALIVE).await?;
+    let workers_alive = store.live_workers(now, ALIVE_WITHIN).await?;
 
     let recent = store.list_digests(20).await?;
     let current = recent

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::compose::{Composer, DigestContent};
 use crate::domain::RetryPolicy;
 use crate::domain::clock::now_ms;
+use crate::domain::liveness::{ALIVE_WITHIN, HEARTBEAT};
 use crate::mail::Transport;
 use crate::metrics::Metrics;
 use crate::store::{ClaimedDelivery, Recorded, Store};
@@ -56,9 +57,6 @@ pub const UNRECORDED_PER_CONNECTION: usize = 8;
 const GATHER: Duration = Duration::from_millis(5);
 /// Most outcomes written back in one transaction.
 const RECORD_BATCH: usize = 256;
-/// How often a worker says it is alive, and how recent a heartbeat must be to count.
-const HEARTBEAT: Duration = Duration::from_secs(2);
-const ALIVE_WITHIN: Duration = Duration::from_secs(6);
 
 /// What the worker is told by the configuration (built in `app`).
 #[derive(Debug, Clone)]
