@@ -201,14 +201,6 @@ impl SendFailure {
         }
     }
 
-    pub fn code(&self) -> Option<u16> {
-        self.code
-    }
-
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// The server's reply text, after the error's own prefix (`"permanent error (550): "`).
     pub fn reply_text(&self) -> &str {
         self.text.split_once(": ").map_or("", |(_, r)| r)
@@ -223,6 +215,18 @@ impl SendFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_stored_names() {
+        for (kind, name) in [
+            (DeliveryKind::Confirmation, "confirmation"),
+            (DeliveryKind::Digest, "digest"),
+        ] {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(name.parse::<DeliveryKind>(), Ok(kind));
+        }
+        assert!("newsletter".parse::<DeliveryKind>().is_err());
+    }
 
     #[test]
     fn statuses_round_trip_and_final_states_are_final() {

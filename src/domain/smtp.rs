@@ -202,6 +202,16 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_of_short_words_is_classified_without_looking_past_them() {
+        // A relay may answer with a single character or a bare code: no enhanced code there,
+        // and nothing to index past its end.
+        for text in ["x", "5", "5.", "ok 5.7.1"] {
+            assert_eq!(classify(Some(554), text), PermanentFailure, "{text:?}");
+            assert_eq!(classify(Some(450), text), RetryLater, "{text:?}");
+        }
+    }
+
+    #[test]
     fn each_verdict_is_exactly_one_of_sent_transient_or_permanent() {
         let all = [
             Sent,
