@@ -211,9 +211,21 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_address_is_mailed_at_most_every_ten_minutes_and_for_an_hour() {
+        // The promise in README ("at most one confirmation per 10 minutes"), and the window in
+        // which a queued confirmation is still worth sending.
+        assert_eq!(
+            RESEND_CONFIRMATION_AFTER,
+            std::time::Duration::from_secs(600)
+        );
+        assert_eq!(CONFIRMATION_DEADLINE, std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
     fn status_round_trips() {
         for s in SubscriberStatus::ALL {
             assert_eq!(s.as_str().parse::<SubscriberStatus>(), Ok(s));
+            assert_eq!(s.to_string(), s.as_str(), "shown as stored");
         }
         assert!("gone".parse::<SubscriberStatus>().is_err());
     }
@@ -222,7 +234,7 @@ mod tests {
     fn names_are_optional_bounded_and_single_line() {
         assert_eq!(SubscriberName::parse("  "), Ok(None));
         assert_eq!(
-            SubscriberName::parse(" Ada ").map(|n| n.map(|n| n.0)),
+            SubscriberName::parse(" Ada ").map(|n| n.map(|n| n.as_str().to_owned())),
             Ok(Some("Ada".to_owned()))
         );
         assert_eq!(
