@@ -1,7 +1,7 @@
 //! Items and digests: the editor's drafts, their state changes, and the fan-out that turns a
 //! due digest into one delivery per confirmed subscriber.
 
-use sqlx::AnyConnection;
+use sqlx::{Any, AnyConnection, Transaction};
 
 use super::{
     DigestRow, ItemRow, PerDialect, Store, StoreError, StoreResult, new_id, not_found, parse_col,
@@ -226,15 +226,16 @@ impl Store {
         status.as_deref().map(parse_col).transpose()
     }
 
-    /// Reads a digest's state inside a write transaction (locked on PostgreSQL; SQLite's
-    /// `BEGIN IMMEDIATE` already holds the write lock) and asks the domain's one rule what
-    /// `action` does to it: `NotFound`, or `Conflict` saying why not.
-    async fn decide(
+    /// Opens a write transaction, reads the digest's state in it (locked on PostgreSQL;
+    /// SQLite's `BEGIN IMMEDIATE` already holds the write lock) and asks the domain's one rule
+    /// what `action` does: the transaction and the status to move to, `None` when it was done
+    /// already (nothing to write), `NotFound`, or `Conflict` saying why not.
+    async fn begin_change(
         &self,
-        tx: &mut AnyConnection,
         id: &str,
         action: DigestAction,
-    ) -> StoreResult<Change> {
+    ) -> StoreResult<Option<(Transaction<'static, Any>, DigestStatus)>> {
+        let mut tx = self.begin_write().await?;
         let row: Option<(String, Option<String>)> = sqlx::query_as(self.sql(&LOCK_DIGEST_STATE))
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -244,33 +245,34 @@ impl Store {
         };
         let status: DigestStatus = parse_col(&status)?;
         let paused_from = paused_from.as_deref().map(parse_col).transpose()?;
-        status
+        match status
             .decide(action, paused_from)
-            .map_err(|why| StoreError::Conflict(format!("digest {id} is {why}")))
+            .map_err(|why| StoreError::Conflict(format!("digest {id} is {why}")))?
+        {
+            Change::To(to) => Ok(Some((tx, to))),
+            Change::Unchanged => Ok(None),
+        }
     }
 
     /// `draft` or `scheduled` -> `scheduled` at `send_at`.
     pub async fn schedule_digest(&self, id: &str, send_at: Millis, now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        if let Change::To(to) = self.decide(&mut tx, id, DigestAction::Schedule).await? {
-            sqlx::query(
-                "UPDATE digests SET status = $1, send_at = $2, updated_at = $3 WHERE id = $4",
-            )
+        let Some((mut tx, to)) = self.begin_change(id, DigestAction::Schedule).await? else {
+            return Ok(());
+        };
+        sqlx::query("UPDATE digests SET status = $1, send_at = $2, updated_at = $3 WHERE id = $4")
             .bind(to.as_str())
             .bind(send_at)
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        }
         tx.commit().await?;
         Ok(())
     }
 
     /// Before sending only; its items become pending again.
     pub async fn cancel_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        let Change::To(to) = self.decide(&mut tx, id, DigestAction::Cancel).await? else {
+        let Some((mut tx, to)) = self.begin_change(id, DigestAction::Cancel).await? else {
             return Ok(());
         };
         sqlx::query("UPDATE digests SET status = $1, updated_at = $2 WHERE id = $3")
@@ -293,37 +295,37 @@ impl Store {
 
     /// `scheduled` or `sending` -> `paused` (idempotent): workers stop claiming its mail.
     pub async fn pause_digest(&self, id: &str, reason: &str, now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        if let Change::To(to) = self.decide(&mut tx, id, DigestAction::Pause).await? {
-            sqlx::query(
-                "UPDATE digests SET paused_from = status, status = $1, paused_reason = $2,
-                     updated_at = $3
-                 WHERE id = $4",
-            )
-            .bind(to.as_str())
-            .bind(reason)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let Some((mut tx, to)) = self.begin_change(id, DigestAction::Pause).await? else {
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE digests SET paused_from = status, status = $1, paused_reason = $2,
+                 updated_at = $3
+             WHERE id = $4",
+        )
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// `paused` -> whatever it was before (idempotent for a digest that is not paused).
     pub async fn resume_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        if let Change::To(to) = self.decide(&mut tx, id, DigestAction::Resume).await? {
-            sqlx::query(
-                "UPDATE digests SET status = $1, paused_from = NULL, updated_at = $2 WHERE id = $3",
-            )
-            .bind(to.as_str())
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let Some((mut tx, to)) = self.begin_change(id, DigestAction::Resume).await? else {
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE digests SET status = $1, paused_from = NULL, updated_at = $2 WHERE id = $3",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
