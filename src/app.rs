@@ -105,7 +105,7 @@ impl App {
     }
 
     pub fn signup(&self) -> Signup {
-        Signup::new(self.store.clone(), self.wake.clone())
+        Signup::new(self.store.clone(), self.wake.clone(), self.config.welcome)
     }
 
     pub fn reporting(&self) -> Reporting {
@@ -157,7 +157,8 @@ impl App {
             admin_token: c.admin_token.clone(),
             metrics_token: c.metrics_token.clone(),
             secure_cookies: c.public_url.scheme() == "https",
-            confirmation_valid_hours: c.confirmation_ttl.as_secs() / 3600,
+            confirmation_valid_for: crate::domain::clock::for_people(c.confirmation_ttl),
+            public_origin: c.public_url.origin().ascii_serialization(),
             subscribe_per_minute: c.subscribe_per_minute,
         };
         let pages = http::Pages {

@@ -61,6 +61,11 @@ const REQUIRED: &[&str] = &[
     "digest.subject.j2",
     "digest.html.j2",
     "digest.txt.j2",
+    "welcome.subject.j2",
+    "welcome.html.j2",
+    "welcome.txt.j2",
+    "manage.html.j2",
+    "error.html.j2",
     "admin.html.j2",
     "admin_login.html.j2",
 ];

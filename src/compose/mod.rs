@@ -7,12 +7,13 @@ use std::time::Duration;
 use minijinja::{Value, context};
 use url::Url;
 
+use crate::domain::clock::for_people;
 use crate::mail::{Content, ListHeaders, PartBody};
 use crate::render::{RenderError, Rendered, Renderer};
 
 mod prerender;
 
-use prerender::{NAME_MARK, Prerendered, Shape, URL_MARK, reads_as};
+use prerender::{MANAGE_MARK, NAME_MARK, Prerendered, Shape, URL_MARK, reads_as};
 
 /// The sample subscriber a preview is rendered for.
 pub const SAMPLE_NAME: &str = "Sample Subscriber";
@@ -53,10 +54,14 @@ pub struct Composer {
     /// Every unsubscribe link up to its token (`…/unsubscribe?token=`), when the public URL
     /// lets the token simply go at the end (it has no fragment).
     unsubscribe_prefix: Option<String>,
+    /// The same for the manage link (`…/manage?token=`).
+    manage_prefix: Option<String>,
 }
 
 /// The path of the one-click unsubscribe link.
 const UNSUBSCRIBE: &str = "/unsubscribe";
+/// The path of the subscriber's own page (name, data export, leaving), by the same token.
+pub const MANAGE: &str = "/manage";
 
 /// A digest's content as a template value, built once per digest and shared by every email.
 #[derive(Debug)]
@@ -116,12 +121,13 @@ impl DigestContent {
 
 impl Composer {
     pub fn new(renderer: Arc<Renderer>, settings: ComposeSettings) -> Self {
-        let unsubscribe_prefix =
-            Some(settings.link(UNSUBSCRIBE, "")).filter(|l| l.ends_with("?token="));
+        let prefix = |path| Some(settings.link(path, "")).filter(|l| l.ends_with("?token="));
+        let (unsubscribe_prefix, manage_prefix) = (prefix(UNSUBSCRIBE), prefix(MANAGE));
         Self {
             renderer,
             settings: Arc::new(settings),
             unsubscribe_prefix,
+            manage_prefix,
         }
     }
 
@@ -130,11 +136,21 @@ impl Composer {
     /// are made of them). Parsing and serialising the URL for each email cost as much as
     /// writing the email's headers.
     fn unsubscribe_link(&self, token: &str) -> String {
+        Self::quick_link(self.unsubscribe_prefix.as_deref(), token)
+            .unwrap_or_else(|| self.settings.link(UNSUBSCRIBE, token))
+    }
+
+    /// `config.link("/manage", token)`, put together the same way.
+    fn manage_link(&self, token: &str) -> String {
+        Self::quick_link(self.manage_prefix.as_deref(), token)
+            .unwrap_or_else(|| self.settings.link(MANAGE, token))
+    }
+
+    fn quick_link(prefix: Option<&str>, token: &str) -> Option<String> {
         let as_is = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
-        match &self.unsubscribe_prefix {
-            Some(prefix) if token.bytes().all(as_is) => format!("{prefix}{token}"),
-            _ => self.settings.link(UNSUBSCRIBE, token),
-        }
+        prefix
+            .filter(|_| token.bytes().all(as_is))
+            .map(|p| format!("{p}{token}"))
     }
 
     /// The list's name as people see it: the From display name, or "Squeeze".
@@ -153,9 +169,32 @@ impl Composer {
                 list_name => self.settings.list_name,
                 name,
                 confirm_url => self.settings.link("/confirm", token),
+                valid_for => for_people(self.settings.confirmation_ttl),
+                // What templates written before `valid_for` show.
                 valid_hours => self.settings.confirmation_ttl.as_secs() / 3600,
             },
         )
+    }
+
+    /// The email a subscriber gets once they have confirmed, with the links to their page and
+    /// to leave (and the one-click headers: they are on the list now).
+    pub fn welcome(
+        &self,
+        name: Option<&str>,
+        token: &str,
+    ) -> Result<(Rendered, ListHeaders), RenderError> {
+        let name = name.filter(|n| !n.is_empty());
+        let unsubscribe_url = self.unsubscribe_link(token);
+        let rendered = self.renderer.email(
+            "welcome",
+            context! {
+                list_name => self.settings.list_name,
+                name,
+                unsubscribe_url,
+                manage_url => self.manage_link(token),
+            },
+        )?;
+        Ok((rendered, self.list_headers(unsubscribe_url)))
     }
 
     fn render_digest(
@@ -163,6 +202,7 @@ impl Composer {
         content: &DigestContent,
         name: Option<&str>,
         unsubscribe_url: &str,
+        manage_url: &str,
     ) -> Result<Rendered, RenderError> {
         self.renderer.email(
             "digest",
@@ -170,6 +210,7 @@ impl Composer {
                 list_name => self.settings.list_name,
                 name,
                 unsubscribe_url,
+                manage_url,
                 ..content.value.clone()
             },
         )
@@ -180,15 +221,19 @@ impl Composer {
     fn prerender(&self, content: &DigestContent) -> Option<Prerendered> {
         let p = Prerendered {
             named: Shape::new(
-                self.render_digest(content, Some(NAME_MARK), URL_MARK)
+                self.render_digest(content, Some(NAME_MARK), URL_MARK, MANAGE_MARK)
                     .ok()?,
             ),
-            anonymous: Shape::new(self.render_digest(content, None, URL_MARK).ok()?),
+            anonymous: Shape::new(
+                self.render_digest(content, None, URL_MARK, MANAGE_MARK)
+                    .ok()?,
+            ),
         };
         let url = "https://example.test/unsubscribe?token=a&b=<c>";
+        let manage = "https://example.test/manage?token=a&b=<c>";
         for name in [Some("Ada & <Bob> \"O'Neil\""), Some("Zoë"), None] {
-            let full = self.render_digest(content, name, url).ok()?;
-            if !reads_as(&p.fill(name, url), &full) {
+            let full = self.render_digest(content, name, url, manage).ok()?;
+            if !reads_as(&p.fill(name, url, manage), &full) {
                 tracing::info!(digest_id = %content.id, "templates transform the name or link; rendering each email in full");
                 return None;
             }
@@ -206,15 +251,19 @@ impl Composer {
         // An empty name is no name (sign-up never stores one; imports might).
         let name = name.filter(|n| !n.is_empty());
         let unsubscribe_url = self.unsubscribe_link(unsubscribe_token);
+        let manage_url = self.manage_link(unsubscribe_token);
         // Rendering 20 KB of template per email is most of the work; the only things that
-        // differ between subscribers are the name and the link.
-        let safe = |v: &str| !v.contains(NAME_MARK) && !v.contains(URL_MARK);
+        // differ between subscribers are the name and the links.
+        let safe =
+            |v: &str| !v.contains(NAME_MARK) && !v.contains(URL_MARK) && !v.contains(MANAGE_MARK);
         let prerendered = content.prerendered.get_or_init(|| self.prerender(content));
         let email = match prerendered {
-            Some(p) if name.is_none_or(safe) && safe(&unsubscribe_url) => {
-                p.fill(name, &unsubscribe_url)
+            Some(p) if name.is_none_or(safe) && safe(&unsubscribe_url) && safe(&manage_url) => {
+                p.fill(name, &unsubscribe_url, &manage_url)
             }
-            _ => self.render_digest(content, name, &unsubscribe_url)?.into(),
+            _ => self
+                .render_digest(content, name, &unsubscribe_url, &manage_url)?
+                .into(),
         };
         Ok((email, self.list_headers(unsubscribe_url)))
     }
@@ -232,7 +281,9 @@ impl Composer {
     /// scheduled.
     pub fn preview(&self, content: &DigestContent) -> Result<(Rendered, ListHeaders), RenderError> {
         let unsubscribe_url = self.settings.link(UNSUBSCRIBE, SAMPLE_TOKEN);
-        let rendered = self.render_digest(content, Some(SAMPLE_NAME), &unsubscribe_url)?;
+        let manage_url = self.settings.link(MANAGE, SAMPLE_TOKEN);
+        let rendered =
+            self.render_digest(content, Some(SAMPLE_NAME), &unsubscribe_url, &manage_url)?;
         Ok((rendered, self.list_headers(unsubscribe_url)))
     }
 }
@@ -282,8 +333,9 @@ mod tests {
         ] {
             let (fast, _) = c.digest(&content, name, token).expect("fast");
             let url = c.settings.link("/unsubscribe", token);
+            let manage = c.settings.link("/manage", token);
             let full = c
-                .render_digest(&content, name.filter(|n| !n.is_empty()), &url)
+                .render_digest(&content, name.filter(|n| !n.is_empty()), &url, &manage)
                 .expect("full");
             assert!(reads_as(&fast, &full), "{name:?}: {fast:?}\n{full:?}");
             // Put together from pieces, ready for the wire: as 7bit when ASCII, else as 8bit.
@@ -328,6 +380,11 @@ mod tests {
                 assert_eq!(
                     c.unsubscribe_link(token),
                     c.settings.link(UNSUBSCRIBE, token),
+                    "{public_url} {token:?}"
+                );
+                assert_eq!(
+                    c.manage_link(token),
+                    c.settings.link(MANAGE, token),
                     "{public_url} {token:?}"
                 );
             }

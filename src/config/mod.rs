@@ -93,6 +93,8 @@ pub struct Config {
     pub concurrency: NonZeroUsize,
     pub templates: PathBuf,
     pub confirmation_ttl: Duration,
+    /// Whether confirming queues a welcome email.
+    pub welcome: bool,
     pub subscribe_per_minute: Option<NonZeroU32>,
     pub smtp_timeout: Duration,
     pub lease: Duration,
@@ -245,6 +247,7 @@ impl Config {
             confirmation_ttl: d
                 .confirmation_ttl
                 .ok_or_else(|| missing("confirmation_ttl"))?,
+            welcome: d.welcome.ok_or_else(|| missing("welcome"))?,
             subscribe_per_minute: d
                 .subscribe_per_minute
                 .ok_or_else(|| missing("subscribe_per_minute"))?,
@@ -355,6 +358,8 @@ mod tests {
         assert!(c.smtp.is_none());
         assert_eq!(c.burst, c.rate);
         assert_eq!(c.confirmation_ttl, Duration::from_secs(48 * 3600));
+        assert!(c.welcome, "the welcome email is on by default");
+        assert!(!load(&[("welcome", "false")]).expect("valid").welcome);
     }
 
     #[test]
@@ -368,6 +373,7 @@ mod tests {
             ("from", "not an address", "`from`"),
             ("admin_token", "short", "16"),
             ("confirmation_ttl", "soon", "duration"),
+            ("welcome", "maybe", "true or false"),
             ("templates", "/no/such/folder", "no such folder"),
             ("domain_rates", "gmail.com", "example.com=20"),
             ("domain_rates", "gmail.com=0", "at least 1"),

@@ -61,6 +61,7 @@ pub(super) struct Draft {
     pub concurrency: Option<NonZeroUsize>,
     pub templates: Option<PathBuf>,
     pub confirmation_ttl: Option<Duration>,
+    pub welcome: Option<bool>,
     pub subscribe_per_minute: Option<Option<NonZeroU32>>,
     pub smtp_timeout: Option<Duration>,
     pub lease: Option<Duration>,
@@ -441,6 +442,21 @@ pub const TABLE: &[Setting] = &[
         doc: "How long a confirmation link stays valid",
         parse: |v, d| {
             d.confirmation_ttl = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "welcome",
+        value_name: "BOOL",
+        default: Some("true"),
+        secret: false,
+        doc: "Send a welcome email (templates welcome.*) once a subscriber confirms",
+        parse: |v, d| {
+            d.welcome = Some(match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => true,
+                "false" | "no" | "off" | "0" => false,
+                _ => return Err("expected true or false".into()),
+            });
             Ok(())
         },
     },

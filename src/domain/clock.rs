@@ -22,9 +22,53 @@ pub fn to_rfc3339(ms: Millis) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A duration as people read it in emails and pages: minutes under an hour (or when it is not
+/// a whole number of hours), whole days from two days on, hours otherwise. "Expires in 0
+/// hours" for a 30-minute link was the reason this exists.
+pub fn for_people(d: Duration) -> String {
+    let plural = |n: u64, unit: &str| {
+        if n == 1 {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
+    let minutes = d.as_secs().div_ceil(60).max(1);
+    if minutes < 60 || !minutes.is_multiple_of(60) {
+        return plural(minutes, "minute");
+    }
+    let hours = minutes / 60;
+    if hours >= 48 && hours.is_multiple_of(24) {
+        plural(hours / 24, "day")
+    } else {
+        plural(hours, "hour")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_for_people_are_minutes_under_an_hour_and_days_when_whole() {
+        let s = Duration::from_secs;
+        for (d, said) in [
+            (s(30 * 60), "30 minutes"),
+            (s(60), "1 minute"),
+            (s(1), "1 minute"),
+            (s(0), "1 minute"),
+            (s(89), "2 minutes"),
+            (s(90 * 60), "90 minutes"),
+            (s(3600), "1 hour"),
+            (s(24 * 3600), "24 hours"),
+            (s(36 * 3600), "36 hours"),
+            (s(48 * 3600), "2 days"),
+            (s(7 * 24 * 3600), "7 days"),
+            (s(50 * 3600), "50 hours"),
+        ] {
+            assert_eq!(for_people(d), said, "{d:?}");
+        }
+    }
 
     #[test]
     fn durations_convert_to_millis_and_saturate() {

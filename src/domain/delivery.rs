@@ -12,6 +12,8 @@ pub enum DeliveryKind {
     Confirmation,
     /// One digest to one confirmed subscriber.
     Digest,
+    /// The email a subscriber gets once they have confirmed.
+    Welcome,
 }
 
 impl DeliveryKind {
@@ -19,6 +21,7 @@ impl DeliveryKind {
         match self {
             Self::Confirmation => "confirmation",
             Self::Digest => "digest",
+            Self::Welcome => "welcome",
         }
     }
 }
@@ -29,6 +32,7 @@ impl FromStr for DeliveryKind {
         match s {
             "confirmation" => Ok(Self::Confirmation),
             "digest" => Ok(Self::Digest),
+            "welcome" => Ok(Self::Welcome),
             other => Err(format!("unknown delivery kind {other:?}")),
         }
     }
@@ -221,6 +225,7 @@ mod tests {
         for (kind, name) in [
             (DeliveryKind::Confirmation, "confirmation"),
             (DeliveryKind::Digest, "digest"),
+            (DeliveryKind::Welcome, "welcome"),
         ] {
             assert_eq!(kind.as_str(), name);
             assert_eq!(name.parse::<DeliveryKind>(), Ok(kind));

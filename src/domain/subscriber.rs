@@ -62,6 +62,9 @@ impl TryFrom<String> for SubscriberStatus {
 pub const RESEND_CONFIRMATION_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 /// A confirmation email not sent within this time is given up (its link would be stale).
 pub const CONFIRMATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A welcome email not sent within this time of the confirmation is given up (it would no
+/// longer read as a welcome).
+pub const WELCOME_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// What a sign-up for an address already known does. The HTTP answer is the same for all of
 /// them (no address enumeration); this is for the store, logs and tests.

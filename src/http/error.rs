@@ -1,5 +1,7 @@
 //! One error type for every handler: client mistakes get a precise message and a 4xx; server
-//! faults are logged with their cause and answered with a generic 500.
+//! faults are logged with their cause and answered with a generic 500. The answer is JSON
+//! (`{"error", "field"}`); for a browser, `http::error_pages` turns it into a page in the
+//! site's layout, from the [`ErrorPage`] each answer carries.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -14,6 +16,8 @@ pub enum HttpError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -40,6 +44,7 @@ impl HttpError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -86,6 +91,12 @@ impl From<crate::render::RenderError> for HttpError {
     }
 }
 
+/// What a browser is shown instead of an error's JSON: carried as a response extension.
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    pub message: String,
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         if let Self::Internal(e) = &self {
@@ -96,6 +107,9 @@ impl IntoResponse for HttpError {
             body["field"] = json!(field);
         }
         let mut response = (self.status(), Json(body)).into_response();
+        response.extensions_mut().insert(ErrorPage {
+            message: self.to_string(),
+        });
         if let Self::TooManyRequests { retry_after } = self {
             response
                 .headers_mut()

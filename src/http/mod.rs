@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
+use error::ErrorPage;
 pub use error::HttpError;
 
 use crate::render::Renderer;
@@ -36,8 +37,11 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// The public URL is https: the session cookie is `Secure`.
     pub secure_cookies: bool,
-    /// How long a confirmation link stays valid, as the confirmation page says it.
-    pub confirmation_valid_hours: u64,
+    /// How long a confirmation link stays valid, as pages say it ("30 minutes", "2 days").
+    pub confirmation_valid_for: String,
+    /// The public URL's origin (`https://news.example.com`): a subscriber's form posts must
+    /// come from it.
+    pub public_origin: String,
     /// Sign-up requests per client IP per minute; `None`: no limit.
     pub subscribe_per_minute: Option<NonZeroU32>,
 }
@@ -90,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router(state.clone()))
         .merge(dashboard::router())
         .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), error_pages))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(trace_request))
@@ -138,6 +144,121 @@ fn page(
         .renderer
         .render(name, minijinja::context! { ..ctx, ..base })?;
     Ok((status, axum::response::Html(html)).into_response())
+}
+
+/// Whether the client asked for JSON: by `Accept` or by sending JSON. Everyone else (a
+/// browser, a form post) is answered with pages.
+fn wants_json(headers: &HeaderMap) -> bool {
+    let has = |name, what: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains(what))
+    };
+    has(header::ACCEPT, "application/json") || has(header::CONTENT_TYPE, "json")
+}
+
+/// A subscriber's form posts (confirm, manage) must come from Squeeze's own pages: a post
+/// another site (or a sibling subdomain) makes is refused. A browser says where a request
+/// comes from in `Sec-Fetch-Site` (no page can set it); one that does not sends `Origin`,
+/// which must then be the public URL's. Pages are served with `Referrer-Policy: no-referrer`,
+/// under which a browser sends `Origin: null` even for its own forms, so `null` alone is not
+/// refused. A client that sends neither is no browser; for it, as for every post, the token
+/// in the form's address is the credential.
+fn same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
+    let refused = || {
+        HttpError::Forbidden(format!(
+            "this form can only be sent from {}'s own pages at {}",
+            state.pages.list_name, state.settings.public_origin
+        ))
+    };
+    let allowed = match (headers.get("sec-fetch-site"), headers.get(header::ORIGIN)) {
+        (Some(site), _) => matches!(site.to_str(), Ok("same-origin" | "none")),
+        (None, Some(origin)) => matches!(origin.to_str(),
+            Ok(o) if o == "null" || o == state.settings.public_origin),
+        (None, None) => true,
+    };
+    if allowed { Ok(()) } else { Err(refused()) }
+}
+
+async fn not_found(request: Request) -> HttpError {
+    HttpError::NotFound(format!("there is no page at {}", request.uri().path()))
+}
+
+/// Errors for browsers: every error answer (an `HttpError`, or axum's own empty 404 and 405)
+/// becomes a page in the site's layout, unless the client asked for JSON or the path is the
+/// API's; JSON clients get `{"error"}` for axum's empty answers too. Answers with a body of
+/// their own (the health check's text, a handler's page) are left as they are.
+async fn error_pages(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let json_client =
+        path.starts_with("/api/") || path == "/metrics" || wants_json(request.headers());
+    let response = next.run(request).await;
+    let status = response.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return response;
+    }
+    let message = match response.extensions().get::<ErrorPage>() {
+        Some(_) if json_client => return response,
+        Some(page) => page.message.clone(),
+        None if response.headers().contains_key(header::CONTENT_TYPE) => return response,
+        None if status == StatusCode::METHOD_NOT_ALLOWED => {
+            "this address does not take that kind of request".to_owned()
+        }
+        None => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if json_client {
+        let body = axum::Json(serde_json::json!({ "error": message }));
+        return (parts, body).into_response();
+    }
+    let title = match status {
+        StatusCode::NOT_FOUND => "Page not found",
+        StatusCode::METHOD_NOT_ALLOWED => "Not allowed here",
+        StatusCode::FORBIDDEN => "Refused",
+        StatusCode::TOO_MANY_REQUESTS => "Too many requests",
+        s if s.is_server_error() => "Something went wrong on our side",
+        _ => "This request cannot be answered",
+    };
+    let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        "Please try again in a minute; if it keeps happening, tell the list's operator.".to_owned()
+    } else {
+        sentence(&message)
+    };
+    match page(
+        &state,
+        status,
+        "error.html.j2",
+        minijinja::context! { title, message },
+    ) {
+        Ok(page) => {
+            let (page_parts, body) = page.into_parts();
+            parts.headers.extend(page_parts.headers);
+            Response::from_parts(parts, body)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the error page");
+            (parts, message).into_response()
+        }
+    }
+}
+
+/// "there is no page at /x" as a sentence: "There is no page at /x."
+fn sentence(message: &str) -> String {
+    let mut chars = message.chars();
+    let mut s: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    if !s.ends_with(['.', '!', '?']) {
+        s.push('.');
+    }
+    s
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

@@ -1,4 +1,5 @@
-//! What a subscriber meets: the sign-up form, confirmation and one-click unsubscribe.
+//! What a subscriber meets: the sign-up form, confirmation (a GET shows the button, the POST
+//! confirms), their manage page (name, data export) and one-click unsubscribe.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -13,10 +14,10 @@ use minijinja::context;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AppState, BODY_LIMIT, HttpError, page};
+use super::{AppState, BODY_LIMIT, HttpError, page, same_origin, wants_json};
 use crate::domain::clock::now_ms;
 use crate::domain::{EmailAddress, SubscriberName, Token};
-use crate::service::signup::{ConfirmOutcome, SignUp, UnsubscribeOutcome};
+use crate::service::signup::{ConfirmOutcome, SignUp, Subscriber, UnsubscribeOutcome};
 
 const MAX_USER_AGENT: usize = 512;
 
@@ -24,7 +25,9 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/subscribe", post(subscribe))
-        .route("/confirm", get(confirm))
+        .route("/confirm", get(confirm_page).post(confirm))
+        .route("/manage", get(manage_page).post(manage))
+        .route("/manage/export", get(export))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
 }
 
@@ -37,12 +40,6 @@ struct SubscribeRequest {
     email: String,
     #[serde(default)]
     name: Option<String>,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Format {
-    Json,
-    Form,
 }
 
 /// A sign-up's fields once they are known to be well-formed.
@@ -63,6 +60,53 @@ impl TryFrom<&SubscribeRequest> for NewSubscriber {
     }
 }
 
+/// A refused sign-up: JSON for JSON clients; for a browser, the form again with the reason
+/// next to the field at fault and what they typed (escaped on render), with the same status.
+fn refuse_sign_up(
+    state: &AppState,
+    json_client: bool,
+    error: HttpError,
+    typed: Option<SubscribeRequest>,
+) -> Result<Response, HttpError> {
+    if json_client || error.status().is_server_error() {
+        return Err(error);
+    }
+    let status = error.status();
+    let (field, message) = match &error {
+        HttpError::Unprocessable { field, message } => {
+            (*field, format!("Please check the {field}: {message}."))
+        }
+        HttpError::TooManyRequests { retry_after } => (
+            "",
+            format!(
+                "Too many sign-ups from your address; please try again in {retry_after} seconds."
+            ),
+        ),
+        other => ("", format!("The sign-up could not be read: {other}.")),
+    };
+    let typed = typed.unwrap_or(SubscribeRequest {
+        email: String::new(),
+        name: None,
+    });
+    let mut response = page(
+        state,
+        status,
+        "index.html.j2",
+        context! {
+            error => message,
+            error_field => field,
+            email => typed.email,
+            name => typed.name.unwrap_or_default(),
+        },
+    )?;
+    if let HttpError::TooManyRequests { retry_after } = error {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after.into());
+    }
+    Ok(response)
+}
+
 async fn subscribe(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -70,24 +114,20 @@ async fn subscribe(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let ip = peer.ip();
-    check_rate(&state, ip)?;
-    let (format, request) = read_sign_up(&headers, body)?;
+    let json_client = wants_json(&headers);
+    if let Err(e) = check_rate(&state, ip) {
+        return refuse_sign_up(&state, json_client, e, None);
+    }
+    let request = match read_sign_up(&headers, body) {
+        Ok(r) => r,
+        Err(e) => return refuse_sign_up(&state, json_client, e, None),
+    };
     let NewSubscriber { email, name } = match NewSubscriber::try_from(&request) {
         Ok(v) => v,
-        Err((field, message)) if format == Format::Form => {
-            // Show the form again, with the reason and what they typed (escaped on render).
-            return page(
-                &state,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "index.html.j2",
-                context! {
-                    error => format!("Please check the {field}: {message}."),
-                    email => request.email,
-                    name => request.name.unwrap_or_default(),
-                },
-            );
+        Err((field, message)) => {
+            let e = HttpError::Unprocessable { field, message };
+            return refuse_sign_up(&state, json_client, e, Some(request));
         }
-        Err((field, message)) => return Err(HttpError::Unprocessable { field, message }),
     };
     let user_agent = headers
         .get(header::USER_AGENT)
@@ -103,8 +143,8 @@ async fn subscribe(
     tracing::debug!(?outcome, "sign-up");
 
     // The same answer whatever the address's state: the form must not reveal who is subscribed.
-    match format {
-        Format::Json => Ok((
+    match json_client {
+        true => Ok((
             StatusCode::ACCEPTED,
             Json(json!({
                 "status": "accepted",
@@ -112,7 +152,7 @@ async fn subscribe(
             })),
         )
             .into_response()),
-        Format::Form => page(&state, StatusCode::ACCEPTED, "subscribed.html.j2", context! {}),
+        false => page(&state, StatusCode::ACCEPTED, "subscribed.html.j2", context! {}),
     }
 }
 
@@ -135,7 +175,7 @@ fn check_rate(state: &AppState, ip: IpAddr) -> Result<(), HttpError> {
 fn read_sign_up(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(Format, SubscribeRequest), HttpError> {
+) -> Result<SubscribeRequest, HttpError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HttpError::PayloadTooLarge { limit: BODY_LIMIT }
@@ -154,16 +194,10 @@ fn read_sign_up(
         .trim()
         .to_ascii_lowercase();
     match mime.as_str() {
-        "application/json" => Ok((
-            Format::Json,
-            serde_json::from_slice(&body)
-                .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}")))?,
-        )),
-        "application/x-www-form-urlencoded" => Ok((
-            Format::Form,
-            serde_urlencoded::from_bytes(&body)
-                .map_err(|e| HttpError::BadRequest(format!("invalid form body: {e}")))?,
-        )),
+        "application/json" => serde_json::from_slice(&body)
+            .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}"))),
+        "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes(&body)
+            .map_err(|e| HttpError::BadRequest(format!("invalid form body: {e}"))),
         _ => Err(HttpError::UnsupportedMediaType(
             "send the sign-up as application/json or application/x-www-form-urlencoded".into(),
         )),
@@ -175,31 +209,183 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-async fn confirm(
+fn confirm_invalid(state: &AppState, status: StatusCode) -> Result<Response, HttpError> {
+    page(
+        state,
+        status,
+        "confirm.html.j2",
+        context! { state => "invalid", valid_for => &state.settings.confirmation_valid_for },
+    )
+}
+
+fn confirmed(state: &AppState) -> Result<Response, HttpError> {
+    page(
+        state,
+        StatusCode::OK,
+        "confirm.html.j2",
+        context! { state => "confirmed" },
+    )
+}
+
+/// GET (and HEAD) of the link in the confirmation email changes nothing: mail filters fetch
+/// every link of every message, so this shows the one button that confirms (a POST to the
+/// same address). A link that can no longer confirm says so as before.
+async fn confirm_page(
     State(state): State<AppState>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, HttpError> {
-    let valid_hours = state.settings.confirmation_valid_hours;
-    let invalid = |status| {
-        page(
-            &state,
-            status,
-            "confirm.html.j2",
-            context! { state => "invalid", valid_hours },
-        )
-    };
     let Some(token) = q.token.as_deref().and_then(|t| Token::parse(t).ok()) else {
-        return invalid(StatusCode::BAD_REQUEST);
+        return confirm_invalid(&state, StatusCode::BAD_REQUEST);
     };
-    match state.signup.confirm(&token, now_ms()).await? {
-        ConfirmOutcome::Confirmed | ConfirmOutcome::AlreadyConfirmed => page(
+    match state.signup.confirmation_status(&token, now_ms()).await? {
+        ConfirmOutcome::Confirmed => page(
             &state,
             StatusCode::OK,
             "confirm.html.j2",
-            context! { state => "confirmed", valid_hours },
+            context! { state => "ask", action => format!("?token={}", token.as_str()) },
         ),
-        ConfirmOutcome::Invalid => invalid(StatusCode::NOT_FOUND),
+        ConfirmOutcome::AlreadyConfirmed => confirmed(&state),
+        ConfirmOutcome::Invalid => confirm_invalid(&state, StatusCode::NOT_FOUND),
     }
+}
+
+/// The button's POST confirms; again, the same page (idempotent).
+async fn confirm(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    _body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    same_origin(&state, &headers)?;
+    let Some(token) = q.token.as_deref().and_then(|t| Token::parse(t).ok()) else {
+        return confirm_invalid(&state, StatusCode::BAD_REQUEST);
+    };
+    match state.signup.confirm(&token, now_ms()).await? {
+        ConfirmOutcome::Confirmed | ConfirmOutcome::AlreadyConfirmed => confirmed(&state),
+        ConfirmOutcome::Invalid => confirm_invalid(&state, StatusCode::NOT_FOUND),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ManageForm {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// The manage page for the subscriber whose token this is, with an optional notice or error.
+fn manage_view(
+    state: &AppState,
+    status: StatusCode,
+    token: &Token,
+    s: &Subscriber,
+    extra: minijinja::Value,
+) -> Result<Response, HttpError> {
+    let t = token.as_str();
+    page(
+        state,
+        status,
+        "manage.html.j2",
+        context! {
+            state => "show",
+            email => &s.email,
+            name => s.name.as_deref().unwrap_or(""),
+            status => s.status.as_str(),
+            action => format!("?token={t}"),
+            export_url => format!("manage/export?token={t}"),
+            unsubscribe_action => format!("unsubscribe?token={t}"),
+            ..extra
+        },
+    )
+}
+
+/// The subscriber's own page, by the token of every email's links: GET shows it.
+async fn manage_page(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, HttpError> {
+    let Some(token) = unsubscribe_token(&q) else {
+        return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
+    };
+    match state.signup.subscriber_by_token(&token).await? {
+        Some(s) => manage_view(&state, StatusCode::OK, &token, &s, context! {}),
+        None => invalid_unsubscribe(&state, StatusCode::NOT_FOUND),
+    }
+}
+
+/// The manage page's form: changes the name (blank clears it).
+async fn manage(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    same_origin(&state, &headers)?;
+    let Some(token) = unsubscribe_token(&q) else {
+        return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
+    };
+    let Some(subscriber) = state.signup.subscriber_by_token(&token).await? else {
+        return invalid_unsubscribe(&state, StatusCode::NOT_FOUND);
+    };
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::PayloadTooLarge { limit: BODY_LIMIT }
+        } else {
+            HttpError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let form: ManageForm = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| HttpError::BadRequest(format!("invalid form body: {e}")))?;
+    let typed = form.name.unwrap_or_default();
+    let name = match SubscriberName::parse(&typed) {
+        Ok(name) => name,
+        Err(e) => {
+            let mut shown = subscriber;
+            shown.name = Some(typed);
+            return manage_view(
+                &state,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &token,
+                &shown,
+                context! { error => format!("Please check the name: {e}.") },
+            );
+        }
+    };
+    if !state.signup.rename(&token, name.as_ref(), now_ms()).await? {
+        return invalid_unsubscribe(&state, StatusCode::NOT_FOUND);
+    }
+    let mut shown = subscriber;
+    shown.name = name.map(|n| n.as_str().to_owned());
+    let saved = match shown.name {
+        Some(_) => "Your name is saved.",
+        None => "Your name is removed.",
+    };
+    manage_view(&state, StatusCode::OK, &token, &shown, context! { saved })
+}
+
+/// What Squeeze keeps about the subscriber whose token this is, as a JSON download.
+async fn export(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, HttpError> {
+    let Some(token) = unsubscribe_token(&q) else {
+        return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
+    };
+    let Some(data) = state.signup.personal_data(&token, now_ms()).await? else {
+        return invalid_unsubscribe(&state, StatusCode::NOT_FOUND);
+    };
+    let json = serde_json::to_vec_pretty(&data).map_err(HttpError::internal)?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"my-subscription-data.json\"",
+            ),
+        ],
+        json,
+    )
+        .into_response())
 }
 
 /// Unsubscribe tokens have the same shape as every token Squeeze issues.

@@ -23,7 +23,8 @@ mod subscribers;
 mod workers;
 
 pub use rows::{
-    ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, ItemRow, Recorded, SubscriberRow,
+    ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, HistoryRow, ItemRow, Recorded,
+    SubscriberRow,
 };
 pub use schedule::StoredSchedule;
 pub use stats::{DayColumn, DeliveryCounts};

@@ -101,6 +101,24 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
 }
 
+/// One email Squeeze sent (or meant to send) a subscriber, as their data export shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub id: String,
+    pub kind: String,
+    pub digest_id: Option<String>,
+    /// The digest's subject, for a digest.
+    pub subject: Option<String>,
+    pub status: String,
+    pub attempts: i64,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Millis,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub sent_at: Option<Millis>,
+    pub smtp_code: Option<i64>,
+    pub last_error: Option<String>,
+}
+
 /// A delivery claimed by a worker, with what it needs to render and address it.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {

@@ -4,10 +4,13 @@
 use sqlx::AnyConnection;
 
 use super::rows::StoredDelivery;
-use super::{DeliveryRow, PerDialect, Store, StoreResult, SubscriberRow, new_id, parse_col};
+use super::{
+    DeliveryRow, HistoryRow, PerDialect, Store, StoreResult, SubscriberRow, new_id, parse_col,
+};
 use crate::domain::clock::{Millis, ms};
 use crate::domain::subscriber::{
-    CONFIRMATION_DEADLINE, ConfirmOutcome, SignUpOutcome, confirm_link, sign_up_again,
+    CONFIRMATION_DEADLINE, ConfirmOutcome, SignUpOutcome, WELCOME_DEADLINE, confirm_link,
+    sign_up_again,
 };
 use crate::domain::{EmailAddress, SubscriberName, SubscriberStatus, Token};
 
@@ -195,7 +198,32 @@ impl Store {
         Ok(())
     }
 
-    pub async fn confirm(&self, token_hash: &str, now: Millis) -> StoreResult<ConfirmOutcome> {
+    /// What following this confirmation link would do now, changing nothing (a GET of the
+    /// link: mail scanners fetch every link).
+    pub async fn confirmation_link_status(
+        &self,
+        token_hash: &str,
+        now: Millis,
+    ) -> StoreResult<ConfirmOutcome> {
+        // The SQLite text is the plain read on both backends: nothing is locked here.
+        let token: Option<IssuedToken> = sqlx::query_as(LOCK_TOKEN.sqlite)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(token.map_or(ConfirmOutcome::Invalid, |t| {
+            confirm_link(t.status, t.used_at.is_some(), t.expires_at, now)
+        }))
+    }
+
+    /// Confirms the subscriber this link was issued to, as `confirm_link` decides; with
+    /// `welcome`, a newly confirmed subscriber's welcome email is queued in the same
+    /// transaction.
+    pub async fn confirm(
+        &self,
+        token_hash: &str,
+        now: Millis,
+        welcome: bool,
+    ) -> StoreResult<ConfirmOutcome> {
         let mut tx = self.begin_write().await?;
         let token: Option<IssuedToken> = sqlx::query_as(self.sql(&LOCK_TOKEN))
             .bind(token_hash)
@@ -206,7 +234,7 @@ impl Store {
         };
         let outcome = confirm_link(token.status, token.used_at.is_some(), token.expires_at, now);
         if outcome == ConfirmOutcome::Confirmed {
-            sqlx::query(
+            let confirmed = sqlx::query(
                 "UPDATE subscribers SET status = 'confirmed', confirmed_at = $1, updated_at = $2
                  WHERE id = $3 AND status = 'pending'",
             )
@@ -214,7 +242,24 @@ impl Store {
             .bind(now)
             .bind(&token.subscriber_id)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if welcome && confirmed == 1 {
+                let delivery_id = new_id();
+                sqlx::query(
+                    "INSERT INTO deliveries (id, kind, subscriber_id, status, expires_at,
+                         created_at, updated_at)
+                     VALUES ($1, 'welcome', $2, 'queued', $3, $4, $4)",
+                )
+                .bind(&delivery_id)
+                .bind(&token.subscriber_id)
+                .bind(now + ms(WELCOME_DEADLINE))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                self.enqueue(&mut tx, &[delivery_id], now).await?;
+                self.notify_work(&mut tx).await?;
+            }
         }
         if token.used_at.is_none() && outcome != ConfirmOutcome::Invalid {
             sqlx::query("UPDATE confirmation_tokens SET used_at = $1 WHERE token_hash = $2")
@@ -225,6 +270,53 @@ impl Store {
         }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    /// The subscriber whose own token (the one in every unsubscribe and manage link) this is.
+    pub async fn subscriber_by_token(&self, token: &str) -> StoreResult<Option<SubscriberRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
+                    confirmed_at, created_at
+             FROM subscribers WHERE unsubscribe_token = $1",
+        )
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Sets (or, with `None`, clears) the name of the subscriber whose token this is; false
+    /// if the token is nobody's.
+    pub async fn rename_by_token(
+        &self,
+        token: &str,
+        name: Option<&SubscriberName>,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let mut conn = self.write_conn().await?;
+        let changed = sqlx::query(
+            "UPDATE subscribers SET name = $1, updated_at = $2 WHERE unsubscribe_token = $3",
+        )
+        .bind(name.map(SubscriberName::as_str))
+        .bind(now)
+        .bind(token)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Every email kept for a subscriber, oldest first, with its digest's subject: their
+    /// delivery history, for their data export.
+    pub async fn history_of(&self, subscriber_id: &str) -> StoreResult<Vec<HistoryRow>> {
+        Ok(sqlx::query_as(
+            "SELECT d.id, d.kind, d.digest_id, g.subject, d.status, d.attempts, d.created_at,
+                    d.sent_at, d.smtp_code, d.last_error
+             FROM deliveries d LEFT JOIN digests g ON g.id = d.digest_id
+             WHERE d.subscriber_id = $1 ORDER BY d.created_at, d.id",
+        )
+        .bind(subscriber_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The status of the subscriber an unsubscribe token belongs to, if any.

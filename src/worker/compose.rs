@@ -1,5 +1,5 @@
 //! The compose step: each delivery's content and list headers, from the digest (loaded once
-//! and shared by all its emails) or a fresh confirmation token.
+//! and shared by all its emails), a fresh confirmation token, or the welcome email.
 
 use std::sync::Arc;
 
@@ -49,6 +49,13 @@ impl Worker {
                     .confirmation(d.name.as_deref(), token.as_str())
                     .map_err(|e| Compose::Fail(e.to_string()))?;
                 Ok((rendered.into(), None))
+            }
+            DeliveryKind::Welcome => {
+                let (rendered, list) = self
+                    .composer
+                    .welcome(d.name.as_deref(), &d.unsubscribe_token)
+                    .map_err(|e| Compose::Fail(e.to_string()))?;
+                Ok((rendered.into(), Some(list)))
             }
             DeliveryKind::Digest => {
                 let content = self.digest_content(d).await?;

@@ -11,7 +11,7 @@ use crate::store::ClaimedDelivery;
 pub(super) fn recheck(d: &ClaimedDelivery, now: Millis) -> Option<Outcome> {
     let wanted = match d.kind {
         DeliveryKind::Confirmation => SubscriberStatus::Pending,
-        DeliveryKind::Digest => SubscriberStatus::Confirmed,
+        DeliveryKind::Digest | DeliveryKind::Welcome => SubscriberStatus::Confirmed,
     };
     if d.subscriber_status != wanted {
         return Some(Outcome::Suppressed {

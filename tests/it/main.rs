@@ -8,5 +8,7 @@ mod digests;
 mod engine;
 mod helpers;
 mod operators;
+mod pages;
 mod scaleout;
 mod signup;
+mod subscription;

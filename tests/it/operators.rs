@@ -332,7 +332,7 @@ async fn the_dashboard_needs_a_login_and_shows_progress_and_failures() {
 }
 
 /// Why the browser test cannot run here, if it cannot.
-fn browser_missing() -> Option<String> {
+pub(crate) fn browser_missing() -> Option<String> {
     let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !std::path::Path::new(&chromium).exists() {
         return Some(format!(

@@ -56,7 +56,7 @@ async fn sign_up_confirm_and_one_click_unsubscribe() {
         0
     );
 
-    let page = app.http.get(&link).send().await.expect("confirm");
+    let page = app.confirm(&link).await;
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.expect("body").contains("confirmed"));
     assert_eq!(
@@ -65,7 +65,7 @@ async fn sign_up_confirm_and_one_click_unsubscribe() {
     );
 
     // The same link again: the same friendly page, nothing changes.
-    let again = app.http.get(&link).send().await.expect("confirm again");
+    let again = app.confirm(&link).await;
     assert_eq!(again.status(), StatusCode::OK);
     assert!(again.text().await.expect("body").contains("confirmed"));
 
@@ -98,7 +98,7 @@ async fn sign_up_confirm_and_one_click_unsubscribe() {
     }
 
     // A replayed confirmation link must not re-enrol someone who left.
-    let replay = app.http.get(&link).send().await.expect("replay");
+    let replay = app.confirm(&link).await;
     assert_eq!(replay.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         app.status_of("Ada@example.com").await.as_deref(),
@@ -244,7 +244,7 @@ async fn a_confirmation_link_stops_working_after_confirmation_ttl() {
         .expect("confirm link");
 
     tokio::time::sleep(ttl + Duration::from_millis(500)).await;
-    let res = app.http.get(&late).send().await.expect("confirm too late");
+    let res = app.confirm(&late).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND, "expired after the TTL");
     assert!(
         res.text().await.expect("body").contains("name=\"email\""),
@@ -272,7 +272,7 @@ async fn the_answer_is_identical_for_new_pending_and_confirmed_addresses() {
     let link = mail
         .link(&format!("{}/confirm?token=", app.url))
         .expect("link");
-    app.http.get(&link).send().await.expect("confirm");
+    app.confirm(&link).await;
     let confirmed = app.subscribe("known@example.com").await;
     assert_eq!(
         (confirmed.status(), confirmed.text().await.expect("body")),
@@ -567,5 +567,122 @@ async fn a_sign_up_reaches_the_sqlite_file_within_seconds() {
         found.is_ok_and(|n| n == 1)
     })
     .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn get_and_head_of_a_confirmation_link_change_nothing_and_its_post_confirms() {
+    // Mail filters (Safe Links, Mimecast) fetch every link of every message, some with HEAD:
+    // neither may confirm an address someone else typed in.
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("scanned@example.com").await;
+    let mail = smtp.wait_for(1, WAIT).await.remove(0);
+    let link = mail
+        .link(&format!("{}/confirm?token=", app.url))
+        .expect("confirm link");
+
+    for _ in 0..2 {
+        let page = app.http.get(&link).send().await.expect("GET");
+        assert_eq!(page.status(), StatusCode::OK);
+        let html = page.text().await.expect("body");
+        assert!(
+            html.contains("<form method=\"post\"")
+                && html.contains("<button type=\"submit\">Confirm my subscription</button>"),
+            "one button that posts: {html}"
+        );
+        let head = app.http.head(&link).send().await.expect("HEAD");
+        assert_eq!(head.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        app.status_of("scanned@example.com").await.as_deref(),
+        Some("pending"),
+        "GET and HEAD changed nothing"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM confirmation_tokens WHERE used_at IS NOT NULL")
+            .await,
+        0,
+        "the link is still unused"
+    );
+    // A digest now does not reach them.
+    app.send_digest_now().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        smtp.to("scanned@example.com").len(),
+        1,
+        "only the confirmation"
+    );
+
+    // The button's POST confirms; pressed twice, the same page.
+    for _ in 0..2 {
+        let page = app.confirm(&link).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        assert!(page.text().await.expect("body").contains("You're in"));
+        assert_eq!(
+            app.status_of("scanned@example.com").await.as_deref(),
+            Some("confirmed")
+        );
+    }
+    // Once confirmed, the link's GET says so (and still changes nothing).
+    let page = app.http.get(&link).send().await.expect("GET after");
+    assert!(page.text().await.expect("body").contains("You're in"));
+    // A repeat sign-up does not demote them.
+    app.subscribe("scanned@example.com").await;
+    assert_eq!(
+        app.status_of("scanned@example.com").await.as_deref(),
+        Some("confirmed"),
+        "a repeat sign-up never demotes a confirmed subscriber"
+    );
+    app.send_digest_now().await;
+    app.wait_all_sent(&smtp, 2).await;
+    assert_eq!(
+        smtp.to("scanned@example.com").len(),
+        2,
+        "the digest reached them"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_confirmation_button_confirms_in_headless_chromium() {
+    if let Some(why) = crate::operators::browser_missing() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "the browser test must run under CI=true: {why}"
+        );
+        eprintln!("skipping the browser test: {why}");
+        return;
+    }
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    app.subscribe("clicker@example.com").await;
+    let mail = smtp.wait_for(1, WAIT).await.remove(0);
+    let link = mail
+        .link(&format!("{}/confirm?token=", app.url))
+        .expect("confirm link");
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/confirm.mjs"
+        ))
+        .arg(&link)
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    assert_eq!(seen["before"], "One last click", "{seen}");
+    assert_eq!(seen["button"], "Confirm my subscription", "{seen}");
+    assert_eq!(seen["after"], "You're in", "{seen}");
+    assert_eq!(
+        app.status_of("clicker@example.com").await.as_deref(),
+        Some("confirmed")
+    );
     app.stop().await;
 }

@@ -160,6 +160,19 @@ impl TestApp {
         smtp.wait_for(n, WAIT).await
     }
 
+    /// Presses the confirmation page's button: a POST to the link, as a browser sends it from
+    /// the page (`Origin` and `Sec-Fetch-Site` of Squeeze's own pages).
+    pub async fn confirm(&self, link: &str) -> reqwest::Response {
+        self.http
+            .post(link)
+            .header("origin", &self.url)
+            .header("sec-fetch-site", "same-origin")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send()
+            .await
+            .expect("confirm")
+    }
+
     /// Signs `email` up and follows the link of the confirmation `smtp` receives for it, as a
     /// reader would; returns once the address is confirmed.
     pub async fn subscribe_confirmed(&self, smtp: &SmtpServer, email: &str) {
@@ -177,7 +190,19 @@ impl TestApp {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         };
-        let page = self.http.get(&link).send().await.expect("confirm");
+        // The link shows a button (GET changes nothing); its POST confirms.
+        let page = self
+            .http
+            .get(&link)
+            .send()
+            .await
+            .expect("confirmation page");
+        assert_eq!(
+            page.status(),
+            StatusCode::OK,
+            "confirmation page of {email}"
+        );
+        let page = self.confirm(&link).await;
         assert_eq!(page.status(), StatusCode::OK, "confirmation of {email}");
         assert_eq!(
             self.status_of(email).await.as_deref(),

@@ -92,6 +92,8 @@ impl TestApp {
             ("retry_initial".into(), "50ms".into()),
             ("retry_max".into(), "200ms".into()),
             ("throttle_cooldown".into(), "100ms".into()),
+            // Off, so tests count only the emails they are about; the welcome tests turn it on.
+            ("welcome".into(), "false".into()),
         ];
         if let Some(smtp) = opts.smtp_url {
             settings.push(("smtp_url".into(), smtp));
