@@ -661,25 +661,39 @@ async fn the_confirmation_button_confirms_in_headless_chromium() {
     let link = mail
         .link(&format!("{}/confirm?token=", app.url))
         .expect("confirm link");
-    let out = tokio::process::Command::new("node")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/browser/confirm.mjs"
-        ))
-        .arg(&link)
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
-    assert_eq!(seen["before"], "One last click", "{seen}");
+    let browse = |step: &'static str| {
+        let link = link.clone();
+        async move {
+            let out = tokio::process::Command::new("node")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/browser/confirm.mjs"
+                ))
+                .args([link.as_str(), step])
+                .output()
+                .await
+                .expect("run node");
+            assert!(
+                out.status.success(),
+                "browser script failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let seen: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+            seen
+        }
+    };
+    // Opening the link, as a reader (or a scanner with a real browser) does, confirms nothing.
+    let seen = browse("look").await;
+    assert_eq!(seen["heading"], "One last click", "{seen}");
     assert_eq!(seen["button"], "Confirm my subscription", "{seen}");
-    assert_eq!(seen["after"], "You're in", "{seen}");
+    assert_eq!(
+        app.status_of("clicker@example.com").await.as_deref(),
+        Some("pending")
+    );
+    // The click does, with the Origin and Sec-Fetch-Site a real browser sends.
+    let seen = browse("click").await;
+    assert_eq!(seen["heading"], "You're in", "{seen}");
     assert_eq!(
         app.status_of("clicker@example.com").await.as_deref(),
         Some("confirmed")
