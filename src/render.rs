@@ -185,7 +185,7 @@ mod tests {
                     list_name => "News",
                     name => "<script>alert(1)</script>",
                     confirm_url => "http://x.test/confirm?token=a&b",
-                    valid_hours => 48,
+                    valid_for => "2 days",
                 },
             )
             .expect("renders");
