@@ -101,7 +101,7 @@ impl App {
     }
 
     pub fn subscribers(&self) -> Subscribers {
-        Subscribers::new(self.store.clone())
+        Subscribers::new(self.store.clone()).with_import_max_bytes(self.config.import_max_bytes)
     }
 
     pub fn signup(&self) -> Signup {
@@ -157,6 +157,7 @@ impl App {
             admin_token: c.admin_token.clone(),
             metrics_token: c.metrics_token.clone(),
             secure_cookies: c.public_url.scheme() == "https",
+            public_origin: c.public_url.origin().ascii_serialization(),
             confirmation_valid_hours: c.confirmation_ttl.as_secs() / 3600,
             subscribe_per_minute: c.subscribe_per_minute,
         };

@@ -3,6 +3,7 @@
 mod admin;
 mod dashboard;
 mod error;
+mod guard;
 mod public;
 
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,8 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// The public URL is https: the session cookie is `Secure`.
     pub secure_cookies: bool,
+    /// `public_url`'s origin (`https://news.example.com`): dashboard forms must come from it.
+    pub public_origin: String,
     /// How long a confirmation link stays valid, as the confirmation page says it.
     pub confirmation_valid_hours: u64,
     /// Sign-up requests per client IP per minute; `None`: no limit.
@@ -58,6 +61,9 @@ pub struct AppState {
     pub pages: Pages,
     pub settings: Arc<Settings>,
     pub signup_limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    /// Dashboard sessions (server-side) and the wrong-admin-token throttle.
+    sessions: Arc<guard::Sessions>,
+    throttle: Arc<guard::Throttle>,
 }
 
 impl AppState {
@@ -80,6 +86,8 @@ impl AppState {
             pages,
             settings: Arc::new(settings),
             signup_limiter,
+            sessions: Arc::default(),
+            throttle: Arc::default(),
         }
     }
 }
