@@ -172,6 +172,7 @@ impl App {
             self.reporting(),
             pages,
             settings,
+            crate::service::AdminSessions::new(self.store.clone()),
         )
     }
 

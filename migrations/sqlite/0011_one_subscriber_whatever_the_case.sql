@@ -62,3 +62,13 @@ DROP TABLE merge_0011_dropped;
 DROP TABLE merge_0011;
 
 CREATE UNIQUE INDEX subscribers_email_lower ON subscribers (lower(email));
+
+-- Dashboard sessions, in the database so that every `squeeze serve` behind a load balancer
+-- knows them and a restart keeps them: only the SHA-256 of the session id (the cookie) is
+-- stored, with the CSRF token the session's forms carry. Logout deletes the row.
+CREATE TABLE admin_sessions (
+    id_hash     TEXT PRIMARY KEY NOT NULL,
+    csrf        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);

@@ -1,5 +1,5 @@
-//! Operators' pages: the web dashboard (login form, a server-side session behind an HttpOnly
-//! cookie, CSRF-checked forms: `guard`) and /metrics.
+//! Operators' pages: the web dashboard (login form, a session kept in the database behind an
+//! HttpOnly cookie, CSRF-checked forms: `guard`) and /metrics.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -177,7 +177,7 @@ async fn login(
         );
     }
     let now = now_ms();
-    let id = s.sessions.create(now, now + SESSION_MS);
+    let id = s.sessions.create(now, now + SESSION_MS).await?;
     let mut response = Redirect::to("/admin").into_response();
     response
         .headers_mut()
@@ -204,36 +204,44 @@ impl Refused {
 }
 
 /// A state-changing dashboard form: the live session's id, once its CSRF token and origin
-/// check out.
-fn checked_form(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<String, Refused> {
+/// check out; the outer error is a database fault.
+async fn checked_form(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Result<String, Refused>, HttpError> {
     if s.settings.admin_token.is_none() {
-        return Err(Refused::Disabled);
+        return Ok(Err(Refused::Disabled));
     }
-    let now = now_ms();
-    let Some(id) = session_id(headers).filter(|id| s.sessions.csrf(id, now).is_some()) else {
-        return Err(Refused::NotLoggedIn);
+    let Some(id) = session_id(headers) else {
+        return Ok(Err(Refused::NotLoggedIn));
+    };
+    let Some(expected) = s.sessions.csrf(&id, now_ms()).await? else {
+        return Ok(Err(Refused::NotLoggedIn));
     };
     let csrf = form_field(body, "csrf").unwrap_or_default();
-    if !guard::same_origin(headers, &s.settings.public_origin)
-        || !s.sessions.csrf_matches(&id, &csrf, now)
-    {
-        return Err(Refused::Forged);
+    if !guard::same_origin(headers, &s.settings.public_origin) || !token_matches(&expected, &csrf) {
+        return Ok(Err(Refused::Forged));
     }
-    Ok(id)
+    Ok(Ok(id))
 }
 
 /// Ends the session on the server, so the old cookie opens nothing any more.
-async fn logout(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let id = match checked_form(&s, &headers, &body) {
+async fn logout(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let id = match checked_form(&s, &headers, &body).await? {
         Ok(id) => id,
-        Err(refused) => return refused.answer(&s),
+        Err(refused) => return Ok(refused.answer(&s)),
     };
-    s.sessions.end(&id);
+    s.sessions.end(&id).await?;
     let mut response = Redirect::to("/admin").into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, cookie(&s, "", 0));
-    response
+    Ok(response)
 }
 
 /// One bar of an inline SVG chart, laid out here so the template stays simple.
@@ -272,7 +280,11 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
         return disabled(&s);
     }
     let now = now_ms();
-    let Some(csrf) = session_id(&headers).and_then(|id| s.sessions.csrf(&id, now)) else {
+    let csrf = match session_id(&headers) {
+        Some(id) => s.sessions.csrf(&id, now).await?,
+        None => None,
+    };
+    let Some(csrf) = csrf else {
         return page(
             &s,
             StatusCode::UNAUTHORIZED,
@@ -325,7 +337,7 @@ async fn digest_action(
     body: &[u8],
     act: impl std::future::Future<Output = crate::service::ServiceResult<crate::service::Digest>>,
 ) -> Result<Response, HttpError> {
-    if let Err(refused) = checked_form(s, headers, body) {
+    if let Err(refused) = checked_form(s, headers, body).await? {
         return Ok(refused.answer(s));
     }
     act.await?;

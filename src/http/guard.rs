@@ -1,10 +1,6 @@
-//! What guards the admin surfaces: dashboard sessions kept on the server with their CSRF
-//! token, the same-origin check of forms, the throttle on wrong admin tokens, and the bearer
-//! scheme.
-//!
-//! Sessions live in this process's memory: logging out ends one at once, a restart ends them
-//! all (operators log in again), and several `squeeze serve` processes behind a load balancer
-//! do not share them (send /admin to one of them; the bearer-token API works on every one).
+//! What guards the admin surfaces besides the sessions (`service::sessions`, in the
+//! database): the same-origin check of forms, the throttle on wrong admin tokens, and the
+//! bearer scheme.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,10 +12,6 @@ use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap, header};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-
-use super::admin::token_matches;
-use crate::domain::Token;
-use crate::domain::clock::Millis;
 
 /// Wrong admin tokens one client address may try per minute before it gets 429.
 pub const FAILURES_PER_MINUTE: u32 = 10;
@@ -59,49 +51,6 @@ pub fn same_origin(headers: &HeaderMap, public_origin: &str) -> bool {
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         Some(site) => site == "same-origin" || site == "none",
         None => origin.is_none(),
-    }
-}
-
-struct Session {
-    expires: Millis,
-    csrf: String,
-}
-
-/// Dashboard sessions: an id (the cookie) and the CSRF token its forms carry.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-impl Sessions {
-    /// A new session valid until `expires`; returns its id.
-    pub fn create(&self, now: Millis, expires: Millis) -> String {
-        let id = Token::generate().as_str().to_owned();
-        let csrf = Token::generate().as_str().to_owned();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, s| s.expires > now);
-        map.insert(id.clone(), Session { expires, csrf });
-        id
-    }
-
-    /// The CSRF token of the live session `id`, if there is one.
-    pub fn csrf(&self, id: &str, now: Millis) -> Option<String> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(id)
-            .filter(|s| s.expires > now)
-            .map(|s| s.csrf.clone())
-    }
-
-    /// Whether `given` is the CSRF token of the live session `id` (constant time).
-    pub fn csrf_matches(&self, id: &str, given: &str, now: Millis) -> bool {
-        self.csrf(id, now)
-            .is_some_and(|csrf| token_matches(&csrf, given))
-    }
-
-    /// Ends the session: its cookie no longer opens anything.
-    pub fn end(&self, id: &str) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(id);
     }
 }
 
@@ -236,19 +185,6 @@ mod tests {
         assert!(!same_origin(&with("sec-fetch-site", "same-site"), origin));
         assert!(!same_origin(&with("sec-fetch-site", "cross-site"), origin));
         assert!(same_origin(&HeaderMap::new(), origin), "not a browser");
-    }
-
-    #[test]
-    fn sessions_end_on_logout_and_expire() {
-        let sessions = Sessions::default();
-        let id = sessions.create(1_000, 2_000);
-        let csrf = sessions.csrf(&id, 1_500).expect("live");
-        assert!(sessions.csrf_matches(&id, &csrf, 1_500));
-        assert!(!sessions.csrf_matches(&id, "forged", 1_500));
-        assert!(sessions.csrf(&id, 2_000).is_none(), "expired");
-        sessions.end(&id);
-        assert!(sessions.csrf(&id, 1_500).is_none(), "ended");
-        assert!(sessions.csrf("made-up", 1_500).is_none());
     }
 
     #[test]

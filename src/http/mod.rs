@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::HttpError;
 
 use crate::render::Renderer;
-use crate::service::{Editor, Reporting, Signup, Subscribers};
+use crate::service::{AdminSessions, Editor, Reporting, Signup, Subscribers};
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -61,8 +61,8 @@ pub struct AppState {
     pub pages: Pages,
     pub settings: Arc<Settings>,
     pub signup_limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
-    /// Dashboard sessions (server-side) and the wrong-admin-token throttle.
-    sessions: Arc<guard::Sessions>,
+    /// Dashboard sessions (in the database) and the wrong-admin-token throttle.
+    sessions: AdminSessions,
     throttle: Arc<guard::Throttle>,
 }
 
@@ -74,6 +74,7 @@ impl AppState {
         reporting: Reporting,
         pages: Pages,
         settings: Settings,
+        sessions: AdminSessions,
     ) -> Self {
         let signup_limiter = settings
             .subscribe_per_minute
@@ -86,7 +87,7 @@ impl AppState {
             pages,
             settings: Arc::new(settings),
             signup_limiter,
-            sessions: Arc::default(),
+            sessions,
             throttle: Arc::default(),
         }
     }

@@ -609,3 +609,71 @@ async fn logs_carry_delivery_ids_as_json_and_never_an_address() {
     );
     app.stop().await;
 }
+
+/// Sessions live in the database: two `serve` processes on one database (behind a load
+/// balancer) both know a session, and logging out on one ends it on the other.
+#[tokio::test]
+async fn a_dashboard_session_is_known_to_every_process_and_logout_ends_it_everywhere() {
+    let one = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let two = TestApp::spawn_with(Options {
+        worker: false,
+        database: Some(one.database.clone()),
+        ..Options::default()
+    })
+    .await;
+    let login = one
+        .http
+        .post(format!("{}/admin/login", one.url))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned();
+    let dashboard = |app: &TestApp| {
+        app.http
+            .get(format!("{}/admin", app.url))
+            .header("cookie", &cookie)
+            .send()
+    };
+    let page = dashboard(&two).await.expect("req");
+    assert_eq!(page.status(), StatusCode::OK, "the other process knows it");
+    let html = page.text().await.expect("body");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token")
+        .to_owned();
+    let out = two
+        .http
+        .post(format!("{}/admin/logout", two.url))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        dashboard(&one).await.expect("req").status(),
+        StatusCode::UNAUTHORIZED,
+        "logout on one process ended it on the other"
+    );
+    assert_eq!(
+        one.scalar("SELECT COUNT(*) FROM admin_sessions").await,
+        0,
+        "nothing of it is left"
+    );
+    two.stop().await;
+    one.stop().await;
+}
