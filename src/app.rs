@@ -101,7 +101,7 @@ impl App {
     }
 
     pub fn subscribers(&self) -> Subscribers {
-        Subscribers::new(self.store.clone())
+        Subscribers::new(self.store.clone()).with_import_max_bytes(self.config.import_max_bytes)
     }
 
     pub fn signup(&self) -> Signup {
@@ -172,6 +172,7 @@ impl App {
             self.reporting(),
             pages,
             settings,
+            crate::service::AdminSessions::new(self.store.clone()),
         )
     }
 

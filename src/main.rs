@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -127,7 +127,9 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         Command::Items(c) => editor_exit(items::run(&app.editor(), c).await),
         Command::Digest(c) => editor_exit(digest::run(&app.editor(), c).await),
         Command::Schedule(c) => editor_exit(schedule::run(&app.editor(), c).await),
-        Command::Subscribers(c) => editor_exit(subscribers::run(&app.subscribers(), c).await),
+        Command::Subscribers(c) => {
+            editor_exit(subscribers::run(&app.subscribers(), c, &shutdown).await)
+        }
         Command::Stats { json, digest } => {
             editor_exit(stats::run(&app.reporting(), json, digest).await)
         }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use tokio_util::sync::CancellationToken;
 
 use super::invalid_file;
 use crate::domain::clock::now_ms;
@@ -34,7 +35,12 @@ pub enum SubscribersCommand {
     },
 }
 
-pub(super) async fn run(subscribers: &Subscribers, c: SubscribersCommand) -> ServiceResult<()> {
+/// `shutdown` is cancelled by SIGTERM or SIGINT: an import still reading its file stops.
+pub(super) async fn run(
+    subscribers: &Subscribers,
+    c: SubscribersCommand,
+    shutdown: &CancellationToken,
+) -> ServiceResult<()> {
     match c {
         SubscribersCommand::List { status, limit } => {
             println!("{:<36}  {:<12}  EMAIL", "ID", "STATUS");
@@ -43,11 +49,28 @@ pub(super) async fn run(subscribers: &Subscribers, c: SubscribersCommand) -> Ser
             }
         }
         SubscribersCommand::Import { file, confirmed } => {
-            let reader = std::fs::File::open(&file)
-                .map_err(|e| invalid_file(format!("cannot read {}: {e}", file.display())))?;
+            let cannot_read = |e| invalid_file(format!("cannot read {}: {e}", file.display()));
+            let meta = std::fs::metadata(&file).map_err(cannot_read)?;
+            if meta.is_dir() {
+                return Err(invalid_file(format!(
+                    "{} is a directory, not a CSV file",
+                    file.display()
+                )));
+            }
+            let max = subscribers.import_max_bytes();
+            if meta.is_file() && meta.len() > max {
+                return Err(invalid_file(format!(
+                    "{} is {} bytes, more than import_max_bytes ({max} bytes); split it or \
+                     raise import_max_bytes",
+                    file.display(),
+                    meta.len()
+                )));
+            }
+            let reader = std::io::BufReader::new(std::fs::File::open(&file).map_err(cannot_read)?);
             let source = format!("import of {}", file.display());
+            let stop = || shutdown.is_cancelled();
             let r = subscribers
-                .import_csv(reader, confirmed, &source, now_ms())
+                .import_csv(reader, confirmed, &source, now_ms(), &stop)
                 .await?;
             let what = if confirmed {
                 "added as confirmed"

@@ -119,6 +119,8 @@ pub struct Config {
     /// A token that may read /metrics (besides the admin token), for Prometheus.
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
+    /// Largest CSV file `subscribers import` reads.
+    pub import_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +195,13 @@ impl Config {
         let missing = |key: &str| ConfigError(format!("setting `{key}` has no value."));
         let (database_url, database_kind) = d.database.ok_or_else(|| missing("database_url"))?;
         let bind = d.bind.ok_or_else(|| missing("bind"))?;
+        if d.smtp.is_some() && d.public_url.is_none() {
+            return Err(ConfigError(format!(
+                "setting `public_url` is unset while `smtp_url` sends real mail: links in real \
+                 mail would point at http://{bind}; set public_url to the address subscribers \
+                 reach, such as https://news.example.com."
+            )));
+        }
         let public_url = match d.public_url {
             Some(u) => u,
             None => {
@@ -227,9 +236,19 @@ impl Config {
                 format!("{name} <{}.{}>", from.email.user(), from.email.domain())
             }
         };
+        let retry_initial = d.retry_initial.ok_or_else(|| missing("retry_initial"))?;
+        let retry_max = d.retry_max.ok_or_else(|| missing("retry_max"))?;
+        if retry_initial > retry_max {
+            return Err(ConfigError(format!(
+                "setting `retry_initial` ({}) is longer than `retry_max` ({}): the first retry \
+                 delay cannot exceed the longest one; lower retry_initial or raise retry_max.",
+                humantime::format_duration(retry_initial),
+                humantime::format_duration(retry_max)
+            )));
+        }
         let retry = RetryPolicy::builder()
-            .initial(d.retry_initial.ok_or_else(|| missing("retry_initial"))?)
-            .max(d.retry_max.ok_or_else(|| missing("retry_max"))?)
+            .initial(retry_initial)
+            .max(retry_max)
             .build();
         Ok(Self {
             database_url,
@@ -271,7 +290,23 @@ impl Config {
             pause_window: d.pause_window.ok_or_else(|| missing("pause_window"))?,
             metrics_token: d.metrics_token,
             log_format: d.log_format.ok_or_else(|| missing("log_format"))?,
+            import_max_bytes: d
+                .import_max_bytes
+                .ok_or_else(|| missing("import_max_bytes"))?,
         })
+    }
+
+    /// What is valid but probably a mistake, one sentence each, for the log at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.smtp.is_some() && self.public_url.scheme() == "http" {
+            out.push(format!(
+                "public_url {} is plain http while smtp_url sends real mail: one-click \
+                 List-Unsubscribe (RFC 8058) and the large mailbox providers expect https links",
+                self.public_url
+            ));
+        }
+        out
     }
     /// `public_url` joined with a path such as `/confirm`.
     pub fn link(&self, path: &str, token: &str) -> String {
@@ -380,6 +415,18 @@ mod tests {
             ("pause_threshold", "150%", "share"),
             ("pause_window", "3", "10 to 100000"),
             ("retry_initial", "0s", "duration"),
+            (
+                "database_url",
+                "sqlite::memory:",
+                "every request would fail",
+            ),
+            ("database_url", "sqlite://x.db?mode=memory", "in-memory"),
+            ("list_id", "<>", "RFC 2919"),
+            ("list_id", "News <news>", "RFC 2919"),
+            ("list_id", "News <news..example.com>", "RFC 2919"),
+            ("admin_token", " test-admin-token-0123456789", "whitespace"),
+            ("metrics_token", "metrics-token-0123456789\n", "whitespace"),
+            ("import_max_bytes", "lots", "100MB"),
         ];
         for (key, value, expected) in cases {
             let err = load(&[(key, value)]).expect_err(key).to_string();
@@ -480,6 +527,42 @@ mod tests {
         let c = load(&[("rate", "7"), ("bind", "0.0.0.0:9000")]).expect("valid");
         assert_eq!(c.burst.get(), 7);
         assert_eq!(c.public_url.as_str(), "http://0.0.0.0:9000/");
+    }
+
+    #[test]
+    fn what_cannot_work_together_is_refused_and_what_is_risky_is_warned_about() {
+        let err = load(&[("retry_initial", "10m"), ("retry_max", "1m")])
+            .expect_err("initial above max")
+            .to_string();
+        assert!(err.contains("`retry_initial` (10m)") && err.contains("`retry_max` (1m)"));
+        let err = load(&[("smtp_url", "smtp://relay.example")])
+            .expect_err("a relay without a public URL")
+            .to_string();
+        assert!(
+            err.contains("links in real mail would point at http://127.0.0.1:8080"),
+            "{err}"
+        );
+        let plain = load(&[
+            ("smtp_url", "smtp://relay.example"),
+            ("public_url", "http://news.example.com"),
+        ])
+        .expect("valid");
+        assert!(plain.warnings().iter().any(|w| w.contains("RFC 8058")));
+        let https = load(&[
+            ("smtp_url", "smtp://relay.example"),
+            ("public_url", "https://news.example.com"),
+        ])
+        .expect("valid");
+        assert!(https.warnings().is_empty());
+        assert!(load(&[]).expect("outbox").warnings().is_empty(), "no relay");
+        let c = load(&[
+            ("list_id", "News <news.example.com>"),
+            ("import_max_bytes", "2KB"),
+        ])
+        .expect("valid");
+        assert_eq!(c.import_max_bytes, 2048);
+        assert_eq!(load(&[]).expect("defaults").import_max_bytes, 100 << 20);
+        assert!(settings::list_id_ok("<a.b>") && settings::list_id_ok("\"My list\" <x+y.z>"));
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub(super) struct Draft {
     pub pause_window: Option<usize>,
     pub metrics_token: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub import_max_bytes: Option<u64>,
 }
 
 const DURATION: &str = "expected a duration like 30s, 5m or 48h";
@@ -92,10 +93,44 @@ fn duration(v: &str) -> Result<Duration, String> {
 
 /// A token that guards something: at least 16 characters.
 fn token(v: &str) -> Result<String, String> {
+    if v.trim() != v {
+        return Err("it begins or ends with whitespace, which no login or \
+                    `Authorization` header can send; remove it"
+            .into());
+    }
     if v.len() < 16 {
         return Err("use at least 16 characters".into());
     }
     Ok(v.to_owned())
+}
+
+/// `sqlite::memory:`, `sqlite://:memory:` or `?mode=memory`: a database that exists only
+/// inside one connection of the pool.
+fn is_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    path == ":memory:"
+        || path.is_empty()
+        || query
+            .split('&')
+            .any(|kv| kv.eq_ignore_ascii_case("mode=memory"))
+}
+
+/// RFC 2919: `[phrase] "<" list-label "." list-id-namespace ">"`, where what is between the
+/// angle brackets is a dot-atom (RFC 5322 atext, dot-separated, no empty atom) with at least
+/// one dot; on one line, at most 200 characters (it is a header value).
+pub(super) fn list_id_ok(v: &str) -> bool {
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let v = v.trim();
+    if v.len() > 200 || v.chars().any(char::is_control) {
+        return false;
+    }
+    let Some((phrase, id)) = v.strip_suffix('>').and_then(|v| v.rsplit_once('<')) else {
+        return false;
+    };
+    !phrase.contains(['<', '>'])
+        && id.contains('.')
+        && id.split('.').all(|a| !a.is_empty() && a.chars().all(atext))
 }
 
 /// The settings, in the order they are checked.
@@ -116,6 +151,13 @@ pub const TABLE: &[Setting] = &[
                     "the scheme must be sqlite:// (embedded) or postgres:// (scale-out)".into(),
                 );
             };
+            if kind == DatabaseKind::Sqlite && is_in_memory(v) {
+                return Err(
+                    "an in-memory SQLite database lives and dies with one connection, \
+                     so every request would fail; use a file such as sqlite://squeeze.db"
+                        .into(),
+                );
+            }
             d.database = Some((v.to_owned(), kind));
             Ok(())
         },
@@ -280,12 +322,10 @@ pub const TABLE: &[Setting] = &[
         doc: "The List-Id header of digests (RFC 2919), e.g. `News <news.example.com>` \
               [default: <from name> <<from user>.<from domain>>]",
         parse: |v, d| {
-            let ok = !v.chars().any(char::is_control)
-                && v.len() <= 200
-                && v.trim_end().ends_with('>')
-                && v.contains('<');
-            if !ok {
-                return Err("expected `Name <id.example.com>` on one line".into());
+            if !list_id_ok(v) {
+                return Err("expected `Name <id.example.com>` on one line: a dot-atom \
+                     with at least one dot between `<` and `>` (RFC 2919)"
+                    .into());
             }
             d.list_id = Some(v.to_owned());
             Ok(())
@@ -493,6 +533,17 @@ pub const TABLE: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        key: "import_max_bytes",
+        value_name: "SIZE",
+        default: Some("100MB"),
+        secret: false,
+        doc: "Largest CSV `subscribers import` reads (e.g. 100MB, 512KB); larger files are refused",
+        parse: |v, d| {
+            d.import_max_bytes = Some(parse_size(v).ok_or("expected a size like 100MB or 512KB")?);
+            Ok(())
+        },
+    },
 ];
 
 /// `gmail.com=20, outlook.com=10` (messages per second per domain).
@@ -524,6 +575,22 @@ fn parse_share(s: &str) -> Option<f64> {
         None => s.parse::<f64>().ok()?,
     };
     (v > 0.0 && v <= 1.0).then_some(v)
+}
+
+/// `1048576`, `512KB`, `100MB`, `1GB` (powers of 1024), at least one byte.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" | "K" => 1 << 10,
+        "MB" | "M" => 1 << 20,
+        "GB" | "G" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor).filter(|n| *n > 0)
 }
 
 fn parse_nonzero(s: &str) -> Option<NonZeroU32> {

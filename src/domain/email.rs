@@ -71,9 +71,24 @@ impl EmailAddress {
         &self.0
     }
 
+    /// What makes two addresses one subscriber: [`key`] of this one.
+    pub fn key(&self) -> String {
+        key(&self.0)
+    }
+
     pub fn domain(&self) -> &str {
         self.0.rsplit_once('@').map_or("", |(_, d)| d)
     }
+}
+
+/// The one normalisation under which addresses are the same subscriber: ASCII letters
+/// lower-cased, in the local part too (`Mixed@EXAMPLE.COM`, `mixed@example.com` and
+/// `MIXED@example.com` are one person; every mailbox provider of note treats local parts so,
+/// though RFC 5321 allows otherwise). The address itself is kept as first given; the
+/// database's unique index is on `lower(email)`, which agrees with this for the ASCII-only
+/// addresses `EmailAddress` admits, and every lookup binds this key.
+pub fn key(address: &str) -> String {
+    address.trim_matches([' ', '\t']).to_ascii_lowercase()
 }
 
 /// RFC 5322 dot-atom: atext characters separated by single dots.
@@ -238,5 +253,23 @@ mod tests {
         assert_eq!(EmailAddress::parse(&long), Err(EmailError::TooLong));
         let fits = format!("{}@example.com", "d".repeat(64));
         assert!(EmailAddress::parse(&fits).is_ok());
+    }
+
+    #[test]
+    fn casings_of_one_address_share_one_key_and_keep_their_spelling() {
+        let a = EmailAddress::parse("Mixed@EXAMPLE.COM").expect("valid");
+        let b = EmailAddress::parse("mixed@example.com").expect("valid");
+        let c = EmailAddress::parse("MIXED@example.com").expect("valid");
+        assert_eq!(a.key(), "mixed@example.com");
+        assert_eq!(a.key(), b.key());
+        assert_eq!(b.key(), c.key());
+        assert_eq!(a.as_str(), "Mixed@example.com", "the local part as given");
+        assert_eq!(key(" MIXED@example.com"), "mixed@example.com");
+        assert_ne!(
+            EmailAddress::parse("other@example.com")
+                .expect("valid")
+                .key(),
+            a.key()
+        );
     }
 }

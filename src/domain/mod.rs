@@ -7,6 +7,7 @@ pub mod email;
 pub mod liveness;
 pub mod retry;
 pub mod smtp;
+pub mod spreadsheet;
 pub mod subscriber;
 pub mod token;
 

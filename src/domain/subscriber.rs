@@ -162,6 +162,45 @@ impl SubscriberName {
     }
 }
 
+/// One row of a group of subscribers whose addresses differ only in case, as migration 0011
+/// found them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate {
+    pub status: SubscriberStatus,
+    pub confirmed_at: Option<Millis>,
+    pub unsubscribed_at: Option<Millis>,
+    pub created_at: Millis,
+}
+
+/// Which of a case-duplicate group stays the one subscriber (its id, consent evidence and
+/// spelling of the address; the others' deliveries move to it, their rows go):
+///
+/// 1. a bounced one: the mailbox refused mail, whatever it was called;
+/// 2. else the latest explicit choice: of the confirmed and unsubscribed rows, the one
+///    confirmed or unsubscribed last (an unsubscribe after a confirmation is respected, a
+///    confirmation after an unsubscribe too);
+/// 3. else (all pending) the one created first.
+///
+/// Ties go to the one created first. Migration 0011 writes the same order in SQL; the
+/// migration test checks the two agree.
+pub fn merge_keeper(group: &[Duplicate]) -> Option<usize> {
+    let rank = |d: &Duplicate| match d.status {
+        SubscriberStatus::Bounced => 0,
+        SubscriberStatus::Confirmed | SubscriberStatus::Unsubscribed => 1,
+        SubscriberStatus::Pending => 2,
+    };
+    let chosen_at = |d: &Duplicate| match d.status {
+        SubscriberStatus::Confirmed => d.confirmed_at.unwrap_or(0),
+        SubscriberStatus::Unsubscribed => d.unsubscribed_at.unwrap_or(0),
+        _ => 0,
+    };
+    group
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, d)| (rank(d), std::cmp::Reverse(chosen_at(d)), d.created_at))
+        .map(|(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +288,39 @@ mod tests {
             Err(NameError::TooLong)
         );
         assert!(SubscriberName::parse(&"é".repeat(100)).is_ok());
+    }
+
+    #[test]
+    fn the_merge_keeps_a_bounce_else_the_latest_explicit_choice_else_the_first() {
+        let d = |status, confirmed_at, unsubscribed_at, created_at| Duplicate {
+            status,
+            confirmed_at,
+            unsubscribed_at,
+            created_at,
+        };
+        use SubscriberStatus::{Bounced, Confirmed, Pending, Unsubscribed};
+        // Confirmed beats pending, whichever came first.
+        let group = [d(Pending, None, None, 1), d(Confirmed, Some(5), None, 2)];
+        assert_eq!(merge_keeper(&group), Some(1));
+        // An unsubscribe after the confirmation is the latest choice, and respected.
+        let group = [
+            d(Confirmed, Some(5), None, 1),
+            d(Unsubscribed, None, Some(9), 2),
+        ];
+        assert_eq!(merge_keeper(&group), Some(1));
+        // A confirmation after an unsubscribe is too.
+        let group = [
+            d(Unsubscribed, None, Some(3), 1),
+            d(Confirmed, Some(7), None, 2),
+            d(Pending, None, None, 3),
+        ];
+        assert_eq!(merge_keeper(&group), Some(1));
+        // A bounce wins over everything: the mailbox is the same.
+        let group = [d(Confirmed, Some(9), None, 1), d(Bounced, Some(2), None, 2)];
+        assert_eq!(merge_keeper(&group), Some(1));
+        // All pending: the first given.
+        let group = [d(Pending, None, None, 4), d(Pending, None, None, 2)];
+        assert_eq!(merge_keeper(&group), Some(1));
+        assert_eq!(merge_keeper(&[]), None);
     }
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use super::{AppState, HttpError};
+use super::{AppState, HttpError, guard};
 use crate::domain::clock::now_ms;
 use crate::domain::{DailySchedule, NewItem};
 use crate::service::{DigestRequest, PreviewFormat, ServiceError};
@@ -58,15 +58,20 @@ async fn require_admin(
     let Some(expected) = state.settings.admin_token.as_deref() else {
         return Err(HttpError::Unavailable(DISABLED.into()));
     };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
+    let ip = guard::client_ip(request.extensions());
+    state
+        .throttle
+        .check(ip)
+        .map_err(|retry_after| HttpError::TooManyRequests { retry_after })?;
+    match guard::bearer(request.headers()) {
         Some(token) if token_matches(expected, token) => Ok(next.run(request).await),
-        Some(_) => Err(HttpError::Unauthorized("the admin token is wrong".into())),
+        Some(_) => {
+            state
+                .throttle
+                .failed(ip)
+                .map_err(|retry_after| HttpError::TooManyRequests { retry_after })?;
+            Err(HttpError::Unauthorized("the admin token is wrong".into()))
+        }
         None => Err(HttpError::Unauthorized(
             "send the admin token as `Authorization: Bearer <token>`".into(),
         )),

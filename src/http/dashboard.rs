@@ -1,17 +1,17 @@
-//! Operators' pages: the web dashboard (login form, HttpOnly cookie) and /metrics.
+//! Operators' pages: the web dashboard (login form, a session kept in the database behind an
+//! HttpOnly cookie, CSRF-checked forms: `guard`) and /metrics.
 
+use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
-use hmac::{Hmac, Mac as _};
 use minijinja::context;
-use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use serde::Serialize;
 
 use super::admin::{DISABLED, token_matches};
-use super::{AppState, HttpError, page};
+use super::{AppState, HttpError, guard, page};
 use crate::domain::clock::{now_ms, to_rfc3339};
 
 const COOKIE: &str = "squeeze_session";
@@ -31,8 +31,12 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `/metrics` answers to the admin token or the separate metrics token, never to nobody:
-/// subscriber counts are business data.
-async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, HttpError> {
+/// subscriber counts are business data. Wrong tokens count toward the admin throttle.
+async fn metrics(
+    State(s): State<AppState>,
+    ext: Extensions,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     let tokens: Vec<&str> = [
         s.settings.admin_token.as_deref(),
         s.settings.metrics_token.as_deref(),
@@ -45,12 +49,10 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
             "metrics are disabled: set SQUEEZE_METRICS_TOKEN or SQUEEZE_ADMIN_TOKEN".into(),
         ));
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
+    let ip = guard::client_ip(&ext);
+    let too_many = |retry_after| HttpError::TooManyRequests { retry_after };
+    s.throttle.check(ip).map_err(too_many)?;
+    match guard::bearer(&headers) {
         Some(g) if tokens.iter().any(|t| token_matches(t, g)) => {
             let body = s.reporting.metrics(now_ms()).await?;
             Ok((
@@ -62,36 +64,20 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
             )
                 .into_response())
         }
-        _ => Err(HttpError::Unauthorized(
-            "send the metrics or admin token as `Authorization: Bearer <token>`".into(),
-        )),
+        given => {
+            if given.is_some() {
+                s.throttle.failed(ip).map_err(too_many)?;
+            }
+            Err(HttpError::Unauthorized(
+                "send the metrics or admin token as `Authorization: Bearer <token>`".into(),
+            ))
+        }
     }
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-fn signature(admin_token: &str, expires: i64) -> Option<Vec<u8>> {
-    let mut mac = HmacSha256::new_from_slice(admin_token.as_bytes()).ok()?;
-    mac.update(format!("squeeze-dashboard:{expires}").as_bytes());
-    Some(mac.finalize().into_bytes().to_vec())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A session cookie value: its expiry and an HMAC of it keyed by the admin token, so it cannot
-/// be forged without the token and dies when the token changes.
-fn session_value(admin_token: &str, now: i64) -> Option<String> {
-    let expires = now + SESSION_MS;
-    Some(format!(
-        "{expires}.{}",
-        hex(&signature(admin_token, expires)?)
-    ))
-}
-
-fn session_valid(admin_token: &str, headers: &HeaderMap, now: i64) -> bool {
-    let Some(value) = headers
+/// The session id the browser sent in its cookie.
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -99,30 +85,7 @@ fn session_valid(admin_token: &str, headers: &HeaderMap, now: i64) -> bool {
         .filter_map(|c| c.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
         .map(|(_, v)| v.to_owned())
-    else {
-        return false;
-    };
-    let Some((expires, sig)) = value.split_once('.') else {
-        return false;
-    };
-    let Ok(expires) = expires.parse::<i64>() else {
-        return false;
-    };
-    if expires <= now {
-        return false;
-    }
-    let Ok(mut mac) = HmacSha256::new_from_slice(admin_token.as_bytes()) else {
-        return false;
-    };
-    mac.update(format!("squeeze-dashboard:{expires}").as_bytes());
-    let given: Option<Vec<u8>> = (0..sig.len())
-        .step_by(2)
-        .map(|i| {
-            sig.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    given.is_some_and(|g| mac.verify_slice(&g).is_ok())
+        .filter(|v| !v.is_empty())
 }
 
 fn cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
@@ -147,16 +110,65 @@ fn disabled(state: &AppState) -> Result<Response, HttpError> {
     )
 }
 
-#[derive(Deserialize)]
-struct LoginForm {
-    token: String,
+/// 403 with a page: the form did not come from the dashboard (another site, or a stale page).
+fn forbidden(state: &AppState) -> Result<Response, HttpError> {
+    let error = format!(
+        "This form did not come from this dashboard (its security token or its origin does \
+         not match {}), so nothing was changed. Open the dashboard again and retry.",
+        state.settings.public_origin
+    );
+    page(
+        state,
+        StatusCode::FORBIDDEN,
+        "admin_login.html.j2",
+        context! { error },
+    )
 }
 
-async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Response, HttpError> {
+/// 429 with a page and `Retry-After`: too many wrong tokens.
+fn throttled(state: &AppState, retry_after: u64) -> Result<Response, HttpError> {
+    let error = format!("Too many wrong tokens; try again in {retry_after} seconds.");
+    let mut response = page(
+        state,
+        StatusCode::TOO_MANY_REQUESTS,
+        "admin_login.html.j2",
+        context! { error },
+    )?;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    Ok(response)
+}
+
+/// A form field from an `application/x-www-form-urlencoded` body (read by hand so that a
+/// forged post with no body or another content type still gets the 403 page).
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn login(
+    State(s): State<AppState>,
+    ext: Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let Some(expected) = s.settings.admin_token.as_deref() else {
         return disabled(&s);
     };
-    if !token_matches(expected, f.token.trim()) {
+    if !guard::same_origin(&headers, &s.settings.public_origin) {
+        return forbidden(&s);
+    }
+    let ip = guard::client_ip(&ext);
+    if let Err(wait) = s.throttle.check(ip) {
+        return throttled(&s, wait);
+    }
+    let given = form_field(&body, "token").unwrap_or_default();
+    if !token_matches(expected, given.trim()) {
+        if let Err(wait) = s.throttle.failed(ip) {
+            return throttled(&s, wait);
+        }
         return page(
             &s,
             StatusCode::UNAUTHORIZED,
@@ -164,21 +176,72 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
             context! { error => "That is not the admin token." },
         );
     }
-    let value = session_value(expected, now_ms())
-        .ok_or_else(|| HttpError::internal(anyhow::anyhow!("cannot sign a session")))?;
+    let now = now_ms();
+    let id = s.sessions.create(now, now + SESSION_MS).await?;
     let mut response = Redirect::to("/admin").into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie(&s, &value, SESSION_MS / 1000));
+        .insert(header::SET_COOKIE, cookie(&s, &id, SESSION_MS / 1000));
     Ok(response)
 }
 
-async fn logout(State(s): State<AppState>) -> Response {
+/// Why a dashboard form was refused.
+enum Refused {
+    Disabled,
+    NotLoggedIn,
+    Forged,
+}
+
+impl Refused {
+    fn answer(self, s: &AppState) -> Response {
+        let page = match self {
+            Self::Disabled => disabled(s),
+            Self::NotLoggedIn => Err(HttpError::Unauthorized("log in at /admin first".into())),
+            Self::Forged => forbidden(s),
+        };
+        page.unwrap_or_else(IntoResponse::into_response)
+    }
+}
+
+/// A state-changing dashboard form: the live session's id, once its CSRF token and origin
+/// check out; the outer error is a database fault.
+async fn checked_form(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Result<String, Refused>, HttpError> {
+    if s.settings.admin_token.is_none() {
+        return Ok(Err(Refused::Disabled));
+    }
+    let Some(id) = session_id(headers) else {
+        return Ok(Err(Refused::NotLoggedIn));
+    };
+    let Some(expected) = s.sessions.csrf(&id, now_ms()).await? else {
+        return Ok(Err(Refused::NotLoggedIn));
+    };
+    let csrf = form_field(body, "csrf").unwrap_or_default();
+    if !guard::same_origin(headers, &s.settings.public_origin) || !token_matches(&expected, &csrf) {
+        return Ok(Err(Refused::Forged));
+    }
+    Ok(Ok(id))
+}
+
+/// Ends the session on the server, so the old cookie opens nothing any more.
+async fn logout(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let id = match checked_form(&s, &headers, &body).await? {
+        Ok(id) => id,
+        Err(refused) => return Ok(refused.answer(&s)),
+    };
+    s.sessions.end(&id).await?;
     let mut response = Redirect::to("/admin").into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, cookie(&s, "", 0));
-    response
+    Ok(response)
 }
 
 /// One bar of an inline SVG chart, laid out here so the template stays simple.
@@ -213,18 +276,22 @@ fn bars(values: &[(String, i64)], width: f64, height: f64) -> Vec<Bar> {
 }
 
 async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, HttpError> {
-    let Some(token) = s.settings.admin_token.as_deref() else {
+    if s.settings.admin_token.is_none() {
         return disabled(&s);
-    };
+    }
     let now = now_ms();
-    if !session_valid(token, &headers, now) {
+    let csrf = match session_id(&headers) {
+        Some(id) => s.sessions.csrf(&id, now).await?,
+        None => None,
+    };
+    let Some(csrf) = csrf else {
         return page(
             &s,
             StatusCode::UNAUTHORIZED,
             "admin_login.html.j2",
             context! {},
         );
-    }
+    };
     let overall = s.reporting.overall(now).await?;
     let activity = s.reporting.activity(now, CHART_MINUTES).await?;
     let first_minute = now.div_euclid(60_000) - CHART_MINUTES + 1;
@@ -259,6 +326,7 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
             sent_last_hour,
             refresh => sending,
             now => to_rfc3339(now),
+            csrf,
         },
     )
 }
@@ -266,13 +334,11 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
 async fn digest_action(
     s: &AppState,
     headers: &HeaderMap,
+    body: &[u8],
     act: impl std::future::Future<Output = crate::service::ServiceResult<crate::service::Digest>>,
 ) -> Result<Response, HttpError> {
-    let Some(token) = s.settings.admin_token.as_deref() else {
-        return disabled(s);
-    };
-    if !session_valid(token, headers, now_ms()) {
-        return Err(HttpError::Unauthorized("log in at /admin first".into()));
+    if let Err(refused) = checked_form(s, headers, body).await? {
+        return Ok(refused.answer(s));
     }
     act.await?;
     Ok(Redirect::to("/admin").into_response())
@@ -282,9 +348,10 @@ async fn pause(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Response, HttpError> {
     let editor = s.editor.clone();
-    digest_action(&s, &headers, async move {
+    digest_action(&s, &headers, &body, async move {
         editor
             .pause(&id, "paused from the dashboard", now_ms())
             .await
@@ -296,45 +363,11 @@ async fn resume(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Response, HttpError> {
     let editor = s.editor.clone();
-    digest_action(
-        &s,
-        &headers,
-        async move { editor.resume(&id, now_ms()).await },
-    )
+    digest_action(&s, &headers, &body, async move {
+        editor.resume(&id, now_ms()).await
+    })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sessions_are_signed_and_expire() {
-        let token = "admin-token-0123456789";
-        let now = 1_000_000;
-        let value = session_value(token, now).expect("signed");
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_str(&format!("other=1; {COOKIE}={value}")).expect("header"),
-        );
-        assert!(session_valid(token, &headers, now));
-        assert!(
-            !session_valid(token, &headers, now + SESSION_MS + 1),
-            "expired"
-        );
-        assert!(
-            !session_valid("another-admin-token-00", &headers, now),
-            "token changed"
-        );
-        let (exp, sig) = value.split_once('.').expect("shape");
-        let forged = format!("{}.{sig}", exp.parse::<i64>().expect("exp") + 1000);
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_str(&format!("{COOKIE}={forged}")).expect("header"),
-        );
-        assert!(!session_valid(token, &headers, now), "forged expiry");
-    }
 }

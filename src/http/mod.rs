@@ -3,6 +3,7 @@
 mod admin;
 mod dashboard;
 mod error;
+mod guard;
 mod public;
 
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +24,7 @@ use error::ErrorPage;
 pub use error::HttpError;
 
 use crate::render::Renderer;
-use crate::service::{Editor, Reporting, Signup, Subscribers};
+use crate::service::{AdminSessions, Editor, Reporting, Signup, Subscribers};
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -62,6 +63,9 @@ pub struct AppState {
     pub pages: Pages,
     pub settings: Arc<Settings>,
     pub signup_limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    /// Dashboard sessions (in the database) and the wrong-admin-token throttle.
+    sessions: AdminSessions,
+    throttle: Arc<guard::Throttle>,
 }
 
 impl AppState {
@@ -72,6 +76,7 @@ impl AppState {
         reporting: Reporting,
         pages: Pages,
         settings: Settings,
+        sessions: AdminSessions,
     ) -> Self {
         let signup_limiter = settings
             .subscribe_per_minute
@@ -84,6 +89,8 @@ impl AppState {
             pages,
             settings: Arc::new(settings),
             signup_limiter,
+            sessions,
+            throttle: Arc::default(),
         }
     }
 }
@@ -159,27 +166,18 @@ fn wants_json(headers: &HeaderMap) -> bool {
     has(header::ACCEPT, "application/json") || has(header::CONTENT_TYPE, "json")
 }
 
-/// A subscriber's form posts (confirm, manage) must come from Squeeze's own pages: a post
-/// another site (or a sibling subdomain) makes is refused. A browser says where a request
-/// comes from in `Sec-Fetch-Site` (no page can set it); one that does not sends `Origin`,
-/// which must then be the public URL's. Pages are served with `Referrer-Policy: no-referrer`,
-/// under which a browser sends `Origin: null` even for its own forms, so `null` alone is not
-/// refused. A client that sends neither is no browser; for it, as for every post, the token
-/// in the form's address is the credential.
+/// A subscriber's form posts (confirm, manage) must come from Squeeze's own pages, by the
+/// same rule as the dashboard's (`guard::same_origin`); the token in the form's address is
+/// the credential.
 fn same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
-    let refused = || {
-        HttpError::Forbidden(format!(
+    if guard::same_origin(headers, &state.settings.public_origin) {
+        Ok(())
+    } else {
+        Err(HttpError::Forbidden(format!(
             "this form can only be sent from {}'s own pages at {}",
             state.pages.list_name, state.settings.public_origin
-        ))
-    };
-    let allowed = match (headers.get("sec-fetch-site"), headers.get(header::ORIGIN)) {
-        (Some(site), _) => matches!(site.to_str(), Ok("same-origin" | "none")),
-        (None, Some(origin)) => matches!(origin.to_str(),
-            Ok(o) if o == "null" || o == state.settings.public_origin),
-        (None, None) => true,
-    };
-    if allowed { Ok(()) } else { Err(refused()) }
+        )))
+    }
 }
 
 async fn not_found(request: Request) -> HttpError {

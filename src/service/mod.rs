@@ -1,6 +1,7 @@
 //! The use cases that http and the CLI share, so both behave the same: `editorial` (items,
 //! digests, preview, schedule), `signup` (subscribe, confirm, unsubscribe), `subscribers`
-//! (import, export, list, forget) and `reporting` (statistics, events, metrics, health).
+//! (import, export, list, forget), `reporting` (statistics, events, metrics, health) and
+//! `sessions` (the dashboard's).
 //!
 //! This is the layer that talks to the store; above it, `http` and `cli` name neither the
 //! store nor sqlx. What they print or serialise is re-exported here under the service's
@@ -9,11 +10,13 @@
 
 pub mod editorial;
 pub mod reporting;
+pub mod sessions;
 pub mod signup;
 pub mod subscribers;
 
 pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleView};
 pub use reporting::Reporting;
+pub use sessions::AdminSessions;
 pub use signup::Signup;
 pub use subscribers::{ImportReport, Subscribers};
 

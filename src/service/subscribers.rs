@@ -2,8 +2,11 @@
 //! documented consent), CSV export with consent evidence, listing, and erasure.
 
 use super::{ServiceError, ServiceResult};
+use std::io::{self, Read};
+
 use crate::domain::SubscriberStatus;
 use crate::domain::clock::{Millis, to_rfc3339};
+use crate::domain::spreadsheet;
 use crate::domain::subscriber::SignUpOutcome;
 use crate::store::{SignUp, Store, SubscriberRow};
 
@@ -23,14 +26,80 @@ struct CsvRow {
     name: Option<String>,
 }
 
+/// The longest line an import accepts: a row is an address and a name, a few hundred bytes;
+/// a longer line is not a subscriber list (or has lost its line ends).
+pub const IMPORT_MAX_LINE: usize = 64 * 1024;
+
+/// Said when a signal stopped an import while the file was being read.
+pub const IMPORT_STOPPED: &str = "stopped by a signal while reading the file; nothing was imported";
+
 #[derive(Clone)]
 pub struct Subscribers {
     store: Store,
+    import_max_bytes: u64,
+}
+
+/// A reader that refuses more than `max_bytes` in all or a line over [`IMPORT_MAX_LINE`], and
+/// stops when `stop` says so: the CSV parser reads through it in small blocks.
+struct Bounded<'a, R> {
+    inner: R,
+    max_bytes: u64,
+    read: u64,
+    line: u64,
+    line_len: usize,
+    stop: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl<R: Read> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if (self.stop)() {
+            return Err(io::Error::other(IMPORT_STOPPED));
+        }
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.max_bytes {
+            return Err(io::Error::other(format!(
+                "the file is larger than import_max_bytes ({} bytes); nothing was imported",
+                self.max_bytes
+            )));
+        }
+        for &b in buf.get(..n).unwrap_or_default() {
+            if b == b'\n' {
+                self.line += 1;
+                self.line_len = 0;
+            } else {
+                self.line_len += 1;
+                if self.line_len > IMPORT_MAX_LINE {
+                    return Err(io::Error::other(format!(
+                        "line {} is longer than {} KB, so this is not a subscriber list; \
+                         nothing was imported",
+                        self.line + 1,
+                        IMPORT_MAX_LINE / 1024
+                    )));
+                }
+            }
+        }
+        Ok(n)
+    }
 }
 
 impl Subscribers {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            import_max_bytes: 100 << 20,
+        }
+    }
+
+    /// The largest file an import reads (`import_max_bytes`).
+    #[must_use]
+    pub fn with_import_max_bytes(mut self, max: u64) -> Self {
+        self.import_max_bytes = max;
+        self
+    }
+
+    pub fn import_max_bytes(&self) -> u64 {
+        self.import_max_bytes
     }
 
     /// Imports a CSV with an `email` column and an optional `name` column. Every row is
@@ -38,16 +107,30 @@ impl Subscribers {
     /// `confirmed`: the operator vouches for consent, the rows become confirmed subscribers;
     /// otherwise each address gets a confirmation email (double opt-in). Known addresses are
     /// never changed: an unsubscribed person is not re-subscribed by an import.
-    pub async fn import_csv<R: std::io::Read>(
+    ///
+    /// Validate, then write: the whole file is read and checked before the first write, with
+    /// at most `import_max_bytes` read and no line over [`IMPORT_MAX_LINE`]; `stop` (a signal)
+    /// is asked while reading, so an import stopped then has written nothing. Once writing has
+    /// begun it runs to its end.
+    pub async fn import_csv<R: Read>(
         &self,
         reader: R,
         confirmed: bool,
         source: &str,
         now: Millis,
+        stop: &(dyn Fn() -> bool + Sync),
     ) -> ServiceResult<ImportReport> {
         let invalid = |m: String| super::invalid("file", m);
         let mut rows = Vec::new();
         let mut problems = Vec::new();
+        let reader = Bounded {
+            inner: reader,
+            max_bytes: self.import_max_bytes,
+            read: 0,
+            line: 0,
+            line_len: 0,
+            stop,
+        };
         let mut csv = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_reader(reader);
@@ -56,6 +139,9 @@ impl Subscribers {
             let row = match record {
                 Ok(r) => r,
                 Err(e) => {
+                    if let csv::ErrorKind::Io(io) = e.kind() {
+                        return Err(invalid(io.to_string()));
+                    }
                     problems.push(format!("line {line}: {e}"));
                     continue;
                 }
@@ -68,6 +154,7 @@ impl Subscribers {
                 (_, Err(e)) => problems.push(format!("line {line}: {e}")),
             }
         }
+        drop(csv);
         if !problems.is_empty() {
             let shown: Vec<_> = problems.iter().take(10).cloned().collect();
             let more = problems.len().saturating_sub(10);
@@ -133,7 +220,7 @@ impl Subscribers {
             let page = self.list(status, 1000, after.as_deref()).await?;
             for s in &page {
                 let confirmed = s.confirmed_at.map(to_rfc3339).unwrap_or_default();
-                out.write_record([
+                let row = [
                     s.email.as_str(),
                     s.name.as_deref().unwrap_or(""),
                     s.status.as_str(),
@@ -142,8 +229,9 @@ impl Subscribers {
                     &to_rfc3339(s.consent_at),
                     s.consent_ip.as_deref().unwrap_or(""),
                     s.consent_user_agent.as_deref().unwrap_or(""),
-                ])
-                .map_err(io)?;
+                ];
+                out.write_record(row.iter().map(|c| spreadsheet::cell(c).into_owned()))
+                    .map_err(io)?;
                 n += 1;
             }
             match page.last() {

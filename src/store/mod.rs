@@ -17,6 +17,7 @@ mod digests;
 mod queue;
 mod rows;
 mod schedule;
+mod sessions;
 mod sqlite;
 mod stats;
 mod subscribers;

@@ -8,6 +8,7 @@ use super::{
     DeliveryRow, HistoryRow, PerDialect, Store, StoreResult, SubscriberRow, new_id, parse_col,
 };
 use crate::domain::clock::{Millis, ms};
+use crate::domain::email::key as email_key;
 use crate::domain::subscriber::{
     CONFIRMATION_DEADLINE, ConfirmOutcome, SignUpOutcome, WELCOME_DEADLINE, confirm_link,
     sign_up_again,
@@ -30,10 +31,13 @@ pub enum UnsubscribeOutcome {
     UnknownToken,
 }
 
-/// A known address found by a sign-up (and, on PostgreSQL, locked).
+/// A known address found by a sign-up (and, on PostgreSQL, locked). Addresses are one
+/// subscriber whatever their case: every lookup is by `lower(email)` (a unique index since
+/// migration 0011) bound to `domain::email::key`, and inserts leave a conflict alone.
 const LOCK_BY_EMAIL: PerDialect = PerDialect {
-    sqlite: "SELECT id, status, confirmation_queued_at FROM subscribers WHERE email = $1",
-    postgres: "SELECT id, status, confirmation_queued_at FROM subscribers WHERE email = $1 FOR UPDATE",
+    sqlite: "SELECT id, status, confirmation_queued_at FROM subscribers WHERE lower(email) = $1",
+    postgres: "SELECT id, status, confirmation_queued_at FROM subscribers WHERE lower(email) = $1
+               FOR UPDATE",
 };
 
 #[derive(sqlx::FromRow)]
@@ -75,8 +79,8 @@ struct Holder {
 }
 
 const LOCK_ID_BY_EMAIL: PerDialect = PerDialect {
-    sqlite: "SELECT id FROM subscribers WHERE email = $1",
-    postgres: "SELECT id FROM subscribers WHERE email = $1 FOR UPDATE",
+    sqlite: "SELECT id FROM subscribers WHERE lower(email) = $1",
+    postgres: "SELECT id FROM subscribers WHERE lower(email) = $1 FOR UPDATE",
 };
 
 impl Store {
@@ -121,7 +125,7 @@ impl Store {
                  consent_at, consent_ip, consent_user_agent, confirmation_queued_at,
                  created_at, updated_at)
              VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $5, $5, $5)
-             ON CONFLICT (email) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(&id)
         .bind(s.email.as_str())
@@ -138,7 +142,7 @@ impl Store {
             id
         } else {
             let known: Known = sqlx::query_as(self.sql(&LOCK_BY_EMAIL))
-                .bind(s.email.as_str())
+                .bind(s.email.key())
                 .fetch_one(&mut *tx)
                 .await?;
             let outcome = sign_up_again(known.status, known.confirmation_queued_at, now);
@@ -380,7 +384,7 @@ impl Store {
                 "INSERT INTO subscribers (id, email, name, status, unsubscribe_token, consent_at,
                      consent_user_agent, confirmed_at, created_at, updated_at)
                  VALUES ($1, $2, $3, 'confirmed', $4, $5, $6, $5, $5, $5)
-                 ON CONFLICT (email) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
             )
             .bind(new_id())
             .bind(email.as_str())
@@ -401,7 +405,7 @@ impl Store {
     pub async fn forget(&self, email: &str) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
         let id: Option<String> = sqlx::query_scalar(self.sql(&LOCK_ID_BY_EMAIL))
-            .bind(email)
+            .bind(email_key(email))
             .fetch_optional(&mut *tx)
             .await?;
         let Some(id) = id else { return Ok(false) };
@@ -420,9 +424,9 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
                     confirmed_at, created_at
-             FROM subscribers WHERE email = $1",
+             FROM subscribers WHERE lower(email) = $1",
         )
-        .bind(email)
+        .bind(email_key(email))
         .fetch_optional(&self.pool)
         .await?)
     }

@@ -25,6 +25,15 @@ try {
     cookies: (await page.context().cookies()).map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })),
   };
   await page.screenshot({ path: screenshot, fullPage: true });
+  // Pause and resume with the real forms (their CSRF token, the browser's own Origin).
+  const statusIs = (want) => page.waitForFunction(
+    (w) => document.querySelector('#digest-status')?.textContent === w, want, { timeout: 10000 });
+  await page.click('form[action$="/pause"] button');
+  await statusIs('paused');
+  result.afterPause = (await page.textContent('#digest-status')).trim();
+  await page.click('form[action$="/resume"] button');
+  await page.waitForSelector('form[action$="/pause"] button', { timeout: 10000 });
+  result.afterResume = (await page.textContent('#digest-status')).trim();
   console.log(JSON.stringify(result));
 } finally {
   await browser.close();

@@ -74,6 +74,52 @@ fn bad_configuration_exits_2_with_one_sentence_naming_the_setting() {
             &["`confirmation_ttl`"],
         ),
         (
+            &["migrate"],
+            &[("SQUEEZE_DATABASE_URL", "sqlite::memory:")],
+            &["`database_url`", "in-memory", "every request would fail"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_DATABASE_URL", "sqlite://:memory:")],
+            &["`database_url`", "in-memory"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_LIST_ID", "<>")],
+            &["`list_id`", "RFC 2919"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_LIST_ID", "News <news>")],
+            &["`list_id`", "RFC 2919"],
+        ),
+        (
+            &["migrate"],
+            &[
+                ("SQUEEZE_RETRY_INITIAL", "10m"),
+                ("SQUEEZE_RETRY_MAX", "1m"),
+            ],
+            &["`retry_initial`", "`retry_max`", "longer"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_SMTP_URL", "smtp://relay.example:2525")],
+            &[
+                "`public_url`",
+                "links in real mail would point at http://127.0.0.1:8080",
+            ],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_ADMIN_TOKEN", " test-admin-token-0123456789 ")],
+            &["`admin_token` = <hidden>", "whitespace"],
+        ),
+        (
+            &["migrate"],
+            &[("SQUEEZE_ADMIN_TOKEN", "test-admin-token-0123456789\t")],
+            &["`admin_token`", "whitespace"],
+        ),
+        (
             &["migrate", "--config", "missing.toml"],
             &[],
             &["missing.toml"],
@@ -372,4 +418,169 @@ fn subscribers_import_export_and_forget() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no subscriber with the address carol@example.com"));
     assert!(!stdout(&run(&["subscribers", "export"])).contains("carol"));
+}
+
+#[test]
+fn a_relay_with_a_plain_http_public_url_starts_with_a_warning_about_rfc_8058() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = squeeze(
+        dir.path(),
+        &["migrate"],
+        &[
+            ("SQUEEZE_SMTP_URL", "smtp://relay.example:2525"),
+            ("SQUEEZE_PUBLIC_URL", "http://news.example.com"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("WARN") && err.contains("RFC 8058") && err.contains("https"),
+        "{err}"
+    );
+    let out = squeeze(
+        dir.path(),
+        &["migrate"],
+        &[
+            ("SQUEEZE_SMTP_URL", "smtp://relay.example:2525"),
+            ("SQUEEZE_PUBLIC_URL", "https://news.example.com"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("RFC 8058"), "{}", stderr(&out));
+}
+
+#[test]
+fn exported_cells_that_a_spreadsheet_would_run_get_a_leading_quote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| squeeze(dir.path(), args, &[]);
+    std::fs::write(
+        dir.path().join("people.csv"),
+        "email,name\nada@example.com,\"=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\"\n\
+         bob@example.com,@SUM(A1)\n",
+    )
+    .expect("write");
+    let out = run(&["subscribers", "import", "people.csv", "--confirmed"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&["subscribers", "export"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let csv = stdout(&out);
+    assert!(
+        csv.contains("ada@example.com,\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\""),
+        "{csv}"
+    );
+    assert!(csv.contains("bob@example.com,'@SUM(A1),confirmed"), "{csv}");
+    assert!(
+        !csv.lines()
+            .any(|l| l.split(',').any(|c| c.starts_with('='))),
+        "{csv}"
+    );
+}
+
+#[test]
+fn import_refuses_a_directory_an_oversized_file_and_an_endless_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str], env: &[(&str, &str)]| squeeze(dir.path(), args, env);
+    std::fs::create_dir(dir.path().join("folder.csv")).expect("mkdir");
+    let out = run(&["subscribers", "import", "folder.csv"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("folder.csv is a directory, not a CSV file"),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut big = String::from("email\n");
+    for i in 0..200 {
+        big.push_str(&format!("person{i}@example.com\n"));
+    }
+    std::fs::write(dir.path().join("big.csv"), &big).expect("write");
+    let out = run(
+        &["subscribers", "import", "big.csv", "--confirmed"],
+        &[("SQUEEZE_IMPORT_MAX_BYTES", "1KB")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("more than import_max_bytes (1024 bytes)"),
+        "{}",
+        stderr(&out)
+    );
+
+    let long = format!("email,name\nada@example.com,{}\n", "x".repeat(70 * 1024));
+    std::fs::write(dir.path().join("long.csv"), long).expect("write");
+    let out = run(&["subscribers", "import", "long.csv", "--confirmed"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 2 is longer than 64 KB"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["subscribers", "list"], &[]);
+    assert!(
+        !stdout(&out).contains("@example.com"),
+        "nothing imported: {}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn sigterm_during_an_import_exits_promptly_and_imports_nothing() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = squeeze(dir.path(), &["migrate"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    {
+        let file = std::fs::File::create(dir.path().join("huge.csv")).expect("create");
+        let mut w = std::io::BufWriter::new(file);
+        writeln!(w, "email,name").expect("write");
+        for i in 0..2_000_000 {
+            writeln!(w, "person{i}@example.com,Person {i}").expect("write");
+        }
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squeeze"));
+    cmd.current_dir(dir.path())
+        .args(["subscribers", "import", "huge.csv", "--confirmed"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SQUEEZE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SQUEEZE_TEMPLATES", TEMPLATES)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "still reading the file"
+    );
+    let sent = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(3),
+            "the import ignored SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("output");
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing was imported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = squeeze(dir.path(), &["subscribers", "list", "--limit", "5"], &[]);
+    assert_eq!(
+        stdout(&out).lines().count(),
+        1,
+        "only the header: {}",
+        stdout(&out)
+    );
 }

@@ -824,3 +824,210 @@ async fn an_expired_claim_requeues_only_its_unfinished_deliveries() {
     );
     app.stop().await;
 }
+
+/// Migration 0011 makes addresses one subscriber whatever their case. A database with
+/// case-duplicates in every combination of states is merged by `merge_keeper`'s rule: a
+/// bounce stays, else the latest explicit choice, else the first; the kept row's evidence
+/// stays, the others' deliveries and tokens move to it without breaking the one delivery per
+/// digest and subscriber, and a new casing can no longer be inserted.
+#[tokio::test]
+async fn the_case_merge_keeps_the_latest_choice_and_moves_deliveries() {
+    use squeeze::domain::SubscriberStatus;
+    use squeeze::domain::subscriber::{Duplicate, merge_keeper};
+    let db = helpers::TestDb::new().await;
+    let (pool, url) = schema_before(&db, 11).await;
+    // (id, email, status, confirmed_at, unsubscribed_at, created_at)
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<i64>,
+        Option<i64>,
+        i64,
+    );
+    let groups: [&[Row]; 4] = [
+        &[
+            ("a1", "Ada@example.com", "pending", None, None, 1),
+            ("a2", "ada@example.com", "confirmed", Some(50), None, 2),
+            (
+                "a3",
+                "ADA@example.com",
+                "unsubscribed",
+                Some(10),
+                Some(30),
+                3,
+            ),
+        ],
+        &[
+            ("b1", "Bob@example.com", "confirmed", Some(50), None, 1),
+            (
+                "b2",
+                "bob@example.com",
+                "unsubscribed",
+                Some(20),
+                Some(90),
+                2,
+            ),
+        ],
+        &[
+            ("c1", "Carol@example.com", "confirmed", Some(90), None, 1),
+            ("c2", "carol@example.com", "bounced", Some(5), None, 2),
+        ],
+        &[
+            ("d1", "dan@example.com", "pending", None, None, 7),
+            ("d2", "Dan@example.com", "pending", None, None, 4),
+        ],
+    ];
+    let mut expected_keepers = Vec::new();
+    for group in groups {
+        let dups: Vec<Duplicate> = group
+            .iter()
+            .map(|(_, _, status, c, u, created)| Duplicate {
+                status: status.parse::<SubscriberStatus>().expect("status"),
+                confirmed_at: *c,
+                unsubscribed_at: *u,
+                created_at: *created,
+            })
+            .collect();
+        let keeper = merge_keeper(&dups).expect("a keeper");
+        expected_keepers.push((group[keeper].0, group[keeper].2));
+        for (id, email, status, c, u, created) in group {
+            sqlx::query(
+                "INSERT INTO subscribers (id, email, status, unsubscribe_token, consent_at,
+                     consent_ip, confirmed_at, unsubscribed_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $5, $5)",
+            )
+            .bind(*id)
+            .bind(*email)
+            .bind(*status)
+            .bind(format!("token-{id}"))
+            .bind(*created)
+            .bind(format!("192.0.2.{created}"))
+            .bind(*c)
+            .bind(*u)
+            .execute(&pool)
+            .await
+            .expect("subscriber");
+        }
+    }
+    assert_eq!(
+        expected_keepers,
+        [
+            ("a2", "confirmed"),
+            ("b2", "unsubscribed"),
+            ("c2", "bounced"),
+            ("d2", "pending")
+        ],
+        "the domain rule"
+    );
+    let now = now_ms();
+    // (delivery, subscriber, digest, status)
+    let deliveries: [(&str, &str, Option<&str>, &str); 5] = [
+        ("x-a1-g1", "a1", Some("g1"), "queued"),
+        ("x-a2-g1", "a2", Some("g1"), "sent"),
+        ("x-a3-g2", "a3", Some("g2"), "sent"),
+        ("x-a1-conf", "a1", None, "sent"),
+        ("x-b1-g1", "b1", Some("g1"), "sent"),
+    ];
+    let insert = "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
+             created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $6)";
+    for (id, subscriber, digest, status) in deliveries {
+        sqlx::query(insert)
+            .bind(id)
+            .bind(if digest.is_some() {
+                "digest"
+            } else {
+                "confirmation"
+            })
+            .bind(subscriber)
+            .bind(digest)
+            .bind(status)
+            .bind(now)
+            .execute(&pool)
+            .await
+            .expect("delivery");
+    }
+    sqlx::query(
+        "INSERT INTO delivery_queue (delivery_id, digest_id, run_at) VALUES ('x-a1-g1', 'g1', $1)",
+    )
+    .bind(now)
+    .execute(&pool)
+    .await
+    .expect("queued");
+    sqlx::query(
+        "INSERT INTO confirmation_tokens (token_hash, subscriber_id, created_at, expires_at)
+         VALUES ('hash-a1', 'a1', $1, $1)",
+    )
+    .bind(now)
+    .execute(&pool)
+    .await
+    .expect("token");
+    pool.close().await;
+
+    let kind = if helpers::on_postgres() {
+        squeeze::store::DatabaseKind::Postgres
+    } else {
+        squeeze::store::DatabaseKind::Sqlite
+    };
+    let store = squeeze::store::Store::connect(db.url(), &kind)
+        .await
+        .expect("store");
+    store.migrate().await.expect("migration 0011");
+    store.close().await;
+
+    let pool = sqlx::AnyPool::connect(&url).await.expect("database");
+    let kept: Vec<String> = sqlx::query_scalar(
+        "SELECT id || '|' || email || '|' || status || '|' || consent_ip FROM subscribers
+         ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("subscribers");
+    assert_eq!(
+        kept,
+        [
+            "a2|ada@example.com|confirmed|192.0.2.2",
+            "b2|bob@example.com|unsubscribed|192.0.2.2",
+            "c2|carol@example.com|bounced|192.0.2.2",
+            "d2|Dan@example.com|pending|192.0.2.4",
+        ]
+    );
+    let moved: Vec<String> = sqlx::query_scalar(
+        "SELECT id || '|' || subscriber_id || '|' || status FROM deliveries ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("deliveries");
+    assert_eq!(
+        moved,
+        [
+            "x-a1-conf|a2|sent",
+            "x-a2-g1|a2|sent",
+            "x-a3-g2|a2|sent",
+            "x-b1-g1|b2|sent",
+        ],
+        "the kept row's own g1 stays, the duplicate g1 goes, the rest move"
+    );
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_queue")
+        .fetch_one(&pool)
+        .await
+        .expect("queue");
+    assert_eq!(queued, 0, "the dropped delivery left the queue too");
+    let token: String = sqlx::query_scalar(
+        "SELECT subscriber_id FROM confirmation_tokens WHERE token_hash = 'hash-a1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("token");
+    assert_eq!(token, "a2");
+    let again = sqlx::query(
+        "INSERT INTO subscribers (id, email, status, unsubscribe_token, consent_at, created_at,
+             updated_at)
+         VALUES ('a9', 'ADA@EXAMPLE.COM', 'pending', 'token-a9', 1, 1, 1)",
+    )
+    .execute(&pool)
+    .await;
+    assert!(again.is_err(), "the unique key is case-insensitive");
+    pool.close().await;
+}

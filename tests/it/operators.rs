@@ -302,20 +302,59 @@ async fn the_dashboard_needs_a_login_and_shows_progress_and_failures() {
         html.contains(&format!("action=\"/admin/digests/{id}/pause\"")),
         "a pause button while sending"
     );
-    // Pause from the dashboard.
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("every dashboard form carries a CSRF token")
+        .to_owned();
+    let status_sql = format!("SELECT status FROM digests WHERE id = '{id}'");
+    let status = || app.text(&status_sql);
+    // A forged cross-site POST pauses nothing: no token, a wrong one, or the right one from
+    // another origin (a page on a sibling port or subdomain, which SameSite lets through).
+    let pause = format!("{}/admin/digests/{id}/pause", app.url);
+    let forged = [
+        http.post(&pause).header("origin", "http://evil.example"),
+        http.post(&pause).form(&[("csrf", "forged")]),
+        http.post(&pause)
+            .header("origin", "http://127.0.0.1:1")
+            .form(&[("csrf", csrf.as_str())]),
+        http.post(&pause)
+            .header("sec-fetch-site", "same-site")
+            .form(&[("csrf", csrf.as_str())]),
+    ];
+    for request in forged {
+        let res = request.send().await.expect("req");
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert!(
+            res.text()
+                .await
+                .expect("body")
+                .contains("nothing was changed"),
+            "a page that says why"
+        );
+        assert_eq!(status().await, "sending");
+    }
+    // Pause from the dashboard, as its form does.
     let res = http
-        .post(format!("{}/admin/digests/{id}/pause", app.url))
+        .post(&pause)
+        .header("origin", &app.url)
+        .form(&[("csrf", csrf.as_str())])
         .send()
         .await
         .expect("req");
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
-            .await,
-        "paused"
-    );
+    assert_eq!(status().await, "paused");
+    let cookie = set_cookie.split(';').next().expect("name=value").to_owned();
+    let forged_logout = http
+        .post(format!("{}/admin/logout", app.url))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(forged_logout.status(), StatusCode::FORBIDDEN);
     let out = http
         .post(format!("{}/admin/logout", app.url))
+        .form(&[("csrf", csrf.as_str())])
         .send()
         .await
         .expect("req");
@@ -328,6 +367,113 @@ async fn the_dashboard_needs_a_login_and_shows_progress_and_failures() {
             .status(),
         StatusCode::UNAUTHORIZED
     );
+    // Logout ended the session on the server: the old cookie, sent again, opens nothing.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let reused = plain
+        .get(format!("{}/admin", app.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(reused.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        reused
+            .text()
+            .await
+            .expect("body")
+            .contains("name=\"token\"")
+    );
+    let reused = plain
+        .post(format!("{}/admin/digests/{id}/resume", app.url))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(reused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(status().await, "paused");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_eleventh_wrong_admin_token_in_a_minute_gets_429_with_retry_after() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let login = |token: &'static str| {
+        app.http
+            .post(format!("{}/admin/login", app.url))
+            .form(&[("token", token)])
+            .send()
+    };
+    for i in 0..10 {
+        let res = login("wrong-token-0123456789").await.expect("req");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "attempt {}", i + 1);
+    }
+    let res = login("wrong-token-0123456789").await.expect("req");
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(
+        res.text()
+            .await
+            .expect("body")
+            .contains("Too many wrong tokens")
+    );
+    // Throttled means throttled: the right token does not get through either, nor a bearer.
+    let res = login(ADMIN_TOKEN).await.expect("req");
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let res = app
+        .admin(reqwest::Method::GET, "/api/stats")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_bearer_tokens_are_throttled_and_the_scheme_is_case_insensitive() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let res = app
+            .http
+            .get(format!("{}/api/stats", app.url))
+            .header("authorization", format!("{scheme} {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(res.status(), StatusCode::OK, "{scheme}");
+    }
+    let wrong = || {
+        app.http
+            .get(format!("{}/api/stats", app.url))
+            .header("authorization", "Bearer wrong-token-0123456789")
+            .send()
+    };
+    for _ in 0..10 {
+        assert_eq!(
+            wrong().await.expect("req").status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let res = wrong().await.expect("req");
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
     app.stop().await;
 }
 
@@ -388,6 +534,8 @@ async fn the_dashboard_renders_in_headless_chromium() {
     assert_eq!(seen["chartBars"], 180);
     assert_eq!(seen["cookies"][0]["httpOnly"], true);
     assert_eq!(seen["cookies"][0]["sameSite"], "Strict");
+    assert_eq!(seen["afterPause"], "paused", "{seen}");
+    assert_ne!(seen["afterResume"], "paused", "{seen}");
     assert!(
         std::fs::metadata(shot).is_ok_and(|m| m.len() > 1000),
         "screenshot kept at {shot}"
@@ -460,4 +608,72 @@ async fn logs_carry_delivery_ids_as_json_and_never_an_address() {
         "{failure}"
     );
     app.stop().await;
+}
+
+/// Sessions live in the database: two `serve` processes on one database (behind a load
+/// balancer) both know a session, and logging out on one ends it on the other.
+#[tokio::test]
+async fn a_dashboard_session_is_known_to_every_process_and_logout_ends_it_everywhere() {
+    let one = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let two = TestApp::spawn_with(Options {
+        worker: false,
+        database: Some(one.database.clone()),
+        ..Options::default()
+    })
+    .await;
+    let login = one
+        .http
+        .post(format!("{}/admin/login", one.url))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned();
+    let dashboard = |app: &TestApp| {
+        app.http
+            .get(format!("{}/admin", app.url))
+            .header("cookie", &cookie)
+            .send()
+    };
+    let page = dashboard(&two).await.expect("req");
+    assert_eq!(page.status(), StatusCode::OK, "the other process knows it");
+    let html = page.text().await.expect("body");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token")
+        .to_owned();
+    let out = two
+        .http
+        .post(format!("{}/admin/logout", two.url))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        dashboard(&one).await.expect("req").status(),
+        StatusCode::UNAUTHORIZED,
+        "logout on one process ended it on the other"
+    );
+    assert_eq!(
+        one.scalar("SELECT COUNT(*) FROM admin_sessions").await,
+        0,
+        "nothing of it is left"
+    );
+    two.stop().await;
+    one.stop().await;
 }

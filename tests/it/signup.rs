@@ -700,3 +700,65 @@ async fn the_confirmation_button_confirms_in_headless_chromium() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn three_casings_of_one_address_are_one_subscriber_with_one_confirmation() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    for email in [
+        "Mixed@EXAMPLE.COM",
+        "mixed@example.com",
+        "MIXED@example.com",
+    ] {
+        let res = app.subscribe(email).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "{email}");
+    }
+    let mail = smtp.wait_for(1, WAIT).await.remove(0);
+    assert_eq!(
+        mail.rcpts,
+        vec!["Mixed@example.com"],
+        "the address as first given"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.count(), 1, "one confirmation");
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM subscribers").await, 1);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE kind = 'confirmation'")
+            .await,
+        1
+    );
+    // Every lookup goes through the same key: the store, an import, the admin API.
+    let s = app
+        .app
+        .store
+        .subscriber_by_email("mIxEd@Example.Com")
+        .await
+        .expect("db")
+        .expect("found whatever the case");
+    assert_eq!(s.email.as_str(), "Mixed@example.com");
+    let report = app
+        .app
+        .subscribers()
+        .import_csv(
+            "email\nMIXED@EXAMPLE.COM\n".as_bytes(),
+            true,
+            "import of test.csv",
+            squeeze::domain::clock::now_ms(),
+            &|| false,
+        )
+        .await
+        .expect("import");
+    assert_eq!((report.added, report.unchanged), (0, 1));
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM subscribers").await, 1);
+    let res = app
+        .admin(
+            reqwest::Method::DELETE,
+            "/api/subscribers/MIXED@example.COM",
+        )
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM subscribers").await, 0);
+    app.stop().await;
+}

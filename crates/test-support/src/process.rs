@@ -41,6 +41,8 @@ pub fn spawn_squeeze(
         .env("SQUEEZE_DATABASE_URL", database.url())
         .env("SQUEEZE_TEMPLATES", TEMPLATES)
         .env("SQUEEZE_FROM", "Squeeze Test <news@squeeze.test>")
+        // With a relay set, Squeeze refuses to start without a public URL.
+        .env("SQUEEZE_PUBLIC_URL", "http://127.0.0.1:8080")
         .env("RUST_LOG", "squeeze=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
