@@ -18,6 +18,7 @@ use lettre::message::Mailbox;
 use url::Url;
 
 use crate::domain::RetryPolicy;
+use crate::domain::liveness::shortest_lease;
 
 mod settings;
 
@@ -225,6 +226,15 @@ impl Config {
                 format!("{name} <{}.{}>", from.email.user(), from.email.domain())
             }
         };
+        let smtp_timeout = d.smtp_timeout.ok_or_else(|| missing("smtp_timeout"))?;
+        let lease = d.lease.ok_or_else(|| missing("lease"))?;
+        if lease < shortest_lease(smtp_timeout) {
+            return Err(ConfigError(format!(
+                "setting `lease` = {lease:?} is shorter than twice `smtp_timeout` ({smtp_timeout:?}): \
+                 connecting and sending one message may take that long, and a live worker's claim \
+                 would be taken over while its message is on the wire."
+            )));
+        }
         let retry = RetryPolicy::builder()
             .initial(d.retry_initial.ok_or_else(|| missing("retry_initial"))?)
             .max(d.retry_max.ok_or_else(|| missing("retry_max"))?)
@@ -248,8 +258,8 @@ impl Config {
             subscribe_per_minute: d
                 .subscribe_per_minute
                 .ok_or_else(|| missing("subscribe_per_minute"))?,
-            smtp_timeout: d.smtp_timeout.ok_or_else(|| missing("smtp_timeout"))?,
-            lease: d.lease.ok_or_else(|| missing("lease"))?,
+            smtp_timeout,
+            lease,
             shutdown_timeout: d
                 .shutdown_timeout
                 .ok_or_else(|| missing("shutdown_timeout"))?,

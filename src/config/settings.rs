@@ -460,7 +460,7 @@ pub const TABLE: &[Setting] = &[
         value_name: "DURATION",
         default: Some("5m"),
         secret: false,
-        doc: "How long a claimed delivery is reserved before another worker may take it over",
+        doc: "Last resort for a worker that heartbeats but makes no progress: how long its claims last after its last progress (a dead worker's claims are taken over within seconds); at least twice smtp_timeout",
         parse: |v, d| {
             d.lease = Some(duration(v)?);
             Ok(())
