@@ -97,6 +97,9 @@ pub struct Config {
     pub subscribe_per_minute: Option<NonZeroU32>,
     pub smtp_timeout: Duration,
     pub lease: Duration,
+    pub http_header_timeout: Duration,
+    pub http_idle_timeout: Duration,
+    pub http_max_connections: NonZeroUsize,
     pub shutdown_timeout: Duration,
     /// RFC 2919 List-Id header value, e.g. `News <news.example.com>`.
     pub list_id: String,
@@ -260,6 +263,15 @@ impl Config {
                 .ok_or_else(|| missing("subscribe_per_minute"))?,
             smtp_timeout,
             lease,
+            http_header_timeout: d
+                .http_header_timeout
+                .ok_or_else(|| missing("http_header_timeout"))?,
+            http_idle_timeout: d
+                .http_idle_timeout
+                .ok_or_else(|| missing("http_idle_timeout"))?,
+            http_max_connections: d
+                .http_max_connections
+                .ok_or_else(|| missing("http_max_connections"))?,
             shutdown_timeout: d
                 .shutdown_timeout
                 .ok_or_else(|| missing("shutdown_timeout"))?,

@@ -4,6 +4,7 @@
 
 mod claims;
 mod cli;
+mod connections;
 mod delivery;
 mod digests;
 mod engine;
