@@ -253,3 +253,70 @@ async fn postgres_one_of_two_workers_sigkilled_the_other_takes_over_within_10s()
     assert!(duplicates <= unrecorded_bound(4), "{duplicates} duplicates");
     web.stop().await;
 }
+
+/// A worker whose claims were taken over (here by a claim made as if ten minutes later, when
+/// this worker would look dead) learns it from its first outcome that no longer counts, and
+/// does not send the rest of what it had taken: those go out once, from the queue. Only what
+/// it had started before it knew goes out twice: per claim, the message on the wire and the
+/// next one its sender took up while that outcome was being written. Without the check every
+/// delivery it held went out twice.
+#[tokio::test]
+async fn a_worker_whose_claim_was_taken_over_does_not_send_the_rest_of_it() {
+    let smtp = SmtpServer::start().await;
+    smtp.faults().data_delay = Some(Duration::from_secs(1));
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        worker: false,
+        settings: vec![("concurrency".into(), "1".into())],
+        ..Options::default()
+    })
+    .await;
+    let confirmed = seed(&app, &[("confirmed", 6)], "example.com").await;
+    app.send_digest_now().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(app.app.worker().run(stop.clone()));
+    eventually(
+        "the worker holds all six",
+        Duration::from_secs(10),
+        || async {
+            app.scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'sending'")
+                .await
+                == 6
+        },
+    )
+    .await;
+    let claims = app.scalar("SELECT COUNT(*) FROM claims").await;
+    let later = squeeze::domain::clock::now_ms() + 600_000;
+    let stolen = app
+        .app
+        .store
+        .claim("a-thief", later, Duration::from_secs(1), 100)
+        .await
+        .expect("claim");
+    assert_eq!(stolen.len(), 6, "the thief took over every claim");
+    // The thief never sends (it has no heartbeat): the worker takes its claim over in turn.
+    eventually(
+        "every subscriber received the digest",
+        Duration::from_secs(30),
+        || async { copies(&smtp).len() == 6 },
+    )
+    .await;
+    eventually("all recorded as sent", Duration::from_secs(30), || async {
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE kind = 'digest' AND status = 'sent'")
+            .await
+            == 6
+    })
+    .await;
+    stop.cancel();
+    worker.await.expect("join").expect("worker");
+    let per = copies(&smtp);
+    let duplicates = smtp.count() - 6;
+    println!("{claims} claims taken over; {duplicates} duplicates");
+    assert!(confirmed.iter().all(|e| per.contains_key(e)));
+    let bound = 2 * usize::try_from(claims).expect("count");
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates (bound {bound}): {per:?}"
+    );
+    app.stop().await;
+}
