@@ -26,7 +26,8 @@ pub struct Connections {
     /// A request's headers must arrive within this long of the connection waiting for them.
     pub header_timeout: Duration,
     /// A connection with nothing read or written for this long is closed (after the response
-    /// in progress, if any).
+    /// in progress, if any; dropped if still silent as long again). One waiting for its next
+    /// request is also bounded by `header_timeout` (hyper starts that timer when it waits).
     pub idle_timeout: Duration,
     /// Most connections open at once; further clients wait in the listen backlog until one
     /// closes (at worst `header_timeout` for a client that sends nothing useful).
@@ -101,10 +102,18 @@ async fn serve_one(
         .header_read_timeout(conns.header_timeout)
         .keep_alive(true);
     let mut conn = pin!(builder.serve_connection(io, service));
+    // Closing: asked to finish the request in progress and close. A connection still silent
+    // for another idle timeout after that (a client that stopped reading its response, or
+    // stalled mid-body) is dropped.
     let mut closing = false;
+    let mut stopping = false;
     loop {
-        let idle_for = since(started, &activity);
-        let idle_left = conns.idle_timeout.saturating_sub(idle_for);
+        let limit = if closing {
+            conns.idle_timeout * 2
+        } else {
+            conns.idle_timeout
+        };
+        let left = limit.saturating_sub(since(started, &activity));
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -112,16 +121,21 @@ async fn serve_one(
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !closing => {
+            () = shutdown.cancelled(), if !stopping => {
+                conn.as_mut().graceful_shutdown();
+                (closing, stopping) = (true, true);
+            }
+            () = tokio::time::sleep(left) => {
+                if since(started, &activity) < limit {
+                    continue;
+                }
+                if closing {
+                    debug!(%peer, "silent connection dropped");
+                    return;
+                }
+                debug!(%peer, "idle connection closed");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
-            }
-            () = tokio::time::sleep(idle_left), if !closing => {
-                if since(started, &activity) >= conns.idle_timeout {
-                    debug!(%peer, "idle connection closed");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
             }
         }
     }

@@ -175,3 +175,35 @@ async fn at_the_connection_limit_new_clients_wait_and_are_then_served() {
     }
     app.stop().await;
 }
+
+/// A client that stalls in the middle of its request body holds its connection (and the
+/// request's handler) no longer than twice the idle timeout: after one, the server asks the
+/// connection to close once the request is done; after the second, silent still, it drops it.
+#[tokio::test]
+async fn a_request_body_stalled_midway_is_dropped_after_twice_the_idle_timeout() {
+    let smtp = SmtpServer::start().await;
+    let app = app(
+        &smtp,
+        &[("http_idle_timeout", "1s"), ("http_header_timeout", "30s")],
+    )
+    .await;
+    let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+    s.write_all(
+        b"POST /subscribe HTTP/1.1\r\nHost: squeeze.test\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"email\": ",
+    )
+    .await
+    .expect("write");
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(6)).await,
+        "still open"
+    );
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_millis(1_900) && held < Duration::from_secs(4),
+        "dropped after {held:?}"
+    );
+    others_are_served(&app, 1).await;
+    app.stop().await;
+}
