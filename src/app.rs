@@ -191,7 +191,12 @@ impl App {
             .scheduler
             .then(|| tokio::spawn(self.scheduler().run(shutdown.clone())));
         info!(address = %listener.local_addr()?, public_url = %self.config.public_url, "listening");
-        let served = http::serve(listener, self.state(), shutdown.clone()).await;
+        let conns = http::Connections {
+            header_timeout: self.config.http_header_timeout,
+            idle_timeout: self.config.http_idle_timeout,
+            max: self.config.http_max_connections.get(),
+        };
+        let served = http::serve(listener, self.state(), conns, shutdown.clone()).await;
         shutdown.cancel();
         if let Some(s) = scheduler {
             s.await?;

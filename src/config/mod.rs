@@ -18,6 +18,7 @@ use lettre::message::Mailbox;
 use url::Url;
 
 use crate::domain::RetryPolicy;
+use crate::domain::liveness::shortest_lease;
 
 mod settings;
 
@@ -98,6 +99,9 @@ pub struct Config {
     pub subscribe_per_minute: Option<NonZeroU32>,
     pub smtp_timeout: Duration,
     pub lease: Duration,
+    pub http_header_timeout: Duration,
+    pub http_idle_timeout: Duration,
+    pub http_max_connections: NonZeroUsize,
     pub shutdown_timeout: Duration,
     /// RFC 2919 List-Id header value, e.g. `News <news.example.com>`.
     pub list_id: String,
@@ -246,6 +250,15 @@ impl Config {
                 humantime::format_duration(retry_max)
             )));
         }
+        let smtp_timeout = d.smtp_timeout.ok_or_else(|| missing("smtp_timeout"))?;
+        let lease = d.lease.ok_or_else(|| missing("lease"))?;
+        if lease < shortest_lease(smtp_timeout) {
+            return Err(ConfigError(format!(
+                "setting `lease` = {lease:?} is shorter than twice `smtp_timeout` ({smtp_timeout:?}): \
+                 connecting and sending one message may take that long, and a live worker's claim \
+                 would be taken over while its message is on the wire."
+            )));
+        }
         let retry = RetryPolicy::builder()
             .initial(retry_initial)
             .max(retry_max)
@@ -270,8 +283,17 @@ impl Config {
             subscribe_per_minute: d
                 .subscribe_per_minute
                 .ok_or_else(|| missing("subscribe_per_minute"))?,
-            smtp_timeout: d.smtp_timeout.ok_or_else(|| missing("smtp_timeout"))?,
-            lease: d.lease.ok_or_else(|| missing("lease"))?,
+            smtp_timeout,
+            lease,
+            http_header_timeout: d
+                .http_header_timeout
+                .ok_or_else(|| missing("http_header_timeout"))?,
+            http_idle_timeout: d
+                .http_idle_timeout
+                .ok_or_else(|| missing("http_idle_timeout"))?,
+            http_max_connections: d
+                .http_max_connections
+                .ok_or_else(|| missing("http_max_connections"))?,
             shutdown_timeout: d
                 .shutdown_timeout
                 .ok_or_else(|| missing("shutdown_timeout"))?,

@@ -65,6 +65,9 @@ pub(super) struct Draft {
     pub subscribe_per_minute: Option<Option<NonZeroU32>>,
     pub smtp_timeout: Option<Duration>,
     pub lease: Option<Duration>,
+    pub http_header_timeout: Option<Duration>,
+    pub http_idle_timeout: Option<Duration>,
+    pub http_max_connections: Option<NonZeroUsize>,
     pub shutdown_timeout: Option<Duration>,
     pub list_id: Option<String>,
     pub unsubscribe_mailto: Option<String>,
@@ -173,6 +176,44 @@ pub const TABLE: &[Setting] = &[
                 Some(v.parse().map_err(|_| {
                     "expected an IP address and port, like 127.0.0.1:8080".to_owned()
                 })?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "http_header_timeout",
+        value_name: "DURATION",
+        default: Some("10s"),
+        secret: false,
+        doc: "How long a client may take to send a request's headers before its connection is closed",
+        parse: |v, d| {
+            d.http_header_timeout = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "http_idle_timeout",
+        value_name: "DURATION",
+        default: Some("60s"),
+        secret: false,
+        doc: "How long a keep-alive connection may sit idle (nothing read or written) before it is closed",
+        parse: |v, d| {
+            d.http_idle_timeout = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "http_max_connections",
+        value_name: "N",
+        default: Some("10000"),
+        secret: false,
+        doc: "Most HTTP connections open at once; further clients wait to be accepted (1-1000000; keep it under the file limit, ulimit -n)",
+        parse: |v, d| {
+            d.http_max_connections = Some(
+                v.parse::<NonZeroUsize>()
+                    .ok()
+                    .filter(|n| n.get() <= 1_000_000)
+                    .ok_or("expected a whole number from 1 to 1000000")?,
+            );
             Ok(())
         },
     },
@@ -516,7 +557,7 @@ pub const TABLE: &[Setting] = &[
         value_name: "DURATION",
         default: Some("5m"),
         secret: false,
-        doc: "How long a claimed delivery is reserved before another worker may take it over",
+        doc: "Last resort for a worker that heartbeats but makes no progress: how long its claims last after its last progress (a dead worker's claims are taken over within seconds); at least twice smtp_timeout",
         parse: |v, d| {
             d.lease = Some(duration(v)?);
             Ok(())

@@ -1,12 +1,13 @@
 //! HTTP: one router per resource, merged here, sharing one `AppState`.
 
 mod admin;
+mod connections;
 mod dashboard;
 mod error;
 mod guard;
 mod public;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use error::HttpError;
 
 use crate::render::Renderer;
 use crate::service::{AdminSessions, Editor, Reporting, Signup, Subscribers};
+pub use connections::Connections;
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -109,10 +111,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` is cancelled, then lets open requests finish.
+/// Serves until `shutdown` is cancelled, then lets open requests finish; `conns` bounds how
+/// long a connection may dawdle and how many may be open (`connections`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    conns: Connections,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     if let Some(limiter) = state.signup_limiter.clone() {
@@ -128,10 +132,7 @@ pub async fn serve(
             }
         });
     }
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    connections::serve(listener, router(state), conns, shutdown).await
 }
 
 /// Renders a page template with what every page gets: the list's name and the sign-up

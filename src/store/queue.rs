@@ -11,6 +11,7 @@ use sqlx::{AnyConnection, FromRow as _, Row as _};
 use super::{ClaimedDelivery, PerDialect, Recorded, Store, StoreResult, json_list, new_id};
 use crate::domain::clock::{Millis, ms};
 use crate::domain::delivery::Outcome;
+use crate::domain::liveness::alive_since;
 use crate::domain::{DeliveryKind, DeliveryStatus, SubscriberStatus};
 
 /// Takes due rows out of the queue (the claim row holds them from here). On PostgreSQL, SKIP
@@ -58,10 +59,24 @@ const CLAIMED_SUBSCRIBERS: PerDialect = PerDialect {
              WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))",
 };
 
+/// Claims to take over (`$1`: now): those whose worker is dead (no heartbeat since `$3`,
+/// `domain::liveness::alive_since`; never the asking worker `$2` itself), and, the last resort,
+/// those whose lease ran out (a worker that heartbeats but makes no progress). A claim made
+/// before claims had owners has only its lease.
 const EXPIRED_CLAIMS: PerDialect = PerDialect {
-    sqlite: "SELECT id, deliveries FROM claims WHERE lease_until < $1
+    sqlite: "SELECT id, deliveries, worker_id,
+                    CASE WHEN lease_until < $1 THEN 1 ELSE 0 END FROM claims
+             WHERE lease_until < $1
+                OR (worker_id IS NOT NULL AND worker_id <> $2 AND NOT EXISTS
+                    (SELECT 1 FROM workers w WHERE w.id = claims.worker_id
+                       AND w.heartbeat_at >= $3))
              ORDER BY lease_until LIMIT 16",
-    postgres: "SELECT id, deliveries FROM claims WHERE lease_until < $1
+    postgres: "SELECT id, deliveries, worker_id,
+                    CASE WHEN lease_until < $1 THEN 1 ELSE 0 END FROM claims
+             WHERE lease_until < $1
+                OR (worker_id IS NOT NULL AND worker_id <> $2 AND NOT EXISTS
+                    (SELECT 1 FROM workers w WHERE w.id = claims.worker_id
+                       AND w.heartbeat_at >= $3))
              ORDER BY lease_until LIMIT 16 FOR UPDATE SKIP LOCKED",
 };
 
@@ -158,10 +173,12 @@ struct Contact {
 }
 
 impl Store {
-    /// Leases up to `limit` due deliveries (queued and due, or held by an expired claim) in
-    /// one committed transaction, before any SMTP work.
+    /// Leases up to `limit` due deliveries (queued and due, or held by a dead worker's or an
+    /// expired claim) in one committed transaction, before any SMTP work. The claim belongs to
+    /// `worker_id`: while that worker heartbeats, nobody takes it over before its lease.
     pub async fn claim(
         &self,
+        worker_id: &str,
         now: Millis,
         lease: Duration,
         limit: u32,
@@ -169,7 +186,7 @@ impl Store {
         let claim_id = new_id();
         // Committed before any SMTP work.
         let mut tx = self.begin_write().await?;
-        self.requeue_expired_claims(&mut tx, now).await?;
+        self.requeue_expired_claims(&mut tx, worker_id, now).await?;
         let run_at = self.take_due(&mut tx, now, limit).await?;
         let taken = self.mark_sending(&mut tx, &claim_id, now, &run_at).await?;
         // Nothing due, or (should the queue ever hold a delivery no longer queued) nothing to
@@ -180,7 +197,7 @@ impl Store {
         }
         let subscribers = self.read_subscribers(&mut tx, &taken).await?;
         let mut out = hand_out(&claim_id, taken, &subscribers, &run_at)?;
-        write_claim(&mut tx, &claim_id, now + ms(lease), &out).await?;
+        write_claim(&mut tx, &claim_id, worker_id, now + ms(lease), &out).await?;
         tx.commit().await?;
         // RETURNING gives no order; the oldest due go first.
         out.deliveries.sort_by_key(|(run_at, _)| *run_at);
@@ -297,16 +314,19 @@ fn hand_out(
 async fn write_claim(
     tx: &mut AnyConnection,
     claim_id: &str,
+    worker_id: &str,
     lease_until: Millis,
     out: &HandedOut,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO claims (id, lease_until, deliveries, remaining) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO claims (id, lease_until, deliveries, remaining, worker_id)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(claim_id)
     .bind(lease_until)
     .bind(json_list(out.ids.iter().map(String::as_str)))
     .bind(i64::try_from(out.deliveries.len()).unwrap_or(i64::MAX))
+    .bind(worker_id)
     .execute(&mut *tx)
     .await?;
     for digest_id in &out.digests {
@@ -320,15 +340,24 @@ async fn write_claim(
 }
 
 impl Store {
-    /// Claims whose lease ran out (their worker died or hung): what they still hold goes back
-    /// into the queue, due now, and the claim is gone; a late outcome from the old holder no
-    /// longer matches (`deliveries.claim_id`) and is ignored.
-    async fn requeue_expired_claims(&self, tx: &mut AnyConnection, now: Millis) -> StoreResult<()> {
-        let expired: Vec<(String, String)> = sqlx::query_as(self.sql(&EXPIRED_CLAIMS))
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-        for (claim_id, ids) in expired {
+    /// Claims whose worker is dead, or whose lease ran out (their worker heartbeats but makes
+    /// no progress): what they still hold goes back into the queue, due now, and the claim is
+    /// gone; a late outcome from the old holder no longer matches (`deliveries.claim_id`) and
+    /// is ignored, and tells that worker its claim was taken over (`record`).
+    async fn requeue_expired_claims(
+        &self,
+        tx: &mut AnyConnection,
+        worker_id: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let expired: Vec<(String, String, Option<String>, i64)> =
+            sqlx::query_as(self.sql(&EXPIRED_CLAIMS))
+                .bind(now)
+                .bind(worker_id)
+                .bind(alive_since(now))
+                .fetch_all(&mut *tx)
+                .await?;
+        for (claim_id, ids, owner, lease_ran_out) in expired {
             // The update first: it waits for an outcome being recorded for the same rows,
             // and then sees it.
             let requeued: Vec<String> = sqlx::query_scalar(self.sql(&REQUEUE_HELD))
@@ -342,7 +371,12 @@ impl Store {
                 .bind(&claim_id)
                 .execute(&mut *tx)
                 .await?;
-            tracing::warn!(claim_id = %claim_id, "a claim's lease expired; its unsent deliveries are queued again");
+            let owner = owner.as_deref().unwrap_or("unknown");
+            if lease_ran_out == 1 {
+                tracing::warn!(claim_id = %claim_id, worker_id = owner, "a claim's lease ran out (its worker made no progress); its unsent deliveries are queued again");
+            } else {
+                tracing::warn!(claim_id = %claim_id, worker_id = owner, "a claim's worker is gone (no heartbeat); its unsent deliveries are queued again");
+            }
         }
         Ok(())
     }
@@ -367,17 +401,19 @@ impl Store {
     }
 
     /// Writes outcomes in one transaction. Each update only applies while the row still
-    /// carries that claim, so a worker whose lease was taken over cannot overwrite the result.
-    pub async fn record(&self, outcomes: &[Recorded], now: Millis) -> StoreResult<()> {
+    /// carries that claim, so a worker whose claim was taken over cannot overwrite the result.
+    /// Returns the claims of these outcomes that are no longer there: taken over, their
+    /// deliveries queued again for someone else.
+    pub async fn record(&self, outcomes: &[Recorded], now: Millis) -> StoreResult<Vec<String>> {
         if outcomes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
         let sent = self.record_sent(&mut tx, outcomes, now).await?;
         for r in outcomes {
             self.record_one(&mut tx, r, now).await?;
         }
-        count_down_claims(&mut tx, outcomes).await?;
+        let gone = count_down_claims(&mut tx, outcomes).await?;
         if sent > 0 {
             sqlx::query(
                 "INSERT INTO sent_per_minute (minute, sent) VALUES ($1, $2)
@@ -389,7 +425,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(gone)
     }
 
     /// Most outcomes are "sent": those go in one statement per claim instead of one per
@@ -486,8 +522,12 @@ impl Store {
 /// delivery a claim handed out comes back exactly once (a forgotten subscriber's delivery is
 /// gone from the table, but its outcome still counts). In the same (sorted) order in every
 /// transaction: two workers' transactions (PostgreSQL) never each wait for a claim the other
-/// has updated.
-async fn count_down_claims(tx: &mut AnyConnection, outcomes: &[Recorded]) -> StoreResult<()> {
+/// has updated. Returns the claims no longer there (taken over).
+async fn count_down_claims(
+    tx: &mut AnyConnection,
+    outcomes: &[Recorded],
+) -> StoreResult<Vec<String>> {
+    let mut gone = Vec::new();
     let mut recorded: BTreeMap<&str, i64> = BTreeMap::new();
     for r in outcomes {
         *recorded.entry(r.claim_id.as_str()).or_default() += 1;
@@ -500,14 +540,18 @@ async fn count_down_claims(tx: &mut AnyConnection, outcomes: &[Recorded]) -> Sto
         .bind(n)
         .fetch_optional(&mut *tx)
         .await?;
-        if remaining.is_some_and(|r| r <= 0) {
-            sqlx::query("DELETE FROM claims WHERE id = $1")
-                .bind(claim_id)
-                .execute(&mut *tx)
-                .await?;
+        match remaining {
+            None => gone.push(claim_id.to_owned()),
+            Some(r) if r <= 0 => {
+                sqlx::query("DELETE FROM claims WHERE id = $1")
+                    .bind(claim_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some(_) => {}
         }
     }
-    Ok(())
+    Ok(gone)
 }
 
 /// Queued mail for someone who left is suppressed at once, not just skipped at send time.

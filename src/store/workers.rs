@@ -79,14 +79,16 @@ impl Store {
         }
     }
 
-    /// Records a worker's heartbeat and returns the number of live workers (heartbeat within
-    /// `alive_within`), this one included.
+    /// Records a worker's heartbeat, keeps its claims leased until `leases_until` (never
+    /// shortening a lease: see `domain::liveness::lease_until`), and returns the number of live
+    /// workers (heartbeat within `alive_within`), this one included.
     pub async fn heartbeat(
         &self,
         worker_id: &str,
         host: &str,
         now: Millis,
         alive_within: Duration,
+        leases_until: Millis,
     ) -> StoreResult<i64> {
         let mut conn = self.write_conn().await?;
         sqlx::query(
@@ -100,6 +102,11 @@ impl Store {
         .bind(now)
         .execute(&mut *conn)
         .await?;
+        sqlx::query("UPDATE claims SET lease_until = $1 WHERE worker_id = $2 AND lease_until < $1")
+            .bind(leases_until)
+            .bind(worker_id)
+            .execute(&mut *conn)
+            .await?;
         // Forget workers long gone, so the table stays small.
         sqlx::query("DELETE FROM workers WHERE heartbeat_at < $1")
             .bind(now - 3_600_000)

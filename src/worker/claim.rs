@@ -40,7 +40,11 @@ impl Worker {
                 room
             };
             let room = u32::try_from(room).unwrap_or(u32::MAX);
-            let claimed = match self.store.claim(now_ms(), self.settings.lease, room).await {
+            let claimed = match self
+                .store
+                .claim(&self.id, now_ms(), self.settings.lease, room)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     error!(error = %e, "claiming deliveries failed; retrying in a second");
@@ -76,7 +80,7 @@ impl Worker {
         (concurrency * 2).max(CLAIMED_AHEAD.min(per_second))
     }
 
-    async fn idle(&self, wait: Duration, shutdown: &CancellationToken) {
+    pub(super) async fn idle(&self, wait: Duration, shutdown: &CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = self.wake.notified() => {}

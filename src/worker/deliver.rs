@@ -30,6 +30,13 @@ impl Worker {
         loop {
             let job = jobs.lock().await.recv().await;
             let Some(d) = job else { break };
+            self.progressed();
+            if self.lost_claim(&d.claim_id) {
+                // Taken over (this worker was thought dead, or made no progress for a
+                // lease): the delivery is queued again for its new holder; no outcome counts.
+                debug!(delivery_id = %d.id, "claim taken over; leaving the delivery to its new holder");
+                continue;
+            }
             let outcome = if shutdown.is_cancelled() {
                 Outcome::Released
             } else {
@@ -109,8 +116,10 @@ impl Worker {
             };
         // A throttled message waits here; it is never dropped.
         self.limits.wait(domain).await;
+        self.progressed();
         let started = std::time::Instant::now();
         let result = sender.send(&d.id, &envelope, &bytes).await;
+        self.progressed();
         self.metrics.smtp_send(d.kind, started.elapsed());
         let failure = match result {
             Ok(()) => {

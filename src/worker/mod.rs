@@ -7,9 +7,10 @@
 //!   health (`autopause`);
 //! - `record`: one recorder task writes the outcomes back in batched transactions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use lettre::message::Mailbox;
@@ -20,7 +21,7 @@ use tracing::{info, warn};
 use crate::compose::{Composer, DigestContent};
 use crate::domain::RetryPolicy;
 use crate::domain::clock::now_ms;
-use crate::domain::liveness::{ALIVE_WITHIN, HEARTBEAT};
+use crate::domain::liveness::{ALIVE_WITHIN, HEARTBEAT, lease_until};
 use crate::mail::Transport;
 use crate::metrics::Metrics;
 use crate::store::{ClaimedDelivery, Recorded, Store};
@@ -94,6 +95,15 @@ pub struct Worker {
     /// Nudged by the web side when it queues mail, so in-process work starts at once.
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// This worker's id: its heartbeat row, and the owner of its claims.
+    id: Arc<str>,
+    /// When this worker last made progress (ms): a delivery taken up by a sender, a rate-limit
+    /// wait or an SMTP exchange over, outcomes written. Its heartbeat keeps its claims leased
+    /// for `lease` after this, so a wedged worker that still heartbeats loses them.
+    progress: Arc<AtomicI64>,
+    /// This worker's claims that were taken over (found by the recorder): their deliveries
+    /// not yet sent are left to their new holder.
+    lost: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl Worker {
@@ -125,7 +135,23 @@ impl Worker {
             settings: Arc::new(settings),
             wake,
             metrics,
+            id: uuid::Uuid::now_v7().to_string().into(),
+            progress: Arc::new(AtomicI64::new(now_ms())),
+            lost: Arc::new(std::sync::Mutex::new(HashSet::new())),
         }
+    }
+
+    /// This worker is making progress (see `Worker::progress`).
+    fn progressed(&self) {
+        self.progress.fetch_max(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether this worker's claim was taken over.
+    fn lost_claim(&self, claim_id: &str) -> bool {
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(claim_id)
     }
 
     /// Runs until `shutdown` is cancelled; then stops claiming, lets messages on the wire
@@ -138,12 +164,15 @@ impl Worker {
             transport = %self.transport.describe(),
             "worker started"
         );
-        // Register before claiming anything, so the rate is shared from the first message.
-        let worker_id = uuid::Uuid::now_v7().to_string();
+        // Register before claiming anything, so the rate is shared from the first message and
+        // the others see the owner of this worker's claims alive.
+        let worker_id = self.id.to_string();
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
-        self.share_rate(&worker_id, &host).await;
+        while !self.share_rate(&worker_id, &host).await && !shutdown.is_cancelled() {
+            self.idle(Duration::from_secs(1), &shutdown).await;
+        }
         let heartbeat = {
             let (w, id, host, stop) = (
                 self.clone(),
@@ -155,7 +184,7 @@ impl Worker {
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        () = tokio::time::sleep(HEARTBEAT) => w.share_rate(&id, &host).await,
+                        () = tokio::time::sleep(HEARTBEAT) => { w.share_rate(&id, &host).await; }
                     }
                 }
             })
@@ -171,7 +200,7 @@ impl Worker {
         // crash would send again. Senders wait for the recorder rather than run ahead of it.
         let (out_tx, out_rx) = mpsc::channel::<Recorded>(concurrency * UNRECORDED_PER_CONNECTION);
 
-        let recorder = tokio::spawn(record::record_loop(self.store.clone(), out_rx));
+        let recorder = tokio::spawn(self.clone().record_loop(out_rx));
         let mut senders = tokio::task::JoinSet::new();
         for _ in 0..concurrency {
             let (w, rx, tx, stop) = (
@@ -207,11 +236,14 @@ impl Worker {
         Ok(())
     }
 
-    /// Heartbeats, and takes this worker's share of the global rate: `rate / live workers`.
-    async fn share_rate(&self, worker_id: &str, host: &str) {
+    /// Heartbeats, keeps its claims leased until `lease` after its last progress, and takes
+    /// this worker's share of the global rate: `rate / live workers`. Whether the heartbeat
+    /// was written.
+    async fn share_rate(&self, worker_id: &str, host: &str) -> bool {
+        let leases_until = lease_until(self.progress.load(Ordering::Relaxed), self.settings.lease);
         match self
             .store
-            .heartbeat(worker_id, host, now_ms(), ALIVE_WITHIN)
+            .heartbeat(worker_id, host, now_ms(), ALIVE_WITHIN, leases_until)
             .await
         {
             Ok(live) => {
@@ -223,8 +255,12 @@ impl Worker {
                         std::num::NonZeroU32::new(share).unwrap_or(std::num::NonZeroU32::MIN),
                     );
                 }
+                true
             }
-            Err(e) => warn!(error = %e, "heartbeat failed; keeping the current rate"),
+            Err(e) => {
+                warn!(error = %e, "heartbeat failed; keeping the current rate");
+                false
+            }
         }
     }
 }

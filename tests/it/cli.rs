@@ -173,6 +173,31 @@ fn config_file_layers_are_checked_and_flags_win() {
     assert!(stderr(&out).contains("not valid TOML"));
 }
 
+/// A lease shorter than one message's SMTP exchange (connect, then send: `smtp_timeout`
+/// each) would hand a live worker's claim to another worker while its message is on the wire.
+#[test]
+fn a_lease_under_twice_the_smtp_timeout_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = squeeze(
+        dir.path(),
+        &["migrate"],
+        &[("SQUEEZE_LEASE", "1ms"), ("SQUEEZE_SMTP_TIMEOUT", "30s")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("setting `lease` = 1ms is shorter than twice `smtp_timeout` (30s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    let out = squeeze(
+        dir.path(),
+        &["migrate"],
+        &[("SQUEEZE_LEASE", "10s"), ("SQUEEZE_SMTP_TIMEOUT", "5s")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 #[test]
 fn a_broken_template_stops_start_up_with_its_name_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");

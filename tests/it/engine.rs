@@ -309,7 +309,6 @@ async fn a_sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_flight
         ("SQUEEZE_SMTP_URL", smtp.url()),
         ("SQUEEZE_RATE", "1500".to_owned()),
         ("SQUEEZE_CONCURRENCY", "4".to_owned()),
-        ("SQUEEZE_LEASE", "1s".to_owned()),
     ];
 
     let mut first = spawn_squeeze(&["worker"], &db, &env);

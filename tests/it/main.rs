@@ -2,7 +2,9 @@
 //! the `squeeze-test-support` crate (also used by the benchmark); `helpers` adds what only
 //! this binary knows, the path of the `squeeze` binary.
 
+mod claims;
 mod cli;
+mod connections;
 mod delivery;
 mod digests;
 mod engine;

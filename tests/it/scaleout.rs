@@ -125,7 +125,6 @@ async fn scaleout_killing_one_of_three_workers_loses_nothing() {
         ("SQUEEZE_SMTP_URL", smtp.url()),
         ("SQUEEZE_RATE", "1500".to_owned()),
         ("SQUEEZE_CONCURRENCY", "4".to_owned()),
-        ("SQUEEZE_LEASE", "2s".to_owned()),
     ];
     let mut children = workers(3, &db, &env);
     wait_live_workers(&app, 3).await;
