@@ -95,7 +95,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let (outcome, confirmation) = self.sign_up_in(&mut tx, s, now).await?;
         self.enqueue(&mut tx, confirmation.as_slice(), now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(outcome)
     }
 
@@ -223,7 +223,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(outcome)
     }
 
@@ -269,7 +269,7 @@ impl Store {
             }
         };
         super::queue::suppress_queued(&mut tx, &holder.id, "unsubscribed", now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(outcome)
     }
 
@@ -300,7 +300,7 @@ impl Store {
             .await?
             .rows_affected();
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(inserted)
     }
 
@@ -320,7 +320,7 @@ impl Store {
         ] {
             sqlx::query(sql).bind(&id).execute(&mut *tx).await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 

@@ -4,11 +4,16 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::error;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info};
 
 use super::{GATHER, RECORD_BATCH};
 use crate::domain::clock::now_ms;
-use crate::store::{Recorded, Store, StoreResult};
+use crate::store::{Recorded, Store, StoreError, StoreResult};
+
+/// After shutdown begins, how long a batch the database refuses is still retried before it is
+/// given up (its leases expire and it is sent again): SIGTERM stays prompt on a full disk.
+const RETRY_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Writes outcomes back in batches: whatever piled up while the previous write ran goes in the
 /// next transaction. A failed write is retried, not dropped: a lost "sent" would let the lease
@@ -16,6 +21,7 @@ use crate::store::{Recorded, Store, StoreResult};
 pub(super) async fn record_loop(
     store: Store,
     mut rx: mpsc::Receiver<Recorded>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // No more than the channel holds: while a batch is written the channel fills again, so
     // the unrecorded outcomes stay under twice its capacity, the crash window's bound (as
@@ -38,25 +44,57 @@ pub(super) async fn record_loop(
                 Err(_) => break,
             }
         }
-        write_with_retry(&store, &batch).await?;
+        write_with_retry(&store, &batch, &shutdown).await?;
         batch.clear();
     }
     Ok(())
 }
 
-async fn write_with_retry(store: &Store, batch: &[Recorded]) -> StoreResult<()> {
+/// Retries a batch with a growing pause (100 ms to 5 s): as long as the database is busy or
+/// cannot be written (a full disk, a server away: that passes), 20 times for any other
+/// failure. One ERROR when it starts failing, one INFO when it works again. Once shutdown
+/// begins it tries for `RETRY_AT_SHUTDOWN` more, then gives the batch up.
+async fn write_with_retry(
+    store: &Store,
+    batch: &[Recorded],
+    shutdown: &CancellationToken,
+) -> StoreResult<()> {
     let mut delay = Duration::from_millis(100);
     let mut tries = 0;
+    let mut give_up_at = None;
     loop {
-        match store.record(batch, now_ms()).await {
-            Ok(()) => return Ok(()),
-            Err(e) if tries < 20 => {
-                tries += 1;
-                error!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+        let e = match store.record(batch, now_ms()).await {
+            Ok(()) => {
+                if tries > 0 {
+                    info!(count = batch.len(), "recording outcomes works again");
+                }
+                return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) => e,
+        };
+        tries += 1;
+        if tries == 1 {
+            error!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
+        } else {
+            debug!(error = %e, tries, "recording outcomes failed again");
         }
+        let passes = e.is_storage_fault() || matches!(e, StoreError::Busy(_));
+        if !passes && tries >= 20 {
+            return Err(e);
+        }
+        if shutdown.is_cancelled() {
+            let until = *give_up_at.get_or_insert_with(|| Instant::now() + RETRY_AT_SHUTDOWN);
+            if Instant::now() >= until {
+                error!(error = %e, count = batch.len(), "stopping with outcomes not recorded; their leases will expire and they will be sent again");
+                return Ok(());
+            }
+            tokio::time::sleep(delay.min(Duration::from_millis(250))).await;
+        } else {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

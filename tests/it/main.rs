@@ -10,3 +10,4 @@ mod helpers;
 mod operators;
 mod scaleout;
 mod signup;
+mod storage;
