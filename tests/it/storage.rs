@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{self, SmtpServer, TestDb, eventually, on_postgres};
+use crate::helpers::{self, Options, SmtpServer, TestApp, TestDb, eventually, on_postgres};
 
 /// A tmpfs of `size` mounted on `dir`, unmounted when dropped (lazily, so a process still
 /// holding a file there cannot keep it mounted).
@@ -156,6 +156,20 @@ impl Serve {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(helpers::ADMIN_TOKEN)
+            .json(&body)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("admin API answers");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -221,6 +235,18 @@ async fn storage_a_full_disk_answers_503_then_the_first_write_after_space_return
         || async { serve.health().await == Some(StatusCode::SERVICE_UNAVAILABLE) },
     )
     .await;
+    // An editor's write on the same full disk: the same 503, not a 500.
+    let (status, body) = serve
+        .admin_post(
+            "/api/items",
+            json!({ "title": "News", "url": "https://example.com/a" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body["error"], "the database cannot be written: disk full",
+        "{body}"
+    );
     // The worker backs off: a few seconds of the fault log its trouble once, not in a loop.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -404,4 +430,92 @@ async fn storage_an_unreachable_postgres_server_fails_at_start_within_seconds_na
         said.contains("127.0.0.1:5433") && said.to_lowercase().contains("connection refused"),
         "{said}"
     );
+}
+
+#[tokio::test]
+async fn storage_a_postgres_server_that_refuses_us_mid_run_answers_503_then_recovers() {
+    if !on_postgres() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start().await;
+    let schema = db.schema().expect("a PostgreSQL schema").to_owned();
+    // A role of this test's own, so the server can refuse it (and only it) mid-run.
+    let role = format!("r_{schema}");
+    let admin = db.pool().await;
+    let exec = |sql: String| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query(&sql).execute(&admin).await.expect(&sql);
+        }
+    };
+    exec(format!("CREATE ROLE {role} LOGIN SUPERUSER")).await;
+    let mut url = url::Url::parse(db.url()).expect("database URL");
+    url.set_username(&role).expect("a user name");
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        database: Some(db.clone()),
+        settings: vec![("database_url".into(), url.to_string())],
+        ..Options::default()
+    })
+    .await;
+    let health = || async {
+        app.http
+            .get(format!("{}/healthz", app.url))
+            .send()
+            .await
+            .map(|r| r.status())
+            .ok()
+    };
+    assert_eq!(
+        app.subscribe("before@example.com").await.status(),
+        StatusCode::ACCEPTED
+    );
+
+    // The server goes away for us: our connections are ended, new ones refused.
+    exec(format!("ALTER ROLE {role} NOLOGIN")).await;
+    exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ))
+    .await;
+    let r = app.subscribe("during@example.com").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body) = app
+        .post_json(
+            "/api/items",
+            json!({ "title": "News", "url": "https://example.com/a" }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an editor's write: {body}"
+    );
+    let (status, body) = app.stats().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a report: {body}");
+    eventually(
+        "/healthz says 503 while the server refuses",
+        Duration::from_secs(10),
+        || async { health().await == Some(StatusCode::SERVICE_UNAVAILABLE) },
+    )
+    .await;
+
+    // It comes back: no restart needed.
+    exec(format!("ALTER ROLE {role} LOGIN")).await;
+    eventually(
+        "sign-ups are accepted again",
+        Duration::from_secs(10),
+        || async { app.subscribe("after@example.com").await.status() == StatusCode::ACCEPTED },
+    )
+    .await;
+    eventually(
+        "/healthz says 200 again",
+        Duration::from_secs(10),
+        || async { health().await == Some(StatusCode::OK) },
+    )
+    .await;
+    app.stop().await;
+    exec(format!("REASSIGN OWNED BY {role} TO CURRENT_USER")).await;
+    exec(format!("DROP OWNED BY {role}")).await;
+    exec(format!("DROP ROLE {role}")).await;
 }
