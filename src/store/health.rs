@@ -1,5 +1,6 @@
 //! Whether the database takes writes, as this process last found: the last write's storage
-//! fault (a full disk, a server away), cleared by the next write that succeeds; a tiny write
+//! fault (a full disk, a server away), cleared by the next write that succeeds (a few seconds
+//! after the last fault: `RECOVERED_AFTER`); a tiny write
 //! every `PROBE_EVERY` (`write_probe`, one row) so the answer is fresh when nothing else
 //! writes; and, on SQLite, whether the path still names the file this process has open
 //! (deleted or replaced under it, its writes would go nowhere). `/healthz` answers from this,
@@ -8,7 +9,7 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,18 +18,22 @@ use crate::domain::clock::now_ms;
 
 /// How often the probe writes its row.
 pub(super) const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Writes work again once one succeeds this long after the last storage fault: on a full
+/// SQLite disk a small write (the probe, an outcome) can find room that a sign-up does not,
+/// and `/healthz` must not flap between the two.
+const RECOVERED_AFTER: Duration = Duration::from_secs(3);
 /// How often the SQLite file's identity is checked.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub(super) struct WriteHealth {
-    /// The last write's storage fault, said as the store says it.
-    failing: Mutex<Option<String>>,
+    /// The last write's storage fault, said as the store says it, and when it happened.
+    failing: Mutex<Option<(String, Instant)>>,
     /// SQLite: why the path no longer names the open file.
     gone: Mutex<Option<String>>,
 }
 
-fn lock(m: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -38,7 +43,12 @@ impl WriteHealth {
     pub(super) fn note<T>(&self, result: &StoreResult<T>) {
         match result {
             Ok(_) => {
-                if lock(&self.failing).take().is_some() {
+                let mut failing = lock(&self.failing);
+                if failing
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() >= RECOVERED_AFTER)
+                {
+                    *failing = None;
                     tracing::info!("the database can be written again");
                 }
             }
@@ -47,7 +57,7 @@ impl WriteHealth {
                 if failing.is_none() {
                     tracing::error!(error = %e, "the database cannot be written; writes answer 503 until one succeeds");
                 }
-                *failing = Some(e.to_string());
+                *failing = Some((e.to_string(), Instant::now()));
             }
             Err(_) => {}
         }
@@ -65,7 +75,7 @@ impl WriteHealth {
     pub(super) fn status(&self) -> StoreResult<()> {
         self.admit()?;
         match lock(&self.failing).as_ref() {
-            Some(why) => Err(StoreError::Unwritable(why.clone())),
+            Some((why, _)) => Err(StoreError::Unwritable(why.clone())),
             None => Ok(()),
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::{CLAIMED_AHEAD, IDLE_POLL, Worker};
 use crate::domain::clock::now_ms;
@@ -53,7 +53,10 @@ impl Worker {
                     c
                 }
                 Err(e) => {
-                    if failures == 0 {
+                    if failures == 0 && e.is_storage_fault() {
+                        // The store has said it once, at ERROR (`store::health`).
+                        warn!(error = %e, "claiming deliveries failed; retrying with backoff");
+                    } else if failures == 0 {
                         error!(error = %e, "claiming deliveries failed; retrying with backoff");
                     } else {
                         debug!(error = %e, failures, "claiming deliveries failed again");

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::{GATHER, RECORD_BATCH};
 use crate::domain::clock::now_ms;
@@ -73,7 +73,10 @@ async fn write_with_retry(
             Err(e) => e,
         };
         tries += 1;
-        if tries == 1 {
+        if tries == 1 && e.is_storage_fault() {
+            // The store has said it once, at ERROR (`store::health`).
+            warn!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
+        } else if tries == 1 {
             error!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
         } else {
             debug!(error = %e, tries, "recording outcomes failed again");
