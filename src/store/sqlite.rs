@@ -68,6 +68,11 @@ fn sqlite_pool(connections: u32) -> AnyPoolOptions {
                 Ok(())
             })
         })
+}
+
+/// The write pool's options: one connection, never left inside a failed transaction.
+fn writer_pool() -> AnyPoolOptions {
+    sqlite_pool(1)
         // A transaction whose COMMIT or ROLLBACK failed (a full disk: SQLite has already
         // rolled it back itself) leaves the driver counting it as open, and every later
         // `BEGIN` on that connection failed ("non-zero transaction depth") until a restart.
@@ -128,12 +133,15 @@ async fn writable(url: &str, path: Option<&Path>) -> StoreResult<()> {
 pub(super) async fn pools(url: &str) -> StoreResult<(AnyPool, AnyPool)> {
     let path = file_path(url);
     let url = sqlite_url(url);
-    writable(&url, path.as_deref()).await?;
+    // A URL that asks for read-only (`mode=ro`) is taken at its word.
+    if !url.contains("mode=ro") {
+        writable(&url, path.as_deref()).await?;
+    }
     let pool = sqlite_pool(4).connect(&url).await?;
     // A write waits for its turn up to 5 minutes (the longest write, a fan-out to a million,
     // takes seconds), not the 10 s after which SQLite's own lock gives up; past that it
     // fails and HTTP answers 503.
-    let writer = sqlite_pool(1)
+    let writer = writer_pool()
         .acquire_timeout(Duration::from_secs(300))
         .test_before_acquire(false)
         .connect(&url)
