@@ -528,3 +528,46 @@ async fn storage_a_postgres_server_that_refuses_us_mid_run_answers_503_then_reco
     exec(format!("DROP OWNED BY {role}")).await;
     exec(format!("DROP ROLE {role}")).await;
 }
+
+#[tokio::test]
+async fn storage_sigterm_stays_prompt_while_a_full_disk_refuses_the_outcomes_to_record() {
+    if on_postgres() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let Some(disk) = Tmpfs::mount(&db.dir().join("disk"), "3m") else {
+        return;
+    };
+    let url = format!("sqlite://{}", disk.dir.join("squeeze.db").display());
+    let smtp = SmtpServer::start().await;
+    // The confirmation is claimed, then stays on the wire while the disk fills: its outcome
+    // arrives when nothing can be written.
+    smtp.faults().data_delay = Some(Duration::from_secs(2));
+    let mut serve = Serve::start(&db, &url, &smtp).await;
+    assert_eq!(
+        serve.subscribe("slow@example.com").await.0,
+        StatusCode::ACCEPTED
+    );
+    eventually(
+        "the confirmation is on the wire",
+        Duration::from_secs(10),
+        || async { !smtp.rcpt_attempts().is_empty() },
+    )
+    .await;
+    let _ballast = disk.fill();
+    let (status, _) = subscribe_until_refused(&serve, "full").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    eventually(
+        "the recorder meets the full disk",
+        Duration::from_secs(10),
+        || async { serve.log_text().contains("recording outcomes failed") },
+    )
+    .await;
+    let (took, code) = serve.stop().await;
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?} with outcomes refused:\n{}",
+        serve.log_text()
+    );
+    assert_eq!(code, Some(0));
+}
