@@ -37,7 +37,9 @@ pub enum StartError {
 impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Templates(_) | Self::Outbox { .. } => 2,
+            // A database that cannot be opened (read-only, a server that refuses): fix the
+            // URL, the permissions or the server.
+            Self::Templates(_) | Self::Outbox { .. } | Self::Store(StoreError::Open(_)) => 2,
             Self::Store(_) | Self::Metrics(_) => 1,
         }
     }

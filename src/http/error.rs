@@ -80,6 +80,8 @@ impl From<ServiceError> for HttpError {
             ServiceError::Busy(_) => {
                 Self::Unavailable("the database is busy; try again in a minute".into())
             }
+            // A full disk, a file gone, a server away: the service says which.
+            ServiceError::Unavailable(m) => Self::Unavailable(m),
             ServiceError::Store(e) => Self::internal(e),
         }
     }
@@ -135,6 +137,14 @@ mod tests {
         assert_eq!(
             busy.to_string(),
             "the database is busy; try again in a minute"
+        );
+        let full = HttpError::from(ServiceError::Unavailable(
+            "the database cannot be written: disk full".into(),
+        ));
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            full.to_string(),
+            "the database cannot be written: disk full"
         );
         let invalid = HttpError::from(crate::service::invalid("status", "must be pending"));
         assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);

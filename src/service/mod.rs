@@ -40,35 +40,41 @@ pub enum ServiceError {
     #[error("the digest does not render: {0}")]
     Template(String),
     /// The database stayed busy for the whole wait for a connection: try again shortly.
-    /// Only sign-up and reporting tell this apart (as before this layer existed); the
-    /// editorial use cases report it as a `Store` fault.
     #[error("{0}")]
     Busy(String),
+    /// The database cannot take this now: its disk is full, its file was deleted or
+    /// replaced, it is read-only, or its server is away. Says which, as the store says it;
+    /// it passes without a restart once the cause does.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(StoreError),
 }
 
-/// Editorial mistakes the store detects become the editor's `NotFound` and `Conflict`;
-/// anything else is a fault.
+/// Mistakes the store detects become `NotFound` and `Conflict`; a busy or unavailable
+/// database (every use case alike: sign-up, editorial, reporting) is `Busy` or
+/// `Unavailable`, which callers may retry; anything else is a fault.
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => Self::NotFound(m),
             StoreError::Conflict(m) => Self::Conflict(m),
+            // Said as the store says it: "database error: …".
+            busy @ StoreError::Busy(_) => Self::Busy(busy.to_string()),
+            StoreError::Unavailable(_) => {
+                Self::Unavailable("the database is unavailable; try again shortly".into())
+            }
+            full @ StoreError::Full(_) => Self::Unavailable(full.to_string()),
+            StoreError::Unwritable(m) => Self::Unavailable(m),
             other => Self::Store(other),
         }
     }
 }
 
 impl ServiceError {
-    /// For the use cases whose callers may simply retry (sign-up, confirmation, reports): a
-    /// busy database is `Busy`, every other store error a fault.
+    /// The same as `From`, named where a use case's caller may simply retry.
     fn busy_or_fault(e: StoreError) -> Self {
-        match e {
-            // Said as the store says it: "database error: …".
-            busy @ StoreError::Busy(_) => Self::Busy(busy.to_string()),
-            other => Self::Store(other),
-        }
+        Self::from(e)
     }
 
     /// Whether the operator can fix this by changing what they asked (CLI exit code 2), as
@@ -76,7 +82,7 @@ impl ServiceError {
     pub fn is_request_mistake(&self) -> bool {
         match self {
             Self::Invalid(_) | Self::NotFound(_) | Self::Template(_) => true,
-            Self::Conflict(_) | Self::Busy(_) | Self::Store(_) => false,
+            Self::Conflict(_) | Self::Busy(_) | Self::Unavailable(_) | Self::Store(_) => false,
         }
     }
 
@@ -98,18 +104,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_sign_up_and_reports_tell_a_busy_database_apart() {
+    fn every_use_case_tells_a_busy_or_unavailable_database_apart() {
         let busy = || StoreError::Busy("pool timed out".into());
         assert!(
             matches!(ServiceError::busy_or_fault(busy()), ServiceError::Busy(m) if m == "database error: pool timed out")
         );
-        assert!(matches!(ServiceError::from(busy()), ServiceError::Store(_)));
+        assert!(matches!(ServiceError::from(busy()), ServiceError::Busy(_)));
+        let full = ServiceError::from(StoreError::Full("database or disk is full".into()));
+        assert!(
+            matches!(&full, ServiceError::Unavailable(m) if m == "the database cannot be written: disk full"),
+            "{full:?}"
+        );
+        let away = ServiceError::from(StoreError::Unavailable("connection refused".into()));
+        assert!(matches!(away, ServiceError::Unavailable(_)), "{away:?}");
+        assert!(matches!(
+            ServiceError::from(StoreError::Unwritable("gone".into())),
+            ServiceError::Unavailable(m) if m == "gone"
+        ));
         assert!(matches!(
             ServiceError::from(StoreError::NotFound("no digest".into())),
             ServiceError::NotFound(_)
         ));
         assert!(matches!(
-            ServiceError::busy_or_fault(StoreError::NotFound("x".into())),
+            ServiceError::from(StoreError::Fault("syntax error".into())),
             ServiceError::Store(_)
         ));
     }

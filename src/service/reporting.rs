@@ -282,6 +282,6 @@ impl Reporting {
 
     /// Whether the database answers.
     pub async fn health(&self) -> ServiceResult<()> {
-        self.store.ping().await.map_err(ServiceError::Store)
+        self.store.health().await.map_err(ServiceError::from)
     }
 }

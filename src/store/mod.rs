@@ -14,6 +14,7 @@
 //! - `rows`: the rows callers read.
 
 mod digests;
+mod health;
 mod queue;
 mod rows;
 mod schedule;
@@ -32,6 +33,7 @@ pub use stats::{DayColumn, DeliveryCounts};
 pub use subscribers::{SignUp, UnsubscribeOutcome};
 pub use workers::{Leadership, SCHEDULER_LOCK, WORK_CHANNEL};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -65,6 +67,18 @@ pub enum StoreError {
     /// Any other failure of the database or of a statement.
     #[error("database error: {0}")]
     Fault(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A write found no room on the disk (SQLite's "database or disk is full", PostgreSQL's
+    /// `disk_full`): nothing was written; the next write after space returns succeeds.
+    #[error("the database cannot be written: disk full")]
+    Full(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Writes are refused: the database file was deleted or replaced under this process, or
+    /// the database is read-only. Says which file and why.
+    #[error("{0}")]
+    Unwritable(String),
+    /// The database could not be opened at start (read-only file or folder, a server that
+    /// refuses connections): names the file or host and the cause.
+    #[error("cannot open the database {0}")]
+    Open(String),
     #[error("database migration failed: {0}")]
     Migrate(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the database holds a value this version does not understand: {0}")]
@@ -79,14 +93,68 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut => Self::Busy(e.into()),
-            sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Self::Unavailable(e.into())
-            }
+            sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e.into()),
+            sqlx::Error::Database(ref db) => match database_fault(db.as_ref()) {
+                Some(DatabaseFault::Full) => Self::Full(e.into()),
+                Some(DatabaseFault::Busy) => Self::Busy(e.into()),
+                Some(DatabaseFault::Unavailable) => Self::Unavailable(e.into()),
+                Some(DatabaseFault::ReadOnly) => {
+                    Self::Unwritable(format!("the database is read-only: {db}"))
+                }
+                None => Self::Fault(e.into()),
+            },
             // A stored value a row type refuses (`#[sqlx(try_from = "String")]`): the
             // domain's own parse error, such as `unknown subscriber status "x"`.
             sqlx::Error::ColumnDecode { source, .. } => Self::Corrupt(source.to_string()),
             e => Self::Fault(e.into()),
         }
+    }
+}
+
+enum DatabaseFault {
+    Full,
+    Busy,
+    Unavailable,
+    ReadOnly,
+}
+
+/// What a database's own error code says about the storage (SQLite result codes, PostgreSQL
+/// SQLSTATEs), where it is not a statement's fault.
+fn database_fault(db: &dyn sqlx::error::DatabaseError) -> Option<DatabaseFault> {
+    let code = db.code()?;
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        let n: i32 = code.parse().ok()?;
+        // SQLite: the primary result code is the low byte of the extended one.
+        return match n & 0xff {
+            13 => Some(DatabaseFault::Full),             // SQLITE_FULL
+            8 => Some(DatabaseFault::ReadOnly),          // SQLITE_READONLY
+            10 | 14 => Some(DatabaseFault::Unavailable), // SQLITE_IOERR, SQLITE_CANTOPEN
+            _ => None,
+        };
+    }
+    match code.as_ref() {
+        "53100" => Some(DatabaseFault::Full),     // disk_full
+        "53300" => Some(DatabaseFault::Busy),     // too_many_connections
+        "25006" => Some(DatabaseFault::ReadOnly), // read_only_sql_transaction
+        // connection_exception, admin/crash shutdown, cannot_connect_now, a login refused
+        c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("28") => {
+            Some(DatabaseFault::Unavailable)
+        }
+        _ => None,
+    }
+}
+
+impl StoreError {
+    /// Whether this says the database cannot take writes at all (a full disk, a file gone,
+    /// a server away): what `/healthz` reports until a write succeeds again.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Full(_) | Self::Unwritable(_) | Self::Unavailable(_)
+        )
     }
 }
 
@@ -144,6 +212,11 @@ pub struct Store {
     /// SQLite: held, never used, by every clone; when the last one goes, the background
     /// checkpoint task (`sqlite::checkpoints`) sees its channel close and ends.
     _checkpoints: Option<mpsc::Sender<()>>,
+    /// Whether writes work (`health`): the last write's storage fault, the probe's, and on
+    /// SQLite whether the file is still there.
+    write_health: Arc<health::WriteHealth>,
+    /// Held by every clone; when the last one goes, the write probe and the file watch end.
+    _background: Option<Arc<tokio_util::sync::DropGuard>>,
 }
 
 impl Store {
@@ -156,6 +229,7 @@ impl Store {
                 (pool, writer, Dialect::Sqlite)
             }
             DatabaseKind::Postgres => {
+                postgres_reachable(url).await?;
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
@@ -172,10 +246,22 @@ impl Store {
             url: url.to_owned(),
             sign_ups: None,
             _checkpoints: None,
+            write_health: Arc::default(),
+            _background: None,
         };
+        let background = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(store.clone().probe_writes(background.clone()));
         if dialect == Dialect::Sqlite {
+            if let Some(path) = sqlite::file_path(url) {
+                tokio::spawn(health::watch_file(
+                    path,
+                    store.write_health.clone(),
+                    background.clone(),
+                ));
+            }
             store.start_sqlite_tasks();
         }
+        store._background = Some(Arc::new(background.drop_guard()));
         Ok(store)
     }
 
@@ -191,7 +277,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn ping(&self) -> StoreResult<()> {
+    /// Whether the database answers and takes writes: the last write's storage fault (until
+    /// a write succeeds again; a probe writes every few seconds), a deleted or replaced
+    /// SQLite file, then a `SELECT 1`.
+    pub async fn health(&self) -> StoreResult<()> {
+        self.write_health.status()?;
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -209,17 +299,37 @@ impl Store {
     /// The connection for a write outside a transaction; on SQLite, the process's turn to
     /// write (see `writer`).
     async fn write_conn(&self) -> StoreResult<PoolConnection<Any>> {
-        Ok(self.writer.acquire().await?)
+        self.write_health.admit()?;
+        let conn = self.writer.acquire().await.map_err(StoreError::from);
+        if conn.is_err() {
+            self.write_health.note(&conn);
+        }
+        conn
     }
 
     /// A transaction that will write: on SQLite it takes this process's write turn and the
     /// database's write lock up front, so a read inside it cannot go stale; on PostgreSQL
     /// reads lock their rows (`FOR UPDATE`).
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
-        Ok(match self.dialect {
-            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.writer.begin().await?,
-        })
+        self.write_health.admit()?;
+        let tx = match self.dialect {
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.writer.begin().await,
+        }
+        .map_err(StoreError::from);
+        if tx.is_err() {
+            self.write_health.note(&tx);
+        }
+        tx
+    }
+
+    /// Commits a write transaction, noting whether writes work (see `health`). A failed
+    /// commit leaves nothing behind: the transaction is rolled back as it drops, and on
+    /// SQLite a connection still inside one is discarded (`sqlite::sqlite_pool`).
+    async fn commit(&self, tx: Transaction<'static, Any>) -> StoreResult<()> {
+        let done = tx.commit().await.map_err(StoreError::from);
+        self.write_health.note(&done);
+        done
     }
 
     /// Wakes idle workers (PostgreSQL: delivered at commit); SQLite runs in one process,
@@ -232,6 +342,25 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// A PostgreSQL server that cannot be reached fails the start at once (within 5 s for one
+/// that does not answer), naming the host and the cause, instead of after the pool's wait.
+async fn postgres_reachable(url: &str) -> StoreResult<()> {
+    use sqlx::Connection as _;
+    use std::str::FromStr as _;
+    let at = match sqlx::postgres::PgConnectOptions::from_str(url) {
+        Ok(o) => format!("at {}:{}", o.get_host(), o.get_port()),
+        Err(_) => "(the URL does not parse)".to_owned(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), AnyConnection::connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(StoreError::Open(format!("{at}: {e}"))),
+        Err(_) => Err(StoreError::Open(format!("{at}: no answer within 5 s"))),
     }
 }
 

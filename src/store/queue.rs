@@ -192,13 +192,13 @@ impl Store {
         // Nothing due, or (should the queue ever hold a delivery no longer queued) nothing to
         // send of what was taken.
         if taken.is_empty() {
-            tx.commit().await?;
+            self.commit(tx).await?;
             return Ok(Vec::new());
         }
         let subscribers = self.read_subscribers(&mut tx, &taken).await?;
         let mut out = hand_out(&claim_id, taken, &subscribers, &run_at)?;
         write_claim(&mut tx, &claim_id, worker_id, now + ms(lease), &out).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         // RETURNING gives no order; the oldest due go first.
         out.deliveries.sort_by_key(|(run_at, _)| *run_at);
         Ok(out.deliveries.into_iter().map(|(_, d)| d).collect())
@@ -424,7 +424,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(gone)
     }
 

@@ -2,10 +2,12 @@
 //! writes the sign-ups that arrive together in one transaction, and the background WAL
 //! checkpoint.
 
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor as _};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{SignUp, Store, StoreError, StoreResult};
@@ -39,33 +41,107 @@ fn sqlite_url(url: &str) -> String {
     }
 }
 
-/// Pool options for a SQLite file: WAL, so readers never wait for the writer.
+/// The file a SQLite URL names (`None` for an in-memory database).
+pub(super) fn file_path(url: &str) -> Option<PathBuf> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+        return None;
+    }
+    Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+}
+
+/// Every connection starts with these: WAL, so readers never wait for the writer. The
+/// writer checkpoints by itself only past 64 MB of WAL, should the background task
+/// (`checkpoints`) ever fall behind.
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;
+     PRAGMA wal_autocheckpoint = 16384;";
+
+/// Pool options for a SQLite file.
 fn sqlite_pool(connections: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(connections)
         .after_connect(|conn, _| {
             Box::pin(async move {
-                // The writer checkpoints by itself only past 64 MB of WAL, should the
-                // background task (`checkpoints`) ever fall behind.
-                conn.execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;
-                     PRAGMA wal_autocheckpoint = 16384;",
-                )
-                .await?;
+                conn.execute(PRAGMAS).await?;
                 Ok(())
             })
         })
 }
 
+/// The write pool's options: one connection, never left inside a failed transaction.
+fn writer_pool() -> AnyPoolOptions {
+    sqlite_pool(1)
+        // A transaction whose COMMIT or ROLLBACK failed (a full disk: SQLite has already
+        // rolled it back itself) leaves the driver counting it as open, and every later
+        // `BEGIN` on that connection failed ("non-zero transaction depth") until a restart.
+        // The ping flushes the rollback a dropped transaction queued; a connection still
+        // inside a transaction after it is closed, and the pool opens a fresh one.
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                conn.ping().await?;
+                let clean = !conn.is_in_transaction();
+                if !clean {
+                    tracing::warn!(
+                        "a database connection was left inside a failed transaction; replacing it"
+                    );
+                }
+                Ok(clean)
+            })
+        })
+}
+
+/// Why a SQLite database cannot be opened for writing, found before any pool waits for it:
+/// a read-only file, a folder where SQLite cannot create its `-wal` and `-shm` files, or
+/// what SQLite itself says (taking the write lock once, so a read-only database fails here).
+async fn writable(url: &str, path: Option<&Path>) -> StoreResult<()> {
+    let open = |why: String| StoreError::Open(why);
+    if let Some(path) = path {
+        let shown = path.display();
+        if path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| open(format!("{shown}: the file cannot be written ({e})")))?;
+        }
+        let folder = path.parent().unwrap_or(Path::new("."));
+        let check = folder.join(format!(".squeeze-write-check-{}", std::process::id()));
+        std::fs::File::create(&check).map_err(|e| {
+            open(format!(
+                "{shown}: its folder {} is not writable, and SQLite keeps its -wal and -shm files there ({e})",
+                folder.display()
+            ))
+        })?;
+        let _ = std::fs::remove_file(&check);
+    }
+    let shown = path.map_or_else(|| url.to_owned(), |p| p.display().to_string());
+    let mut conn = AnyConnection::connect(url)
+        .await
+        .map_err(|e| open(format!("{shown}: {e}")))?;
+    let checked = async {
+        conn.execute(PRAGMAS).await?;
+        conn.execute("BEGIN IMMEDIATE; ROLLBACK").await?;
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    let _ = conn.close().await;
+    checked.map_err(|e| open(format!("{shown}: {e}")))
+}
+
 /// The read pool and the write pool (one connection: see `Store::writer`).
 pub(super) async fn pools(url: &str) -> StoreResult<(AnyPool, AnyPool)> {
+    let path = file_path(url);
     let url = sqlite_url(url);
+    // A URL that asks for read-only (`mode=ro`) is taken at its word.
+    if !url.contains("mode=ro") {
+        writable(&url, path.as_deref()).await?;
+    }
     let pool = sqlite_pool(4).connect(&url).await?;
     // A write waits for its turn up to 5 minutes (the longest write, a fan-out to a million,
     // takes seconds), not the 10 s after which SQLite's own lock gives up; past that it
     // fails and HTTP answers 503.
-    let writer = sqlite_pool(1)
+    let writer = writer_pool()
         .acquire_timeout(Duration::from_secs(300))
         .test_before_acquire(false)
         .connect(&url)
@@ -117,6 +193,7 @@ impl Store {
                     tracing::warn!(error = %e, count = jobs.len(), "writing sign-ups together failed; writing each on its own");
                     for job in jobs.drain(..) {
                         let outcome = self.sign_up_alone(&job.sign_up, job.now).await;
+                        self.write_health.note(&outcome);
                         let _ = job.reply.send(outcome);
                     }
                 }
@@ -138,7 +215,7 @@ impl Store {
             latest = latest.max(j.now);
         }
         self.enqueue(&mut tx, &confirmations, latest).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(outcomes)
     }
 }

@@ -102,7 +102,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let (outcome, confirmation) = self.sign_up_in(&mut tx, s, now).await?;
         self.enqueue(&mut tx, confirmation.as_slice(), now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(outcome)
     }
 
@@ -272,7 +272,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(outcome)
     }
 
@@ -365,7 +365,7 @@ impl Store {
             }
         };
         super::queue::suppress_queued(&mut tx, &holder.id, "unsubscribed", now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(outcome)
     }
 
@@ -396,7 +396,7 @@ impl Store {
             .await?
             .rows_affected();
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(inserted)
     }
 
@@ -416,7 +416,7 @@ impl Store {
         ] {
             sqlx::query(sql).bind(&id).execute(&mut *tx).await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 

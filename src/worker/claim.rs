@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, info, warn};
 
 use super::{CLAIMED_AHEAD, IDLE_POLL, Worker};
 use crate::domain::clock::now_ms;
@@ -18,6 +18,10 @@ impl Worker {
         shutdown: &CancellationToken,
     ) {
         let depth = job_tx.max_capacity();
+        // Failed claims in a row: the pause after one doubles (1 s to 16 s), one ERROR when
+        // claiming starts failing, one INFO when it works again (a full disk must not make a
+        // hot loop or a flood of logs).
+        let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
             let room = job_tx.capacity();
             // Claim in large batches (each claim is a write transaction, whatever its size),
@@ -45,10 +49,28 @@ impl Worker {
                 .claim(&self.id, now_ms(), self.settings.lease, room)
                 .await
             {
-                Ok(c) => c,
+                Ok(c) => {
+                    if failures > 0 {
+                        info!(failures, "claiming deliveries works again");
+                        failures = 0;
+                    }
+                    c
+                }
                 Err(e) => {
-                    error!(error = %e, "claiming deliveries failed; retrying in a second");
-                    self.idle(Duration::from_secs(1), shutdown).await;
+                    if failures == 0 && e.is_storage_fault() {
+                        // The store has said it once, at ERROR (`store::health`).
+                        warn!(error = %e, "claiming deliveries failed; retrying with backoff");
+                    } else if failures == 0 {
+                        error!(error = %e, "claiming deliveries failed; retrying with backoff");
+                    } else {
+                        debug!(error = %e, failures, "claiming deliveries failed again");
+                    }
+                    let pause = Duration::from_secs(1 << failures.min(4));
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             };

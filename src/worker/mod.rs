@@ -200,7 +200,7 @@ impl Worker {
         // crash would send again. Senders wait for the recorder rather than run ahead of it.
         let (out_tx, out_rx) = mpsc::channel::<Recorded>(concurrency * UNRECORDED_PER_CONNECTION);
 
-        let recorder = tokio::spawn(self.clone().record_loop(out_rx));
+        let recorder = tokio::spawn(self.clone().record_loop(out_rx, shutdown.clone()));
         let mut senders = tokio::task::JoinSet::new();
         for _ in 0..concurrency {
             let (w, rx, tx, stop) = (

@@ -4,17 +4,27 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
 use super::{GATHER, RECORD_BATCH, Worker};
 use crate::domain::clock::now_ms;
-use crate::store::{Recorded, Store, StoreResult};
+use crate::store::{Recorded, Store, StoreError, StoreResult};
+
+/// After shutdown begins, how long a batch the database refuses is still retried before it is
+/// given up (its claims go back to the queue once this worker's heartbeat stops, and it is
+/// sent again): SIGTERM stays prompt on a full disk.
+const RETRY_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Writes outcomes back in batches: whatever piled up while the previous write ran goes in the
-/// next transaction. A failed write is retried, not dropped: a lost "sent" would let the lease
-/// expire and the message go out again.
+/// next transaction. A failed write is retried, not dropped: a lost "sent" would let the claim
+/// go back to the queue and the message go out again.
 impl Worker {
-    pub(super) async fn record_loop(self, mut rx: mpsc::Receiver<Recorded>) -> anyhow::Result<()> {
+    pub(super) async fn record_loop(
+        self,
+        mut rx: mpsc::Receiver<Recorded>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         // No more than the channel holds: while a batch is written the channel fills again, so
         // the unrecorded outcomes stay under twice its capacity, the crash window's bound (as
         // the channel is drained, blocked senders refill it, and an unbounded drain would take
@@ -36,7 +46,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let gone = write_with_retry(&self.store, &batch).await?;
+            let gone = write_with_retry(&self.store, &batch, &shutdown).await?;
             self.progressed();
             self.forget_lost(gone);
             batch.clear();
@@ -61,19 +71,55 @@ impl Worker {
     }
 }
 
-async fn write_with_retry(store: &Store, batch: &[Recorded]) -> StoreResult<Vec<String>> {
+/// Retries a batch with a growing pause (100 ms to 5 s): as long as the database is busy or
+/// cannot be written (a full disk, a server away: that passes), 20 times for any other
+/// failure. One ERROR when it starts failing, one INFO when it works again. Once shutdown
+/// begins it tries for `RETRY_AT_SHUTDOWN` more, then gives the batch up. Returns the claims
+/// found taken over.
+async fn write_with_retry(
+    store: &Store,
+    batch: &[Recorded],
+    shutdown: &CancellationToken,
+) -> StoreResult<Vec<String>> {
     let mut delay = Duration::from_millis(100);
     let mut tries = 0;
+    let mut give_up_at = None;
     loop {
-        match store.record(batch, now_ms()).await {
-            Ok(gone) => return Ok(gone),
-            Err(e) if tries < 20 => {
-                tries += 1;
-                error!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+        let e = match store.record(batch, now_ms()).await {
+            Ok(gone) => {
+                if tries > 0 {
+                    info!(count = batch.len(), "recording outcomes works again");
+                }
+                return Ok(gone);
             }
-            Err(e) => return Err(e),
+            Err(e) => e,
+        };
+        tries += 1;
+        if tries == 1 && e.is_storage_fault() {
+            // The store has said it once, at ERROR (`store::health`).
+            warn!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
+        } else if tries == 1 {
+            error!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
+        } else {
+            debug!(error = %e, tries, "recording outcomes failed again");
         }
+        let passes = e.is_storage_fault() || matches!(e, StoreError::Busy(_));
+        if !passes && tries >= 20 {
+            return Err(e);
+        }
+        if shutdown.is_cancelled() {
+            let until = *give_up_at.get_or_insert_with(|| Instant::now() + RETRY_AT_SHUTDOWN);
+            if Instant::now() >= until {
+                error!(error = %e, count = batch.len(), "stopping with outcomes not recorded; their claims go back to the queue once this worker's heartbeat stops, and they will be sent again");
+                return Ok(Vec::new());
+            }
+            tokio::time::sleep(delay.min(Duration::from_millis(250))).await;
+        } else {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

@@ -13,4 +13,5 @@ mod operators;
 mod pages;
 mod scaleout;
 mod signup;
+mod storage;
 mod subscription;
