@@ -137,6 +137,10 @@ pub(super) async fn pools(url: &str) -> StoreResult<(AnyPool, AnyPool)> {
     if !url.contains("mode=ro") {
         writable(&url, path.as_deref()).await?;
     }
+    // The file exists now: no later connection may create it again. A pool reopens
+    // connections (the writer's, after a failed transaction), and one that recreated a
+    // deleted file would write into an empty database nobody will ever read.
+    let url = url.replace("mode=rwc", "mode=rw");
     let pool = sqlite_pool(4).connect(&url).await?;
     // A write waits for its turn up to 5 minutes (the longest write, a fan-out to a million,
     // takes seconds), not the 10 s after which SQLite's own lock gives up; past that it
