@@ -5,12 +5,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::compose::{ComposeSettings, Composer};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::mail::Transport;
+use crate::mail::dkim::Signer;
 use crate::metrics::Metrics;
 use crate::render::{RenderError, Renderer};
 use crate::scheduler::Scheduler;
@@ -32,12 +33,14 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("DKIM: {0}")]
+    Dkim(String),
 }
 
 impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Templates(_) | Self::Outbox { .. } => 2,
+            Self::Templates(_) | Self::Outbox { .. } | Self::Dkim(_) => 2,
             Self::Store(_) | Self::Metrics(_) => 1,
         }
     }
@@ -58,12 +61,25 @@ pub struct App {
     pub transport: Transport,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Signs every email when DKIM is configured.
+    pub signer: Option<Signer>,
 }
 
 impl App {
     /// Loads templates, prepares the outbox, opens and migrates the database.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let renderer = Arc::new(Renderer::load(&config.templates)?);
+        let signer = config
+            .dkim
+            .as_ref()
+            .map(Signer::new)
+            .transpose()
+            .map_err(StartError::Dkim)?;
+        if config.smtp.is_some() && config.postal_address.is_none() {
+            warn!(
+                "no `postal_address`: commercial mail should show the sender's postal address (CAN-SPAM); set it to show it in every digest's footer"
+            );
+        }
         let transport = match &config.smtp {
             Some(settings) => Transport::smtp(settings.clone(), config.smtp_timeout),
             None => Transport::Outbox(config.outbox.clone()),
@@ -84,6 +100,7 @@ impl App {
             transport,
             wake: Arc::new(Notify::new()),
             metrics: Arc::new(Metrics::new()?),
+            signer,
         })
     }
 
@@ -147,6 +164,7 @@ impl App {
             lease: c.lease,
             shutdown_timeout: c.shutdown_timeout,
             confirmation_ttl: c.confirmation_ttl,
+            signer: self.signer.clone(),
         }
     }
 
@@ -215,6 +233,8 @@ fn compose_settings(c: &Config) -> ComposeSettings {
         public_url: c.public_url.clone(),
         unsubscribe_mailto: c.unsubscribe_mailto.clone(),
         confirmation_ttl: c.confirmation_ttl,
+        postal_address: c.postal_address.clone(),
+        feedback_sender: c.from.email.domain().to_ascii_lowercase(),
     }
 }
 

@@ -18,6 +18,7 @@ use lettre::message::Mailbox;
 use url::Url;
 
 use crate::domain::RetryPolicy;
+use crate::mail::dkim::{DkimKey, DkimSettings, SigningKey};
 
 mod settings;
 
@@ -117,6 +118,10 @@ pub struct Config {
     /// A token that may read /metrics (besides the admin token), for Prometheus.
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
+    /// DKIM signing: the domain and the key(s); `None`: nothing is signed.
+    pub dkim: Option<DkimSettings>,
+    /// The sender's postal address, in every digest's footer.
+    pub postal_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +230,19 @@ impl Config {
                 format!("{name} <{}.{}>", from.email.user(), from.email.domain())
             }
         };
+        let dkim = dkim_settings(
+            &from,
+            d.dkim_domain,
+            [
+                ("dkim_selector", "dkim_key", d.dkim_selector, d.dkim_key),
+                (
+                    "dkim_second_selector",
+                    "dkim_second_key",
+                    d.dkim_second_selector,
+                    d.dkim_second_key,
+                ),
+            ],
+        )?;
         let retry = RetryPolicy::builder()
             .initial(d.retry_initial.ok_or_else(|| missing("retry_initial"))?)
             .max(d.retry_max.ok_or_else(|| missing("retry_max"))?)
@@ -268,6 +286,8 @@ impl Config {
             pause_window: d.pause_window.ok_or_else(|| missing("pause_window"))?,
             metrics_token: d.metrics_token,
             log_format: d.log_format.ok_or_else(|| missing("log_format"))?,
+            dkim,
+            postal_address: d.postal_address,
         })
     }
     /// `public_url` joined with a path such as `/confirm`.
@@ -278,6 +298,57 @@ impl Config {
         url.query_pairs_mut().clear().append_pair("token", token);
         url.into()
     }
+}
+
+/// The DKIM settings from their parts: each key needs its selector (and the other way round),
+/// a second key is of the other algorithm, and the signing domain aligns with the From domain.
+fn dkim_settings(
+    from: &Mailbox,
+    domain: Option<String>,
+    pairs: [(&str, &str, Option<String>, Option<DkimKey>); 2],
+) -> Result<Option<DkimSettings>, ConfigError> {
+    let mut keys = Vec::new();
+    for (selector_key, key_key, selector, key) in pairs {
+        match (selector, key) {
+            (Some(selector), Some(key)) => keys.push(SigningKey { selector, key }),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ConfigError(format!(
+                    "setting `{selector_key}` is set but `{key_key}` is not: give the key file it names."
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(format!(
+                    "setting `{key_key}` is set but `{selector_key}` is not: give the selector its public key is published under."
+                )));
+            }
+        }
+    }
+    match keys.as_slice() {
+        [] if domain.is_some() => {
+            return Err(ConfigError(
+                "setting `dkim_domain` is set but `dkim_key` is not: give the key that signs for it."
+                    .into(),
+            ));
+        }
+        [] => return Ok(None),
+        [_, second] if keys[0].key.algorithm() == second.key.algorithm() => {
+            return Err(ConfigError(format!(
+                "setting `dkim_second_key` is a second {} key: dual signing takes one RSA and one Ed25519 key.",
+                second.key.algorithm()
+            )));
+        }
+        _ => {}
+    }
+    let from_domain = from.email.domain().to_ascii_lowercase();
+    let domain = domain.unwrap_or_else(|| from_domain.clone());
+    if !crate::domain::dmarc::aligned_relaxed(&domain, &from_domain) {
+        return Err(ConfigError(format!(
+            "setting `dkim_domain` = {domain:?} does not align with the From domain {from_domain:?}: \
+             DMARC (relaxed alignment) needs both under the same organisational domain."
+        )));
+    }
+    Ok(Some(DkimSettings { domain, keys }))
 }
 
 fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {

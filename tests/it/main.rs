@@ -5,6 +5,7 @@
 mod cli;
 mod delivery;
 mod digests;
+mod dkim;
 mod engine;
 mod helpers;
 mod operators;
