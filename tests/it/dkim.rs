@@ -551,3 +551,24 @@ fn dkim_keygen_writes_an_owner_only_key_prints_its_record_and_never_overwrites()
     assert!(String::from_utf8_lossy(&short.stderr).contains("2048"));
     assert!(!dir.path().join("x.pem").exists());
 }
+
+/// CAN-SPAM asks commercial mail for a postal address: with a real relay and none set, start-up
+/// says so (and starts); with one set, or with the outbox, it does not.
+#[test]
+fn a_real_relay_without_a_postal_address_warns_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = ("SQUEEZE_SMTP_URL", "smtp://127.0.0.1:1");
+    for (env, warns) in [
+        (vec![relay], true),
+        (
+            vec![relay, ("SQUEEZE_POSTAL_ADDRESS", "1 Main St, Springfield")],
+            false,
+        ),
+        (vec![], false),
+    ] {
+        let out = squeeze(dir.path(), &["migrate"], &env);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{env:?}: {err}");
+        assert_eq!(err.contains("postal_address"), warns, "{env:?}: {err}");
+    }
+}
