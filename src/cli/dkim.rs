@@ -59,7 +59,7 @@ pub fn run(command: DkimCommand, config: &Config) -> ExitCode {
             println!("{record}");
             println!(
                 "\nThen set dkim_selector = \"{selector}\" and dkim_key = \"{}\" (or \
-                 dkim_second_selector / dkim_second_key for a second key), and run `squeeze doctor`.",
+                 dkim_second_selector / dkim_second_key for a second key).",
                 out.display()
             );
             ExitCode::SUCCESS
