@@ -11,6 +11,7 @@ use crate::compose::{ComposeSettings, Composer};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::mail::Transport;
+use crate::mail::dkim::Signer;
 use crate::metrics::Metrics;
 use crate::render::{RenderError, Renderer};
 use crate::scheduler::Scheduler;
@@ -32,6 +33,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("DKIM: {0}")]
+    Dkim(String),
 }
 
 impl StartError {
@@ -39,7 +42,10 @@ impl StartError {
         match self {
             // A database that cannot be opened (read-only, a server that refuses): fix the
             // URL, the permissions or the server.
-            Self::Templates(_) | Self::Outbox { .. } | Self::Store(StoreError::Open(_)) => 2,
+            Self::Templates(_)
+            | Self::Outbox { .. }
+            | Self::Dkim(_)
+            | Self::Store(StoreError::Open(_)) => 2,
             Self::Store(_) | Self::Metrics(_) => 1,
         }
     }
@@ -60,12 +66,20 @@ pub struct App {
     pub transport: Transport,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Signs every email when DKIM is configured.
+    pub signer: Option<Signer>,
 }
 
 impl App {
     /// Loads templates, prepares the outbox, opens and migrates the database.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let renderer = Arc::new(Renderer::load(&config.templates)?);
+        let signer = config
+            .dkim
+            .as_ref()
+            .map(Signer::new)
+            .transpose()
+            .map_err(StartError::Dkim)?;
         let transport = match &config.smtp {
             Some(settings) => Transport::smtp(settings.clone(), config.smtp_timeout),
             None => Transport::Outbox(config.outbox.clone()),
@@ -86,6 +100,7 @@ impl App {
             transport,
             wake: Arc::new(Notify::new()),
             metrics: Arc::new(Metrics::new()?),
+            signer,
         })
     }
 
@@ -149,6 +164,7 @@ impl App {
             lease: c.lease,
             shutdown_timeout: c.shutdown_timeout,
             confirmation_ttl: c.confirmation_ttl,
+            signer: self.signer.clone(),
         }
     }
 
@@ -224,6 +240,8 @@ fn compose_settings(c: &Config) -> ComposeSettings {
         public_url: c.public_url.clone(),
         unsubscribe_mailto: c.unsubscribe_mailto.clone(),
         confirmation_ttl: c.confirmation_ttl,
+        postal_address: c.postal_address.clone(),
+        feedback_sender: c.from.email.domain().to_ascii_lowercase(),
     }
 }
 

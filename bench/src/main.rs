@@ -98,6 +98,69 @@ struct Args {
     /// then describe the wrapper too.
     #[arg(long, value_name = "COMMAND")]
     worker_wrapper: Option<String>,
+    /// Sign every email with a fresh DKIM key of this algorithm, and measure the signer's own
+    /// floor in the same run (the same number of signatures of the same message on all cores,
+    /// no database, no SMTP).
+    #[arg(long, value_enum)]
+    dkim: Option<DkimAlgorithm>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DkimAlgorithm {
+    Rsa,
+    Ed25519,
+}
+
+/// Writes a fresh key for `--dkim` into the run's folder: Ed25519 from ring, RSA-2048 from
+/// openssl (as `squeeze dkim keygen` makes them).
+fn write_dkim_key(algorithm: DkimAlgorithm, dir: &Path) -> Result<()> {
+    let pem = match algorithm {
+        DkimAlgorithm::Ed25519 => {
+            squeeze::mail::dkim::generate_ed25519().map_err(|e| anyhow!("Ed25519 key: {e}"))?
+        }
+        DkimAlgorithm::Rsa => {
+            let out = Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                ])
+                .output()
+                .context("running openssl for an RSA key")?;
+            ensure!(out.status.success(), "openssl genpkey failed");
+            String::from_utf8(out.stdout).context("openssl's key is not PEM")?
+        }
+    };
+    std::fs::write(dir.join(DKIM_KEY_FILE), pem).context("writing the DKIM key")
+}
+
+const DKIM_KEY_FILE: &str = "dkim.pem";
+
+/// `n` signatures of `message` on every core at once; returns seconds.
+fn signer_floor(signer: &squeeze::mail::dkim::Signer, n: u64, message: &[u8]) -> Result<f64> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..cores)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    while next.fetch_add(1, Ordering::Relaxed) < n {
+                        signer.sign(message).map_err(|e| anyhow!("{e}"))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow!("a signing thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(started.elapsed().as_secs_f64().max(1e-3))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -165,7 +228,11 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         Some(Sink::start(args.smtp_sink.as_deref(), dir).await?)
     };
 
-    let app = App::start(config(url, dir, args.concurrency)?)
+    if let Some(algorithm) = args.dkim {
+        write_dkim_key(algorithm, dir)?;
+        println!("DKIM: every email signed with a fresh {algorithm:?} key");
+    }
+    let app = App::start(config(url, dir, args.concurrency, args.dkim.is_some())?)
         .await
         .context("starting Squeeze (database, templates)")?;
 
@@ -300,8 +367,29 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         println!("{others}");
         ratios.push((client, pipeline_rate / rate));
     }
-    for (client, ratio) in ratios {
+    for (client, ratio) in &ratios {
         println!("pipeline / floor ({}): {ratio:.2}", client.name());
+    }
+    if let Some(signer) = &app.signer {
+        // The floor signs the message as it was before the worker signed it.
+        let unsigned = unsigned_part(&message);
+        let own_cpu = cpu_seconds(std::process::id())?;
+        let seconds = tokio::task::block_in_place(|| signer_floor(signer, n, unsigned))?;
+        let cpu = cpu_seconds(std::process::id())? - own_cpu;
+        let rate = n as f64 / seconds;
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        println!(
+            "floor, DKIM signer alone ({n} signatures of the same message on all {cores} cores, no database, no SMTP): {seconds:.2} s = {rate:.0} signatures/s; CPU {cpu:.2} s = {:.3} ms per signature",
+            cpu * 1000.0 / n as f64
+        );
+        let smtp_floor = ratios
+            .iter()
+            .map(|(_, ratio)| pipeline_rate / ratio)
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "pipeline / lower of the signer floor and the SMTP floor: {:.2}",
+            pipeline_rate / rate.min(smtp_floor)
+        );
     }
     app.store.close().await;
     drop(sink);
@@ -310,20 +398,26 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
 
 /// The configuration the bench process uses for seeding, the digest and fan-out; the worker
 /// child gets the same settings as environment variables.
-fn config(url: &str, dir: &Path, concurrency: u32) -> Result<Config> {
+fn config(url: &str, dir: &Path, concurrency: u32, dkim: bool) -> Result<Config> {
     // An empty file of our own, so a squeeze.toml in the working directory (or
     // SQUEEZE_CONFIG) cannot change what is measured.
     let file = dir.join("bench.toml");
     std::fs::write(&file, "").with_context(|| format!("writing {}", file.display()))?;
-    let layer = settings(url, dir, concurrency)
+    let layer = settings(url, dir, concurrency, dkim)
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     Config::load(Some(&file), layer).map_err(|e| anyhow!("benchmark configuration: {e}"))
 }
 
-fn settings(url: &str, dir: &Path, concurrency: u32) -> Vec<(&'static str, String)> {
-    vec![
+fn settings(url: &str, dir: &Path, concurrency: u32, dkim: bool) -> Vec<(&'static str, String)> {
+    let dkim = dkim.then(|| {
+        [
+            ("dkim_selector", "bench".to_owned()),
+            ("dkim_key", dir.join(DKIM_KEY_FILE).display().to_string()),
+        ]
+    });
+    let mut all = vec![
         ("database_url", url.to_owned()),
         ("templates", TEMPLATES.to_owned()),
         ("from", FROM.to_owned()),
@@ -332,7 +426,9 @@ fn settings(url: &str, dir: &Path, concurrency: u32) -> Vec<(&'static str, Strin
         ("rate", LIFTED_RATE.to_owned()),
         ("burst", LIFTED_RATE.to_owned()),
         ("concurrency", concurrency.to_string()),
-    ]
+    ];
+    all.extend(dkim.into_iter().flatten());
+    all
 }
 
 /// A benchmark fixture may use SQL directly: N confirmed subscribers in multi-row INSERTs,
@@ -487,6 +583,11 @@ async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8
     // smtp-sink offers 8BITMIME, so the worker's connections build for it (`true`).
     let (envelope, bytes) =
         mailer::build(&app.config.from, &letter, true).context("building the message")?;
+    // Signed as the worker signs it, so the floors send what the pipeline sends.
+    let bytes = match &app.signer {
+        Some(signer) => signer.sign(&bytes).context("signing the message")?,
+        None => bytes,
+    };
     println!(
         "message: {} items, HTML {:.1} KB, text {:.1} KB, {:.1} KB on the wire ({} bytes)",
         digest.items.len(),
@@ -544,7 +645,7 @@ impl Worker {
         cmd.arg("worker");
         // Only the settings below count: none inherited from the caller's environment.
         without_squeeze_env(&mut cmd);
-        for (k, v) in settings(url, dir, args.concurrency) {
+        for (k, v) in settings(url, dir, args.concurrency, args.dkim.is_some()) {
             cmd.env(format!("SQUEEZE_{}", k.to_uppercase()), v);
         }
         cmd.env("SQUEEZE_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
@@ -828,6 +929,26 @@ async fn squeeze_floor(
     }
     sender.close().await;
     Ok(sent)
+}
+
+/// The message without the `DKIM-Signature` lines the worker put in front of it.
+fn unsigned_part(message: &[u8]) -> &[u8] {
+    let mut rest = message;
+    while rest.starts_with(b"DKIM-Signature:") {
+        // A signature header runs until a line that does not start with whitespace.
+        let mut end = 0;
+        while let Some(i) = rest[end..].windows(2).position(|w| w == b"\r\n") {
+            end += i + 2;
+            if !rest[end..].starts_with(b" ") && !rest[end..].starts_with(b"\t") {
+                break;
+            }
+        }
+        if end == 0 {
+            break;
+        }
+        rest = &rest[end..];
+    }
+    rest
 }
 
 /// Postfix's smtp-sink on 127.0.0.1, stopped when dropped or when this process dies.

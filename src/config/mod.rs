@@ -19,6 +19,7 @@ use url::Url;
 
 use crate::domain::RetryPolicy;
 use crate::domain::liveness::shortest_lease;
+use crate::mail::dkim::{DkimKey, DkimSettings, SigningKey};
 
 mod settings;
 
@@ -125,6 +126,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest CSV file `subscribers import` reads.
     pub import_max_bytes: u64,
+    /// DKIM signing: the domain and the key(s); `None`: nothing is signed.
+    pub dkim: Option<DkimSettings>,
+    /// The sender's postal address, in every digest's footer.
+    pub postal_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +264,19 @@ impl Config {
                  would be taken over while its message is on the wire."
             )));
         }
+        let dkim = dkim_settings(
+            &from,
+            d.dkim_domain,
+            [
+                ("dkim_selector", "dkim_key", d.dkim_selector, d.dkim_key),
+                (
+                    "dkim_second_selector",
+                    "dkim_second_key",
+                    d.dkim_second_selector,
+                    d.dkim_second_key,
+                ),
+            ],
+        )?;
         let retry = RetryPolicy::builder()
             .initial(retry_initial)
             .max(retry_max)
@@ -315,6 +333,8 @@ impl Config {
             import_max_bytes: d
                 .import_max_bytes
                 .ok_or_else(|| missing("import_max_bytes"))?,
+            dkim,
+            postal_address: d.postal_address,
         })
     }
 
@@ -328,6 +348,13 @@ impl Config {
                 self.public_url
             ));
         }
+        if self.smtp.is_some() && self.postal_address.is_none() {
+            out.push(
+                "no `postal_address`: commercial mail should show the sender's postal address \
+                 (CAN-SPAM); set it to show it in every digest's footer"
+                    .to_owned(),
+            );
+        }
         out
     }
     /// `public_url` joined with a path such as `/confirm`.
@@ -338,6 +365,57 @@ impl Config {
         url.query_pairs_mut().clear().append_pair("token", token);
         url.into()
     }
+}
+
+/// The DKIM settings from their parts: each key needs its selector (and the other way round),
+/// a second key is of the other algorithm, and the signing domain aligns with the From domain.
+fn dkim_settings(
+    from: &Mailbox,
+    domain: Option<String>,
+    pairs: [(&str, &str, Option<String>, Option<DkimKey>); 2],
+) -> Result<Option<DkimSettings>, ConfigError> {
+    let mut keys = Vec::new();
+    for (selector_key, key_key, selector, key) in pairs {
+        match (selector, key) {
+            (Some(selector), Some(key)) => keys.push(SigningKey { selector, key }),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ConfigError(format!(
+                    "setting `{selector_key}` is set but `{key_key}` is not: give the key file it names."
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(format!(
+                    "setting `{key_key}` is set but `{selector_key}` is not: give the selector its public key is published under."
+                )));
+            }
+        }
+    }
+    match keys.as_slice() {
+        [] if domain.is_some() => {
+            return Err(ConfigError(
+                "setting `dkim_domain` is set but `dkim_key` is not: give the key that signs for it."
+                    .into(),
+            ));
+        }
+        [] => return Ok(None),
+        [_, second] if keys[0].key.algorithm() == second.key.algorithm() => {
+            return Err(ConfigError(format!(
+                "setting `dkim_second_key` is a second {} key: dual signing takes one RSA and one Ed25519 key.",
+                second.key.algorithm()
+            )));
+        }
+        _ => {}
+    }
+    let from_domain = from.email.domain().to_ascii_lowercase();
+    let domain = domain.unwrap_or_else(|| from_domain.clone());
+    if !crate::domain::dmarc::aligned_relaxed(&domain, &from_domain) {
+        return Err(ConfigError(format!(
+            "setting `dkim_domain` = {domain:?} does not align with the From domain {from_domain:?}: \
+             DMARC (relaxed alignment) needs both under the same organisational domain."
+        )));
+    }
+    Ok(Some(DkimSettings { domain, keys }))
 }
 
 fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
@@ -570,9 +648,16 @@ mod tests {
         ])
         .expect("valid");
         assert!(plain.warnings().iter().any(|w| w.contains("RFC 8058")));
+        assert!(
+            plain
+                .warnings()
+                .iter()
+                .any(|w| w.contains("postal_address"))
+        );
         let https = load(&[
             ("smtp_url", "smtp://relay.example"),
             ("public_url", "https://news.example.com"),
+            ("postal_address", "1 Main St, Springfield"),
         ])
         .expect("valid");
         assert!(https.warnings().is_empty());

@@ -15,6 +15,7 @@ use lettre::message::Mailbox;
 use url::Url;
 
 use super::{DatabaseKind, LogFormat};
+use crate::mail::dkim::DkimKey;
 use crate::mail::settings::{SmtpSettings, read_certificates};
 
 /// One setting: in squeeze.toml as `key`, in the environment as `SQUEEZE_<KEY>`, on the
@@ -82,6 +83,12 @@ pub(super) struct Draft {
     pub metrics_token: Option<String>,
     pub log_format: Option<LogFormat>,
     pub import_max_bytes: Option<u64>,
+    pub dkim_selector: Option<String>,
+    pub dkim_key: Option<DkimKey>,
+    pub dkim_second_selector: Option<String>,
+    pub dkim_second_key: Option<DkimKey>,
+    pub dkim_domain: Option<String>,
+    pub postal_address: Option<String>,
 }
 
 const DURATION: &str = "expected a duration like 30s, 5m or 48h";
@@ -585,7 +592,99 @@ pub const TABLE: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        key: "dkim_selector",
+        value_name: "SELECTOR",
+        default: None,
+        secret: false,
+        doc: "DKIM selector of `dkim_key`: its public key is published at \
+              <selector>._domainkey.<dkim_domain>",
+        parse: |v, d| {
+            d.dkim_selector = Some(dns_name(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "dkim_key",
+        value_name: "PEM_FILE",
+        default: None,
+        secret: false,
+        doc: "Private key (PEM: RSA of 2048+ bits, or Ed25519) that signs every email (DKIM); \
+              unset: nothing is signed",
+        parse: |v, d| {
+            d.dkim_key = Some(DkimKey::load(Path::new(v))?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "dkim_second_selector",
+        value_name: "SELECTOR",
+        default: None,
+        secret: false,
+        doc: "Selector of `dkim_second_key`",
+        parse: |v, d| {
+            d.dkim_second_selector = Some(dns_name(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "dkim_second_key",
+        value_name: "PEM_FILE",
+        default: None,
+        secret: false,
+        doc: "A second key of the other algorithm (Ed25519 beside RSA, or RSA beside Ed25519): \
+              every email then carries both signatures (dual signing)",
+        parse: |v, d| {
+            d.dkim_second_key = Some(DkimKey::load(Path::new(v))?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "dkim_domain",
+        value_name: "DOMAIN",
+        default: None,
+        secret: false,
+        doc: "The signing domain (d=); must align with the From domain (DMARC relaxed) \
+              [default: the From domain]",
+        parse: |v, d| {
+            d.dkim_domain = Some(dns_name(v)?.to_ascii_lowercase());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "postal_address",
+        value_name: "TEXT",
+        default: None,
+        secret: false,
+        doc: "The sender's physical postal address, shown in every digest's footer (CAN-SPAM)",
+        parse: |v, d| {
+            let v = v.trim();
+            if v.chars().any(char::is_control) || v.len() > 300 {
+                return Err("expected one line of at most 300 characters".into());
+            }
+            d.postal_address = Some(v.to_owned()).filter(|v| !v.is_empty());
+            Ok(())
+        },
+    },
 ];
+
+/// A DNS name (a selector or a domain): dot-separated labels of letters, digits and `-`.
+fn dns_name(v: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if v.len() > 253 || !v.split('.').all(label_ok) {
+        return Err(
+            "expected a DNS name: labels of letters, digits and `-`, joined by dots".into(),
+        );
+    }
+    Ok(v.to_owned())
+}
 
 /// `gmail.com=20, outlook.com=10` (messages per second per domain).
 fn parse_domain_rates(s: &str) -> Result<Vec<(String, NonZeroU32)>, String> {

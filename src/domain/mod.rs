@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod delivery;
 pub mod digest;
+pub mod dmarc;
 pub mod email;
 pub mod liveness;
 pub mod retry;

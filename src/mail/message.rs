@@ -15,6 +15,8 @@ pub struct ListHeaders {
     pub list_id: String,
     pub unsubscribe_url: String,
     pub unsubscribe_mailto: Option<String>,
+    /// Gmail's feedback-loop header (digests only), inside the DKIM signature.
+    pub feedback_id: Option<String>,
 }
 
 /// One message for one recipient, ready to be turned into bytes.
@@ -142,6 +144,9 @@ pub fn build(
             "List-Unsubscribe-Post",
             "List-Unsubscribe=One-Click",
         );
+        if let Some(feedback_id) = &list.feedback_id {
+            push_header(&mut head, "Feedback-ID", feedback_id);
+        }
     }
     push_header(&mut head, "MIME-Version", "1.0");
     push_header(
@@ -560,6 +565,7 @@ mod tests {
             list_id: "News <news.example.com>".into(),
             unsubscribe_url: "https://example.com/unsubscribe?token=abc".into(),
             unsubscribe_mailto: Some("mailto:unsub@example.com".into()),
+            feedback_id: Some("d1:news.example.com:digest:example.com".into()),
         };
         let c = content();
         let letter = Letter {
@@ -582,6 +588,7 @@ mod tests {
         assert!(text.contains("List-Unsubscribe: <https://example.com/unsubscribe?token=abc>, <mailto:unsub@example.com>"));
         assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
         assert!(text.contains("List-Id: News <news.example.com>"));
+        assert!(text.contains("Feedback-ID: d1:news.example.com:digest:example.com\r\n"));
         assert!(text.contains("multipart/alternative"));
         assert!(text.contains("Date: "));
         assert!(

@@ -13,6 +13,7 @@ use lettre::address::Envelope;
 use crate::domain::delivery::SendFailure;
 use settings::SmtpSettings;
 
+pub mod dkim;
 pub mod message;
 pub mod outbox;
 pub mod settings;

@@ -11,6 +11,7 @@ use tracing::{debug, error, info_span, warn};
 
 use super::compose::Compose;
 use super::outcome::{after_failure, recheck, retry_or_fail};
+use super::sign;
 use super::{PAUSE_CHECK, Worker};
 use crate::domain::DigestStatus;
 use crate::domain::clock::{ms, now_ms};
@@ -114,6 +115,21 @@ impl Worker {
                     };
                 }
             };
+        let bytes = match &self.settings.signer {
+            Some(signer) => match sign::sign(signer, bytes).await {
+                Ok(signed) => signed,
+                Err(error) => {
+                    // Never sent unsigned: a signature that cannot be made is a failed send.
+                    span().in_scope(|| error!(%error, "cannot sign message"));
+                    return Outcome::Failed {
+                        code: None,
+                        error,
+                        bounce: false,
+                    };
+                }
+            },
+            None => bytes,
+        };
         // A throttled message waits here; it is never dropped.
         self.limits.wait(domain).await;
         self.progressed();

@@ -2,8 +2,8 @@
 //!
 //! - `claim`: one claim loop leases due deliveries in batches (committed before any SMTP
 //!   work) and hands them to `concurrency` sender tasks, each with its own connection;
-//! - `deliver`: each sender re-checks, composes (`compose`), waits for the limits
-//!   (`limits`), sends, and decides the outcome (`outcome`, pure), watching the digest's
+//! - `deliver`: each sender re-checks, composes (`compose`), signs (`sign`, off the async
+//!   runtime's threads), waits for the limits (`limits`), sends, and decides the outcome (`outcome`, pure), watching the digest's
 //!   health (`autopause`);
 //! - `record`: one recorder task writes the outcomes back in batched transactions.
 
@@ -23,6 +23,7 @@ use crate::domain::RetryPolicy;
 use crate::domain::clock::now_ms;
 use crate::domain::liveness::{ALIVE_WITHIN, HEARTBEAT, lease_until};
 use crate::mail::Transport;
+use crate::mail::dkim::Signer;
 use crate::metrics::Metrics;
 use crate::store::{ClaimedDelivery, Recorded, Store};
 
@@ -33,6 +34,7 @@ mod deliver;
 mod limits;
 mod outcome;
 mod record;
+mod sign;
 #[cfg(test)]
 mod tests;
 
@@ -77,6 +79,8 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
     /// How long a confirmation link is valid.
     pub confirmation_ttl: Duration,
+    /// Signs every message (DKIM) when configured; `None`: nothing is signed.
+    pub signer: Option<Signer>,
 }
 
 /// Everything a worker needs; cheap to clone.

@@ -53,6 +53,8 @@ async fn harness(pause_threshold: f64, pause_window: usize) -> Harness {
             public_url: "https://news.example.com".parse().expect("url"),
             unsubscribe_mailto: None,
             confirmation_ttl: Duration::from_secs(48 * 3600),
+            postal_address: None,
+            feedback_sender: "example.com".into(),
         },
     );
     let n = std::num::NonZeroU32::new(10_000).expect("nonzero");
@@ -69,6 +71,7 @@ async fn harness(pause_threshold: f64, pause_window: usize) -> Harness {
         lease: Duration::from_secs(300),
         shutdown_timeout: Duration::from_secs(5),
         confirmation_ttl: Duration::from_secs(48 * 3600),
+        signer: None,
     };
     let worker = Worker::new(
         store,

@@ -7,6 +7,7 @@ mod cli;
 mod connections;
 mod delivery;
 mod digests;
+mod dkim;
 mod engine;
 mod helpers;
 mod operators;
