@@ -576,11 +576,17 @@ fn dkim_keygen_writes_an_owner_only_key_prints_its_record_and_never_overwrites()
 #[test]
 fn a_real_relay_without_a_postal_address_warns_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // A relay needs a public URL (links in real mail), https so that nothing else warns.
     let relay = ("SQUEEZE_SMTP_URL", "smtp://127.0.0.1:1");
+    let public = ("SQUEEZE_PUBLIC_URL", "https://news.example.com");
     for (env, warns) in [
-        (vec![relay], true),
+        (vec![relay, public], true),
         (
-            vec![relay, ("SQUEEZE_POSTAL_ADDRESS", "1 Main St, Springfield")],
+            vec![
+                relay,
+                public,
+                ("SQUEEZE_POSTAL_ADDRESS", "1 Main St, Springfield"),
+            ],
             false,
         ),
         (vec![], false),
