@@ -14,7 +14,7 @@ use crate::mail::Transport;
 use crate::metrics::Metrics;
 use crate::render::{RenderError, Renderer};
 use crate::scheduler::Scheduler;
-use crate::service::{Editor, Reporting, Signup, Subscribers};
+use crate::service::{Editor, Feeds, Reporting, Signup, Subscribers};
 use crate::store::{Store, StoreError};
 use crate::worker::{Worker, WorkerSettings};
 
@@ -32,6 +32,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("feeds: {0}")]
+    Feeds(String),
 }
 
 impl StartError {
@@ -40,7 +42,7 @@ impl StartError {
             // A database that cannot be opened (read-only, a server that refuses): fix the
             // URL, the permissions or the server.
             Self::Templates(_) | Self::Outbox { .. } | Self::Store(StoreError::Open(_)) => 2,
-            Self::Store(_) | Self::Metrics(_) => 1,
+            Self::Store(_) | Self::Metrics(_) | Self::Feeds(_) => 1,
         }
     }
 }
@@ -60,6 +62,7 @@ pub struct App {
     pub transport: Transport,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    feeds: Feeds,
 }
 
 impl App {
@@ -79,7 +82,18 @@ impl App {
             })?;
         let store = Store::connect(&config.database_url, &config.database_kind).await?;
         store.migrate().await?;
+        let feeds = Feeds::new(
+            store.clone(),
+            crate::feeds::FetchSettings {
+                timeout: config.feed_timeout,
+                max_bytes: config.feed_max_bytes,
+                allow_private: config.feed_allow_private,
+            },
+            config.feed_interval,
+        )
+        .map_err(|e| StartError::Feeds(e.to_string()))?;
         Ok(Self {
+            feeds,
             config: Arc::new(config),
             store,
             renderer,
@@ -112,6 +126,11 @@ impl App {
 
     pub fn reporting(&self) -> Reporting {
         Reporting::new(self.store.clone(), self.metrics.clone())
+    }
+
+    /// The feeds use case (and the poller), built at start with the feed settings.
+    pub fn feeds(&self) -> Feeds {
+        self.feeds.clone()
     }
 
     pub fn scheduler(&self) -> Scheduler {
@@ -169,6 +188,7 @@ impl App {
         };
         AppState::new(
             Editor::new(self.store.clone(), composer),
+            self.feeds(),
             self.subscribers(),
             self.signup(),
             self.reporting(),
@@ -192,6 +212,10 @@ impl App {
         let scheduler = roles
             .scheduler
             .then(|| tokio::spawn(self.scheduler().run(shutdown.clone())));
+        // The feed poller runs where the scheduler does.
+        let poller = roles
+            .scheduler
+            .then(|| tokio::spawn(self.feeds().run(shutdown.clone())));
         info!(address = %listener.local_addr()?, public_url = %self.config.public_url, "listening");
         let conns = http::Connections {
             header_timeout: self.config.http_header_timeout,
@@ -202,6 +226,9 @@ impl App {
         shutdown.cancel();
         if let Some(s) = scheduler {
             s.await?;
+        }
+        if let Some(p) = poller {
+            p.await?;
         }
         if let Some(w) = worker {
             w.await??;

@@ -82,6 +82,10 @@ pub(super) struct Draft {
     pub metrics_token: Option<String>,
     pub log_format: Option<LogFormat>,
     pub import_max_bytes: Option<u64>,
+    pub feed_interval: Option<Duration>,
+    pub feed_timeout: Option<Duration>,
+    pub feed_max_bytes: Option<u64>,
+    pub feed_allow_private: Option<bool>,
 }
 
 const DURATION: &str = "expected a duration like 30s, 5m or 48h";
@@ -92,6 +96,15 @@ fn duration(v: &str) -> Result<Duration, String> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| DURATION.to_owned())
+}
+
+/// `true`/`false` (also yes/no, on/off, 1/0).
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
 }
 
 /// A token that guards something: at least 16 characters.
@@ -533,11 +546,7 @@ pub const TABLE: &[Setting] = &[
         secret: false,
         doc: "Send a welcome email (templates welcome.*) once a subscriber confirms",
         parse: |v, d| {
-            d.welcome = Some(match v.trim().to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "1" => true,
-                "false" | "no" | "off" | "0" => false,
-                _ => return Err("expected true or false".into()),
-            });
+            d.welcome = Some(boolean(v)?);
             Ok(())
         },
     },
@@ -582,6 +591,50 @@ pub const TABLE: &[Setting] = &[
         doc: "Largest CSV `subscribers import` reads (e.g. 100MB, 512KB); larger files are refused",
         parse: |v, d| {
             d.import_max_bytes = Some(parse_size(v).ok_or("expected a size like 100MB or 512KB")?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "feed_interval",
+        value_name: "DURATION",
+        default: Some("15m"),
+        secret: false,
+        doc: "How often each feed is polled for new entries",
+        parse: |v, d| {
+            d.feed_interval = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "feed_timeout",
+        value_name: "DURATION",
+        default: Some("10s"),
+        secret: false,
+        doc: "Timeout for fetching one feed, body included",
+        parse: |v, d| {
+            d.feed_timeout = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "feed_max_bytes",
+        value_name: "SIZE",
+        default: Some("5MB"),
+        secret: false,
+        doc: "Largest feed read (e.g. 5MB), counted after decompression; larger ones fail",
+        parse: |v, d| {
+            d.feed_max_bytes = Some(parse_size(v).ok_or("expected a size like 5MB or 512KB")?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "feed_allow_private",
+        value_name: "BOOL",
+        default: Some("false"),
+        secret: false,
+        doc: "Allow feeds on loopback, private and link-local addresses (refused by default so editors cannot make the server fetch internal URLs)",
+        parse: |v, d| {
+            d.feed_allow_private = Some(boolean(v)?);
             Ok(())
         },
     },

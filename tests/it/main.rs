@@ -8,6 +8,7 @@ mod connections;
 mod delivery;
 mod digests;
 mod engine;
+mod feeds;
 mod helpers;
 mod operators;
 mod pages;
