@@ -192,6 +192,91 @@ pub fn normalise_link(href: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    fn sample(bytes: &[u8], since: Option<&str>) -> Read {
+        let feed = parse(bytes, "https://feeds.example/").expect("a feed");
+        read(&feed, at("2026-12-02T06:00:00Z"), since.map(at))
+    }
+
+    #[test]
+    fn each_sample_reads_into_keyed_candidates() {
+        let blog = sample(
+            include_bytes!("../../tests/samples/feeds/blog-rss2.xml"),
+            Some("2026-12-01T06:00:00Z"),
+        );
+        assert_eq!(blog.title.as_deref(), Some("Inside Rust Blog"));
+        let keys: Vec<&str> = blog.entries.iter().map(|c| c.key.as_str()).collect();
+        // The future-dated entry is not even seen; the old one is seen, without an item.
+        assert_eq!(
+            keys,
+            [
+                "guid:https://blog.rust-lang.example/inside-rust/2026/12/01/compiler-perf.html",
+                "guid:twir-576",
+                "guid:https://blog.rust-lang.example/inside-rust/2026/11/20/edition-2027.html",
+            ]
+        );
+        assert_eq!(
+            blog.entries
+                .iter()
+                .map(|c| c.item.is_some())
+                .collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        // Without a window (a later poll), the old entry is an item too.
+        assert!(
+            sample(
+                include_bytes!("../../tests/samples/feeds/blog-rss2.xml"),
+                None
+            )
+            .entries
+            .iter()
+            .all(|c| c.item.is_some())
+        );
+        for (bytes, title, n) in [
+            (
+                &include_bytes!("../../tests/samples/feeds/github-releases.atom")[..],
+                "Release notes from tokio",
+                2,
+            ),
+            (
+                &include_bytes!("../../tests/samples/feeds/json-feed.json")[..],
+                "Daring Example",
+                2,
+            ),
+            (
+                &include_bytes!("../../tests/samples/feeds/rdf-rss1.xml")[..],
+                "LWN.example headlines",
+                2,
+            ),
+            (
+                &include_bytes!("../../tests/samples/feeds/cdata-html.xml")[..],
+                "Hacker Example: Front Page",
+                2,
+            ),
+        ] {
+            let r = sample(bytes, None);
+            assert_eq!(r.title.as_deref(), Some(title));
+            assert_eq!(r.entries.len(), n, "{title}");
+            for c in &r.entries {
+                let item = c.item.as_ref().expect("an item");
+                assert_eq!(item.source.as_deref(), Some(title));
+                assert!(!item.summary.contains('<'), "{title}: {}", item.summary);
+            }
+        }
+        assert!(
+            parse(
+                include_bytes!("../../tests/samples/feeds/malformed.xml"),
+                "https://feeds.example/"
+            )
+            .is_err()
+        );
+    }
+
     #[test]
     fn links_are_compared_without_fragments_or_tracking() {
         assert_eq!(
