@@ -77,6 +77,7 @@ async fn feed_server() -> (String, Hits) {
         .route("/big.xml", get(oversized))
         .route("/bomb.xml", get(bomb))
         .route("/slow.xml", get(slow))
+        .route("/fresh.xml", get(fresh))
         .with_state(hits.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -132,6 +133,19 @@ async fn bomb(State(h): State<Hits>) -> Response {
         sample("bomb.xml.gz"),
     )
         .into_response()
+}
+
+/// An RSS feed whose one entry was published an hour before the request.
+async fn fresh(State(h): State<Hits>) -> Response {
+    h.all.fetch_add(1, Ordering::SeqCst);
+    let date = (Utc::now() - chrono::Duration::hours(1)).to_rfc2822();
+    let rss = format!(
+        r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Fresh</title>
+        <item><title>Just in</title><link>https://fresh.example/just-in</link>
+        <guid>just-in</guid><pubDate>{date}</pubDate><description>New.</description></item>
+        </channel></rss>"#
+    );
+    ([(header::CONTENT_TYPE, "application/rss+xml")], rss).into_response()
 }
 
 async fn slow(State(h): State<Hits>) -> Response {
@@ -620,4 +634,37 @@ async fn the_cli_adds_lists_polls_and_removes_feeds() {
     let (code, _, err) = squeeze(dir.path(), &["feeds", "remove", &id], &env).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(&format!("no feed with id {id}")), "{err}");
+}
+
+#[tokio::test]
+async fn the_poller_started_with_the_scheduler_polls_each_feed_every_feed_interval() {
+    let (server, hits) = feed_server().await;
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        scheduler: true,
+        settings: vec![
+            ("feed_allow_private".into(), "true".into()),
+            ("feed_interval".into(), "2s".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    add_feed(&app, &format!("{server}/fresh.xml")).await;
+    crate::helpers::eventually(
+        "the poller made the item",
+        Duration::from_secs(10),
+        || async { pending(&app).await.len() == 1 },
+    )
+    .await;
+    let polls = hits.all.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let later = hits.all.load(Ordering::SeqCst) - polls;
+    // Every 2 s (the poller looks every second): two or three polls in 4.5 s, not one a tick.
+    assert!((1..=3).contains(&later), "{later} polls in 4.5 s");
+    assert_eq!(
+        pending(&app).await.len(),
+        1,
+        "the entry became an item once"
+    );
+    app.stop().await;
 }
