@@ -15,7 +15,7 @@ use crate::mail::dkim::Signer;
 use crate::metrics::Metrics;
 use crate::render::{RenderError, Renderer};
 use crate::scheduler::Scheduler;
-use crate::service::{Editor, Reporting, Signup, Subscribers};
+use crate::service::{Editor, Feeds, Reporting, Signup, Subscribers};
 use crate::store::{Store, StoreError};
 use crate::worker::{Worker, WorkerSettings};
 
@@ -35,6 +35,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("DKIM: {0}")]
     Dkim(String),
+    #[error("feeds: {0}")]
+    Feeds(String),
 }
 
 impl StartError {
@@ -46,7 +48,7 @@ impl StartError {
             | Self::Outbox { .. }
             | Self::Dkim(_)
             | Self::Store(StoreError::Open(_)) => 2,
-            Self::Store(_) | Self::Metrics(_) => 1,
+            Self::Store(_) | Self::Metrics(_) | Self::Feeds(_) => 1,
         }
     }
 }
@@ -68,6 +70,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Signs every email when DKIM is configured.
     pub signer: Option<Signer>,
+    feeds: Feeds,
 }
 
 impl App {
@@ -93,7 +96,18 @@ impl App {
             })?;
         let store = Store::connect(&config.database_url, &config.database_kind).await?;
         store.migrate().await?;
+        let feeds = Feeds::new(
+            store.clone(),
+            crate::feeds::FetchSettings {
+                timeout: config.feed_timeout,
+                max_bytes: config.feed_max_bytes,
+                allow_private: config.feed_allow_private,
+            },
+            config.feed_interval,
+        )
+        .map_err(|e| StartError::Feeds(e.to_string()))?;
         Ok(Self {
+            feeds,
             config: Arc::new(config),
             store,
             renderer,
@@ -127,6 +141,11 @@ impl App {
 
     pub fn reporting(&self) -> Reporting {
         Reporting::new(self.store.clone(), self.metrics.clone())
+    }
+
+    /// The feeds use case (and the poller), built at start with the feed settings.
+    pub fn feeds(&self) -> Feeds {
+        self.feeds.clone()
     }
 
     pub fn scheduler(&self) -> Scheduler {
@@ -185,6 +204,7 @@ impl App {
         };
         AppState::new(
             Editor::new(self.store.clone(), composer),
+            self.feeds(),
             self.subscribers(),
             self.signup(),
             self.reporting(),
@@ -208,6 +228,10 @@ impl App {
         let scheduler = roles
             .scheduler
             .then(|| tokio::spawn(self.scheduler().run(shutdown.clone())));
+        // The feed poller runs where the scheduler does.
+        let poller = roles
+            .scheduler
+            .then(|| tokio::spawn(self.feeds().run(shutdown.clone())));
         info!(address = %listener.local_addr()?, public_url = %self.config.public_url, "listening");
         let conns = http::Connections {
             header_timeout: self.config.http_header_timeout,
@@ -218,6 +242,9 @@ impl App {
         shutdown.cancel();
         if let Some(s) = scheduler {
             s.await?;
+        }
+        if let Some(p) = poller {
+            p.await?;
         }
         if let Some(w) = worker {
             w.await??;

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod compose;
 pub mod config;
 pub mod domain;
+pub mod feeds;
 pub mod http;
 pub mod mail;
 pub mod metrics;

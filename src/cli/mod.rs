@@ -6,6 +6,7 @@
 
 mod digest;
 mod dkim;
+mod feeds;
 mod items;
 mod schedule;
 mod serve;
@@ -46,6 +47,9 @@ pub enum Command {
     /// News items, the raw material of digests.
     #[command(subcommand)]
     Items(items::ItemsCommand),
+    /// Feeds whose new entries become pending items.
+    #[command(subcommand)]
+    Feeds(feeds::FeedsCommand),
     /// Create, preview and schedule digests.
     #[command(subcommand)]
     Digest(digest::DigestCommand),
@@ -81,7 +85,7 @@ fn flag(setting: &Setting) -> Arg {
         Some(default) => format!("{} [default: {default}]", setting.doc),
         None => setting.doc.to_owned(),
     };
-    // clap wants a `'static` long name; the table holds the key, and the 29 short strings
+    // clap wants a `'static` long name; the table holds the key, and the short strings
     // live as long as the process anyway.
     let long: &'static str = Box::leak(setting.flag().into_boxed_str());
     Arg::new(setting.key)
@@ -134,6 +138,7 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         Command::Worker => serve::worker(app, shutdown).await,
         Command::Serve { no_worker } => serve::serve(app, bind, no_worker, shutdown).await,
         Command::Items(c) => editor_exit(items::run(&app.editor(), c).await),
+        Command::Feeds(c) => editor_exit(feeds::run(&app.feeds(), c).await),
         Command::Digest(c) => editor_exit(digest::run(&app.editor(), c).await),
         Command::Schedule(c) => editor_exit(schedule::run(&app.editor(), c).await),
         Command::Subscribers(c) => {

@@ -130,6 +130,12 @@ pub struct Config {
     pub dkim: Option<DkimSettings>,
     /// The sender's postal address, in every digest's footer.
     pub postal_address: Option<String>,
+    /// How often each feed is polled; each fetch's timeout; the largest body (decoded).
+    pub feed_interval: Duration,
+    pub feed_timeout: Duration,
+    pub feed_max_bytes: u64,
+    /// Whether feeds may be fetched from loopback, private and link-local addresses.
+    pub feed_allow_private: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +341,12 @@ impl Config {
                 .ok_or_else(|| missing("import_max_bytes"))?,
             dkim,
             postal_address: d.postal_address,
+            feed_interval: d.feed_interval.ok_or_else(|| missing("feed_interval"))?,
+            feed_timeout: d.feed_timeout.ok_or_else(|| missing("feed_timeout"))?,
+            feed_max_bytes: d.feed_max_bytes.ok_or_else(|| missing("feed_max_bytes"))?,
+            feed_allow_private: d
+                .feed_allow_private
+                .ok_or_else(|| missing("feed_allow_private"))?,
         })
     }
 

@@ -89,6 +89,19 @@ pub(super) struct Draft {
     pub dkim_second_key: Option<DkimKey>,
     pub dkim_domain: Option<String>,
     pub postal_address: Option<String>,
+    pub feed_interval: Option<Duration>,
+    pub feed_timeout: Option<Duration>,
+    pub feed_max_bytes: Option<u64>,
+    pub feed_allow_private: Option<bool>,
+}
+
+/// `true`/`false` (also yes/no, on/off, 1/0).
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
 }
 
 const DURATION: &str = "expected a duration like 30s, 5m or 48h";
@@ -540,11 +553,7 @@ pub const TABLE: &[Setting] = &[
         secret: false,
         doc: "Send a welcome email (templates welcome.*) once a subscriber confirms",
         parse: |v, d| {
-            d.welcome = Some(match v.trim().to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "1" => true,
-                "false" | "no" | "off" | "0" => false,
-                _ => return Err("expected true or false".into()),
-            });
+            d.welcome = Some(boolean(v)?);
             Ok(())
         },
     },
@@ -663,6 +672,50 @@ pub const TABLE: &[Setting] = &[
                 return Err("expected one line of at most 300 characters".into());
             }
             d.postal_address = Some(v.to_owned()).filter(|v| !v.is_empty());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "feed_interval",
+        value_name: "DURATION",
+        default: Some("15m"),
+        secret: false,
+        doc: "How often each feed is polled for new entries",
+        parse: |v, d| {
+            d.feed_interval = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "feed_timeout",
+        value_name: "DURATION",
+        default: Some("10s"),
+        secret: false,
+        doc: "Timeout for fetching one feed, body included",
+        parse: |v, d| {
+            d.feed_timeout = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "feed_max_bytes",
+        value_name: "SIZE",
+        default: Some("5MB"),
+        secret: false,
+        doc: "Largest feed read (e.g. 5MB), counted after decompression; larger ones fail",
+        parse: |v, d| {
+            d.feed_max_bytes = Some(parse_size(v).ok_or("expected a size like 5MB or 512KB")?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "feed_allow_private",
+        value_name: "BOOL",
+        default: Some("false"),
+        secret: false,
+        doc: "Allow feeds on loopback, private and link-local addresses (refused by default so editors cannot make the server fetch internal URLs)",
+        parse: |v, d| {
+            d.feed_allow_private = Some(boolean(v)?);
             Ok(())
         },
     },

@@ -87,7 +87,8 @@ impl NewItem {
     }
 }
 
-fn http_url(raw: &str) -> Result<String, Invalid> {
+/// An http(s) URL of at most 2048 characters, as the url crate writes it (the `url` field).
+pub fn http_url(raw: &str) -> Result<String, Invalid> {
     let raw = raw.trim();
     if raw.len() > 2048 {
         return Err(invalid("url", "must be at most 2048 characters"));

@@ -23,6 +23,8 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/api/items", post(add_item).get(list_items))
         .route("/api/items/{id}", delete(delete_item))
+        .route("/api/feeds", post(add_feed).get(list_feeds))
+        .route("/api/feeds/{id}", delete(delete_feed))
         .route("/api/digests", post(create_digest).get(list_digests))
         .route("/api/digests/{id}", get(get_digest))
         .route("/api/digests/{id}/preview", get(preview))
@@ -146,6 +148,32 @@ async fn delete_item(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     s.editor.delete_item(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedBody {
+    url: String,
+}
+
+async fn add_feed(
+    State(s): State<AppState>,
+    ApiJson(b): ApiJson<FeedBody>,
+) -> Result<Response, HttpError> {
+    let feed = s.feeds.add(&b.url, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(feed)).into_response())
+}
+
+async fn list_feeds(State(s): State<AppState>) -> Result<Response, HttpError> {
+    Ok(Json(json!({ "feeds": s.feeds.list(now_ms()).await? })).into_response())
+}
+
+async fn delete_feed(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    s.feeds.remove(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -25,7 +25,7 @@ use error::ErrorPage;
 pub use error::HttpError;
 
 use crate::render::Renderer;
-use crate::service::{AdminSessions, Editor, Reporting, Signup, Subscribers};
+use crate::service::{AdminSessions, Editor, Feeds, Reporting, Signup, Subscribers};
 pub use connections::Connections;
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
@@ -59,6 +59,7 @@ pub struct Pages {
 #[derive(Clone)]
 pub struct AppState {
     pub editor: Editor,
+    pub feeds: Feeds,
     pub subscribers: Subscribers,
     pub signup: Signup,
     pub reporting: Reporting,
@@ -71,8 +72,10 @@ pub struct AppState {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         editor: Editor,
+        feeds: Feeds,
         subscribers: Subscribers,
         signup: Signup,
         reporting: Reporting,
@@ -85,6 +88,7 @@ impl AppState {
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
         Self {
             editor,
+            feeds,
             subscribers,
             signup,
             reporting,

@@ -9,12 +9,14 @@
 //! status and the CLI to an exit code.
 
 pub mod editorial;
+pub mod feeds;
 pub mod reporting;
 pub mod sessions;
 pub mod signup;
 pub mod subscribers;
 
 pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleView};
+pub use feeds::{FeedView, Feeds, Polled};
 pub use reporting::Reporting;
 pub use sessions::AdminSessions;
 pub use signup::Signup;

@@ -8,12 +8,14 @@
 //! - `digests`: items, digests and their transitions, the fan-out;
 //! - `queue`: claims and outcomes (the send path), the queue itself;
 //! - `stats`: counts for reporting;
+//! - `feeds`: feeds, the entries seen of each, and the items they make;
 //! - `schedule`: the daily schedule and the event log;
 //! - `workers`: heartbeats, the scheduler's leadership, work notifications;
 //! - `sqlite`: SQLite-only machinery (the pools, the sign-up batcher, checkpoints);
 //! - `rows`: the rows callers read.
 
 mod digests;
+mod feeds;
 mod health;
 mod queue;
 mod rows;
@@ -24,6 +26,7 @@ mod stats;
 mod subscribers;
 mod workers;
 
+pub use feeds::{FeedRow, SeenEntry};
 pub use rows::{
     ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, HistoryRow, ItemRow, Recorded,
     SubscriberRow,

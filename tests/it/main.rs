@@ -9,6 +9,7 @@ mod delivery;
 mod digests;
 mod dkim;
 mod engine;
+mod feeds;
 mod helpers;
 mod operators;
 mod pages;

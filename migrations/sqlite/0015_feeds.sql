@@ -1,0 +1,29 @@
+-- Feeds the poller turns into pending items (issue 22), and the entries it has seen.
+
+CREATE TABLE feeds (
+    id                   TEXT PRIMARY KEY NOT NULL,
+    url                  TEXT NOT NULL UNIQUE,
+    title                TEXT,
+    etag                 TEXT,
+    last_modified        TEXT,
+    last_polled_at       INTEGER,
+    last_success_at      INTEGER,
+    last_error           TEXT,
+    last_error_at        INTEGER,
+    -- When the current run of failures began (NULL while the feed works).
+    failing_since        INTEGER,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    created_at           INTEGER NOT NULL
+);
+
+-- One row per (feed, guid or normalised link) ever seen: an entry becomes an item once.
+CREATE TABLE feed_entries (
+    feed_id   TEXT NOT NULL REFERENCES feeds (id),
+    entry_key TEXT NOT NULL,
+    item_id   TEXT,
+    seen_at   INTEGER NOT NULL,
+    PRIMARY KEY (feed_id, entry_key)
+);
+
+-- Feed items are deduplicated by URL against every item.
+CREATE INDEX items_url ON items (url);
