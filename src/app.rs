@@ -139,6 +139,21 @@ impl App {
         Signup::new(self.store.clone(), self.wake.clone(), self.config.welcome)
     }
 
+    /// Bounces and complaints heard after sending.
+    pub fn inbound(&self) -> crate::service::Inbound {
+        let c = &self.config;
+        crate::service::Inbound::new(
+            self.store.clone(),
+            crate::service::InboundSettings {
+                verp: c.bounce.clone(),
+                complaint_pause_rate: c.complaint_pause_rate,
+                complaint_pause_min: c.complaint_pause_min,
+                policy_pause_rate: c.pause_threshold,
+                policy_pause_min: i64::try_from(c.pause_window).unwrap_or(i64::MAX),
+            },
+        )
+    }
+
     pub fn reporting(&self) -> Reporting {
         Reporting::new(self.store.clone(), self.metrics.clone())
     }
@@ -184,6 +199,7 @@ impl App {
             shutdown_timeout: c.shutdown_timeout,
             confirmation_ttl: c.confirmation_ttl,
             signer: self.signer.clone(),
+            verp: c.bounce.clone(),
         }
     }
 

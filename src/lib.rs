@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod feeds;
 pub mod http;
+pub mod inbound;
 pub mod mail;
 pub mod metrics;
 pub mod render;

@@ -579,6 +579,7 @@ async fn sample_message(app: &App, digest_id: &str) -> Result<(Envelope, Arc<[u8
         to_name: Some("Reader 0"),
         content: &content,
         list: Some(&list),
+        return_path: None,
     };
     // smtp-sink offers 8BITMIME, so the worker's connections build for it (`true`).
     let (envelope, bytes) =

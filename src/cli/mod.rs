@@ -7,6 +7,7 @@
 mod digest;
 mod dkim;
 mod feeds;
+mod inbound;
 mod items;
 mod schedule;
 mod serve;
@@ -62,6 +63,8 @@ pub enum Command {
     /// DKIM keys for the sending domain.
     #[command(subcommand)]
     Dkim(dkim::DkimCommand),
+    /// Read one bounce or complaint on standard input (for an MTA's pipe transport).
+    Inbound(inbound::InboundArgs),
     /// Delivery statistics: overall, or of one digest.
     Stats {
         /// Print JSON (the same shape as GET /api/stats and /api/digests/{id}/stats).
@@ -121,6 +124,8 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
     // Commands about the sending setup need no database.
     let command = match command {
         Command::Dkim(c) => return dkim::run(c, &config),
+        // Reads its message before opening the database, and exits as an MTA expects.
+        Command::Inbound(args) => return inbound::run(args, config).await,
         other => other,
     };
     let bind = config.bind;
@@ -147,7 +152,7 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         Command::Stats { json, digest } => {
             editor_exit(stats::run(&app.reporting(), json, digest).await)
         }
-        Command::Dkim(_) => ExitCode::SUCCESS,
+        Command::Dkim(_) | Command::Inbound(_) => ExitCode::SUCCESS,
     }
 }
 

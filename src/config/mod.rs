@@ -136,6 +136,14 @@ pub struct Config {
     pub feed_max_bytes: u64,
     /// Whether feeds may be fetched from loopback, private and link-local addresses.
     pub feed_allow_private: bool,
+    /// The VERP return path (bounce address and secret); `None`: the From address.
+    pub bounce: Option<crate::domain::bounce::Verp>,
+    /// Largest message `squeeze inbound` reads.
+    pub inbound_max_bytes: u64,
+    /// Complaint share of a digest's delivered mail past which it pauses (0: never), once
+    /// it delivered at least `complaint_pause_min`.
+    pub complaint_pause_rate: f64,
+    pub complaint_pause_min: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +291,27 @@ impl Config {
                 ),
             ],
         )?;
+        let bounce = match (d.bounce_address, d.bounce_secret) {
+            (None, None) => None,
+            (Some(address), Some(secret)) => Some(
+                crate::domain::bounce::Verp::new(&address, &secret)
+                    .map_err(|e| ConfigError(format!("setting `bounce_address`: {e}.")))?,
+            ),
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "setting `bounce_address` is set but `bounce_secret` is not: give a secret of \
+                     at least 32 characters that keys the VERP tokens."
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "setting `bounce_secret` is set but `bounce_address` is not: set the address \
+                     bounces go to, or remove the secret."
+                        .into(),
+                ));
+            }
+        };
         let retry = RetryPolicy::builder()
             .initial(retry_initial)
             .max(retry_max)
@@ -347,6 +376,16 @@ impl Config {
             feed_allow_private: d
                 .feed_allow_private
                 .ok_or_else(|| missing("feed_allow_private"))?,
+            bounce,
+            inbound_max_bytes: d
+                .inbound_max_bytes
+                .ok_or_else(|| missing("inbound_max_bytes"))?,
+            complaint_pause_rate: d
+                .complaint_pause_rate
+                .ok_or_else(|| missing("complaint_pause_rate"))?,
+            complaint_pause_min: d
+                .complaint_pause_min
+                .ok_or_else(|| missing("complaint_pause_min"))?,
         })
     }
 
@@ -617,7 +656,10 @@ mod tests {
             }
         }
         let secret: Vec<&str> = TABLE.iter().filter(|s| s.secret).map(|s| s.key).collect();
-        assert_eq!(secret, ["smtp_url", "admin_token", "metrics_token"]);
+        assert_eq!(
+            secret,
+            ["smtp_url", "admin_token", "metrics_token", "bounce_secret"]
+        );
         assert_eq!(SETTINGS.len(), TABLE.len());
     }
 

@@ -93,6 +93,11 @@ pub(super) struct Draft {
     pub feed_timeout: Option<Duration>,
     pub feed_max_bytes: Option<u64>,
     pub feed_allow_private: Option<bool>,
+    pub bounce_address: Option<String>,
+    pub bounce_secret: Option<String>,
+    pub inbound_max_bytes: Option<u64>,
+    pub complaint_pause_rate: Option<f64>,
+    pub complaint_pause_min: Option<i64>,
 }
 
 /// `true`/`false` (also yes/no, on/off, 1/0).
@@ -716,6 +721,87 @@ pub const TABLE: &[Setting] = &[
         doc: "Allow feeds on loopback, private and link-local addresses (refused by default so editors cannot make the server fetch internal URLs)",
         parse: |v, d| {
             d.feed_allow_private = Some(boolean(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "bounce_address",
+        value_name: "ADDRESS",
+        default: None,
+        secret: false,
+        doc: "Envelope sender of every email, as bounces+<token>@domain (VERP), so bounces name their delivery; unset: the From address",
+        parse: |v, d| {
+            let v = v.trim();
+            let fits = v.parse::<lettre::Address>().is_ok()
+                && !v.contains('+')
+                && v.rsplit_once('@').is_some_and(|(_, dom)| dom.contains('.'));
+            if !fits {
+                return Err(
+                    "expected an address like bounces@bounce.example.com, without a `+`".into(),
+                );
+            }
+            d.bounce_address = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "bounce_secret",
+        value_name: "SECRET",
+        default: None,
+        secret: true,
+        doc: "Key of the MAC in each VERP token (at least 32 characters); required with bounce_address",
+        parse: |v, d| {
+            if v.len() < crate::domain::bounce::MIN_SECRET {
+                return Err(format!(
+                    "use at least {} characters",
+                    crate::domain::bounce::MIN_SECRET
+                ));
+            }
+            d.bounce_secret = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "inbound_max_bytes",
+        value_name: "SIZE",
+        default: Some("10MB"),
+        secret: false,
+        doc: "Largest message `squeeze inbound` reads; a larger one is ignored (logged, exit 0)",
+        parse: |v, d| {
+            d.inbound_max_bytes = Some(parse_size(v).ok_or("expected a size like 10MB or 512KB")?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "complaint_pause_rate",
+        value_name: "SHARE",
+        default: Some("0.003"),
+        secret: false,
+        doc: "A digest pauses itself when complaints exceed this share of its delivered emails (0.003 or 0.3%; 0 disables)",
+        parse: |v, d| {
+            let zero = v.trim().trim_end_matches('%').trim().parse::<f64>() == Ok(0.0);
+            d.complaint_pause_rate = Some(if zero {
+                0.0
+            } else {
+                parse_share(v).ok_or("expected a share like 0.003 or 0.3%, or 0")?
+            });
+            Ok(())
+        },
+    },
+    Setting {
+        key: "complaint_pause_min",
+        value_name: "COUNT",
+        default: Some("1000"),
+        secret: false,
+        doc: "Delivered emails a digest needs before its complaint rate can pause it",
+        parse: |v, d| {
+            d.complaint_pause_min = Some(
+                v.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or("expected a whole number, 0 or more")?,
+            );
             Ok(())
         },
     },

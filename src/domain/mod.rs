@@ -1,5 +1,6 @@
 //! Pure types and rules: no SQL, HTTP or SMTP here.
 
+pub mod bounce;
 pub mod clock;
 pub mod delivery;
 pub mod digest;

@@ -27,6 +27,9 @@ pub struct Letter<'a> {
     pub to_name: Option<&'a str>,
     pub content: &'a Content,
     pub list: Option<&'a ListHeaders>,
+    /// The envelope sender (VERP: `bounces+<token>@bounce.example.com`); `None`: the From
+    /// address, as without a bounce address.
+    pub return_path: Option<&'a str>,
 }
 
 /// What a message says: its subject and its two alternative bodies.
@@ -77,6 +80,8 @@ pub fn fits_eight_bit(text: &str) -> bool {
 pub enum BuildError {
     #[error("recipient address {0:?} is not valid for SMTP")]
     Recipient(String),
+    #[error("return path {0:?} is not valid for SMTP")]
+    ReturnPath(String),
     #[error("cannot build the message: {0}")]
     Message(#[from] lettre::error::Error),
 }
@@ -104,7 +109,13 @@ pub fn build(
         .to_email
         .parse()
         .map_err(|_| BuildError::Recipient(letter.to_email.to_owned()))?;
-    let envelope = Envelope::new(Some(from.email.clone()), vec![to_addr.clone()])?;
+    let sender = match letter.return_path {
+        Some(path) => path
+            .parse::<Address>()
+            .map_err(|_| BuildError::ReturnPath(path.to_owned()))?,
+        None => from.email.clone(),
+    };
+    let envelope = Envelope::new(Some(sender), vec![to_addr.clone()])?;
     // A name with a control character cannot reach here (SubscriberName), but never let one
     // become a header: drop it rather than fail the message.
     let to_name = letter
@@ -395,6 +406,7 @@ mod tests {
             to_name: Some("Zoë Ünal"),
             content: &content,
             list: None,
+            return_path: None,
         };
         for eight_bit in [false, true] {
             let (_, bytes) = build(&from, &letter, eight_bit).expect("builds");
@@ -574,6 +586,7 @@ mod tests {
             to_name: Some("Ada\r\nBcc: evil@x.com"),
             content: &c,
             list: Some(&list),
+            return_path: None,
         };
         let (env, bytes) = build(&from, &letter, false).expect("builds");
         // Long headers are folded (RFC 5322); compare them unfolded.

@@ -10,6 +10,7 @@
 
 pub mod editorial;
 pub mod feeds;
+pub mod inbound;
 pub mod reporting;
 pub mod sessions;
 pub mod signup;
@@ -17,6 +18,7 @@ pub mod subscribers;
 
 pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleView};
 pub use feeds::{FeedView, Feeds, Polled};
+pub use inbound::{Inbound, InboundSettings, Recorded};
 pub use reporting::Reporting;
 pub use sessions::AdminSessions;
 pub use signup::Signup;

@@ -8,12 +8,14 @@
 //! - `digests`: items, digests and their transitions, the fan-out;
 //! - `queue`: claims and outcomes (the send path), the queue itself;
 //! - `stats`: counts for reporting;
+//! - `bounces`: bounces and complaints heard after sending, and what they change;
 //! - `feeds`: feeds, the entries seen of each, and the items they make;
 //! - `schedule`: the daily schedule and the event log;
 //! - `workers`: heartbeats, the scheduler's leadership, work notifications;
 //! - `sqlite`: SQLite-only machinery (the pools, the sign-up batcher, checkpoints);
 //! - `rows`: the rows callers read.
 
+mod bounces;
 mod digests;
 mod feeds;
 mod health;
@@ -26,6 +28,7 @@ mod stats;
 mod subscribers;
 mod workers;
 
+pub use bounces::{BounceCounts, BounceEventRow, BounceRecorded, BounceTarget, DigestHealth};
 pub use feeds::{FeedRow, SeenEntry};
 pub use rows::{
     ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, HistoryRow, ItemRow, Recorded,

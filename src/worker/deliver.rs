@@ -97,7 +97,9 @@ impl Worker {
                 };
             }
         };
+        let return_path = self.settings.verp.as_ref().map(|v| v.return_path(&d.id));
         let letter = Letter {
+            return_path: return_path.as_deref(),
             delivery_id: &d.id,
             to_email: &d.email,
             to_name: d.name.as_deref(),

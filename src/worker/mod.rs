@@ -81,6 +81,9 @@ pub struct WorkerSettings {
     pub confirmation_ttl: Duration,
     /// Signs every message (DKIM) when configured; `None`: nothing is signed.
     pub signer: Option<Signer>,
+    /// The VERP return path of every message when a bounce address is set; `None`: the
+    /// envelope sender is the From address.
+    pub verp: Option<crate::domain::bounce::Verp>,
 }
 
 /// Everything a worker needs; cheap to clone.

@@ -72,6 +72,7 @@ async fn harness(pause_threshold: f64, pause_window: usize) -> Harness {
         shutdown_timeout: Duration::from_secs(5),
         confirmation_ttl: Duration::from_secs(48 * 3600),
         signer: None,
+        verp: None,
     };
     let worker = Worker::new(
         store,

@@ -1,0 +1,198 @@
+//! Bounces and complaints heard after sending: the one entry point for every intake (the
+//! MTA's pipe, `squeeze inbound`, and provider webhooks). Matches a report to a delivery,
+//! asks the rules (`domain::bounce`) what it means, records it once, and pauses a digest
+//! whose complaints (or policy rejections) pass their rate.
+
+use tracing::{info, warn};
+
+use super::{ServiceError, ServiceResult};
+use crate::domain::bounce::{self, BounceKind, Report, Verp};
+use crate::domain::clock::now_ms;
+use crate::domain::email;
+use crate::store::{BounceRecorded, BounceTarget, DigestHealth, Store};
+
+/// What the intake needs of the configuration.
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    pub verp: Option<Verp>,
+    /// Complaint share of a digest's delivered mail past which it pauses (0: never), once it
+    /// delivered at least `complaint_pause_min`.
+    pub complaint_pause_rate: f64,
+    pub complaint_pause_min: i64,
+    /// The same for policy rejections heard after sending (the worker's auto-pause
+    /// threshold and window).
+    pub policy_pause_rate: f64,
+    pub policy_pause_min: i64,
+}
+
+/// What became of a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Matched to a delivery (by `verp`, `message_id` or `recipient`) and recorded.
+    Matched {
+        kind: BounceKind,
+        by: &'static str,
+        /// The subscriber's new status, if it changed.
+        subscriber: Option<&'static str>,
+        /// The digest paused because of it, with the reason.
+        paused: Option<String>,
+    },
+    /// Matched nothing (or carried a forged token): kept as an unmatched event.
+    Unmatched { kind: BounceKind },
+    /// Recorded before (the same delivery and kind): counted once.
+    Duplicate,
+    /// Nothing to act on (a delay warning, a success notice).
+    Ignored,
+}
+
+#[derive(Clone)]
+pub struct Inbound {
+    store: Store,
+    settings: InboundSettings,
+}
+
+impl Inbound {
+    pub fn new(store: Store, settings: InboundSettings) -> Self {
+        Self { store, settings }
+    }
+
+    /// The VERP token among the addresses a message was sent to, if any is ours.
+    pub fn token_in<'a>(&self, addresses: impl IntoIterator<Item = &'a str>) -> Option<String> {
+        let verp = self.settings.verp.as_ref()?;
+        addresses
+            .into_iter()
+            .find_map(|a| verp.token_in(a))
+            .map(str::to_owned)
+    }
+
+    /// Matches, decides and records one report.
+    pub async fn record(&self, report: Report) -> ServiceResult<Recorded> {
+        let kind = bounce::classify(&report);
+        if kind == BounceKind::Ignored {
+            return Ok(Recorded::Ignored);
+        }
+        let target = match self.find(&report).await? {
+            Found::Target(t, by) => Some((t, by)),
+            Found::Nothing | Found::Forged => None,
+        };
+        let now = now_ms();
+        let recorded = self
+            .store
+            .record_bounce(&report, kind, target.as_ref().map(|(t, by)| (t, *by)), now)
+            .await
+            .map_err(ServiceError::from)?;
+        let (subscriber, digest) = match recorded {
+            BounceRecorded::Duplicate => return Ok(Recorded::Duplicate),
+            BounceRecorded::Recorded { subscriber, digest } => (subscriber, digest),
+        };
+        let Some((_, by)) = target else {
+            info!(kind = kind.as_str(), "unmatched report kept");
+            return Ok(Recorded::Unmatched { kind });
+        };
+        let paused = match digest {
+            Some(h) => self.watch_digest(&h, kind, &report, now).await?,
+            None => None,
+        };
+        Ok(Recorded::Matched {
+            kind,
+            by,
+            subscriber,
+            paused,
+        })
+    }
+
+    /// In order: the VERP token, the returned Message-ID, the recipient's address.
+    async fn find(&self, report: &Report) -> ServiceResult<Found> {
+        if let Some(token) = &report.verp_token {
+            let Some(verp) = &self.settings.verp else {
+                return Ok(Found::Forged);
+            };
+            let Some(id) = verp.verify(token) else {
+                warn!("a report to a VERP address whose token does not verify: kept unmatched");
+                return Ok(Found::Forged);
+            };
+            if let Some(t) = self.store.bounce_target(&id).await? {
+                return Ok(Found::Target(t, "verp"));
+            }
+        }
+        if let Some(id) = report
+            .message_id
+            .as_deref()
+            .and_then(delivery_of_message_id)
+            && let Some(t) = self.store.bounce_target(id).await?
+        {
+            return Ok(Found::Target(t, "message_id"));
+        }
+        if let Some(r) = &report.recipient
+            && let Some(t) = self.store.bounce_target_by_email(&email::key(r)).await?
+        {
+            return Ok(Found::Target(t, "recipient"));
+        }
+        Ok(Found::Nothing)
+    }
+
+    /// Pauses the digest when its complaints, or its policy rejections, pass their rate.
+    async fn watch_digest(
+        &self,
+        h: &DigestHealth,
+        kind: BounceKind,
+        report: &Report,
+        now: i64,
+    ) -> ServiceResult<Option<String>> {
+        let s = &self.settings;
+        let reason = match kind {
+            BounceKind::Complaint
+                if bounce::rate_exceeded(
+                    h.complaints,
+                    h.delivered,
+                    s.complaint_pause_rate,
+                    s.complaint_pause_min,
+                ) =>
+            {
+                bounce::complaint_pause_reason(h.complaints, h.delivered, s.complaint_pause_rate)
+            }
+            BounceKind::Policy
+                if bounce::rate_exceeded(
+                    h.policy,
+                    h.delivered,
+                    s.policy_pause_rate,
+                    s.policy_pause_min,
+                ) =>
+            {
+                let last = report
+                    .status
+                    .clone()
+                    .or_else(|| report.diagnostic.clone())
+                    .unwrap_or_default();
+                bounce::policy_pause_reason(h.policy, h.delivered, &last)
+            }
+            _ => return Ok(None),
+        };
+        self.store
+            .pause_digest(&h.digest_id, &reason, now)
+            .await
+            .map_err(ServiceError::from)?;
+        self.store
+            .add_event("auto_pause", Some(&h.digest_id), &reason, now)
+            .await
+            .map_err(ServiceError::from)?;
+        warn!(digest_id = %h.digest_id, %reason, "digest paused");
+        Ok(Some(reason))
+    }
+}
+
+enum Found {
+    Target(BounceTarget, &'static str),
+    Nothing,
+    Forged,
+}
+
+/// `<delivery-id@domain>` (Squeeze's Message-ID, `mail::message::message_id`) -> the id.
+fn delivery_of_message_id(message_id: &str) -> Option<&str> {
+    let m = message_id
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    let (id, _) = m.split_once('@')?;
+    (!id.is_empty() && id.len() <= 64).then_some(id)
+}
