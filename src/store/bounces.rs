@@ -299,9 +299,8 @@ fn event_message(report: &Report, kind: BounceKind, changed: Option<&str>) -> St
         let d: String = d.chars().filter(|c| !c.is_control()).take(200).collect();
         m.push_str(&format!(": {d}"));
     }
-    match changed {
-        Some(status) => m.push_str(&format!("; subscriber {status}")),
-        None => {}
+    if let Some(status) = changed {
+        m.push_str(&format!("; subscriber {status}"));
     }
     m
 }
