@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::DeliveryKind;
@@ -23,6 +23,8 @@ pub struct Metrics {
     oldest_due_seconds: Gauge,
     subscribers: IntGaugeVec,
     workers_alive: IntGauge,
+    bounces: IntCounterVec,
+    complaints: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -113,6 +115,22 @@ impl Metrics {
         )?;
         let workers_alive =
             IntGauge::new("squeeze_workers_alive", "Workers with a recent heartbeat.")?;
+        // Counted by whichever process heard them (`squeeze inbound`, a webhook): read from
+        // the store when scraped, so every node shows the same totals.
+        let bounces = IntCounterVec::new(
+            Opts::new(
+                "squeeze_bounces_total",
+                "Bounces heard after sending, by kind (hard, soft, policy; unmatched: reports \
+                 that matched no delivery).",
+            ),
+            &["kind"],
+        )?;
+        let complaints = IntCounter::new(
+            "squeeze_complaints_total",
+            "Complaints (feedback reports) matched to a delivery.",
+        )?;
+        registry.register(Box::new(bounces.clone()))?;
+        registry.register(Box::new(complaints.clone()))?;
         registry.register(Box::new(messages.clone()))?;
         registry.register(Box::new(smtp_seconds.clone()))?;
         registry.register(Box::new(latency_seconds.clone()))?;
@@ -129,6 +147,8 @@ impl Metrics {
             oldest_due_seconds,
             subscribers,
             workers_alive,
+            bounces,
+            complaints,
         })
     }
 
@@ -169,6 +189,22 @@ impl Metrics {
         }
         self.workers_alive
             .set(store.live_workers(now, ALIVE_WITHIN).await?);
+        let b = store.bounce_counts(None).await?;
+        let catch_up = |c: &IntCounter, total: i64| {
+            let total = u64::try_from(total).unwrap_or(0);
+            if total > c.get() {
+                c.inc_by(total - c.get());
+            }
+        };
+        for (kind, n) in [
+            ("hard", b.hard_bounces),
+            ("soft", b.soft_bounces),
+            ("policy", b.policy_rejections),
+            ("unmatched", b.unmatched),
+        ] {
+            catch_up(&self.bounces.with_label_values(&[kind]), n);
+        }
+        catch_up(&self.complaints, b.complaints);
         let mut out = Vec::new();
         // Encoding our own registry into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

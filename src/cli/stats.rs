@@ -55,6 +55,7 @@ fn print_digest_stats(d: &DigestStats) {
         row(k, v.to_string());
     }
     row("progress", format!("{:.1}%", d.progress * 100.0));
+    print_bounces(&d.bounces, row);
     if let Some(t) = d.throughput_per_second {
         row("throughput", format!("{t} msg/s"));
     }
@@ -73,6 +74,17 @@ fn print_digest_stats(d: &DigestStats) {
         if let Some(v) = v {
             row(k, v.clone());
         }
+    }
+}
+
+/// Bounces and complaints heard after sending, and the complaint rate.
+fn print_bounces(b: &crate::service::reporting::Bounces, row: impl Fn(&str, String)) {
+    row("hard bounces", b.hard_bounces.to_string());
+    row("soft bounces", b.soft_bounces.to_string());
+    row("policy", b.policy_rejections.to_string());
+    row("complaints", b.complaints.to_string());
+    if let Some(r) = b.complaint_rate {
+        row("complaint rate", format!("{:.2}%", r * 100.0));
     }
 }
 
@@ -95,6 +107,8 @@ fn print_overall(o: &Overall) {
             ),
         );
     }
+    print_bounces(&o.bounces, row);
+    row("unmatched", o.bounces.unmatched.to_string());
     row("queue depth", o.queue.depth.to_string());
     row(
         "oldest due",

@@ -34,7 +34,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/digests/{id}/resume", post(resume))
         .route("/api/schedule", get(get_schedule).put(put_schedule))
         .route("/api/subscribers", get(list_subscribers))
-        .route("/api/subscribers/{email}", delete(forget_subscriber))
+        .route(
+            "/api/subscribers/{email}",
+            get(subscriber_history).delete(forget_subscriber),
+        )
         .route("/api/events", get(list_events))
         .route("/api/stats", get(overall_stats))
         .route("/api/digests/{id}/stats", get(digest_stats))
@@ -340,6 +343,14 @@ async fn digest_stats(
         Some(stats) => Ok(Json(stats).into_response()),
         None => Err(HttpError::NotFound(format!("no digest with id {id}"))),
     }
+}
+
+/// A subscriber, their deliveries and the bounces and complaints heard about them.
+async fn subscriber_history(
+    State(s): State<AppState>,
+    Path(email): Path<String>,
+) -> Result<Response, HttpError> {
+    Ok(Json(s.subscribers.history(&email).await?).into_response())
 }
 
 /// Right to erasure: the subscriber and everything about them.

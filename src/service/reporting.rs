@@ -29,6 +29,33 @@ pub struct ReplyCode {
     pub count: i64,
 }
 
+/// Bounces and complaints heard after sending (matched to a delivery), and the complaint
+/// rate: complaints per delivered email.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Bounces {
+    pub hard_bounces: i64,
+    pub soft_bounces: i64,
+    pub policy_rejections: i64,
+    pub complaints: i64,
+    /// Reports that matched no delivery (overall only; 0 for a digest).
+    pub unmatched: i64,
+    /// `complaints / sent`; `None` before anything was sent.
+    pub complaint_rate: Option<f64>,
+}
+
+impl Bounces {
+    fn of(c: crate::store::BounceCounts, sent: i64) -> Self {
+        Self {
+            hard_bounces: c.hard_bounces,
+            soft_bounces: c.soft_bounces,
+            policy_rejections: c.policy_rejections,
+            complaints: c.complaints,
+            unmatched: c.unmatched,
+            complaint_rate: (sent > 0).then(|| c.complaints as f64 / sent as f64),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DigestStats {
     pub id: String,
@@ -49,6 +76,8 @@ pub struct DigestStats {
     pub latency: Latency,
     /// The most frequent SMTP reply codes of failed and retried attempts (last reply kept).
     pub reply_codes: Vec<ReplyCode>,
+    /// Bounces and complaints heard after sending.
+    pub bounces: Bounces,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -76,6 +105,8 @@ pub struct Overall {
     /// Of the sign-ups of the last 30 days, the share that confirmed.
     pub confirmation_rate: Option<f64>,
     pub deliveries: DeliveryCounts,
+    /// Bounces and complaints heard after sending, of every digest and email.
+    pub bounces: Bounces,
     pub queue: Queue,
     pub workers_alive: i64,
     /// The digest sending now (or paused), else the latest one sent.
@@ -127,7 +158,9 @@ async fn of_digest(store: &Store, d: &DigestRow) -> StoreResult<DigestStats> {
         .into_iter()
         .map(|(code, count)| ReplyCode { code, count })
         .collect();
+    let bounces = Bounces::of(store.bounce_counts(Some(&d.id)).await?, counts.sent);
     Ok(DigestStats {
+        bounces,
         id: d.id.clone(),
         subject: d.subject.clone(),
         status: d.status.to_string(),
@@ -182,6 +215,7 @@ pub async fn overall(store: &Store, now: Millis) -> StoreResult<Overall> {
     let confirmation_rate = (total > 0).then(|| confirmed as f64 / total as f64);
 
     let deliveries = store.delivery_counts(None).await?;
+    let bounces = Bounces::of(store.bounce_counts(None).await?, deliveries.sent);
     let oldest = store.oldest_due(now).await?;
     let queue = Queue {
         depth: deliveries.pending(),
@@ -203,6 +237,7 @@ pub async fn overall(store: &Store, now: Millis) -> StoreResult<Overall> {
         last_30_days,
         confirmation_rate,
         deliveries,
+        bounces,
         queue,
         workers_alive,
         current_digest,

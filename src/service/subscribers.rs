@@ -33,6 +33,14 @@ pub const IMPORT_MAX_LINE: usize = 64 * 1024;
 /// Said when a signal stopped an import while the file was being read.
 pub const IMPORT_STOPPED: &str = "stopped by a signal while reading the file; nothing was imported";
 
+/// What `GET /api/subscribers/{email}` shows.
+#[derive(Debug, serde::Serialize)]
+pub struct SubscriberHistory {
+    pub subscriber: SubscriberRow,
+    pub deliveries: Vec<crate::store::HistoryRow>,
+    pub bounces: Vec<crate::store::BounceEventRow>,
+}
+
 #[derive(Clone)]
 pub struct Subscribers {
     store: Store,
@@ -241,6 +249,24 @@ impl Subscribers {
         }
         out.flush().map_err(ServiceError::output)?;
         Ok(n)
+    }
+
+    /// A subscriber with their deliveries and the bounces and complaints heard about them.
+    pub async fn history(&self, email: &str) -> ServiceResult<SubscriberHistory> {
+        let email = crate::domain::EmailAddress::parse(email)
+            .map_err(|e| crate::domain::digest::invalid("email", e.to_string()))?;
+        let Some(subscriber) = self.store.subscriber_by_email(email.as_str()).await? else {
+            return Err(ServiceError::NotFound(format!(
+                "no subscriber with the address {email}"
+            )));
+        };
+        let deliveries = self.store.history_of(&subscriber.id).await?;
+        let bounces = self.store.bounce_events_of(&subscriber.id).await?;
+        Ok(SubscriberHistory {
+            subscriber,
+            deliveries,
+            bounces,
+        })
     }
 
     /// Erases a subscriber and everything about them.

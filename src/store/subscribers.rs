@@ -409,6 +409,12 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(id) = id else { return Ok(false) };
+        // Bounce reports name the address too: matched ones by subscriber, others by address.
+        sqlx::query("DELETE FROM bounce_events WHERE subscriber_id = $1 OR lower(recipient) = $2")
+            .bind(&id)
+            .bind(email_key(email))
+            .execute(&mut *tx)
+            .await?;
         for sql in [
             "DELETE FROM deliveries WHERE subscriber_id = $1",
             "DELETE FROM confirmation_tokens WHERE subscriber_id = $1",

@@ -79,6 +79,18 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
+async fn metrics(app: &TestApp) -> String {
+    app.http
+        .get(format!("{}/metrics", app.url))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// A digest to everyone confirmed, sent through the real SMTP server.
 async fn send_digest(app: &TestApp, smtp: &SmtpServer, title: &str, total: usize) -> String {
     app.add_item(title).await;
@@ -257,6 +269,35 @@ async fn a_dsn_to_the_verp_address_bounces_its_subscriber_once_and_a_forged_one_
         .unwrap_or_default();
     assert!(kinds.contains(&"bounce.hard"), "{events}");
     assert!(kinds.contains(&"bounce.unmatched"), "{events}");
+    // The subscriber's history in the admin API: the delivery and the bounce heard of it.
+    let (status, history) = app.get_json("/api/subscribers/Gone@Example.org").await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["subscriber"]["status"], "bounced", "{history}");
+    assert_eq!(history["bounces"][0]["kind"], "hard", "{history}");
+    assert_eq!(
+        history["bounces"][0]["delivery_id"],
+        delivery.as_str(),
+        "{history}"
+    );
+    assert!(
+        history["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["id"] == delivery.as_str())),
+        "{history}"
+    );
+    // Stats and Prometheus count the hard bounce once, and the unmatched report.
+    let (_, stats) = app.stats().await;
+    assert_eq!(stats["bounces"]["hard_bounces"], 1, "{stats}");
+    assert_eq!(stats["bounces"]["unmatched"], 1, "{stats}");
+    let metrics = metrics(&app).await;
+    assert!(
+        metrics.contains("squeeze_bounces_total{kind=\"hard\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("squeeze_bounces_total{kind=\"unmatched\"} 1"),
+        "{metrics}"
+    );
     app.stop().await;
 }
 
