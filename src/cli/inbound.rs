@@ -10,7 +10,6 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::config::Config;
-use crate::domain::clock::now_ms;
 use crate::service::{Recorded, ServiceError};
 
 /// EX_TEMPFAIL (sysexits.h): the MTA keeps the message and tries again.
@@ -42,11 +41,6 @@ pub async fn run(args: InboundArgs, config: Config) -> ExitCode {
         eprintln!("squeeze: the message is larger than inbound_max_bytes ({max} bytes): ignored.");
         return ExitCode::SUCCESS;
     }
-    let parsed = crate::inbound::parse(&raw, "inbound", now_ms());
-    let Some(mut report) = parsed.report else {
-        info!("inbound message is neither a bounce nor a complaint: ignored");
-        return ExitCode::SUCCESS;
-    };
     let recipient = args
         .recipient
         .or_else(|| std::env::var("ORIGINAL_RECIPIENT").ok())
@@ -61,14 +55,7 @@ pub async fn run(args: InboundArgs, config: Config) -> ExitCode {
             });
         }
     };
-    let inbound = app.inbound();
-    report.verp_token = inbound.token_in(
-        recipient
-            .iter()
-            .map(String::as_str)
-            .chain(parsed.addressed_to.iter().map(String::as_str)),
-    );
-    let result = inbound.record(report).await;
+    let result = app.inbound().receive(&raw, recipient.as_deref()).await;
     app.close().await;
     match result {
         Ok(r) => {

@@ -65,7 +65,24 @@ impl Inbound {
             .map(str::to_owned)
     }
 
-    /// Matches, decides and records one report.
+    /// One message as an MTA hands it over (already within the size cap): parsed, and
+    /// recorded when it is a bounce or a complaint. `recipient`: the address it was sent to,
+    /// as the MTA says (besides its To/Delivered-To headers), where a VERP token is.
+    pub async fn receive(&self, raw: &[u8], recipient: Option<&str>) -> ServiceResult<Recorded> {
+        let parsed = crate::inbound::parse(raw, "inbound", now_ms());
+        let Some(mut report) = parsed.report else {
+            return Ok(Recorded::Ignored);
+        };
+        report.verp_token = self.token_in(
+            recipient
+                .into_iter()
+                .chain(parsed.addressed_to.iter().map(String::as_str)),
+        );
+        self.record(report).await
+    }
+
+    /// Matches, decides and records one report: the entry point of every intake (the
+    /// MTA's pipe through [`Inbound::receive`], provider webhooks directly).
     pub async fn record(&self, report: Report) -> ServiceResult<Recorded> {
         let kind = bounce::classify(&report);
         if kind == BounceKind::Ignored {
