@@ -664,6 +664,44 @@ mod tests {
     }
 
     #[test]
+    fn a_bounce_address_needs_its_secret_and_the_secret_is_never_shown() {
+        let secret = "a-bounce-secret-of-at-least-32-characters";
+        let ok = load(&[
+            ("bounce_address", "bounces@bounce.example.com"),
+            ("bounce_secret", secret),
+        ])
+        .expect("valid");
+        assert!(ok.bounce.is_some());
+        assert!(
+            !format!("{ok:?}").contains(secret),
+            "Debug shows the secret"
+        );
+        let err = load(&[("bounce_address", "bounces@bounce.example.com")])
+            .expect_err("no secret")
+            .to_string();
+        assert!(err.contains("`bounce_secret`"), "{err}");
+        let err = load(&[
+            ("bounce_address", "bounces@bounce.example.com"),
+            ("bounce_secret", "short-secret"),
+        ])
+        .expect_err("short")
+        .to_string();
+        assert!(
+            err.contains("at least 32") && !err.contains("short-secret"),
+            "{err}"
+        );
+        let err = load(&[("bounce_secret", secret)])
+            .expect_err("no address")
+            .to_string();
+        assert!(
+            err.contains("`bounce_address`") && !err.contains(secret),
+            "{err}"
+        );
+        assert!(load(&[("bounce_address", "bounces+x@bounce.example.com")]).is_err());
+        assert!(load(&[]).expect("defaults").bounce.is_none());
+    }
+
+    #[test]
     fn a_bad_secret_is_named_but_not_shown() {
         for key in ["smtp_url", "metrics_token"] {
             let err = load(&[(key, "ftp://tiny")]).expect_err(key).to_string();
