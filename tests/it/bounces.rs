@@ -370,6 +370,43 @@ async fn a_complaint_unsubscribes_at_once_and_pauses_a_digest_past_the_complaint
 }
 
 #[tokio::test]
+async fn a_policy_rejection_leaves_the_subscriber_alone_and_pauses_the_digest_with_the_reason() {
+    let smtp = SmtpServer::start().await;
+    // The worker's auto-pause settings: past 20% of the digest's delivered mail, once 10
+    // are delivered.
+    let small = [("pause_threshold", "0.2"), ("pause_window", "10")];
+    let app = spawn(&smtp, &small).await;
+    let readers: Vec<String> = (0..10).map(|i| format!("r{i}@example.org")).collect();
+    for r in &readers {
+        app.subscribe_confirmed(&smtp, r).await;
+    }
+    let before = smtp.count();
+    let digest = send_digest(&app, &smtp, "News", before + readers.len()).await;
+    let env = [
+        ("SQUEEZE_PAUSE_THRESHOLD", "0.2"),
+        ("SQUEEZE_PAUSE_WINDOW", "10"),
+    ];
+    // Gmail's DMARC rejection: the sender's problem, not the readers'.
+    for (i, r) in readers.iter().take(3).enumerate() {
+        let out = inbound(&app, &dsn(BOUNCE, r, "5.7.26", "<x@y>"), &[], &env);
+        assert_eq!(stdout(&out), "matched policy by recipient", "{out:?}");
+        assert_eq!(status_of(&app, r).await, "confirmed");
+        let (_, d) = app.digest(&digest).await;
+        let paused = d["status"] == "paused";
+        assert_eq!(paused, i == 2, "after {} rejections of 10: {d}", i + 1);
+    }
+    let (_, d) = app.digest(&digest).await;
+    let reason = d["paused_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("5.7.26") && reason.contains("policy"),
+        "{reason}"
+    );
+    let (_, stats) = app.digest_stats(&digest).await;
+    assert_eq!(stats["bounces"]["policy_rejections"], 3, "{stats}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn three_soft_bounces_in_five_deliveries_bounce_and_a_success_resets_the_count() {
     let smtp = SmtpServer::start().await;
     let app = spawn(&smtp, &[]).await;
