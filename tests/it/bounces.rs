@@ -298,6 +298,38 @@ async fn a_dsn_to_the_verp_address_bounces_its_subscriber_once_and_a_forged_one_
         metrics.contains("squeeze_bounces_total{kind=\"unmatched\"} 1"),
         "{metrics}"
     );
+    let (status, _) = app.get_json("/api/subscribers/nobody@example.org").await;
+    assert_eq!(status, 404);
+    let (status, body) = app.get_json("/api/subscribers/not-an-address").await;
+    assert!(status.is_client_error() && status != 404, "{status} {body}");
+    // Forgetting the subscriber erases the bounce reports that name them.
+    let pool = app.db().await;
+    let rows: Vec<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT recipient, subscriber_id FROM bounce_events")
+            .fetch_all(&pool)
+            .await
+            .expect("bounce events");
+    pool.close().await;
+    assert!(
+        rows.iter()
+            .any(|(r, s)| r.as_deref() == Some("gone@example.org") && s.is_some()),
+        "{rows:?}"
+    );
+    let (status, _) = app
+        .admin_json(
+            reqwest::Method::DELETE,
+            "/api/subscribers/gone@example.org",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM bounce_events WHERE lower(recipient) = 'gone@example.org'"
+        )
+        .await,
+        0
+    );
     app.stop().await;
 }
 
@@ -366,6 +398,15 @@ async fn a_complaint_unsubscribes_at_once_and_pauses_a_digest_past_the_complaint
             .await,
         2
     );
+    // Visible: the digest's stats (2 of 3 delivered), overall, Prometheus.
+    let (_, stats) = app.digest_stats(&digest).await;
+    assert_eq!(stats["bounces"]["complaints"], 2, "{stats}");
+    let rate = stats["bounces"]["complaint_rate"].as_f64().unwrap_or(0.0);
+    assert!((rate - 2.0 / 3.0).abs() < 1e-9, "{stats}");
+    let (_, overall) = app.stats().await;
+    assert_eq!(overall["bounces"]["complaints"], 2, "{overall}");
+    let metrics = metrics(&app).await;
+    assert!(metrics.contains("squeeze_complaints_total 2"), "{metrics}");
     app.stop().await;
 }
 
