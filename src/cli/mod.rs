@@ -6,6 +6,7 @@
 
 mod digest;
 mod dkim;
+mod doctor;
 mod feeds;
 mod items;
 mod schedule;
@@ -62,6 +63,13 @@ pub enum Command {
     /// DKIM keys for the sending domain.
     #[command(subcommand)]
     Dkim(dkim::DkimCommand),
+    /// Check the sending setup (SPF, DKIM, DMARC, https, one-click unsubscribe, postal
+    /// address): pass / warn / fail with the fix for each; exits 1 on any fail.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delivery statistics: overall, or of one digest.
     Stats {
         /// Print JSON (the same shape as GET /api/stats and /api/digests/{id}/stats).
@@ -121,6 +129,7 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
     // Commands about the sending setup need no database.
     let command = match command {
         Command::Dkim(c) => return dkim::run(c, &config),
+        Command::Doctor { json } => return doctor::run(&config, json).await,
         other => other,
     };
     let bind = config.bind;
@@ -147,7 +156,7 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         Command::Stats { json, digest } => {
             editor_exit(stats::run(&app.reporting(), json, digest).await)
         }
-        Command::Dkim(_) => ExitCode::SUCCESS,
+        Command::Dkim(_) | Command::Doctor { .. } => ExitCode::SUCCESS,
     }
 }
 

@@ -136,6 +136,8 @@ pub struct Config {
     pub feed_max_bytes: u64,
     /// Whether feeds may be fetched from loopback, private and link-local addresses.
     pub feed_allow_private: bool,
+    /// The DNS server `squeeze doctor` asks; `None`: the system resolver.
+    pub doctor_nameserver: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +349,7 @@ impl Config {
             feed_allow_private: d
                 .feed_allow_private
                 .ok_or_else(|| missing("feed_allow_private"))?,
+            doctor_nameserver: d.doctor_nameserver,
         })
     }
 

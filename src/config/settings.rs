@@ -93,6 +93,7 @@ pub(super) struct Draft {
     pub feed_timeout: Option<Duration>,
     pub feed_max_bytes: Option<u64>,
     pub feed_allow_private: Option<bool>,
+    pub doctor_nameserver: Option<SocketAddr>,
 }
 
 /// `true`/`false` (also yes/no, on/off, 1/0).
@@ -716,6 +717,20 @@ pub const TABLE: &[Setting] = &[
         doc: "Allow feeds on loopback, private and link-local addresses (refused by default so editors cannot make the server fetch internal URLs)",
         parse: |v, d| {
             d.feed_allow_private = Some(boolean(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "doctor_nameserver",
+        value_name: "ADDR",
+        default: None,
+        secret: false,
+        doc: "DNS server `squeeze doctor` asks, as ip:port over UDP and TCP [default: the system resolver]",
+        parse: |v, d| {
+            d.doctor_nameserver =
+                Some(v.trim().parse().map_err(|_| {
+                    "expected an IP address and port, like 127.0.0.1:53".to_owned()
+                })?);
             Ok(())
         },
     },
