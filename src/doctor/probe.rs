@@ -88,9 +88,9 @@ pub async fn answers(resolver: &TokioResolver, setup: &Setup) -> Answers {
         names.extend(d.keys.iter().map(|k| dkim_name(&k.selector, &d.domain)));
     }
     for name in names {
-        if !answers.contains_key(&name) {
-            let found = txt(resolver, &name).await;
-            answers.insert(name, found);
+        if let std::collections::btree_map::Entry::Vacant(e) = answers.entry(name) {
+            let found = txt(resolver, e.key()).await;
+            e.insert(found);
         }
     }
     answers

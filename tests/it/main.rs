@@ -8,6 +8,7 @@ mod connections;
 mod delivery;
 mod digests;
 mod dkim;
+mod doctor;
 mod engine;
 mod feeds;
 mod helpers;
