@@ -4,6 +4,7 @@ pub mod app;
 pub mod cli;
 pub mod compose;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod feeds;
 pub mod http;

@@ -6,6 +6,7 @@
 
 mod digest;
 mod dkim;
+mod doctor;
 mod feeds;
 mod inbound;
 mod items;
@@ -65,6 +66,13 @@ pub enum Command {
     Dkim(dkim::DkimCommand),
     /// Read one bounce or complaint on standard input (for an MTA's pipe transport).
     Inbound(inbound::InboundArgs),
+    /// Check the sending setup (SPF, DKIM, DMARC, https, one-click unsubscribe, postal
+    /// address): pass / warn / fail with the fix for each; exits 1 on any fail.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delivery statistics: overall, or of one digest.
     Stats {
         /// Print JSON (the same shape as GET /api/stats and /api/digests/{id}/stats).
@@ -126,6 +134,7 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         Command::Dkim(c) => return dkim::run(c, &config),
         // Reads its message before opening the database, and exits as an MTA expects.
         Command::Inbound(args) => return inbound::run(args, config).await,
+        Command::Doctor { json } => return doctor::run(&config, json).await,
         other => other,
     };
     let bind = config.bind;
@@ -152,7 +161,7 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         Command::Stats { json, digest } => {
             editor_exit(stats::run(&app.reporting(), json, digest).await)
         }
-        Command::Dkim(_) | Command::Inbound(_) => ExitCode::SUCCESS,
+        Command::Dkim(_) | Command::Inbound(_) | Command::Doctor { .. } => ExitCode::SUCCESS,
     }
 }
 

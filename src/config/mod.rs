@@ -144,6 +144,8 @@ pub struct Config {
     /// it delivered at least `complaint_pause_min`.
     pub complaint_pause_rate: f64,
     pub complaint_pause_min: i64,
+    /// The DNS server `squeeze doctor` asks; `None`: the system resolver.
+    pub doctor_nameserver: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,6 +388,7 @@ impl Config {
             complaint_pause_min: d
                 .complaint_pause_min
                 .ok_or_else(|| missing("complaint_pause_min"))?,
+            doctor_nameserver: d.doctor_nameserver,
         })
     }
 

@@ -98,6 +98,7 @@ pub(super) struct Draft {
     pub inbound_max_bytes: Option<u64>,
     pub complaint_pause_rate: Option<f64>,
     pub complaint_pause_min: Option<i64>,
+    pub doctor_nameserver: Option<SocketAddr>,
 }
 
 /// `true`/`false` (also yes/no, on/off, 1/0).
@@ -802,6 +803,20 @@ pub const TABLE: &[Setting] = &[
                     .filter(|n| *n >= 0)
                     .ok_or("expected a whole number, 0 or more")?,
             );
+            Ok(())
+        },
+    },
+    Setting {
+        key: "doctor_nameserver",
+        value_name: "ADDR",
+        default: None,
+        secret: false,
+        doc: "DNS server `squeeze doctor` asks, as ip:port over UDP and TCP [default: the system resolver]",
+        parse: |v, d| {
+            d.doctor_nameserver =
+                Some(v.trim().parse().map_err(|_| {
+                    "expected an IP address and port, like 127.0.0.1:53".to_owned()
+                })?);
             Ok(())
         },
     },

@@ -81,6 +81,11 @@ impl Verp {
     }
 
     /// The token of a delivery; `None` for an id that cannot go in a local part as it is.
+    /// The domain bounces come back to: the envelope sender's domain, whose SPF counts.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
     pub fn token(&self, delivery_id: &str) -> Option<String> {
         let id = delivery_id.to_ascii_lowercase();
         let compact = compact_uuid(&id)?;

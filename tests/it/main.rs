@@ -9,6 +9,7 @@ mod connections;
 mod delivery;
 mod digests;
 mod dkim;
+mod doctor;
 mod engine;
 mod feeds;
 mod helpers;
