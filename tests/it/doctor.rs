@@ -348,6 +348,29 @@ fn dns_mistakes_each_fail_or_warn_with_their_fix() {
 }
 
 #[test]
+fn with_a_bounce_address_spf_is_checked_at_the_bounce_domain() {
+    if dnslib_missing().is_some() {
+        return;
+    }
+    let mut setup = Setup::new("http://127.0.0.1:9/");
+    setup.set("SQUEEZE_BOUNCE_ADDRESS", "bounces@bounce.example.com");
+    setup.set("SQUEEZE_BOUNCE_SECRET", "0123456789abcdef0123456789abcdef");
+    // The From domain's SPF is good, but mail leaves with the bounce domain's envelope.
+    let spf = setup.doctor().get("SPF").clone();
+    assert_eq!(spf["result"], "fail", "{spf:#}");
+    assert!(
+        spf["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("bounce.example.com"),
+        "{spf:#}"
+    );
+    setup.zone(json!({ "bounce.example.com": [["v=spf1 ip4:192.0.2.1 -all"]] }));
+    let spf = setup.doctor().get("SPF").clone();
+    assert_eq!(spf["result"], "pass", "{spf:#}");
+}
+
+#[test]
 fn strict_dkim_alignment_that_the_setup_misses_fails() {
     if dnslib_missing().is_some() {
         return;
