@@ -76,7 +76,7 @@ async fn metrics(
 }
 
 /// The session id the browser sent in its cookie.
-fn session_id(headers: &HeaderMap) -> Option<String> {
+pub(super) fn session_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -101,7 +101,7 @@ fn cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
 }
 
 /// The page that says the dashboard is off (no admin token configured).
-fn disabled(state: &AppState) -> Result<Response, HttpError> {
+pub(super) fn disabled(state: &AppState) -> Result<Response, HttpError> {
     page(
         state,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -142,7 +142,7 @@ fn throttled(state: &AppState, retry_after: u64) -> Result<Response, HttpError> 
 
 /// A form field from an `application/x-www-form-urlencoded` body (read by hand so that a
 /// forged post with no body or another content type still gets the 403 page).
-fn form_field(body: &[u8], name: &str) -> Option<String> {
+pub(super) fn form_field(body: &[u8], name: &str) -> Option<String> {
     url::form_urlencoded::parse(body)
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
@@ -186,14 +186,14 @@ async fn login(
 }
 
 /// Why a dashboard form was refused.
-enum Refused {
+pub(super) enum Refused {
     Disabled,
     NotLoggedIn,
     Forged,
 }
 
 impl Refused {
-    fn answer(self, s: &AppState) -> Response {
+    pub(super) fn answer(self, s: &AppState) -> Response {
         let page = match self {
             Self::Disabled => disabled(s),
             Self::NotLoggedIn => Err(HttpError::Unauthorized("log in at /admin first".into())),
@@ -205,7 +205,7 @@ impl Refused {
 
 /// A state-changing dashboard form: the live session's id, once its CSRF token and origin
 /// check out; the outer error is a database fault.
-async fn checked_form(
+pub(super) async fn checked_form(
     s: &AppState,
     headers: &HeaderMap,
     body: &[u8],

@@ -150,6 +150,28 @@ impl Editor {
         self.digest(id).await
     }
 
+    /// The list's timezone: the daily schedule's, UTC while there is none.
+    pub async fn list_timezone(&self) -> ServiceResult<chrono_tz::Tz> {
+        Ok(self
+            .store
+            .schedule()
+            .await?
+            .map_or(chrono_tz::Tz::UTC, |s| s.schedule.timezone))
+    }
+
+    /// Schedules at a wall time typed in a browser (`datetime-local`), read in the list's
+    /// timezone.
+    pub async fn schedule_local(
+        &self,
+        id: &str,
+        local: &str,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<DigestRow> {
+        let tz = self.list_timezone().await?;
+        let at = crate::domain::digest::parse_local_send_at(local, tz, now)?;
+        self.schedule(id, &at.to_rfc3339(), now).await
+    }
+
     pub async fn cancel(&self, id: &str, now: Millis) -> ServiceResult<DigestRow> {
         self.store.cancel_digest(id, now).await?;
         self.digest(id).await

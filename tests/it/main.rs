@@ -16,4 +16,5 @@ mod pages;
 mod scaleout;
 mod signup;
 mod storage;
+mod studio;
 mod subscription;

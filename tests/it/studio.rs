@@ -1,0 +1,237 @@
+//! The editor's studio under /admin: forms behind the dashboard's login, each refused without
+//! the session's CSRF token or from another origin, validation messages tied to their field,
+//! a digest composed, previewed and sent from the browser's forms alone.
+
+use reqwest::StatusCode;
+
+use crate::helpers::{ADMIN_TOKEN, Options, SmtpServer, TestApp, seed};
+
+/// A logged-in browser: its cookie jar and the session's CSRF token.
+async fn login(app: &TestApp) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("client");
+    let ok = http
+        .post(format!("{}/admin/login", app.url))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let html = get(&http, app, "/admin/items").await.1;
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("every studio form carries the CSRF token")
+        .to_owned();
+    (http, csrf)
+}
+
+async fn get(http: &reqwest::Client, app: &TestApp, path: &str) -> (StatusCode, String) {
+    let res = http
+        .get(format!("{}{path}", app.url))
+        .send()
+        .await
+        .expect("get");
+    (res.status(), res.text().await.expect("body"))
+}
+
+async fn post(
+    http: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, String, Option<String>) {
+    let res = http
+        .post(format!("{}{path}", app.url))
+        .form(form)
+        .send()
+        .await
+        .expect("post");
+    let location = res
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
+    (res.status(), res.text().await.expect("body"), location)
+}
+
+#[tokio::test]
+async fn studio_forms_are_refused_without_the_csrf_token_or_from_another_origin() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let anonymous = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let (status, html) = get(&anonymous, &app, "/admin/items").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the studio needs the login"
+    );
+    assert!(html.contains("name=\"token\""), "{html}");
+    let (http, csrf) = login(&app).await;
+    let item = [
+        ("title", "Forged"),
+        ("url", "https://example.com/f"),
+        ("summary", ""),
+        ("source", ""),
+    ];
+    let mut forged_token = item.to_vec();
+    forged_token.push(("csrf", "forged"));
+    let mut right_token = item.to_vec();
+    right_token.push(("csrf", csrf.as_str()));
+    let url = format!("{}/admin/items", app.url);
+    let forged = [
+        http.post(&url).form(&item),
+        http.post(&url).form(&forged_token),
+        http.post(&url)
+            .header("origin", "http://evil.example")
+            .form(&right_token),
+        http.post(&url)
+            .header("sec-fetch-site", "cross-site")
+            .form(&right_token),
+        anonymous.post(&url).form(&right_token),
+    ];
+    for request in forged {
+        let res = request.send().await.expect("req");
+        assert!(
+            matches!(
+                res.status(),
+                StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
+            ),
+            "{}",
+            res.status()
+        );
+    }
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM items").await,
+        0,
+        "no forged form added anything"
+    );
+    let (status, _, location) = post(&http, &app, "/admin/items", &right_token).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location.as_deref(), Some("/admin/items"));
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM items").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_field_is_shown_next_to_it_and_keeps_what_was_typed() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let (http, csrf) = login(&app).await;
+    let (status, html, _) = post(
+        &http,
+        &app,
+        "/admin/items",
+        &[
+            ("csrf", &csrf),
+            ("title", "Typed title"),
+            ("url", "not a url"),
+            ("summary", ""),
+            ("source", ""),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("aria-describedby=\"e-url\"") && html.contains("id=\"e-url\""),
+        "the URL's error is tied to the URL field: {html}"
+    );
+    assert!(html.contains("value=\"Typed title\""), "keeps the title");
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM items").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_digest_made_in_the_studio_keeps_the_chosen_order_and_goes_to_every_confirmed_subscriber()
+{
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        ..Options::default()
+    })
+    .await;
+    seed(&app, &[("confirmed", 3), ("pending", 2)], "example.com").await;
+    let (http, csrf) = login(&app).await;
+    for (title, url) in [
+        ("First item", "https://example.com/1"),
+        ("Second item", "https://example.com/2"),
+        ("Third item", "https://example.com/3"),
+    ] {
+        let (status, _, _) = post(
+            &http,
+            &app,
+            "/admin/items",
+            &[
+                ("csrf", &csrf),
+                ("title", title),
+                ("url", url),
+                ("summary", ""),
+                ("source", ""),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+    }
+    let id_of = |title: &str| format!("SELECT id FROM items WHERE title = '{title}'");
+    let first = app.text(&id_of("First item")).await;
+    let third = app.text(&id_of("Third item")).await;
+    let (p1, p3) = (format!("position.{first}"), format!("position.{third}"));
+    let (status, _, location) = post(
+        &http,
+        &app,
+        "/admin/digests",
+        &[
+            ("csrf", &csrf),
+            ("subject", "Studio digest"),
+            ("intro", "Hello"),
+            ("item", &first),
+            ("item", &third),
+            (&p1, "2"),
+            (&p3, "1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let page = location.expect("to the digest's page");
+    let (status, html) = get(&http, &app, &page).await;
+    assert_eq!(status, StatusCode::OK);
+    let (a, b) = (
+        html.find("<li>Third item</li>").expect("third listed"),
+        html.find("<li>First item</li>").expect("first listed"),
+    );
+    assert!(a < b, "reordered: third before first");
+    assert!(!html.contains("<li>Second item</li>"), "not chosen");
+    assert!(
+        html.contains("sandbox=\"\"") && html.contains("width=\"390\""),
+        "the HTML part in a sandboxed frame, at phone width too"
+    );
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM deliveries").await, 0);
+    let (status, _, _) = post(&http, &app, &format!("{page}/send-now"), &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    let got = app.wait_all_sent(&smtp, 3).await;
+    assert_eq!(got.len(), 3, "once per confirmed subscriber");
+    let text = got[0].text();
+    assert!(
+        text.find("Third item") < text.find("First item"),
+        "in the chosen order"
+    );
+    app.stop().await;
+}
