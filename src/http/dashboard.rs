@@ -255,6 +255,26 @@ struct Bar {
     label: String,
 }
 
+/// What a chart's axes say: the top of the value axis, the first and last labels of the
+/// other.
+#[derive(Serialize)]
+struct Axis {
+    max: i64,
+    first: String,
+    last: String,
+}
+
+impl Axis {
+    fn of(values: &[(String, i64)]) -> Self {
+        let label = |v: Option<&(String, i64)>| v.map(|(l, _)| l.clone()).unwrap_or_default();
+        Self {
+            max: values.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1),
+            first: label(values.first()),
+            last: label(values.last()),
+        }
+    }
+}
+
 fn bars(values: &[(String, i64)], width: f64, height: f64) -> Vec<Bar> {
     let max = values.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1) as f64;
     let w = width / values.len().max(1) as f64;
@@ -322,7 +342,9 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
             overall,
             failures => activity.recent_failures,
             minute_bars => bars(&per_minute, 720.0, 120.0),
+            minute_axis => Axis::of(&per_minute),
             growth_bars => bars(&growth, 600.0, 80.0),
+            growth_axis => Axis::of(&growth),
             sent_last_hour,
             refresh => sending,
             now => to_rfc3339(now),

@@ -235,3 +235,87 @@ async fn a_digest_made_in_the_studio_keeps_the_chosen_order_and_goes_to_every_co
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
+    if let Some(why) = crate::operators::browser_missing() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "the browser test must run under CI=true: {why}"
+        );
+        eprintln!("skipping the browser test: {why}");
+        return;
+    }
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        ..Options::default()
+    })
+    .await;
+    seed(&app, &[("confirmed", 3), ("pending", 2)], "example.com").await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/studio-screenshots");
+    std::fs::create_dir_all(dir).expect("screenshot directory");
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/studio.mjs"
+        ))
+        .args([app.url.as_str(), ADMIN_TOKEN, dir])
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    eprintln!("studio screenshots in {dir}");
+    assert!(
+        seen["urlError"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("URL ")),
+        "the URL's message is tied to the URL field: {seen}"
+    );
+    assert_eq!(seen["urlInvalid"], "true", "{seen}");
+    assert_eq!(seen["pending"], 3, "three items added: {seen}");
+    assert_eq!(
+        seen["items"],
+        serde_json::json!(["Third item", "First item"]),
+        "{seen}"
+    );
+    assert_eq!(seen["phone"]["width"], 390, "{seen}");
+    assert!(seen["desktop"]["width"].as_i64() > Some(390), "{seen}");
+    assert_eq!(seen["desktop"]["hasThird"], true, "{seen}");
+    assert_eq!(seen["phone"]["hasThird"], true, "{seen}");
+    assert!(
+        seen["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Third item")),
+        "the text part beside it: {seen}"
+    );
+    assert_eq!(seen["status"], "scheduled", "{seen}");
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    let got = app.wait_all_sent(&smtp, 3).await;
+    let mut to: Vec<String> = got.iter().filter_map(|m| m.header("To")).collect();
+    to.sort();
+    assert_eq!(to.len(), 3, "once per confirmed subscriber: {to:?}");
+    to.dedup();
+    assert_eq!(to.len(), 3, "never twice: {to:?}");
+    for shot in [
+        "studio-items-error.png",
+        "studio-digest.png",
+        "studio-digest-phone.png",
+    ] {
+        assert!(
+            std::fs::metadata(format!("{dir}/{shot}")).is_ok_and(|m| m.len() > 1000),
+            "screenshot {shot} kept in {dir}"
+        );
+    }
+    app.stop().await;
+}
