@@ -12,6 +12,7 @@ mod schedule;
 mod serve;
 mod stats;
 mod subscribers;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
