@@ -17,7 +17,7 @@ use minijinja::context;
 use super::dashboard::{checked_form, disabled, session_id};
 use super::{AppState, HttpError, page};
 use crate::domain::clock::now_ms;
-use crate::domain::{ItemSelection, NewDigest, NewItem};
+use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem};
 use crate::service::{PreviewFormat, ServiceError};
 
 pub fn router() -> Router<AppState> {
@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/digests/{id}/send-now", post(send_now))
         .route("/admin/digests/{id}/schedule", post(schedule))
         .route("/admin/digests/{id}/cancel", post(cancel))
-        .route("/admin/schedule", get(schedule_page))
+        .route("/admin/schedule", get(schedule_page).post(set_schedule))
 }
 
 /// The form's fields, by name, in the order sent (a name may repeat).
@@ -338,11 +338,68 @@ async fn schedule_page(
         Ok(csrf) => csrf,
         Err(answer) => return Ok(answer),
     };
+    schedule_form(&s, csrf, StatusCode::OK, BTreeMap::new(), None).await
+}
+
+async fn schedule_form(
+    s: &AppState,
+    csrf: String,
+    status: StatusCode,
+    errors: BTreeMap<&'static str, String>,
+    typed: Option<BTreeMap<&'static str, String>>,
+) -> Result<Response, HttpError> {
     let schedule = s.editor.schedule_view(Utc::now()).await?;
+    let values = typed.unwrap_or_else(|| match &schedule {
+        Some(v) => BTreeMap::from([
+            ("time", v.time.clone()),
+            ("timezone", v.timezone.clone()),
+            ("enabled", if v.enabled { "on" } else { "" }.to_owned()),
+        ]),
+        None => BTreeMap::from([
+            ("time", "07:00".to_owned()),
+            ("timezone", "UTC".to_owned()),
+            ("enabled", "on".to_owned()),
+        ]),
+    });
     page(
-        &s,
-        StatusCode::OK,
+        s,
+        status,
         "studio_schedule.html.j2",
-        context! { csrf, schedule, nav => "schedule" },
+        context! { csrf, schedule, values, errors, nav => "schedule" },
     )
+}
+
+async fn set_schedule(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    checked!(s, headers, body);
+    let f = fields(&body);
+    let (time, timezone) = (field(&f, "time"), field(&f, "timezone"));
+    let enabled = !field(&f, "enabled").is_empty();
+    let set = match DailySchedule::parse(time, timezone, enabled) {
+        Ok(d) => s.editor.set_schedule(&d, Utc::now()).await.map(|_| ()),
+        Err(inv) => Err(inv.into()),
+    };
+    match set {
+        Ok(()) => Ok(Redirect::to("/admin/schedule").into_response()),
+        Err(e) => {
+            let errors = field_errors(e)?;
+            let typed = BTreeMap::from([
+                ("time", time.to_owned()),
+                ("timezone", timezone.to_owned()),
+                ("enabled", if enabled { "on" } else { "" }.to_owned()),
+            ]);
+            let csrf = field(&f, "csrf").to_owned();
+            schedule_form(
+                &s,
+                csrf,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                errors,
+                Some(typed),
+            )
+            .await
+        }
+    }
 }

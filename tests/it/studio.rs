@@ -319,3 +319,54 @@ async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_daily_schedule_is_set_from_its_form_and_shows_its_next_run() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let (http, csrf) = login(&app).await;
+    let (status, html, _) = post(
+        &http,
+        &app,
+        "/admin/schedule",
+        &[
+            ("csrf", &csrf),
+            ("time", "07:30"),
+            ("timezone", "Mars/Base"),
+            ("enabled", "on"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("aria-describedby=\"e-timezone\"")
+            && html.contains("value=\"Mars&#x2f;Base\""),
+        "{html}"
+    );
+    let (status, _, _) = post(
+        &http,
+        &app,
+        "/admin/schedule",
+        &[
+            ("csrf", &csrf),
+            ("time", "07:30"),
+            ("timezone", "Europe/Paris"),
+            ("enabled", "on"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = get(&http, &app, "/admin/schedule").await;
+    assert!(
+        html.contains("<strong>07:30</strong> (Europe&#x2f;Paris)"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<span id=\"next-run\">20"),
+        "the next run is shown: {html}"
+    );
+    app.stop().await;
+}
