@@ -61,6 +61,8 @@ try {
   result.phone = await frame('#preview-phone');
   result.text = await page.textContent('#preview-text');
   await page.screenshot({ path: `${dir}/studio-digest.png`, fullPage: true });
+  // The README's picture (docs/studio.jpg is a copy): the first screenful, small.
+  await page.screenshot({ path: `${dir}/studio-tour.jpg`, type: 'jpeg', quality: 55 });
   await page.setViewportSize({ width: 390, height: 844 });
   await page.screenshot({ path: `${dir}/studio-digest-phone.png`, fullPage: true });
   await page.setViewportSize({ width: 1280, height: 900 });
