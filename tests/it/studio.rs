@@ -307,6 +307,51 @@ async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
     assert_eq!(to.len(), 3, "once per confirmed subscriber: {to:?}");
     to.dedup();
     assert_eq!(to.len(), 3, "never twice: {to:?}");
+    // Once sent, the 120-character subject is the dashboard's current digest: neither it nor
+    // the digest's own page grows wider than the window.
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    let id = app
+        .text("SELECT id FROM digests WHERE subject LIKE 'Studio_digest:%'")
+        .await;
+    let subject_len = app
+        .scalar(&format!(
+            "SELECT LENGTH(subject) FROM digests WHERE id = '{id}'"
+        ))
+        .await;
+    assert_eq!(subject_len, 120);
+    let digest_page = format!("/admin/digests/{id}");
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/width.mjs"
+        ))
+        .args([
+            app.url.as_str(),
+            ADMIN_TOKEN,
+            &format!("{dir}/dashboard-long-subject.png"),
+            "/admin",
+            &digest_page,
+        ])
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let widths: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    eprintln!("page widths at a 1200 px window: {widths}");
+    assert!(widths["/admin"].as_i64() <= Some(1200), "{widths}");
+    assert!(
+        widths[digest_page.as_str()].as_i64() <= Some(1200),
+        "{widths}"
+    );
     for shot in [
         "studio-items-error.png",
         "studio-digest.png",
