@@ -69,6 +69,7 @@ const REQUIRED: &[&str] = &[
     "admin.html.j2",
     "admin_login.html.j2",
     "studio_items.html.j2",
+    "studio_item.html.j2",
     "studio_digests.html.j2",
     "studio_digest.html.j2",
     "studio_schedule.html.j2",

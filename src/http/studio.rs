@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/items", get(items).post(add_item))
         .route("/admin/items/{id}/delete", post(delete_item))
+        .route("/admin/items/{id}", get(edit_item).post(update_item))
         .route("/admin/digests", get(digests).post(create_digest))
         .route("/admin/digests/{id}", get(digest))
         .route("/admin/digests/{id}/send-now", post(send_now))
@@ -156,6 +157,83 @@ async fn add_item(
             ]);
             let csrf = field(&f, "csrf").to_owned();
             items_page(&s, csrf, StatusCode::UNPROCESSABLE_ENTITY, errors, values).await
+        }
+    }
+}
+
+async fn edit_form(
+    s: &AppState,
+    id: &str,
+    csrf: String,
+    status: StatusCode,
+    errors: BTreeMap<&'static str, String>,
+    values: BTreeMap<&'static str, String>,
+) -> Result<Response, HttpError> {
+    page(
+        s,
+        status,
+        "studio_item.html.j2",
+        context! { csrf, id, errors, values, nav => "items" },
+    )
+}
+
+async fn edit_item(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let csrf = match logged_in(&s, &headers).await? {
+        Ok(csrf) => csrf,
+        Err(answer) => return Ok(answer),
+    };
+    let item = s.editor.pending_item(&id).await?;
+    let values = BTreeMap::from([
+        ("title", item.title),
+        ("url", item.url),
+        ("summary", item.summary),
+        ("source", item.source.unwrap_or_default()),
+    ]);
+    edit_form(&s, &id, csrf, StatusCode::OK, BTreeMap::new(), values).await
+}
+
+async fn update_item(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    checked!(s, headers, body);
+    let f = fields(&body);
+    let (title, url, summary, source) = (
+        field(&f, "title"),
+        field(&f, "url"),
+        field(&f, "summary"),
+        field(&f, "source"),
+    );
+    let updated = match NewItem::parse(title, url, summary, Some(source)) {
+        Ok(item) => s.editor.update_item(&id, &item).await,
+        Err(inv) => Err(inv.into()),
+    };
+    match updated {
+        Ok(()) => Ok(Redirect::to("/admin/items").into_response()),
+        Err(e) => {
+            let errors = field_errors(e)?;
+            let values = BTreeMap::from([
+                ("title", title.to_owned()),
+                ("url", url.to_owned()),
+                ("summary", summary.to_owned()),
+                ("source", source.to_owned()),
+            ]);
+            let csrf = field(&f, "csrf").to_owned();
+            edit_form(
+                &s,
+                &id,
+                csrf,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                errors,
+                values,
+            )
+            .await
         }
     }
 }

@@ -98,6 +98,20 @@ impl Editor {
         Ok(self.store.list_items(status).await?)
     }
 
+    pub async fn update_item(&self, id: &str, item: &NewItem) -> ServiceResult<()> {
+        Ok(self.store.update_item(id, item).await?)
+    }
+
+    /// A pending item, for its edit form.
+    pub async fn pending_item(&self, id: &str) -> ServiceResult<ItemRow> {
+        self.store
+            .list_items(Some("pending"))
+            .await?
+            .into_iter()
+            .find(|i| i.id == id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no pending item with id {id}")))
+    }
+
     pub async fn delete_item(&self, id: &str) -> ServiceResult<()> {
         Ok(self.store.delete_item(id).await?)
     }

@@ -151,6 +151,51 @@ async fn a_wrong_field_is_shown_next_to_it_and_keeps_what_was_typed() {
     );
     assert!(html.contains("value=\"Typed title\""), "keeps the title");
     assert_eq!(app.scalar("SELECT COUNT(*) FROM items").await, 0);
+
+    // The same rules when a pending item is edited.
+    let item = [
+        ("csrf", csrf.as_str()),
+        ("title", "Before"),
+        ("url", "https://example.com/b"),
+        ("summary", ""),
+        ("source", ""),
+    ];
+    let (status, _, _) = post(&http, &app, "/admin/items", &item).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let id = app
+        .text("SELECT id FROM items WHERE title = 'Before'")
+        .await;
+    let (status, html) = get(&http, &app, &format!("/admin/items/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("value=\"Before\""),
+        "the form holds the item: {html}"
+    );
+    let edit = |url| {
+        [
+            ("csrf", csrf.clone()),
+            ("title", "After".to_owned()),
+            ("url", url),
+            ("summary", "Now with a summary".to_owned()),
+            ("source", String::new()),
+        ]
+    };
+    let bad = edit("ftp://example.com/a".to_owned());
+    let bad: Vec<(&str, &str)> = bad.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, html, _) = post(&http, &app, &format!("/admin/items/{id}"), &bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("aria-describedby=\"e-url\""), "{html}");
+    let good = edit("https://example.com/a".to_owned());
+    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, _) = post(&http, &app, &format!("/admin/items/{id}"), &good).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.text(&format!(
+            "SELECT title || ' ' || url FROM items WHERE id = '{id}'"
+        ))
+        .await,
+        "After https://example.com/a"
+    );
     app.stop().await;
 }
 
