@@ -68,6 +68,11 @@ const REQUIRED: &[&str] = &[
     "error.html.j2",
     "admin.html.j2",
     "admin_login.html.j2",
+    "studio_items.html.j2",
+    "studio_item.html.j2",
+    "studio_digests.html.j2",
+    "studio_digest.html.j2",
+    "studio_schedule.html.j2",
 ];
 
 /// `{{ text | wrap }}` (or `wrap(60)`): breaks long text at spaces into lines of at most

@@ -6,6 +6,7 @@ use chrono::Utc;
 use clap::Subcommand;
 
 use super::invalid_file;
+use super::table::{Align, Table};
 use crate::domain::clock::{now_ms, to_rfc3339};
 use crate::service::Digest;
 use crate::service::{DigestRequest, Editor, PreviewFormat, ServiceResult};
@@ -60,18 +61,19 @@ pub(super) async fn run(editor: &Editor, c: DigestCommand) -> ServiceResult<()> 
             print_digest(&d);
         }
         DigestCommand::List => {
-            println!(
-                "{:<36}  {:<9}  {:<25}  {:>10}  SUBJECT",
-                "ID", "STATUS", "SEND AT", "RECIPIENTS"
-            );
+            let mut t = Table::new(&[
+                ("ID", Align::Left),
+                ("STATUS", Align::Left),
+                ("SEND AT", Align::Left),
+                ("RECIPIENTS", Align::Right),
+                ("SUBJECT", Align::Left),
+            ]);
             for d in editor.list_digests().await? {
                 let at = d.send_at.map(to_rfc3339).unwrap_or_default();
                 let n = d.recipients.map(|n| n.to_string()).unwrap_or_default();
-                println!(
-                    "{:<36}  {:<9}  {:<25}  {:>10}  {}",
-                    d.id, d.status, at, n, d.subject
-                );
+                t.row(vec![d.id, d.status.to_string(), at, n, d.subject]);
             }
+            t.print();
         }
         DigestCommand::Show { id } => print_digest(&editor.digest(&id).await?),
         DigestCommand::Preview { id, text } => {

@@ -1,5 +1,6 @@
 //! `squeeze items …`: news items, the raw material of digests.
 
+use super::table::{Align, Table};
 use clap::Subcommand;
 
 use crate::domain::NewItem;
@@ -51,8 +52,13 @@ pub(super) async fn run(editor: &Editor, c: ItemsCommand) -> ServiceResult<()> {
 }
 
 fn print_items(items: &[Item]) {
-    println!("{:<36}  {:<7}  TITLE", "ID", "STATUS");
+    let mut t = Table::new(&[
+        ("ID", Align::Left),
+        ("STATUS", Align::Left),
+        ("TITLE", Align::Left),
+    ]);
     for i in items {
-        println!("{:<36}  {:<7}  {}", i.id, i.status, i.title);
+        t.row(vec![i.id.clone(), i.status.clone(), i.title.clone()]);
     }
+    t.print();
 }

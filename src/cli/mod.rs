@@ -14,6 +14,7 @@ mod schedule;
 mod serve;
 mod stats;
 mod subscribers;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,6 +6,7 @@ use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
 use super::invalid_file;
+use super::table::{Align, Table};
 use crate::domain::clock::now_ms;
 use crate::service::{ServiceResult, Subscribers};
 
@@ -43,10 +44,15 @@ pub(super) async fn run(
 ) -> ServiceResult<()> {
     match c {
         SubscribersCommand::List { status, limit } => {
-            println!("{:<36}  {:<12}  EMAIL", "ID", "STATUS");
+            let mut t = Table::new(&[
+                ("ID", Align::Left),
+                ("STATUS", Align::Left),
+                ("EMAIL", Align::Left),
+            ]);
             for s in subscribers.list(status.as_deref(), limit, None).await? {
-                println!("{:<36}  {:<12}  {}", s.id, s.status, s.email);
+                t.row(vec![s.id, s.status.to_string(), s.email]);
             }
+            t.print();
         }
         SubscribersCommand::Import { file, confirmed } => {
             let cannot_read = |e| invalid_file(format!("cannot read {}: {e}", file.display()));

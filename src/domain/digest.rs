@@ -289,6 +289,40 @@ pub fn parse_send_at(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Inv
     Ok(at)
 }
 
+/// A browser's `datetime-local` value ("2026-12-03T07:00", seconds optional) read as a wall
+/// time in the list's timezone `tz`; not in the past (a minute of slack, as `parse_send_at`).
+/// A time that does not exist there (a spring-forward gap) is refused; an ambiguous one (the
+/// autumn hour) is the earlier of the two.
+pub fn parse_local_send_at(
+    raw: &str,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Invalid> {
+    let raw = raw.trim();
+    let naive = chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S"))
+        .map_err(|_| {
+            invalid(
+                "send_at",
+                "must be a date and time such as 2026-12-03T07:00",
+            )
+        })?;
+    let at = tz
+        .from_local_datetime(&naive)
+        .earliest()
+        .ok_or_else(|| {
+            invalid(
+                "send_at",
+                format!("{raw} does not exist in {} (the clocks skip it)", tz.name()),
+            )
+        })?
+        .with_timezone(&Utc);
+    if at < now - Duration::minutes(1) {
+        return Err(invalid("send_at", "is in the past"));
+    }
+    Ok(at)
+}
+
 /// The editors' daily schedule: a wall-clock time in a named time zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailySchedule {
@@ -364,6 +398,36 @@ impl DailySchedule {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_local_send_at_is_read_in_the_lists_timezone() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 1, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let paris: Tz = "Europe/Paris".parse().expect("valid");
+        let at = parse_local_send_at("2026-12-03T07:00", paris, now).expect("valid");
+        assert_eq!(
+            at,
+            Utc.with_ymd_and_hms(2026, 12, 3, 6, 0, 0)
+                .single()
+                .expect("valid")
+        );
+        assert_eq!(
+            parse_local_send_at("2026-11-30T07:00", paris, now)
+                .expect_err("refused")
+                .message,
+            "is in the past"
+        );
+        assert_eq!(
+            parse_local_send_at("tomorrow", paris, now)
+                .expect_err("refused")
+                .field,
+            "send_at"
+        );
+        let gap = parse_local_send_at("2027-03-28T02:30", paris, now).expect_err("refused");
+        assert!(gap.message.contains("does not exist"), "{}", gap.message);
+    }
     use super::*;
 
     #[test]

@@ -76,7 +76,7 @@ async fn metrics(
 }
 
 /// The session id the browser sent in its cookie.
-fn session_id(headers: &HeaderMap) -> Option<String> {
+pub(super) fn session_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -101,7 +101,7 @@ fn cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
 }
 
 /// The page that says the dashboard is off (no admin token configured).
-fn disabled(state: &AppState) -> Result<Response, HttpError> {
+pub(super) fn disabled(state: &AppState) -> Result<Response, HttpError> {
     page(
         state,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -142,7 +142,7 @@ fn throttled(state: &AppState, retry_after: u64) -> Result<Response, HttpError> 
 
 /// A form field from an `application/x-www-form-urlencoded` body (read by hand so that a
 /// forged post with no body or another content type still gets the 403 page).
-fn form_field(body: &[u8], name: &str) -> Option<String> {
+pub(super) fn form_field(body: &[u8], name: &str) -> Option<String> {
     url::form_urlencoded::parse(body)
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
@@ -186,14 +186,14 @@ async fn login(
 }
 
 /// Why a dashboard form was refused.
-enum Refused {
+pub(super) enum Refused {
     Disabled,
     NotLoggedIn,
     Forged,
 }
 
 impl Refused {
-    fn answer(self, s: &AppState) -> Response {
+    pub(super) fn answer(self, s: &AppState) -> Response {
         let page = match self {
             Self::Disabled => disabled(s),
             Self::NotLoggedIn => Err(HttpError::Unauthorized("log in at /admin first".into())),
@@ -205,7 +205,7 @@ impl Refused {
 
 /// A state-changing dashboard form: the live session's id, once its CSRF token and origin
 /// check out; the outer error is a database fault.
-async fn checked_form(
+pub(super) async fn checked_form(
     s: &AppState,
     headers: &HeaderMap,
     body: &[u8],
@@ -253,6 +253,26 @@ struct Bar {
     h: f64,
     n: i64,
     label: String,
+}
+
+/// What a chart's axes say: the top of the value axis, the first and last labels of the
+/// other.
+#[derive(Serialize)]
+struct Axis {
+    max: i64,
+    first: String,
+    last: String,
+}
+
+impl Axis {
+    fn of(values: &[(String, i64)]) -> Self {
+        let label = |v: Option<&(String, i64)>| v.map(|(l, _)| l.clone()).unwrap_or_default();
+        Self {
+            max: values.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1),
+            first: label(values.first()),
+            last: label(values.last()),
+        }
+    }
 }
 
 fn bars(values: &[(String, i64)], width: f64, height: f64) -> Vec<Bar> {
@@ -322,7 +342,9 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
             overall,
             failures => activity.recent_failures,
             minute_bars => bars(&per_minute, 720.0, 120.0),
+            minute_axis => Axis::of(&per_minute),
             growth_bars => bars(&growth, 600.0, 80.0),
+            growth_axis => Axis::of(&growth),
             sent_last_hour,
             refresh => sending,
             now => to_rfc3339(now),

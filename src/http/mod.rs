@@ -6,6 +6,7 @@ mod dashboard;
 mod error;
 mod guard;
 mod public;
+mod studio;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -106,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(public::router())
         .merge(admin::router(state.clone()))
         .merge(dashboard::router())
+        .merge(studio::router())
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), error_pages))

@@ -98,6 +98,20 @@ impl Editor {
         Ok(self.store.list_items(status).await?)
     }
 
+    pub async fn update_item(&self, id: &str, item: &NewItem) -> ServiceResult<()> {
+        Ok(self.store.update_item(id, item).await?)
+    }
+
+    /// A pending item, for its edit form.
+    pub async fn pending_item(&self, id: &str) -> ServiceResult<ItemRow> {
+        self.store
+            .list_items(Some("pending"))
+            .await?
+            .into_iter()
+            .find(|i| i.id == id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no pending item with id {id}")))
+    }
+
     pub async fn delete_item(&self, id: &str) -> ServiceResult<()> {
         Ok(self.store.delete_item(id).await?)
     }
@@ -148,6 +162,28 @@ impl Editor {
             .schedule_digest(id, at.timestamp_millis(), now.timestamp_millis())
             .await?;
         self.digest(id).await
+    }
+
+    /// The list's timezone: the daily schedule's, UTC while there is none.
+    pub async fn list_timezone(&self) -> ServiceResult<chrono_tz::Tz> {
+        Ok(self
+            .store
+            .schedule()
+            .await?
+            .map_or(chrono_tz::Tz::UTC, |s| s.schedule.timezone))
+    }
+
+    /// Schedules at a wall time typed in a browser (`datetime-local`), read in the list's
+    /// timezone.
+    pub async fn schedule_local(
+        &self,
+        id: &str,
+        local: &str,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<DigestRow> {
+        let tz = self.list_timezone().await?;
+        let at = crate::domain::digest::parse_local_send_at(local, tz, now)?;
+        self.schedule(id, &at.to_rfc3339(), now).await
     }
 
     pub async fn cancel(&self, id: &str, now: Millis) -> ServiceResult<DigestRow> {

@@ -129,6 +129,25 @@ impl Store {
         Ok(())
     }
 
+    /// Rewrites a pending item; one already in a digest is kept as it was (`Conflict`).
+    pub async fn update_item(&self, id: &str, item: &NewItem) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        self.lock_pending_item(&mut tx, id, "is part of a digest; cancel that digest first")
+            .await?;
+        sqlx::query(
+            "UPDATE items SET title = $1, url = $2, summary = $3, source = $4 WHERE id = $5",
+        )
+        .bind(&item.title)
+        .bind(&item.url)
+        .bind(&item.summary)
+        .bind(&item.source)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
     /// Creates a draft from pending items (named, or all of them), marking them used.
     /// `daily_date` makes it the daily digest of that local date (at most one per date).
     pub async fn create_digest(

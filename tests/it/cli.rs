@@ -330,8 +330,36 @@ fn editors_work_from_the_command_line() {
     let out = run(&["digest", "resume", &digest_id]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("status:     scheduled"));
+    // A draft beside the scheduled one: statuses of different lengths, one column.
+    let out = run(&[
+        "items",
+        "add",
+        "--title",
+        "Later",
+        "--url",
+        "https://example.com/l",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&["digest", "create", "--file", "digest.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let out = run(&["digest", "list"]);
     assert!(stdout(&out).contains(&digest_id) && stdout(&out).contains("Monday"));
+    let listing = stdout(&out);
+    let mut lines = listing.lines();
+    let header = lines.next().expect("a header");
+    let subject_at = header.find("SUBJECT").expect("a SUBJECT column");
+    for line in lines {
+        assert_eq!(
+            line.get(subject_at..subject_at + 1).map(|c| c != " "),
+            Some(true),
+            "every subject starts under SUBJECT:\n{listing}"
+        );
+        assert_eq!(
+            line.get(subject_at - 2..subject_at),
+            Some("  "),
+            "two spaces before it:\n{listing}"
+        );
+    }
     let out = run(&["digest", "cancel", "no-such-digest"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no digest with id no-such-digest"));

@@ -18,4 +18,5 @@ mod pages;
 mod scaleout;
 mod signup;
 mod storage;
+mod studio;
 mod subscription;

@@ -1,0 +1,79 @@
+// An editor's session in the studio, in headless Chromium (Debian's), by accessible names
+// only: log in, add three items (one wrong URL first), create a digest from two of them in
+// reverse order, look at the preview at desktop and phone width, press "Send now".
+// Usage: node studio.mjs BASE_URL TOKEN SCREENSHOT_DIR; prints what it saw as JSON.
+import { chromium } from 'playwright-core';
+
+const [base, token, dir] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run', '--disable-quic'],
+});
+const result = {};
+// 120 characters, the length that used to widen the dashboard.
+// One unbreakable run in it (a URL), which no line break can save.
+const subject = 'Studio_digest:https://example.com/' + 'long_path_segment_'.repeat(6).slice(0, 86);
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const blocked = [];
+  page.on('console', (m) => { if (m.type() === 'error') blocked.push(m.text()); });
+  await page.goto(`${base}/admin/items`);
+  await page.getByLabel('Admin token').fill(token);
+  await Promise.all([page.waitForURL(`${base}/admin`), page.getByRole('button', { name: 'Log in' }).click()]);
+  await page.getByRole('link', { name: 'Items', exact: true }).click();
+  await page.waitForURL(`${base}/admin/items`);
+
+  const add = async (title, url, summary) => {
+    await page.getByLabel('Title', { exact: true }).fill(title);
+    await page.getByLabel('URL', { exact: true }).fill(url);
+    await page.getByLabel('Summary', { exact: true }).fill(summary);
+    await page.getByLabel('Source', { exact: true }).fill('Studio test');
+    await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Add item' }).click()]);
+  };
+  await add('First item', 'not a url', 'One');
+  const url = page.getByLabel('URL', { exact: true });
+  const describedBy = await url.getAttribute('aria-describedby');
+  result.urlError = describedBy ? (await page.locator(`#${describedBy}`).textContent()).trim() : null;
+  result.urlInvalid = await url.getAttribute('aria-invalid');
+  await page.screenshot({ path: `${dir}/studio-items-error.png`, fullPage: true });
+  await add('First item', 'https://example.com/first', 'One');
+  await add('Second item', 'https://example.com/second', 'Two');
+  await add('Third item', 'https://example.com/third', 'Three');
+  result.pending = await page.locator('#pending-items tbody tr').count();
+
+  await page.getByRole('link', { name: 'Digests', exact: true }).click();
+  await page.waitForURL(`${base}/admin/digests`);
+  await page.getByLabel('Subject', { exact: true }).fill(subject);
+  await page.getByLabel('Introduction', { exact: true }).fill('Hello from the studio.');
+  await page.getByLabel('First item', { exact: true }).check();
+  await page.getByLabel('Third item', { exact: true }).check();
+  // Reorder: the third before the first.
+  await page.getByLabel('Position of Third item').fill('1');
+  await page.getByLabel('Position of First item').fill('2');
+  await Promise.all([page.waitForURL(/\/admin\/digests\/[^/]+$/), page.getByRole('button', { name: 'Create digest' }).click()]);
+  result.items = (await page.locator('#digest-items li').allTextContents()).map((t) => t.trim());
+  const frame = async (sel) => {
+    const box = await page.locator(sel).boundingBox();
+    const f = page.frameLocator(sel);
+    const text = await f.locator('body').textContent();
+    return { width: Math.round(box.width), hasThird: text.includes('Third item') };
+  };
+  result.desktop = await frame('#preview-desktop');
+  result.phone = await frame('#preview-phone');
+  result.text = await page.textContent('#preview-text');
+  await page.screenshot({ path: `${dir}/studio-digest.png`, fullPage: true });
+  // The README's picture (docs/studio.jpg is a copy): the first screenful, small.
+  await page.screenshot({ path: `${dir}/studio-tour.jpg`, type: 'jpeg', quality: 55 });
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: `${dir}/studio-digest-phone.png`, fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Send now' }).click()]);
+  result.status = (await page.textContent('#digest-status')).trim();
+  result.blocked = blocked;
+  console.log(JSON.stringify(result));
+} finally {
+  await browser.close();
+}

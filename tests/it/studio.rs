@@ -1,0 +1,462 @@
+//! The editor's studio under /admin: forms behind the dashboard's login, each refused without
+//! the session's CSRF token or from another origin, validation messages tied to their field,
+//! a digest composed, previewed and sent from the browser's forms alone.
+
+use reqwest::StatusCode;
+
+use crate::helpers::{ADMIN_TOKEN, Options, SmtpServer, TestApp, seed};
+
+/// A logged-in browser: its cookie jar and the session's CSRF token.
+async fn login(app: &TestApp) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("client");
+    let ok = http
+        .post(format!("{}/admin/login", app.url))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let html = get(&http, app, "/admin/items").await.1;
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("every studio form carries the CSRF token")
+        .to_owned();
+    (http, csrf)
+}
+
+async fn get(http: &reqwest::Client, app: &TestApp, path: &str) -> (StatusCode, String) {
+    let res = http
+        .get(format!("{}{path}", app.url))
+        .send()
+        .await
+        .expect("get");
+    (res.status(), res.text().await.expect("body"))
+}
+
+async fn post(
+    http: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, String, Option<String>) {
+    let res = http
+        .post(format!("{}{path}", app.url))
+        .form(form)
+        .send()
+        .await
+        .expect("post");
+    let location = res
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
+    (res.status(), res.text().await.expect("body"), location)
+}
+
+#[tokio::test]
+async fn studio_forms_are_refused_without_the_csrf_token_or_from_another_origin() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let anonymous = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let (status, html) = get(&anonymous, &app, "/admin/items").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the studio needs the login"
+    );
+    assert!(html.contains("name=\"token\""), "{html}");
+    let (http, csrf) = login(&app).await;
+    let item = [
+        ("title", "Forged"),
+        ("url", "https://example.com/f"),
+        ("summary", ""),
+        ("source", ""),
+    ];
+    let mut forged_token = item.to_vec();
+    forged_token.push(("csrf", "forged"));
+    let mut right_token = item.to_vec();
+    right_token.push(("csrf", csrf.as_str()));
+    let url = format!("{}/admin/items", app.url);
+    let forged = [
+        http.post(&url).form(&item),
+        http.post(&url).form(&forged_token),
+        http.post(&url)
+            .header("origin", "http://evil.example")
+            .form(&right_token),
+        http.post(&url)
+            .header("sec-fetch-site", "cross-site")
+            .form(&right_token),
+        anonymous.post(&url).form(&right_token),
+    ];
+    for request in forged {
+        let res = request.send().await.expect("req");
+        assert!(
+            matches!(
+                res.status(),
+                StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
+            ),
+            "{}",
+            res.status()
+        );
+    }
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM items").await,
+        0,
+        "no forged form added anything"
+    );
+    let (status, _, location) = post(&http, &app, "/admin/items", &right_token).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location.as_deref(), Some("/admin/items"));
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM items").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_field_is_shown_next_to_it_and_keeps_what_was_typed() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let (http, csrf) = login(&app).await;
+    let (status, html, _) = post(
+        &http,
+        &app,
+        "/admin/items",
+        &[
+            ("csrf", &csrf),
+            ("title", "Typed title"),
+            ("url", "not a url"),
+            ("summary", ""),
+            ("source", ""),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("aria-describedby=\"e-url\"") && html.contains("id=\"e-url\""),
+        "the URL's error is tied to the URL field: {html}"
+    );
+    assert!(html.contains("value=\"Typed title\""), "keeps the title");
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM items").await, 0);
+
+    // The same rules when a pending item is edited.
+    let item = [
+        ("csrf", csrf.as_str()),
+        ("title", "Before"),
+        ("url", "https://example.com/b"),
+        ("summary", ""),
+        ("source", ""),
+    ];
+    let (status, _, _) = post(&http, &app, "/admin/items", &item).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let id = app
+        .text("SELECT id FROM items WHERE title = 'Before'")
+        .await;
+    let (status, html) = get(&http, &app, &format!("/admin/items/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("value=\"Before\""),
+        "the form holds the item: {html}"
+    );
+    let edit = |url| {
+        [
+            ("csrf", csrf.clone()),
+            ("title", "After".to_owned()),
+            ("url", url),
+            ("summary", "Now with a summary".to_owned()),
+            ("source", String::new()),
+        ]
+    };
+    let bad = edit("ftp://example.com/a".to_owned());
+    let bad: Vec<(&str, &str)> = bad.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, html, _) = post(&http, &app, &format!("/admin/items/{id}"), &bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("aria-describedby=\"e-url\""), "{html}");
+    let good = edit("https://example.com/a".to_owned());
+    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, _) = post(&http, &app, &format!("/admin/items/{id}"), &good).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.text(&format!(
+            "SELECT title || ' ' || url FROM items WHERE id = '{id}'"
+        ))
+        .await,
+        "After https://example.com/a"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_digest_made_in_the_studio_keeps_the_chosen_order_and_goes_to_every_confirmed_subscriber()
+{
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        ..Options::default()
+    })
+    .await;
+    seed(&app, &[("confirmed", 3), ("pending", 2)], "example.com").await;
+    let (http, csrf) = login(&app).await;
+    for (title, url) in [
+        ("First item", "https://example.com/1"),
+        ("Second item", "https://example.com/2"),
+        ("Third item", "https://example.com/3"),
+    ] {
+        let (status, _, _) = post(
+            &http,
+            &app,
+            "/admin/items",
+            &[
+                ("csrf", &csrf),
+                ("title", title),
+                ("url", url),
+                ("summary", ""),
+                ("source", ""),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+    }
+    let id_of = |title: &str| format!("SELECT id FROM items WHERE title = '{title}'");
+    let first = app.text(&id_of("First item")).await;
+    let third = app.text(&id_of("Third item")).await;
+    let (p1, p3) = (format!("position.{first}"), format!("position.{third}"));
+    let (status, _, location) = post(
+        &http,
+        &app,
+        "/admin/digests",
+        &[
+            ("csrf", &csrf),
+            ("subject", "Studio digest"),
+            ("intro", "Hello"),
+            ("item", &first),
+            ("item", &third),
+            (&p1, "2"),
+            (&p3, "1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let page = location.expect("to the digest's page");
+    let (status, html) = get(&http, &app, &page).await;
+    assert_eq!(status, StatusCode::OK);
+    let (a, b) = (
+        html.find("<li>Third item</li>").expect("third listed"),
+        html.find("<li>First item</li>").expect("first listed"),
+    );
+    assert!(a < b, "reordered: third before first");
+    assert!(!html.contains("<li>Second item</li>"), "not chosen");
+    assert!(
+        html.contains("sandbox=\"\"") && html.contains("width=\"390\""),
+        "the HTML part in a sandboxed frame, at phone width too"
+    );
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM deliveries").await, 0);
+    let (status, _, _) = post(&http, &app, &format!("{page}/send-now"), &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    let got = app.wait_all_sent(&smtp, 3).await;
+    assert_eq!(got.len(), 3, "once per confirmed subscriber");
+    let text = got[0].text();
+    assert!(
+        text.find("Third item") < text.find("First item"),
+        "in the chosen order"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
+    if let Some(why) = crate::operators::browser_missing() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "the browser test must run under CI=true: {why}"
+        );
+        eprintln!("skipping the browser test: {why}");
+        return;
+    }
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        ..Options::default()
+    })
+    .await;
+    seed(&app, &[("confirmed", 3), ("pending", 2)], "example.com").await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/studio-screenshots");
+    std::fs::create_dir_all(dir).expect("screenshot directory");
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/studio.mjs"
+        ))
+        .args([app.url.as_str(), ADMIN_TOKEN, dir])
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    eprintln!("studio screenshots in {dir}");
+    assert!(
+        seen["urlError"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("URL ")),
+        "the URL's message is tied to the URL field: {seen}"
+    );
+    assert_eq!(seen["urlInvalid"], "true", "{seen}");
+    assert_eq!(seen["pending"], 3, "three items added: {seen}");
+    assert_eq!(
+        seen["items"],
+        serde_json::json!(["Third item", "First item"]),
+        "{seen}"
+    );
+    assert_eq!(seen["phone"]["width"], 390, "{seen}");
+    assert!(seen["desktop"]["width"].as_i64() > Some(390), "{seen}");
+    assert_eq!(seen["desktop"]["hasThird"], true, "{seen}");
+    assert_eq!(seen["phone"]["hasThird"], true, "{seen}");
+    assert!(
+        seen["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Third item")),
+        "the text part beside it: {seen}"
+    );
+    assert_eq!(seen["status"], "scheduled", "{seen}");
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    let got = app.wait_all_sent(&smtp, 3).await;
+    let mut to: Vec<String> = got.iter().filter_map(|m| m.header("To")).collect();
+    to.sort();
+    assert_eq!(to.len(), 3, "once per confirmed subscriber: {to:?}");
+    to.dedup();
+    assert_eq!(to.len(), 3, "never twice: {to:?}");
+    // Once sent, the 120-character subject is the dashboard's current digest: neither it nor
+    // the digest's own page grows wider than the window.
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now())
+        .await
+        .expect("tick");
+    let id = app
+        .text("SELECT id FROM digests WHERE subject LIKE 'Studio_digest:%'")
+        .await;
+    let subject_len = app
+        .scalar(&format!(
+            "SELECT LENGTH(subject) FROM digests WHERE id = '{id}'"
+        ))
+        .await;
+    assert_eq!(subject_len, 120);
+    let digest_page = format!("/admin/digests/{id}");
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/width.mjs"
+        ))
+        .args([
+            app.url.as_str(),
+            ADMIN_TOKEN,
+            &format!("{dir}/dashboard-long-subject.png"),
+            "/admin",
+            &digest_page,
+        ])
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let widths: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    eprintln!("page widths at a 1200 px window: {widths}");
+    assert!(widths["/admin"].as_i64() <= Some(1200), "{widths}");
+    assert!(
+        widths[digest_page.as_str()].as_i64() <= Some(1200),
+        "{widths}"
+    );
+    for shot in [
+        "studio-items-error.png",
+        "studio-digest.png",
+        "studio-digest-phone.png",
+    ] {
+        assert!(
+            std::fs::metadata(format!("{dir}/{shot}")).is_ok_and(|m| m.len() > 1000),
+            "screenshot {shot} kept in {dir}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_daily_schedule_is_set_from_its_form_and_shows_its_next_run() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let (http, csrf) = login(&app).await;
+    let (status, html, _) = post(
+        &http,
+        &app,
+        "/admin/schedule",
+        &[
+            ("csrf", &csrf),
+            ("time", "07:30"),
+            ("timezone", "Mars/Base"),
+            ("enabled", "on"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("aria-describedby=\"e-timezone\"")
+            && html.contains("value=\"Mars&#x2f;Base\""),
+        "{html}"
+    );
+    let (status, _, _) = post(
+        &http,
+        &app,
+        "/admin/schedule",
+        &[
+            ("csrf", &csrf),
+            ("time", "07:30"),
+            ("timezone", "Europe/Paris"),
+            ("enabled", "on"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = get(&http, &app, "/admin/schedule").await;
+    assert!(
+        html.contains("<strong>07:30</strong> (Europe&#x2f;Paris)"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<span id=\"next-run\">20"),
+        "the next run is shown: {html}"
+    );
+    app.stop().await;
+}
