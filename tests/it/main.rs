@@ -17,3 +17,4 @@ mod scaleout;
 mod signup;
 mod storage;
 mod subscription;
+mod tz;
