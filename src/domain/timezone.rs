@@ -34,9 +34,9 @@ mod tests {
     use super::*;
 
     fn at(tz: &str, date: &str, time: &str) -> String {
-        let tz: Tz = tz.parse().unwrap();
-        let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
-        let time = NaiveTime::parse_from_str(time, "%H:%M").unwrap();
+        let tz: Tz = tz.parse().expect("zone");
+        let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").expect("date");
+        let time = NaiveTime::parse_from_str(time, "%H:%M").expect("time");
         local_instant(tz, date, time).to_rfc3339()
     }
 
