@@ -29,6 +29,23 @@ pub fn local_instant(tz: Tz, date: NaiveDate, time: NaiveTime) -> DateTime<Utc> 
     date.and_time(time).and_utc()
 }
 
+/// When each zone's delivery of the digest of local day `date` is due: `time` on `date` in
+/// that zone, earliest first (one wave per zone; the first wave is when the digest's content
+/// must be frozen). For `deliver_at = "subscriber"`; the fan-out that uses it is still to come.
+pub fn waves(
+    zones: impl IntoIterator<Item = Tz>,
+    date: NaiveDate,
+    time: NaiveTime,
+) -> Vec<(Tz, DateTime<Utc>)> {
+    let mut waves: Vec<_> = zones
+        .into_iter()
+        .map(|tz| (tz, local_instant(tz, date, time)))
+        .collect();
+    waves.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.name().cmp(b.0.name())));
+    waves.dedup_by(|a, b| a.0 == b.0);
+    waves
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +115,35 @@ mod tests {
             at("America/New_York", "2026-11-02", "01:30"),
             "2026-11-02T06:30:00+00:00"
         );
+    }
+
+    #[test]
+    fn the_waves_of_a_day_go_earliest_first_across_the_dateline_and_a_us_clock_change() {
+        let date = NaiveDate::from_ymd_opt(2026, 3, 8).expect("date"); // the US springs forward
+        let time = NaiveTime::from_hms_opt(7, 0, 0).expect("time");
+        let zones = [
+            Tz::Europe__Madrid,
+            Tz::America__Los_Angeles,
+            Tz::Pacific__Kiritimati,
+            Tz::Asia__Kolkata,
+            Tz::Pacific__Chatham,
+            Tz::Europe__Madrid,
+        ];
+        let got: Vec<_> = waves(zones, date, time)
+            .into_iter()
+            .map(|(tz, at)| (tz.name().to_owned(), at.to_rfc3339()))
+            .collect();
+        let want = [
+            ("Pacific/Kiritimati", "2026-03-07T17:00:00+00:00"), // UTC+14
+            ("Pacific/Chatham", "2026-03-07T17:15:00+00:00"),    // UTC+13:45 (summer)
+            ("Asia/Kolkata", "2026-03-08T01:30:00+00:00"),       // UTC+5:30
+            ("Europe/Madrid", "2026-03-08T06:00:00+00:00"),      // UTC+1
+            ("America/Los_Angeles", "2026-03-08T14:00:00+00:00"), // PDT from 02:00 that day
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(z, t)| ((*z).to_owned(), (*t).to_owned()))
+            .collect();
+        assert_eq!(got, want);
     }
 }
