@@ -241,13 +241,15 @@ impl App {
         let worker = roles
             .worker
             .then(|| tokio::spawn(self.worker().run(shutdown.clone())));
+        // The feed poller runs where the scheduler does, and polls only while this node holds
+        // the scheduler role (on PostgreSQL one node of the installation: the advisory lock).
+        let (leading, led) = tokio::sync::watch::channel(false);
         let scheduler = roles
             .scheduler
-            .then(|| tokio::spawn(self.scheduler().run(shutdown.clone())));
-        // The feed poller runs where the scheduler does.
+            .then(|| tokio::spawn(self.scheduler().with_leading(leading).run(shutdown.clone())));
         let poller = roles
             .scheduler
-            .then(|| tokio::spawn(self.feeds().run(shutdown.clone())));
+            .then(|| tokio::spawn(self.feeds().run(shutdown.clone(), led)));
         info!(address = %listener.local_addr()?, public_url = %self.config.public_url, "listening");
         let conns = http::Connections {
             header_timeout: self.config.http_header_timeout,

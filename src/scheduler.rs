@@ -31,6 +31,9 @@ pub struct Scheduler {
     list_name: String,
     grace: Duration,
     digest_ttl: Duration,
+    /// Told whether this node holds the scheduler role, for what runs only on the one
+    /// scheduler of an installation (the feed poller).
+    leading: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Scheduler {
@@ -40,7 +43,15 @@ impl Scheduler {
             list_name,
             grace,
             digest_ttl,
+            leading: None,
         }
+    }
+
+    /// Says on `leading` whether this node holds the scheduler role, as it changes.
+    #[must_use]
+    pub fn with_leading(mut self, leading: tokio::sync::watch::Sender<bool>) -> Self {
+        self.leading = Some(leading);
+        self
     }
 
     /// Ticks every second while this node holds the scheduler role; otherwise keeps trying
@@ -64,6 +75,12 @@ impl Scheduler {
                     }
                 }
             }
+            if let Some(tx) = &self.leading {
+                tx.send_if_modified(|was| {
+                    let now = leadership.is_some();
+                    std::mem::replace(was, now) != now
+                });
+            }
             if leadership.is_some()
                 && let Err(e) = self.tick(Utc::now()).await
             {
@@ -73,6 +90,9 @@ impl Scheduler {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(TICK) => {}
             }
+        }
+        if let Some(tx) = &self.leading {
+            tx.send_replace(false);
         }
     }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 
 /// A field an editor got wrong, and why; the HTTP edge answers 422 with it.
@@ -356,15 +356,7 @@ impl DailySchedule {
     /// (spring forward) fires at the first valid minute after it; a time that exists twice
     /// (fall back) fires once, at the first.
     pub fn fire_time(&self, date: NaiveDate) -> DateTime<Utc> {
-        let mut local = date.and_time(self.time);
-        for _ in 0..(24 * 60) {
-            if let Some(t) = self.timezone.from_local_datetime(&local).earliest() {
-                return t.with_timezone(&Utc);
-            }
-            local += Duration::minutes(1);
-        }
-        // No zone has a gap of a day; fall back to reading the time as UTC.
-        date.and_time(self.time).and_utc()
+        super::timezone::local_instant(self.timezone, date, self.time)
     }
 
     /// The latest firing at or before `now`, with its local date: the only one that may

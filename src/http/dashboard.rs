@@ -334,6 +334,7 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
         .as_ref()
         .is_some_and(|d| d.status == "sending");
     let sent_last_hour: i64 = activity.sent_per_minute.iter().rev().take(60).sum();
+    let feeds = s.feeds.list(now).await?;
     page(
         &s,
         StatusCode::OK,
@@ -341,6 +342,7 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
         context! {
             overall,
             failures => activity.recent_failures,
+            feeds,
             minute_bars => bars(&per_minute, 720.0, 120.0),
             minute_axis => Axis::of(&per_minute),
             growth_bars => bars(&growth, 600.0, 80.0),

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::{AppState, BODY_LIMIT, HttpError, page, same_origin, wants_json};
 use crate::domain::clock::now_ms;
+use crate::domain::timezone::subscriber_zone;
 use crate::domain::{EmailAddress, SubscriberName, Token};
 use crate::service::signup::{ConfirmOutcome, SignUp, Subscriber, UnsubscribeOutcome};
 
@@ -40,12 +41,17 @@ struct SubscribeRequest {
     email: String,
     #[serde(default)]
     name: Option<String>,
+    /// The browser's zone (the form's hidden field) or a JSON client's.
+    #[serde(default)]
+    timezone: Option<String>,
 }
 
 /// A sign-up's fields once they are known to be well-formed.
 struct NewSubscriber {
     email: EmailAddress,
     name: Option<SubscriberName>,
+    /// An unknown zone is the list's (`None`), never a refused sign-up.
+    timezone: Option<chrono_tz::Tz>,
 }
 
 /// The edge converts: a well-formed address and name, or the field at fault and why.
@@ -56,7 +62,12 @@ impl TryFrom<&SubscribeRequest> for NewSubscriber {
         let email = EmailAddress::parse(&request.email).map_err(|e| ("email", e.to_string()))?;
         let name = SubscriberName::parse(request.name.as_deref().unwrap_or(""))
             .map_err(|e| ("name", e.to_string()))?;
-        Ok(Self { email, name })
+        let timezone = subscriber_zone(request.timezone.as_deref());
+        Ok(Self {
+            email,
+            name,
+            timezone,
+        })
     }
 }
 
@@ -87,6 +98,7 @@ fn refuse_sign_up(
     let typed = typed.unwrap_or(SubscribeRequest {
         email: String::new(),
         name: None,
+        timezone: None,
     });
     let mut response = page(
         state,
@@ -122,7 +134,11 @@ async fn subscribe(
         Ok(r) => r,
         Err(e) => return refuse_sign_up(&state, json_client, e, None),
     };
-    let NewSubscriber { email, name } = match NewSubscriber::try_from(&request) {
+    let NewSubscriber {
+        email,
+        name,
+        timezone,
+    } = match NewSubscriber::try_from(&request) {
         Ok(v) => v,
         Err((field, message)) => {
             let e = HttpError::Unprocessable { field, message };
@@ -138,6 +154,7 @@ async fn subscribe(
         name,
         ip: Some(ip.to_string()),
         user_agent,
+        timezone,
     };
     let outcome = state.signup.subscribe(&signup, now_ms()).await?;
     tracing::debug!(?outcome, "sign-up");

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -169,10 +170,19 @@ impl Feeds {
     }
 
     /// The poller: every so often (a tenth of `feed_interval`, between 1 s and 1 min), polls
-    /// the feeds that are due, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// the feeds that are due, until `shutdown`; only while `leading` says this node holds
+    /// the scheduler role, so an installation of several processes on PostgreSQL polls
+    /// each feed once (the scheduler's advisory lock decides which node).
+    pub async fn run(self, shutdown: CancellationToken, mut leading: watch::Receiver<bool>) {
         let tick = (self.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
+            if !*leading.borrow_and_update() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    changed = leading.changed() => if changed.is_err() { break },
+                }
+                continue;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 polled = self.poll_due(Utc::now()) => if let Err(e) = polled {

@@ -8,7 +8,8 @@ use crate::domain::SubscriberStatus;
 use crate::domain::clock::{Millis, to_rfc3339};
 use crate::domain::spreadsheet;
 use crate::domain::subscriber::SignUpOutcome;
-use crate::store::{SignUp, Store, SubscriberRow};
+use crate::domain::timezone;
+use crate::store::{ImportRow, SignUp, Store, SubscriberRow};
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -24,6 +25,9 @@ struct CsvRow {
     email: String,
     #[serde(default)]
     name: Option<String>,
+    /// The subscriber's own zone; blank or unknown is the list's.
+    #[serde(default)]
+    timezone: Option<String>,
 }
 
 /// The longest line an import accepts: a row is an address and a name, a few hundred bytes;
@@ -110,7 +114,8 @@ impl Subscribers {
         self.import_max_bytes
     }
 
-    /// Imports a CSV with an `email` column and an optional `name` column. Every row is
+    /// Imports a CSV with an `email` column and optional `name` and `timezone` columns (a
+    /// blank or unknown zone is the list's). Every row is
     /// checked first: if any is invalid, nothing is imported and the error lists the lines.
     /// `confirmed`: the operator vouches for consent, the rows become confirmed subscribers;
     /// otherwise each address gets a confirmation email (double opt-in). Known addresses are
@@ -156,8 +161,13 @@ impl Subscribers {
             };
             let email = crate::domain::EmailAddress::parse(&row.email);
             let name = crate::domain::SubscriberName::parse(row.name.as_deref().unwrap_or(""));
+            let timezone = timezone::subscriber_zone(row.timezone.as_deref());
             match (email, name) {
-                (Ok(e), Ok(n)) => rows.push((e, n)),
+                (Ok(email), Ok(name)) => rows.push(ImportRow {
+                    email,
+                    name,
+                    timezone,
+                }),
                 (Err(e), _) => problems.push(format!("line {line}: {e}")),
                 (_, Err(e)) => problems.push(format!("line {line}: {e}")),
             }
@@ -185,12 +195,18 @@ impl Subscribers {
                 report.unchanged += chunk.len() as u64 - added;
             }
         } else {
-            for (email, name) in rows {
+            for ImportRow {
+                email,
+                name,
+                timezone,
+            } in rows
+            {
                 let signup = SignUp {
                     email,
                     name,
                     ip: None,
                     user_agent: Some(source.to_owned()),
+                    timezone,
                 };
                 let outcome = self.store.sign_up(&signup, now).await?;
                 if outcome == SignUpOutcome::ConfirmationQueued {
@@ -220,6 +236,7 @@ impl Subscribers {
             "consent_at",
             "consent_ip",
             "consent_user_agent",
+            "timezone",
         ])
         .map_err(io)?;
         let mut after: Option<String> = None;
@@ -237,6 +254,7 @@ impl Subscribers {
                     &to_rfc3339(s.consent_at),
                     s.consent_ip.as_deref().unwrap_or(""),
                     s.consent_user_agent.as_deref().unwrap_or(""),
+                    s.timezone.as_deref().unwrap_or(""),
                 ];
                 out.write_record(row.iter().map(|c| spreadsheet::cell(c).into_owned()))
                     .map_err(io)?;

@@ -36,7 +36,7 @@ pub use rows::{
 };
 pub use schedule::StoredSchedule;
 pub use stats::{DayColumn, DeliveryCounts};
-pub use subscribers::{SignUp, UnsubscribeOutcome};
+pub use subscribers::{ImportRow, SignUp, UnsubscribeOutcome};
 pub use workers::{Leadership, SCHEDULER_LOCK, WORK_CHANNEL};
 
 use std::sync::Arc;

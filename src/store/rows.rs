@@ -19,6 +19,8 @@ pub struct SubscriberRow {
     pub consent_at: Millis,
     pub consent_ip: Option<String>,
     pub consent_user_agent: Option<String>,
+    /// Their own zone (an IANA name); `None` is the list's.
+    pub timezone: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub confirmed_at: Option<Millis>,
     #[serde(serialize_with = "rfc3339")]

@@ -22,6 +22,17 @@ pub struct SignUp {
     pub name: Option<SubscriberName>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// Their own zone; `None` is the list's.
+    pub timezone: Option<chrono_tz::Tz>,
+}
+
+/// One row of a confirmed import.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    pub email: EmailAddress,
+    pub name: Option<SubscriberName>,
+    /// `None` is the list's zone.
+    pub timezone: Option<chrono_tz::Tz>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,14 +128,15 @@ impl Store {
         now: Millis,
     ) -> StoreResult<(SignUpOutcome, Option<String>)> {
         let name = s.name.as_ref().map(|n| n.as_str());
+        let timezone = s.timezone.map(|tz| tz.name());
         // Insert first: of two concurrent sign-ups for a new address exactly one inserts,
         // and the other finds (and locks) the row below.
         let id = new_id();
         let inserted = sqlx::query(
             "INSERT INTO subscribers (id, email, name, status, unsubscribe_token,
                  consent_at, consent_ip, consent_user_agent, confirmation_queued_at,
-                 created_at, updated_at)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $5, $5, $5)
+                 created_at, updated_at, timezone)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $5, $5, $5, $8)
              ON CONFLICT DO NOTHING",
         )
         .bind(&id)
@@ -134,6 +146,7 @@ impl Store {
         .bind(now)
         .bind(&s.ip)
         .bind(&s.user_agent)
+        .bind(timezone)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -153,7 +166,8 @@ impl Store {
             sqlx::query(
                 "UPDATE subscribers SET status = 'pending', name = COALESCE($1, name),
                      consent_at = $2, consent_ip = $3, consent_user_agent = $4,
-                     unsubscribed_at = NULL, confirmation_queued_at = $2, updated_at = $2
+                     unsubscribed_at = NULL, confirmation_queued_at = $2, updated_at = $2,
+                     timezone = COALESCE($6, timezone)
                  WHERE id = $5",
             )
             .bind(name)
@@ -161,6 +175,7 @@ impl Store {
             .bind(&s.ip)
             .bind(&s.user_agent)
             .bind(&known.id)
+            .bind(timezone)
             .execute(&mut *tx)
             .await?;
             known.id
@@ -279,7 +294,7 @@ impl Store {
     /// The subscriber whose own token (the one in every unsubscribe and manage link) this is.
     pub async fn subscriber_by_token(&self, token: &str) -> StoreResult<Option<SubscriberRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
+            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent, timezone,
                     confirmed_at, created_at
              FROM subscribers WHERE unsubscribe_token = $1",
         )
@@ -373,17 +388,22 @@ impl Store {
     /// leaving known addresses exactly as they are; returns how many were new.
     pub async fn import_confirmed(
         &self,
-        rows: &[(EmailAddress, Option<SubscriberName>)],
+        rows: &[ImportRow],
         source: &str,
         now: Millis,
     ) -> StoreResult<u64> {
         let mut tx = self.begin_write().await?;
         let mut inserted = 0;
-        for (email, name) in rows {
+        for ImportRow {
+            email,
+            name,
+            timezone,
+        } in rows
+        {
             inserted += sqlx::query(
                 "INSERT INTO subscribers (id, email, name, status, unsubscribe_token, consent_at,
-                     consent_user_agent, confirmed_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, 'confirmed', $4, $5, $6, $5, $5, $5)
+                     consent_user_agent, confirmed_at, created_at, updated_at, timezone)
+                 VALUES ($1, $2, $3, 'confirmed', $4, $5, $6, $5, $5, $5, $7)
                  ON CONFLICT DO NOTHING",
             )
             .bind(new_id())
@@ -392,6 +412,7 @@ impl Store {
             .bind(Token::generate().as_str())
             .bind(now)
             .bind(source)
+            .bind(timezone.map(|tz| tz.name()))
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -428,7 +449,7 @@ impl Store {
 
     pub async fn subscriber_by_email(&self, email: &str) -> StoreResult<Option<SubscriberRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
+            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent, timezone,
                     confirmed_at, created_at
              FROM subscribers WHERE lower(email) = $1",
         )
@@ -451,7 +472,7 @@ impl Store {
         after: Option<&str>,
     ) -> StoreResult<Vec<SubscriberRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent,
+            "SELECT id, email, name, status, consent_at, consent_ip, consent_user_agent, timezone,
                     confirmed_at, created_at
              FROM subscribers
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id > $2)

@@ -22,6 +22,9 @@ try {
     bar: await page.getAttribute('[role=progressbar]', 'aria-valuenow'),
     failures: (await page.textContent('#failures')).replace(/\s+/g, ' ').trim(),
     chartBars: await page.locator('#sent-chart rect').count(),
+    feedCells: await page.locator('#feeds tr.feed').first().locator('td')
+      .evaluateAll((tds) => tds.map((td) => td.textContent.replace(/\s+/g, ' ').trim())),
+    failingFeeds: await page.locator('#feeds tr.feed.failing').count(),
     cookies: (await page.context().cookies()).map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })),
   };
   await page.screenshot({ path: screenshot, fullPage: true });

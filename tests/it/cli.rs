@@ -459,7 +459,7 @@ fn subscribers_import_export_and_forget() {
     assert!(
         csv.lines()
             .any(|l| l.starts_with("carol@example.com,,confirmed,")
-                && l.ends_with("import of confirmed.csv")),
+                && l.ends_with("import of confirmed.csv,")),
         "{csv}"
     );
     let out = run(&["subscribers", "export", "--status", "confirmed"]);

@@ -668,3 +668,51 @@ async fn the_poller_started_with_the_scheduler_polls_each_feed_every_feed_interv
     );
     app.stop().await;
 }
+
+/// On PostgreSQL several `squeeze serve` nodes share one installation: only the node holding
+/// the scheduler role (the advisory lock) polls, and another takes over when it goes. The
+/// leader polls hourly, the second node would every second: any fetch while the leader lives
+/// is the second node's.
+#[tokio::test]
+async fn on_postgres_only_the_node_holding_the_scheduler_role_polls_the_feeds() {
+    let Some(db) = crate::scaleout::postgres().await else {
+        return;
+    };
+    let (server, hits) = feed_server().await;
+    let node = |interval: &str| {
+        TestApp::spawn_with(Options {
+            worker: false,
+            scheduler: true,
+            database: Some(db.clone()),
+            settings: vec![
+                ("feed_allow_private".into(), "true".into()),
+                ("feed_interval".into(), interval.into()),
+            ],
+            ..Options::default()
+        })
+    };
+    let leader = node("1h").await;
+    add_feed(&leader, &format!("{server}/fresh.xml")).await;
+    crate::helpers::eventually(
+        "the leader's poller made the item",
+        Duration::from_secs(10),
+        || async { pending(&leader).await.len() == 1 },
+    )
+    .await;
+    let other = node("1s").await;
+    let polls = hits.all.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        hits.all.load(Ordering::SeqCst),
+        polls,
+        "the node without the scheduler role polled"
+    );
+    leader.stop().await;
+    crate::helpers::eventually(
+        "the other node took the role over and polls",
+        Duration::from_secs(10),
+        || async { hits.all.load(Ordering::SeqCst) > polls },
+    )
+    .await;
+    other.stop().await;
+}

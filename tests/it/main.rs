@@ -20,3 +20,4 @@ mod signup;
 mod storage;
 mod studio;
 mod subscription;
+mod tz;

@@ -507,6 +507,22 @@ async fn the_dashboard_renders_in_headless_chromium() {
     }
     let smtp = SmtpServer::start().await;
     let (app, _) = scenario(&smtp).await;
+    // A feed failing since 25 hours ago (this list refuses private addresses), through the
+    // real API and poller.
+    let (status, body) = app
+        .post_json(
+            "/api/feeds",
+            serde_json::json!({"url": "http://127.0.0.1:9/news.xml"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let feeds = app.app.feeds();
+    for at in [
+        chrono::Utc::now() - chrono::Duration::hours(25),
+        chrono::Utc::now(),
+    ] {
+        feeds.poll_all(at).await.expect("poll");
+    }
     let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/dashboard.png");
     let out = tokio::process::Command::new("node")
         .arg(concat!(
@@ -532,6 +548,18 @@ async fn the_dashboard_renders_in_headless_chromium() {
         "{seen}"
     );
     assert_eq!(seen["chartBars"], 180);
+    // The feed's URL and flag, last success, last error, consecutive failures.
+    let cells = &seen["feedCells"];
+    let cell = |i: usize| cells[i].as_str().unwrap_or_default();
+    assert!(
+        cell(0).contains("http://127.0.0.1:9/news.xml")
+            && cell(0).contains("failing for over a day"),
+        "{seen}"
+    );
+    assert_eq!(cell(1), "never", "{seen}");
+    assert!(cell(2).starts_with("refused: 127.0.0.1"), "{seen}");
+    assert_eq!(cell(3), "2", "{seen}");
+    assert_eq!(seen["failingFeeds"], 1, "{seen}");
     assert_eq!(seen["cookies"][0]["httpOnly"], true);
     assert_eq!(seen["cookies"][0]["sameSite"], "Strict");
     assert_eq!(seen["afterPause"], "paused", "{seen}");

@@ -10,7 +10,7 @@ use crate::helpers::{
     Options, SmtpServer, TestApp, TestDb, eventually, seed, spawn_squeeze, terminate, wait_exit,
 };
 
-async fn postgres() -> Option<TestDb> {
+pub(crate) async fn postgres() -> Option<TestDb> {
     match TestDb::postgres().await {
         Ok(db) => Some(db),
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
