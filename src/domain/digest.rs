@@ -290,9 +290,9 @@ pub fn parse_send_at(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Inv
 }
 
 /// A browser's `datetime-local` value ("2026-12-03T07:00", seconds optional) read as a wall
-/// time in the list's timezone `tz`; not in the past (a minute of slack, as `parse_send_at`).
-/// A time that does not exist there (a spring-forward gap) is refused; an ambiguous one (the
-/// autumn hour) is the earlier of the two.
+/// time in the list's timezone `tz` by the one DST rule (`timezone::local_instant`: a time
+/// the clocks skip goes at the first valid minute after it, a repeated one goes once); not in
+/// the past (a minute of slack, as `parse_send_at`).
 pub fn parse_local_send_at(
     raw: &str,
     tz: Tz,
@@ -307,16 +307,7 @@ pub fn parse_local_send_at(
                 "must be a date and time such as 2026-12-03T07:00",
             )
         })?;
-    let at = tz
-        .from_local_datetime(&naive)
-        .earliest()
-        .ok_or_else(|| {
-            invalid(
-                "send_at",
-                format!("{raw} does not exist in {} (the clocks skip it)", tz.name()),
-            )
-        })?
-        .with_timezone(&Utc);
+    let at = super::timezone::local_instant(tz, naive.date(), naive.time());
     if at < now - Duration::minutes(1) {
         return Err(invalid("send_at", "is in the past"));
     }
@@ -393,6 +384,7 @@ mod tests {
 
     #[test]
     fn a_local_send_at_is_read_in_the_lists_timezone() {
+        use chrono::TimeZone;
         let now = Utc
             .with_ymd_and_hms(2026, 12, 1, 12, 0, 0)
             .single()
@@ -417,8 +409,13 @@ mod tests {
                 .field,
             "send_at"
         );
-        let gap = parse_local_send_at("2027-03-28T02:30", paris, now).expect_err("refused");
-        assert!(gap.message.contains("does not exist"), "{}", gap.message);
+        // 02:30 does not exist in Paris that morning: the first valid minute, 03:00 CEST.
+        assert_eq!(
+            parse_local_send_at("2027-03-28T02:30", paris, now).expect("moved on"),
+            Utc.with_ymd_and_hms(2027, 3, 28, 1, 0, 0)
+                .single()
+                .expect("valid")
+        );
     }
     use super::*;
 
