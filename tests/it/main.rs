@@ -18,3 +18,4 @@ mod scaleout;
 mod signup;
 mod storage;
 mod subscription;
+mod webhooks;

@@ -1,0 +1,316 @@
+//! Provider webhooks (issue 20, 2b) against a live server: each provider's documented
+//! sample (tests/samples/webhooks), signed here with a test key; a good call bounces or
+//! unsubscribes its subscriber and records the event; a forged, unsigned, stale or
+//! replayed call is refused with 401 and changes nothing.
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::helpers::{Options, SmtpServer, TestApp};
+
+const MAILGUN_KEY: &str = "key-a-test-webhook-signing-key-0123";
+const POSTMARK_USER: &str = "postmark";
+const POSTMARK_PASSWORD: &str = "a-test-webhook-password-0123";
+
+fn sample(name: &str) -> String {
+    let path = format!(
+        "{}/tests/samples/webhooks/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+async fn spawn(smtp: &SmtpServer, settings: &[(&str, &str)]) -> TestApp {
+    TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn status_of(app: &TestApp, email: &str) -> String {
+    app.text(&format!(
+        "SELECT status FROM subscribers WHERE email = '{email}'"
+    ))
+    .await
+}
+
+async fn events(app: &TestApp, source: &str) -> i64 {
+    app.scalar(&format!(
+        "SELECT COUNT(*) FROM bounce_events WHERE source = '{source}'"
+    ))
+    .await
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Mailgun's signature: hex HMAC-SHA256 of timestamp and token under the key.
+fn mailgun_signature(key: &str, timestamp: &str, token: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(timestamp.as_bytes());
+    mac.update(token.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A Mailgun sample about `recipient`, signed with `key` at `timestamp` with `token`.
+fn mailgun_call(
+    sample_name: &str,
+    recipient: &str,
+    key: &str,
+    timestamp: i64,
+    token: &str,
+) -> String {
+    let mut v: Value = serde_json::from_str(&sample(sample_name)).expect("sample JSON");
+    v["event-data"]["recipient"] = recipient.into();
+    v["event-data"]["message"]["headers"]["to"] = recipient.into();
+    let ts = timestamp.to_string();
+    v["signature"]["timestamp"] = ts.clone().into();
+    v["signature"]["token"] = token.into();
+    v["signature"]["signature"] = mailgun_signature(key, &ts, token).into();
+    v.to_string()
+}
+
+async fn post(
+    app: &TestApp,
+    path: &str,
+    body: String,
+    auth: Option<String>,
+) -> (StatusCode, Value) {
+    let mut req = app
+        .http
+        .post(format!("{}{path}", app.url))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let res = req.send().await.expect("webhook call");
+    let status = res.status();
+    let body = res.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn token(n: u32) -> String {
+    format!(
+        "{:050}",
+        u64::from(n) + u64::try_from(now_secs()).unwrap_or(0) * 1000
+    )
+}
+
+#[tokio::test]
+async fn mailgun_failures_and_complaints_act_once_and_forged_stale_or_replayed_calls_change_nothing()
+ {
+    let smtp = SmtpServer::start().await;
+    let app = spawn(&smtp, &[("mailgun_signing_key", MAILGUN_KEY)]).await;
+    for who in ["gone@example.org", "alive@example.org", "angry@example.org"] {
+        app.subscribe_confirmed(&smtp, who).await;
+    }
+    let path = "/webhooks/mailgun";
+    let failed = "mailgun-failed-permanent.json";
+
+    // Forged (another key), unsigned, stale (6 minutes old) and future: 401, nothing done.
+    let forged = mailgun_call(
+        failed,
+        "alive@example.org",
+        "not-the-key",
+        now_secs(),
+        &token(1),
+    );
+    let (status, body) = post(&app, path, forged, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("signature")),
+        "{body}"
+    );
+    let mut unsigned: Value = serde_json::from_str(&mailgun_call(
+        failed,
+        "alive@example.org",
+        MAILGUN_KEY,
+        now_secs(),
+        &token(2),
+    ))
+    .expect("json");
+    unsigned
+        .as_object_mut()
+        .expect("object")
+        .remove("signature");
+    let (status, _) = post(&app, path, unsigned.to_string(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for ts in [now_secs() - 360, now_secs() + 360] {
+        let stale = mailgun_call(failed, "alive@example.org", MAILGUN_KEY, ts, &token(3));
+        let (status, body) = post(&app, path, stale, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    assert_eq!(status_of(&app, "alive@example.org").await, "confirmed");
+    assert_eq!(events(&app, "mailgun").await, 0);
+
+    // The genuine permanent failure bounces its subscriber, and records the event.
+    let good = mailgun_call(
+        failed,
+        "gone@example.org",
+        MAILGUN_KEY,
+        now_secs(),
+        &token(4),
+    );
+    let (status, body) = post(&app, path, good.clone(), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["recorded"][0], "matched hard by recipient", "{body}");
+    assert_eq!(status_of(&app, "gone@example.org").await, "bounced");
+    assert_eq!(
+        app.text("SELECT status FROM bounce_events WHERE source = 'mailgun'")
+            .await,
+        "5.1.1"
+    );
+
+    // The same call again (its token seen) is a replay: 401, nothing more recorded.
+    let (status, body) = post(&app, path, good, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(events(&app, "mailgun").await, 1);
+    // So is the token under another, freshly signed body.
+    let reused = mailgun_call(
+        failed,
+        "alive@example.org",
+        MAILGUN_KEY,
+        now_secs(),
+        &token(4),
+    );
+    let (status, _) = post(&app, path, reused, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of(&app, "alive@example.org").await, "confirmed");
+
+    // A complaint unsubscribes at once.
+    let complaint = mailgun_call(
+        "mailgun-complained.json",
+        "angry@example.org",
+        MAILGUN_KEY,
+        now_secs(),
+        &token(5),
+    );
+    let (status, body) = post(&app, path, complaint, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["recorded"][0], "matched complaint by recipient",
+        "{body}"
+    );
+    assert_eq!(status_of(&app, "angry@example.org").await, "unsubscribed");
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM bounce_events WHERE source = 'mailgun' AND kind = 'complaint'"
+        )
+        .await,
+        1
+    );
+
+    // Not JSON: 400; over the cap: 413; both change nothing.
+    let (status, _) = post(&app, path, "{not json".into(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(
+        &app,
+        path,
+        format!("[\"{}\"]", "x".repeat(300 * 1024)),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(events(&app, "mailgun").await, 2);
+}
+
+#[tokio::test]
+async fn webhooks_are_off_until_their_credentials_are_set() {
+    let smtp = SmtpServer::start().await;
+    let app = spawn(&smtp, &[]).await;
+    let body = mailgun_call(
+        "mailgun-failed-permanent.json",
+        "a@example.org",
+        MAILGUN_KEY,
+        now_secs(),
+        &token(6),
+    );
+    let (status, _) = post(&app, "/webhooks/mailgun", body, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = post(
+        &app,
+        "/webhooks/postmark",
+        sample("postmark-bounce.json"),
+        Some(basic(POSTMARK_USER, POSTMARK_PASSWORD)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+fn postmark_call(sample_name: &str, email: &str) -> String {
+    let mut v: Value = serde_json::from_str(&sample(sample_name)).expect("sample JSON");
+    v["Email"] = email.into();
+    v.to_string()
+}
+
+#[tokio::test]
+async fn postmark_bounces_and_complaints_need_the_urls_credentials() {
+    let smtp = SmtpServer::start().await;
+    let app = spawn(
+        &smtp,
+        &[
+            ("postmark_webhook_user", POSTMARK_USER),
+            ("postmark_webhook_password", POSTMARK_PASSWORD),
+        ],
+    )
+    .await;
+    for who in ["john@example.org", "jane@example.org"] {
+        app.subscribe_confirmed(&smtp, who).await;
+    }
+    let path = "/webhooks/postmark";
+    let bounce = postmark_call("postmark-bounce.json", "john@example.org");
+
+    for auth in [
+        None,
+        Some(basic(POSTMARK_USER, "a-test-webhook-password-0124")),
+        Some(basic("someone", POSTMARK_PASSWORD)),
+        Some(format!("Bearer {POSTMARK_PASSWORD}")),
+    ] {
+        let (status, body) = post(&app, path, bounce.clone(), auth.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}: {body}");
+    }
+    assert_eq!(status_of(&app, "john@example.org").await, "confirmed");
+    assert_eq!(events(&app, "postmark").await, 0);
+
+    let auth = Some(basic(POSTMARK_USER, POSTMARK_PASSWORD));
+    let (status, body) = post(&app, path, bounce, auth.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["recorded"][0], "matched hard by recipient", "{body}");
+    assert_eq!(status_of(&app, "john@example.org").await, "bounced");
+
+    let complaint = postmark_call("postmark-spam-complaint.json", "jane@example.org");
+    let (status, body) = post(&app, path, complaint, auth.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["recorded"][0], "matched complaint by recipient",
+        "{body}"
+    );
+    assert_eq!(status_of(&app, "jane@example.org").await, "unsubscribed");
+    assert_eq!(events(&app, "postmark").await, 2);
+
+    let (status, _) = post(&app, path, "[]".into(), auth).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
