@@ -231,6 +231,7 @@ impl App {
             http::WebhookSettings {
                 mailgun_signing_key: c.mailgun_signing_key.clone(),
                 postmark: c.postmark_webhook.clone(),
+                sendgrid: c.sendgrid_public_key.clone(),
             },
         )
     }

@@ -144,6 +144,8 @@ pub struct Config {
     pub mailgun_signing_key: Option<String>,
     /// Postmark's HTTP Basic user and password.
     pub postmark_webhook: Option<(String, String)>,
+    /// SendGrid's Signed Event Webhook key.
+    pub sendgrid_public_key: Option<crate::inbound::webhooks::sendgrid::PublicKey>,
     /// Complaint share of a digest's delivered mail past which it pauses (0: never), once
     /// it delivered at least `complaint_pause_min`.
     pub complaint_pause_rate: f64,
@@ -397,6 +399,7 @@ impl Config {
                 .ok_or_else(|| missing("inbound_max_bytes"))?,
             mailgun_signing_key: d.mailgun_signing_key,
             postmark_webhook,
+            sendgrid_public_key: d.sendgrid_public_key,
             complaint_pause_rate: d
                 .complaint_pause_rate
                 .ok_or_else(|| missing("complaint_pause_rate"))?,

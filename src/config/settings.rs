@@ -101,6 +101,7 @@ pub(super) struct Draft {
     pub mailgun_signing_key: Option<String>,
     pub postmark_webhook_user: Option<String>,
     pub postmark_webhook_password: Option<String>,
+    pub sendgrid_public_key: Option<crate::inbound::webhooks::sendgrid::PublicKey>,
 }
 
 /// `true`/`false` (also yes/no, on/off, 1/0).
@@ -845,6 +846,17 @@ pub const TABLE: &[Setting] = &[
                 return Err("use at least 16 characters".into());
             }
             d.postmark_webhook_password = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sendgrid_public_key",
+        value_name: "KEY",
+        default: None,
+        secret: false,
+        doc: "SendGrid's Signed Event Webhook verification key (base64, as SendGrid shows it); turns on POST /webhooks/sendgrid (unset: 404)",
+        parse: |v, d| {
+            d.sendgrid_public_key = Some(crate::inbound::webhooks::sendgrid::PublicKey::parse(v)?);
             Ok(())
         },
     },

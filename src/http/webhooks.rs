@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{AppState, HttpError};
 use crate::domain::clock::now_ms;
-use crate::inbound::webhooks::{Refused, mailgun, postmark};
+use crate::inbound::webhooks::{Refused, mailgun, postmark, sendgrid};
 use crate::service::Recorded;
 
 /// Largest webhook body accepted (a provider's event is a few kilobytes).
@@ -28,6 +28,8 @@ pub struct WebhookSettings {
     pub mailgun_signing_key: Option<String>,
     /// Postmark's HTTP Basic user and password.
     pub postmark: Option<(String, String)>,
+    /// SendGrid's Signed Event Webhook verification key.
+    pub sendgrid: Option<sendgrid::PublicKey>,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -35,6 +37,7 @@ impl std::fmt::Debug for WebhookSettings {
         f.debug_struct("WebhookSettings")
             .field("mailgun", &self.mailgun_signing_key.is_some())
             .field("postmark", &self.postmark.is_some())
+            .field("sendgrid", &self.sendgrid.is_some())
             .finish()
     }
 }
@@ -43,6 +46,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/webhooks/mailgun", post(mailgun_call))
         .route("/webhooks/postmark", post(postmark_call))
+        .route("/webhooks/sendgrid", post(sendgrid_call))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
 }
 
@@ -128,5 +132,37 @@ async fn postmark_call(
         .inbound
         .record_all(report.into_iter().collect())
         .await?;
+    Ok(answer(&recorded))
+}
+
+const SENDGRID_SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
+const SENDGRID_TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
+
+/// SendGrid: ECDSA over the timestamp header and the raw body; each signed call once.
+async fn sendgrid_call(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let Some(key) = state.webhooks.sendgrid.as_ref() else {
+        return Err(off());
+    };
+    let body = read(body)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let call = sendgrid::verify(
+        key,
+        header(SENDGRID_SIGNATURE),
+        header(SENDGRID_TIMESTAMP),
+        &body,
+        now_ms(),
+    )
+    .map_err(|r| refused("sendgrid", r))?;
+    let recorded = state
+        .inbound
+        .record_signed("sendgrid", &call.token, call.token_expires_at, call.reports)
+        .await?
+        .ok_or_else(|| {
+            HttpError::Unauthorized("sendgrid webhook: this call was received before".into())
+        })?;
     Ok(answer(&recorded))
 }

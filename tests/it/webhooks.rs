@@ -42,7 +42,7 @@ async fn status_of(app: &TestApp, email: &str) -> String {
     .await
 }
 
-async fn events(app: &TestApp, source: &str) -> i64 {
+async fn events_of(app: &TestApp, source: &str) -> i64 {
     app.scalar(&format!(
         "SELECT COUNT(*) FROM bounce_events WHERE source = '{source}'"
     ))
@@ -157,7 +157,7 @@ async fn mailgun_failures_and_complaints_act_once_and_forged_stale_or_replayed_c
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     }
     assert_eq!(status_of(&app, "alive@example.org").await, "confirmed");
-    assert_eq!(events(&app, "mailgun").await, 0);
+    assert_eq!(events_of(&app, "mailgun").await, 0);
 
     // The genuine permanent failure bounces its subscriber, and records the event.
     let good = mailgun_call(
@@ -180,7 +180,7 @@ async fn mailgun_failures_and_complaints_act_once_and_forged_stale_or_replayed_c
     // The same call again (its token seen) is a replay: 401, nothing more recorded.
     let (status, body) = post(&app, path, good, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert_eq!(events(&app, "mailgun").await, 1);
+    assert_eq!(events_of(&app, "mailgun").await, 1);
     // So is the token under another, freshly signed body.
     let reused = mailgun_call(
         failed,
@@ -227,7 +227,7 @@ async fn mailgun_failures_and_complaints_act_once_and_forged_stale_or_replayed_c
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(events(&app, "mailgun").await, 2);
+    assert_eq!(events_of(&app, "mailgun").await, 2);
 }
 
 #[tokio::test]
@@ -248,6 +248,14 @@ async fn webhooks_are_off_until_their_credentials_are_set() {
         "/webhooks/postmark",
         sample("postmark-bounce.json"),
         Some(basic(POSTMARK_USER, POSTMARK_PASSWORD)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = post(
+        &app,
+        "/webhooks/sendgrid",
+        sample("sendgrid-events.json"),
+        None,
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -293,7 +301,7 @@ async fn postmark_bounces_and_complaints_need_the_urls_credentials() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}: {body}");
     }
     assert_eq!(status_of(&app, "john@example.org").await, "confirmed");
-    assert_eq!(events(&app, "postmark").await, 0);
+    assert_eq!(events_of(&app, "postmark").await, 0);
 
     let auth = Some(basic(POSTMARK_USER, POSTMARK_PASSWORD));
     let (status, body) = post(&app, path, bounce, auth.clone()).await;
@@ -309,8 +317,125 @@ async fn postmark_bounces_and_complaints_need_the_urls_credentials() {
         "{body}"
     );
     assert_eq!(status_of(&app, "jane@example.org").await, "unsubscribed");
-    assert_eq!(events(&app, "postmark").await, 2);
+    assert_eq!(events_of(&app, "postmark").await, 2);
 
     let (status, _) = post(&app, path, "[]".into(), auth).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// A P-256 key pair made here, and its public key as SendGrid shows it (base64 DER SPKI).
+fn sendgrid_keys() -> (ring::signature::EcdsaKeyPair, String) {
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .expect("key pair");
+    // SubjectPublicKeyInfo: id-ecPublicKey, prime256v1, then the uncompressed point.
+    let mut spki = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    (pair, base64::engine::general_purpose::STANDARD.encode(spki))
+}
+
+async fn post_sendgrid(
+    app: &TestApp,
+    body: &str,
+    signature: Option<String>,
+    timestamp: Option<String>,
+) -> (StatusCode, Value) {
+    let mut req = app
+        .http
+        .post(format!("{}/webhooks/sendgrid", app.url))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(s) = signature {
+        req = req.header("X-Twilio-Email-Event-Webhook-Signature", s);
+    }
+    if let Some(t) = timestamp {
+        req = req.header("X-Twilio-Email-Event-Webhook-Timestamp", t);
+    }
+    let res = req.send().await.expect("webhook call");
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn sendgrid_sign(pair: &ring::signature::EcdsaKeyPair, timestamp: &str, body: &str) -> String {
+    let rng = ring::rand::SystemRandom::new();
+    let sig = pair
+        .sign(&rng, format!("{timestamp}{body}").as_bytes())
+        .expect("sign");
+    base64::engine::general_purpose::STANDARD.encode(sig.as_ref())
+}
+
+#[tokio::test]
+async fn sendgrid_signed_events_act_and_forged_stale_or_replayed_calls_change_nothing() {
+    let (pair, public_key) = sendgrid_keys();
+    let (other, _) = sendgrid_keys();
+    let smtp = SmtpServer::start().await;
+    let app = spawn(&smtp, &[("sendgrid_public_key", &public_key)]).await;
+    let people = ["slow", "gone", "dropped", "angry"].map(|p| format!("{p}@example.org"));
+    for who in &people {
+        app.subscribe_confirmed(&smtp, who).await;
+    }
+    // The documented events, each about one of ours: deferred, bounce, dropped, spamreport.
+    let mut events: Value = serde_json::from_str(&sample("sendgrid-events.json")).expect("json");
+    let mut next = people.iter();
+    for e in events.as_array_mut().expect("array") {
+        if matches!(
+            e["event"].as_str(),
+            Some("deferred" | "bounce" | "dropped" | "spamreport")
+        ) {
+            e["email"] = next.next().expect("a person per event").as_str().into();
+        }
+    }
+    let body = events.to_string();
+    let ts = now_secs().to_string();
+    let good = sendgrid_sign(&pair, &ts, &body);
+
+    let stale_ts = (now_secs() - 360).to_string();
+    for (signature, timestamp) in [
+        (Some(sendgrid_sign(&other, &ts, &body)), Some(ts.clone())),
+        (None, Some(ts.clone())),
+        (Some(good.clone()), None),
+        (Some(good.clone()), Some((now_secs() + 1).to_string())),
+        (
+            Some(sendgrid_sign(&pair, &stale_ts, &body)),
+            Some(stale_ts.clone()),
+        ),
+    ] {
+        let (status, answer) = post_sendgrid(&app, &body, signature, timestamp).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    }
+    // A body changed under a good signature.
+    let tampered = body.replace("spamreport", "delivered");
+    let (status, _) = post_sendgrid(&app, &tampered, Some(good.clone()), Some(ts.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for who in &people {
+        assert_eq!(status_of(&app, who).await, "confirmed", "{who}");
+    }
+    assert_eq!(events_of(&app, "sendgrid").await, 0);
+
+    let (status, answer) = post_sendgrid(&app, &body, Some(good.clone()), Some(ts.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["recorded"],
+        serde_json::json!([
+            "matched soft by recipient",
+            "matched hard by recipient",
+            "matched hard by recipient",
+            "matched complaint by recipient"
+        ])
+    );
+    assert_eq!(status_of(&app, "slow@example.org").await, "confirmed");
+    assert_eq!(status_of(&app, "gone@example.org").await, "bounced");
+    assert_eq!(status_of(&app, "dropped@example.org").await, "bounced");
+    assert_eq!(status_of(&app, "angry@example.org").await, "unsubscribed");
+    assert_eq!(events_of(&app, "sendgrid").await, 4);
+
+    // The same call again: a replay.
+    let (status, _) = post_sendgrid(&app, &body, Some(good), Some(ts)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(events_of(&app, "sendgrid").await, 4);
 }

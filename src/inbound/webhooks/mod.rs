@@ -5,6 +5,7 @@
 
 pub mod mailgun;
 pub mod postmark;
+pub mod sendgrid;
 
 /// Why a call is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
