@@ -9,7 +9,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::helpers::{Options, SmtpServer, TestApp};
+use crate::helpers::{
+    Options, SmtpServer, TestApp, WAIT, eventually, spawn_squeeze, terminate, wait_exit,
+};
 
 const MAILGUN_KEY: &str = "key-a-test-webhook-signing-key-0123";
 const POSTMARK_USER: &str = "postmark";
@@ -103,11 +105,9 @@ async fn post(
     (status, body)
 }
 
+/// A Mailgun token (50 characters, as Mailgun's); each test has its own database.
 fn token(n: u32) -> String {
-    format!(
-        "{:050}",
-        u64::from(n) + u64::try_from(now_secs()).unwrap_or(0) * 1000
-    )
+    format!("{n:050}")
 }
 
 #[tokio::test]
@@ -178,9 +178,11 @@ async fn mailgun_failures_and_complaints_act_once_and_forged_stale_or_replayed_c
     );
 
     // The same call again (its token seen) is a replay: 401, nothing more recorded.
-    let (status, body) = post(&app, path, good, None).await;
+    let (status, body) = post(&app, path, good.clone(), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(events_of(&app, "mailgun").await, 1);
+    // Also when it is replayed to another process on the same database.
+    replayed_to_another_process(&app, &good).await;
     // So is the token under another, freshly signed body.
     let reused = mailgun_call(
         failed,
@@ -227,7 +229,60 @@ async fn mailgun_failures_and_complaints_act_once_and_forged_stale_or_replayed_c
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(events_of(&app, "mailgun").await, 2);
+    // The two heard here and the unmatched one the second process heard.
+    assert_eq!(events_of(&app, "mailgun").await, 3);
+}
+
+/// `squeeze serve` as a second process on `app`'s database refuses `call` as a replay.
+async fn replayed_to_another_process(app: &TestApp, call: &str) {
+    let bind = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let env = [("SQUEEZE_MAILGUN_SIGNING_KEY", MAILGUN_KEY.to_owned())];
+    let mut other = spawn_squeeze(
+        &["serve", "--no-worker", "--bind", &bind],
+        &app.database,
+        &env,
+    );
+    let url = format!("http://{bind}");
+    eventually("the second process answers", WAIT, || async {
+        app.http
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let send = |body: String| {
+        app.http
+            .post(format!("{url}/webhooks/mailgun"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // It hears a new call (about nobody we know: kept unmatched)...
+    let fresh = mailgun_call(
+        "mailgun-failed-permanent.json",
+        "nobody@example.org",
+        MAILGUN_KEY,
+        now_secs(),
+        &token(99),
+    );
+    let fresh = send(fresh).await.expect("call the second process").status();
+    // ...and refuses the one the first process heard.
+    let replay = send(call.to_owned())
+        .await
+        .expect("call the second process")
+        .status();
+    terminate(&other);
+    let _ = wait_exit(&mut other, std::time::Duration::from_secs(15)).await;
+    assert_eq!(fresh, StatusCode::OK, "the second process hears webhooks");
+    assert_eq!(
+        replay,
+        StatusCode::UNAUTHORIZED,
+        "the other process heard a replay"
+    );
 }
 
 #[tokio::test]
