@@ -227,6 +227,12 @@ impl App {
             pages,
             settings,
             crate::service::AdminSessions::new(self.store.clone()),
+            self.inbound(),
+            http::WebhookSettings {
+                mailgun_signing_key: c.mailgun_signing_key.clone(),
+                postmark: c.postmark_webhook.clone(),
+                sendgrid: c.sendgrid_public_key.clone(),
+            },
         )
     }
 

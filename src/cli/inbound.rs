@@ -92,10 +92,5 @@ pub async fn run(args: InboundArgs, config: Config) -> ExitCode {
 
 /// One word on standard output: what became of the message.
 fn outcome_word(r: &Recorded) -> String {
-    match r {
-        Recorded::Matched { kind, by, .. } => format!("matched {} by {by}", kind.as_str()),
-        Recorded::Unmatched { kind } => format!("unmatched {}", kind.as_str()),
-        Recorded::Duplicate => "duplicate".into(),
-        Recorded::Ignored => "ignored".into(),
-    }
+    r.summary()
 }

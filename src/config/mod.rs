@@ -140,6 +140,12 @@ pub struct Config {
     pub bounce: Option<crate::domain::bounce::Verp>,
     /// Largest message `squeeze inbound` reads.
     pub inbound_max_bytes: u64,
+    /// Provider webhooks' credentials; each `None` turns its webhook off.
+    pub mailgun_signing_key: Option<String>,
+    /// Postmark's HTTP Basic user and password.
+    pub postmark_webhook: Option<(String, String)>,
+    /// SendGrid's Signed Event Webhook key.
+    pub sendgrid_public_key: Option<crate::inbound::webhooks::sendgrid::PublicKey>,
     /// Complaint share of a digest's delivered mail past which it pauses (0: never), once
     /// it delivered at least `complaint_pause_min`.
     pub complaint_pause_rate: f64,
@@ -314,6 +320,17 @@ impl Config {
                 ));
             }
         };
+        let postmark_webhook = match (d.postmark_webhook_user, d.postmark_webhook_password) {
+            (None, None) => None,
+            (Some(user), Some(password)) => Some((user, password)),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError(
+                    "settings `postmark_webhook_user` and `postmark_webhook_password` go \
+                     together: set both (the Basic auth in the Postmark webhook URL), or neither."
+                        .into(),
+                ));
+            }
+        };
         let retry = RetryPolicy::builder()
             .initial(retry_initial)
             .max(retry_max)
@@ -382,6 +399,9 @@ impl Config {
             inbound_max_bytes: d
                 .inbound_max_bytes
                 .ok_or_else(|| missing("inbound_max_bytes"))?,
+            mailgun_signing_key: d.mailgun_signing_key,
+            postmark_webhook,
+            sendgrid_public_key: d.sendgrid_public_key,
             complaint_pause_rate: d
                 .complaint_pause_rate
                 .ok_or_else(|| missing("complaint_pause_rate"))?,
@@ -661,7 +681,14 @@ mod tests {
         let secret: Vec<&str> = TABLE.iter().filter(|s| s.secret).map(|s| s.key).collect();
         assert_eq!(
             secret,
-            ["smtp_url", "admin_token", "metrics_token", "bounce_secret"]
+            [
+                "smtp_url",
+                "admin_token",
+                "metrics_token",
+                "bounce_secret",
+                "mailgun_signing_key",
+                "postmark_webhook_password"
+            ]
         );
         assert_eq!(SETTINGS.len(), TABLE.len());
     }

@@ -99,6 +99,10 @@ pub(super) struct Draft {
     pub complaint_pause_rate: Option<f64>,
     pub complaint_pause_min: Option<i64>,
     pub doctor_nameserver: Option<SocketAddr>,
+    pub mailgun_signing_key: Option<String>,
+    pub postmark_webhook_user: Option<String>,
+    pub postmark_webhook_password: Option<String>,
+    pub sendgrid_public_key: Option<crate::inbound::webhooks::sendgrid::PublicKey>,
 }
 
 /// `true`/`false` (also yes/no, on/off, 1/0).
@@ -820,7 +824,67 @@ pub const TABLE: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        key: "mailgun_signing_key",
+        value_name: "KEY",
+        default: None,
+        secret: true,
+        doc: "Mailgun's HTTP webhook signing key; turns on POST /webhooks/mailgun (unset: 404)",
+        parse: |v, d| {
+            d.mailgun_signing_key = Some(non_empty(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "postmark_webhook_user",
+        value_name: "USER",
+        default: None,
+        secret: false,
+        doc: "User name in the Postmark webhook URL's HTTP Basic auth; with postmark_webhook_password turns on POST /webhooks/postmark",
+        parse: |v, d| {
+            let v = non_empty(v)?;
+            if v.contains(':') {
+                return Err("a Basic auth user name cannot contain `:`".into());
+            }
+            d.postmark_webhook_user = Some(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "postmark_webhook_password",
+        value_name: "PASSWORD",
+        default: None,
+        secret: true,
+        doc: "Password in the Postmark webhook URL's HTTP Basic auth (at least 16 characters)",
+        parse: |v, d| {
+            if v.len() < 16 {
+                return Err("use at least 16 characters".into());
+            }
+            d.postmark_webhook_password = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sendgrid_public_key",
+        value_name: "KEY",
+        default: None,
+        secret: false,
+        doc: "SendGrid's Signed Event Webhook verification key (base64, as SendGrid shows it); turns on POST /webhooks/sendgrid (unset: 404)",
+        parse: |v, d| {
+            d.sendgrid_public_key = Some(crate::inbound::webhooks::sendgrid::PublicKey::parse(v)?);
+            Ok(())
+        },
+    },
 ];
+
+/// A value that is not blank, trimmed.
+fn non_empty(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Err("expected a value, not an empty one".into());
+    }
+    Ok(v.to_owned())
+}
 
 /// A DNS name (a selector or a domain): dot-separated labels of letters, digits and `-`.
 fn dns_name(v: &str) -> Result<String, String> {

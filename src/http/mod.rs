@@ -7,6 +7,7 @@ mod error;
 mod guard;
 mod public;
 mod studio;
+mod webhooks;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -26,8 +27,9 @@ use error::ErrorPage;
 pub use error::HttpError;
 
 use crate::render::Renderer;
-use crate::service::{AdminSessions, Editor, Feeds, Reporting, Signup, Subscribers};
+use crate::service::{AdminSessions, Editor, Feeds, Inbound, Reporting, Signup, Subscribers};
 pub use connections::Connections;
+pub use webhooks::{WEBHOOK_BODY_LIMIT, WebhookSettings};
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -66,6 +68,9 @@ pub struct AppState {
     pub reporting: Reporting,
     pub pages: Pages,
     pub settings: Arc<Settings>,
+    /// Bounces and complaints from the providers' webhooks, and their credentials.
+    pub inbound: Inbound,
+    pub webhooks: Arc<WebhookSettings>,
     pub signup_limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
     /// Dashboard sessions (in the database) and the wrong-admin-token throttle.
     sessions: AdminSessions,
@@ -83,6 +88,8 @@ impl AppState {
         pages: Pages,
         settings: Settings,
         sessions: AdminSessions,
+        inbound: Inbound,
+        webhooks: WebhookSettings,
     ) -> Self {
         let signup_limiter = settings
             .subscribe_per_minute
@@ -95,6 +102,8 @@ impl AppState {
             reporting,
             pages,
             settings: Arc::new(settings),
+            inbound,
+            webhooks: Arc::new(webhooks),
             signup_limiter,
             sessions,
             throttle: Arc::default(),
@@ -108,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router(state.clone()))
         .merge(dashboard::router())
         .merge(studio::router())
+        .merge(webhooks::router())
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), error_pages))
@@ -197,8 +207,10 @@ async fn not_found(request: Request) -> HttpError {
 /// their own (the health check's text, a handler's page) are left as they are.
 async fn error_pages(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let json_client =
-        path.starts_with("/api/") || path == "/metrics" || wants_json(request.headers());
+    let json_client = path.starts_with("/api/")
+        || path.starts_with("/webhooks/")
+        || path == "/metrics"
+        || wants_json(request.headers());
     let response = next.run(request).await;
     let status = response.status();
     if !status.is_client_error() && !status.is_server_error() {

@@ -2,5 +2,6 @@
 //! (`parse`). Pure: no store, no Config; `service::inbound` matches and records them.
 
 pub mod parse;
+pub mod webhooks;
 
 pub use parse::{Parsed, parse};

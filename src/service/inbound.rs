@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::{ServiceError, ServiceResult};
 use crate::domain::bounce::{self, BounceKind, Report, Verp};
-use crate::domain::clock::now_ms;
+use crate::domain::clock::{Millis, now_ms};
 use crate::domain::email;
 use crate::store::{BounceRecorded, BounceTarget, DigestHealth, Store};
 
@@ -43,6 +43,18 @@ pub enum Recorded {
     Duplicate,
     /// Nothing to act on (a delay warning, a success notice).
     Ignored,
+}
+
+impl Recorded {
+    /// In a few words: `matched hard by verp`, `unmatched soft`, `duplicate`, `ignored`.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Matched { kind, by, .. } => format!("matched {} by {by}", kind.as_str()),
+            Self::Unmatched { kind } => format!("unmatched {}", kind.as_str()),
+            Self::Duplicate => "duplicate".into(),
+            Self::Ignored => "ignored".into(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -116,6 +128,46 @@ impl Inbound {
             subscriber,
             paused,
         })
+    }
+
+    /// A provider's signed call, already verified: refused (`Ok(None)`) when its token was
+    /// seen before (a replay, here or on another process: the token is kept in the
+    /// database until `token_expires_at`), otherwise its reports recorded. A call whose
+    /// recording fails gives its token back, so the provider's retry is heard.
+    pub async fn record_signed(
+        &self,
+        provider: &str,
+        token: &str,
+        token_expires_at: Millis,
+        reports: Vec<Report>,
+    ) -> ServiceResult<Option<Vec<Recorded>>> {
+        let first = self
+            .store
+            .first_use_of_webhook_token(provider, token, token_expires_at, now_ms())
+            .await
+            .map_err(ServiceError::from)?;
+        if !first {
+            warn!(provider, "a webhook call replayed: refused");
+            return Ok(None);
+        }
+        match self.record_all(reports).await {
+            Ok(done) => Ok(Some(done)),
+            Err(e) => {
+                if let Err(forget) = self.store.forget_webhook_token(provider, token).await {
+                    warn!(provider, error = %forget, "could not give a webhook token back");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Records each report in turn (a provider's call may carry several).
+    pub async fn record_all(&self, reports: Vec<Report>) -> ServiceResult<Vec<Recorded>> {
+        let mut done = Vec::with_capacity(reports.len());
+        for r in reports {
+            done.push(self.record(r).await?);
+        }
+        Ok(done)
     }
 
     /// In order: the VERP token, the returned Message-ID, the recipient's address.

@@ -26,6 +26,7 @@ mod sessions;
 mod sqlite;
 mod stats;
 mod subscribers;
+mod webhooks;
 mod workers;
 
 pub use bounces::{BounceCounts, BounceEventRow, BounceRecorded, BounceTarget, DigestHealth};

@@ -21,3 +21,4 @@ mod storage;
 mod studio;
 mod subscription;
 mod tz;
+mod webhooks;

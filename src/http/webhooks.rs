@@ -1,0 +1,168 @@
+//! Provider webhooks for bounces and complaints: each provider's call, authenticated the
+//! provider's way (`inbound::webhooks`), becomes reports for `service::Inbound`. Each route
+//! answers 404 until its credentials are set; a forged, unsigned, stale or replayed call 401
+//! and changes nothing; a body over [`WEBHOOK_BODY_LIMIT`] 413; a body that is not the
+//! provider's JSON 400.
+
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{AppState, HttpError};
+use crate::domain::clock::now_ms;
+use crate::inbound::webhooks::{Refused, mailgun, postmark, sendgrid};
+use crate::service::Recorded;
+
+/// Largest webhook body accepted (a provider's event is a few kilobytes).
+pub const WEBHOOK_BODY_LIMIT: usize = 256 * 1024;
+
+/// The webhooks' credentials; `None` turns that webhook off (404).
+#[derive(Clone, Default)]
+pub struct WebhookSettings {
+    pub mailgun_signing_key: Option<String>,
+    /// Postmark's HTTP Basic user and password.
+    pub postmark: Option<(String, String)>,
+    /// SendGrid's Signed Event Webhook verification key.
+    pub sendgrid: Option<sendgrid::PublicKey>,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("mailgun", &self.mailgun_signing_key.is_some())
+            .field("postmark", &self.postmark.is_some())
+            .field("sendgrid", &self.sendgrid.is_some())
+            .finish()
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/mailgun", post(mailgun_call))
+        .route("/webhooks/postmark", post(postmark_call))
+        .route("/webhooks/sendgrid", post(sendgrid_call))
+        .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
+}
+
+fn off() -> HttpError {
+    HttpError::NotFound("no such page".into())
+}
+
+fn read(body: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::PayloadTooLarge {
+                limit: WEBHOOK_BODY_LIMIT,
+            }
+        } else {
+            HttpError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+fn refused(provider: &str, r: Refused) -> HttpError {
+    match r {
+        Refused::Unauthenticated(why) => {
+            tracing::warn!(provider, why, "webhook call refused");
+            HttpError::Unauthorized(format!("{provider} webhook: {why}"))
+        }
+        Refused::Malformed(why) => HttpError::BadRequest(format!("{provider} webhook: {why}")),
+    }
+}
+
+fn answer(recorded: &[Recorded]) -> Response {
+    let summary: Vec<String> = recorded.iter().map(Recorded::summary).collect();
+    (StatusCode::OK, Json(json!({ "recorded": summary }))).into_response()
+}
+
+/// Mailgun: the signature is in the body; each token is accepted once.
+async fn mailgun_call(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let Some(key) = state.webhooks.mailgun_signing_key.as_deref() else {
+        return Err(off());
+    };
+    let body = read(body)?;
+    let call = mailgun::verify(&body, key, now_ms()).map_err(|r| refused("mailgun", r))?;
+    let recorded = state
+        .inbound
+        .record_signed(
+            "mailgun",
+            &call.token,
+            call.token_expires_at,
+            call.report.into_iter().collect(),
+        )
+        .await?
+        .ok_or_else(|| {
+            HttpError::Unauthorized("mailgun webhook: this call was received before".into())
+        })?;
+    Ok(answer(&recorded))
+}
+
+/// Postmark: HTTP Basic credentials from the webhook URL, then one record.
+async fn postmark_call(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let Some((user, password)) = state.webhooks.postmark.as_ref() else {
+        return Err(off());
+    };
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(r) = postmark::authorized(auth, user, password) {
+        let mut response = refused("postmark", r).into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"webhooks\""),
+        );
+        return Ok(response);
+    }
+    let body = read(body)?;
+    let report = postmark::parse(&body, now_ms()).map_err(|r| refused("postmark", r))?;
+    let recorded = state
+        .inbound
+        .record_all(report.into_iter().collect())
+        .await?;
+    Ok(answer(&recorded))
+}
+
+const SENDGRID_SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
+const SENDGRID_TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
+
+/// SendGrid: ECDSA over the timestamp header and the raw body; each signed call once.
+async fn sendgrid_call(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let Some(key) = state.webhooks.sendgrid.as_ref() else {
+        return Err(off());
+    };
+    let body = read(body)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let call = sendgrid::verify(
+        key,
+        header(SENDGRID_SIGNATURE),
+        header(SENDGRID_TIMESTAMP),
+        &body,
+        now_ms(),
+    )
+    .map_err(|r| refused("sendgrid", r))?;
+    let recorded = state
+        .inbound
+        .record_signed("sendgrid", &call.token, call.token_expires_at, call.reports)
+        .await?
+        .ok_or_else(|| {
+            HttpError::Unauthorized("sendgrid webhook: this call was received before".into())
+        })?;
+    Ok(answer(&recorded))
+}
