@@ -30,6 +30,20 @@ pub fn router() -> Router<AppState> {
         .route("/manage", get(manage_page).post(manage))
         .route("/manage/export", get(export))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
+        .route("/assets/timezone.js", get(timezone_script))
+}
+
+/// The sign-up form's one script (a file, not inline: the pages' Content Security Policy
+/// allows `script-src 'self'` only).
+async fn timezone_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("assets/timezone.js"),
+    )
+        .into_response()
 }
 
 async fn index(State(state): State<AppState>) -> Result<Response, HttpError> {

@@ -89,7 +89,7 @@ async fn the_sign_up_form_fills_the_browsers_zone_and_the_post_records_it() {
         .expect("body");
     assert!(
         page.contains(r#"name="timezone" type="hidden""#)
-            && page.contains("Intl.DateTimeFormat().resolvedOptions().timeZone"),
+            && page.contains(r#"<script src="/assets/timezone.js""#),
         "{page}"
     );
 
@@ -215,4 +215,46 @@ async fn csv_import_and_export_carry_the_zone_and_round_trip() {
         .expect("the export is an import file");
     assert_eq!(zones_in(&export(&other).await), expected);
     other.stop().await;
+}
+
+/// The form's script runs under the pages' Content Security Policy (no inline scripts) and
+/// fills the zone from the browser's own: a reader in Tokyo signs up in Tokyo's zone.
+#[tokio::test]
+async fn the_sign_up_form_records_the_browsers_zone_in_headless_chromium() {
+    if let Some(why) = crate::operators::browser_missing() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "the browser test must run under CI=true: {why}"
+        );
+        eprintln!("skipping the browser test: {why}");
+        return;
+    }
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/signup.mjs"
+        ))
+        .args([
+            format!("{}/", app.url).as_str(),
+            "browser@example.com",
+            "Asia/Tokyo",
+        ])
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    assert_eq!(seen["zone"], "Asia/Tokyo", "{seen}");
+    assert_eq!(
+        zone_of(&app, "browser@example.com").await.as_deref(),
+        Some("Asia/Tokyo")
+    );
+    app.stop().await;
 }
