@@ -169,12 +169,14 @@ impl Feeds {
         Ok(polled)
     }
 
-    /// The poller: every so often (a tenth of `feed_interval`, between 1 s and 1 min), polls
-    /// the feeds that are due, until `shutdown`; only while `leading` says this node holds
+    /// The poller: every so often (a tenth of `feed_interval`, between 1 s and 5 s: asking
+    /// which feeds are due is one cheap query, and a feed an editor just added is due at
+    /// once, so its first items arrive within seconds, not at the next minute), polls the
+    /// feeds that are due, until `shutdown`; only while `leading` says this node holds
     /// the scheduler role, so an installation of several processes on PostgreSQL polls
     /// each feed once (the scheduler's advisory lock decides which node).
     pub async fn run(self, shutdown: CancellationToken, mut leading: watch::Receiver<bool>) {
-        let tick = (self.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let tick = (self.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
         loop {
             if !*leading.borrow_and_update() {
                 tokio::select! {

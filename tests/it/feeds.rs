@@ -695,7 +695,7 @@ async fn on_postgres_only_the_node_holding_the_scheduler_role_polls_the_feeds() 
     add_feed(&leader, &format!("{server}/fresh.xml")).await;
     crate::helpers::eventually(
         "the leader's poller made the item",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || async { pending(&leader).await.len() == 1 },
     )
     .await;
