@@ -25,6 +25,9 @@ try {
     feedCells: await page.locator('#feeds tr.feed').first().locator('td')
       .evaluateAll((tds) => tds.map((td) => td.textContent.replace(/\s+/g, ' ').trim())),
     failingFeeds: await page.locator('#feeds tr.feed.failing').count(),
+    complaints: (await page.textContent('#complaints')).trim(),
+    digestComplaints: (await page.textContent('#digest-complaints')).trim(),
+    hardBounces: (await page.textContent('#hard-bounces')).trim(),
     cookies: (await page.context().cookies()).map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })),
   };
   await page.screenshot({ path: screenshot, fullPage: true });

@@ -523,6 +523,28 @@ async fn the_dashboard_renders_in_headless_chromium() {
     ] {
         feeds.poll_all(at).await.expect("poll");
     }
+    // A complaint heard after sending (as a provider's webhook or the MTA's pipe hands it
+    // over), matched by the address the digest went to.
+    let heard = app
+        .app
+        .inbound()
+        .record(squeeze::domain::bounce::Report {
+            kind: squeeze::domain::bounce::ReportKind::Complaint,
+            status: None,
+            action: None,
+            diagnostic: Some("abuse".into()),
+            recipient: Some("confirmed0@example.com".into()),
+            message_id: None,
+            verp_token: None,
+            received_at: squeeze::domain::clock::now_ms(),
+            source: "test".into(),
+        })
+        .await
+        .expect("recorded");
+    assert!(
+        matches!(heard, squeeze::service::inbound::Recorded::Matched { .. }),
+        "{heard:?}"
+    );
     let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/dashboard.png");
     let out = tokio::process::Command::new("node")
         .arg(concat!(
@@ -560,6 +582,10 @@ async fn the_dashboard_renders_in_headless_chromium() {
     assert!(cell(2).starts_with("refused: 127.0.0.1"), "{seen}");
     assert_eq!(cell(3), "2", "{seen}");
     assert_eq!(seen["failingFeeds"], 1, "{seen}");
+    // What was heard after sending: the complaint, overall and on the digest's figures.
+    assert_eq!(seen["complaints"], "1", "{seen}");
+    assert_eq!(seen["digestComplaints"], "1", "{seen}");
+    assert_eq!(seen["hardBounces"], "0", "{seen}");
     assert_eq!(seen["cookies"][0]["httpOnly"], true);
     assert_eq!(seen["cookies"][0]["sameSite"], "Strict");
     assert_eq!(seen["afterPause"], "paused", "{seen}");
