@@ -78,12 +78,18 @@ impl Archive {
         }
     }
 
-    /// Page `page` (from 1) of the sent digests, newest first.
+    /// Page `page` (from 1) of the sent digests, newest first; a page past the last is not
+    /// found (the first always exists, empty before anything is sent).
     pub async fn list(&self, page: u64) -> ServiceResult<ListPage> {
         self.check_on()?;
         let page = page.max(1);
         let offset = (page - 1).saturating_mul(u64::from(PER_PAGE));
         let mut rows = self.store.archived_digests(PER_PAGE + 1, offset).await?;
+        if rows.is_empty() && page > 1 {
+            return Err(ServiceError::NotFound(format!(
+                "the archive has no page {page}"
+            )));
+        }
         let more = rows.len() > PER_PAGE as usize;
         rows.truncate(PER_PAGE as usize);
         Ok(ListPage {

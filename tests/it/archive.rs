@@ -201,6 +201,8 @@ async fn the_listing_is_newest_first_twenty_to_a_page() {
         "{second}"
     );
     assert!(second.contains("/archive?page=1") && !second.contains("rel=\"next\""));
+    let (status, _) = get(&app, "/archive?page=3").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "past the last page");
     let (status, old) = get(&app, "/archive/old-00").await;
     assert_eq!(status, StatusCode::OK, "{old}");
     assert!(old.contains("2023-11-14"), "its date: {old}");
