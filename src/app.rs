@@ -219,7 +219,8 @@ impl App {
             list_name: composer.list_name().into(),
         };
         AppState::new(
-            Editor::new(self.store.clone(), composer),
+            Editor::new(self.store.clone(), composer.clone()),
+            crate::service::Archive::new(self.store.clone(), composer),
             self.feeds(),
             self.subscribers(),
             self.signup(),
@@ -293,6 +294,7 @@ fn compose_settings(c: &Config) -> ComposeSettings {
         confirmation_ttl: c.confirmation_ttl,
         postal_address: c.postal_address.clone(),
         feedback_sender: c.from.email.domain().to_ascii_lowercase(),
+        archive: c.archive,
     }
 }
 

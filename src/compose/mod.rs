@@ -37,6 +37,8 @@ pub struct ComposeSettings {
     pub postal_address: Option<String>,
     /// The last field of every digest's Feedback-ID (Gmail's sender id): the From domain.
     pub feedback_sender: String,
+    /// Sent digests are published at `/archive/<id>` and every digest email links there.
+    pub archive: bool,
 }
 
 impl ComposeSettings {
@@ -49,6 +51,23 @@ impl ComposeSettings {
         url.query_pairs_mut().clear().append_pair("token", token);
         url.into()
     }
+
+    /// `public_url` joined with a path and nothing else (the public URL's own query and
+    /// fragment left out): a link that carries nothing of anyone.
+    pub fn page_link(&self, path: &str) -> String {
+        let mut url = self.public_url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}{path}"));
+        url.set_query(None);
+        url.set_fragment(None);
+        url.into()
+    }
+}
+
+/// The path of a sent digest's public page: `/archive/<digest id>` (the id is its slug: it
+/// never changes, and it is a UUID, which needs no escaping in a path).
+pub fn archive_path(digest_id: &str) -> String {
+    format!("/archive/{digest_id}")
 }
 
 #[derive(Clone)]
@@ -216,8 +235,37 @@ impl Composer {
                 unsubscribe_url,
                 manage_url,
                 postal_address => self.settings.postal_address,
+                archive_url => self.archive_link(&content.id),
                 ..content.value.clone()
             },
+        )
+    }
+
+    /// Whether sent digests are published in the archive.
+    pub fn archive_on(&self) -> bool {
+        self.settings.archive
+    }
+
+    /// The digest's page in the archive, the same for every subscriber; `None` with the
+    /// archive off (then no email links to it).
+    pub fn archive_link(&self, digest_id: &str) -> Option<String> {
+        self.settings
+            .archive
+            .then(|| self.settings.page_link(&archive_path(digest_id)))
+    }
+
+    /// Any public page's absolute address (the archive's feed links its pages by it).
+    pub fn page_link(&self, path: &str) -> String {
+        self.settings.page_link(path)
+    }
+
+    /// The digest's body (intro and items) as HTML, rendered by the very template the
+    /// email's HTML part includes (`digest_body.html.j2`), for no one: no name, no token, no
+    /// link of any subscriber's. The archive's page shows it in the site's layout.
+    pub fn digest_body(&self, content: &DigestContent) -> Result<String, RenderError> {
+        self.renderer.render(
+            "digest_body.html.j2",
+            context! { list_name => self.settings.list_name, ..content.value.clone() },
         )
     }
 
@@ -334,6 +382,7 @@ mod tests {
             confirmation_ttl: Duration::from_secs(48 * 3600),
             postal_address: Some("1 Main St, Springfield".into()),
             feedback_sender: "squeeze.localhost".into(),
+            archive: true,
         }
     }
 

@@ -130,6 +130,8 @@ pub struct Config {
     pub dkim: Option<DkimSettings>,
     /// The sender's postal address, in every digest's footer.
     pub postal_address: Option<String>,
+    /// Whether sent digests are published at /archive (and emails link to their page).
+    pub archive: bool,
     /// How often each feed is polled; each fetch's timeout; the largest body (decoded).
     pub feed_interval: Duration,
     pub feed_timeout: Duration,
@@ -389,6 +391,7 @@ impl Config {
                 .ok_or_else(|| missing("import_max_bytes"))?,
             dkim,
             postal_address: d.postal_address,
+            archive: d.archive.ok_or_else(|| missing("archive"))?,
             feed_interval: d.feed_interval.ok_or_else(|| missing("feed_interval"))?,
             feed_timeout: d.feed_timeout.ok_or_else(|| missing("feed_timeout"))?,
             feed_max_bytes: d.feed_max_bytes.ok_or_else(|| missing("feed_max_bytes"))?,
@@ -569,6 +572,8 @@ mod tests {
         assert_eq!(c.confirmation_ttl, Duration::from_secs(48 * 3600));
         assert!(c.welcome, "the welcome email is on by default");
         assert!(!load(&[("welcome", "false")]).expect("valid").welcome);
+        assert!(c.archive, "the archive is on by default");
+        assert!(!load(&[("archive", "false")]).expect("valid").archive);
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub(super) struct Draft {
     pub dkim_second_key: Option<DkimKey>,
     pub dkim_domain: Option<String>,
     pub postal_address: Option<String>,
+    pub archive: Option<bool>,
     pub feed_interval: Option<Duration>,
     pub feed_timeout: Option<Duration>,
     pub feed_max_bytes: Option<u64>,
@@ -682,6 +683,18 @@ pub const TABLE: &[Setting] = &[
                 return Err("expected one line of at most 300 characters".into());
             }
             d.postal_address = Some(v.to_owned()).filter(|v| !v.is_empty());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "archive",
+        value_name: "BOOL",
+        default: Some("true"),
+        secret: false,
+        doc: "Publish sent digests at /archive (pages and an Atom feed) and put a \"View in \
+              browser\" link in every digest email",
+        parse: |v, d| {
+            d.archive = Some(boolean(v)?);
             Ok(())
         },
     },

@@ -166,6 +166,13 @@ impl DigestStatus {
         Self::Missed,
     ];
 
+    /// Whether a digest in this status is public in the archive: once it has gone out
+    /// (while it is being delivered, so the first email's "View in browser" link works, and
+    /// after). Drafts, scheduled, paused, cancelled and missed digests never are.
+    pub fn in_archive(self) -> bool {
+        matches!(self, Self::Sending | Self::Sent)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Draft => "draft",
@@ -418,6 +425,15 @@ mod tests {
         );
     }
     use super::*;
+
+    #[test]
+    fn only_digests_that_went_out_are_in_the_archive() {
+        let public: Vec<_> = DigestStatus::ALL
+            .into_iter()
+            .filter(|s| s.in_archive())
+            .collect();
+        assert_eq!(public, [DigestStatus::Sending, DigestStatus::Sent]);
+    }
 
     #[test]
     fn the_digest_rule_allows_exactly_these_moves() {

@@ -1,6 +1,7 @@
 //! HTTP: one router per resource, merged here, sharing one `AppState`.
 
 mod admin;
+mod archive;
 mod connections;
 mod dashboard;
 mod error;
@@ -27,7 +28,9 @@ use error::ErrorPage;
 pub use error::HttpError;
 
 use crate::render::Renderer;
-use crate::service::{AdminSessions, Editor, Feeds, Inbound, Reporting, Signup, Subscribers};
+use crate::service::{
+    AdminSessions, Archive, Editor, Feeds, Inbound, Reporting, Signup, Subscribers,
+};
 pub use connections::Connections;
 pub use webhooks::{WEBHOOK_BODY_LIMIT, WebhookSettings};
 
@@ -62,6 +65,8 @@ pub struct Pages {
 #[derive(Clone)]
 pub struct AppState {
     pub editor: Editor,
+    /// The public archive of sent digests.
+    pub archive: Archive,
     pub feeds: Feeds,
     pub subscribers: Subscribers,
     pub signup: Signup,
@@ -81,6 +86,7 @@ impl AppState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         editor: Editor,
+        archive: Archive,
         feeds: Feeds,
         subscribers: Subscribers,
         signup: Signup,
@@ -96,6 +102,7 @@ impl AppState {
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
         Self {
             editor,
+            archive,
             feeds,
             subscribers,
             signup,
@@ -114,6 +121,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public::router())
+        .merge(archive::router())
         .merge(admin::router(state.clone()))
         .merge(dashboard::router())
         .merge(studio::router())

@@ -8,6 +8,7 @@
 //! names. Every use case answers with one error type, `ServiceError`, which http maps to a
 //! status and the CLI to an exit code.
 
+pub mod archive;
 pub mod editorial;
 pub mod feeds;
 pub mod inbound;
@@ -16,6 +17,7 @@ pub mod sessions;
 pub mod signup;
 pub mod subscribers;
 
+pub use archive::Archive;
 pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleView};
 pub use feeds::{FeedView, Feeds, Polled};
 pub use inbound::{Inbound, InboundSettings, Recorded};

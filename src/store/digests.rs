@@ -20,6 +20,13 @@ const LATEST_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, 
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests ORDER BY created_at DESC, id DESC LIMIT $1";
 
+/// The archive's listing: the statuses `DigestStatus::in_archive` names, newest first.
+const ARCHIVED_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
+        daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
+        (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
+     FROM digests WHERE status IN ('sending', 'sent')
+     ORDER BY COALESCE(started_at, created_at) DESC, id DESC LIMIT $1 OFFSET $2";
+
 const DUE_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
@@ -232,6 +239,15 @@ impl Store {
     pub async fn list_digests(&self, limit: u32) -> StoreResult<Vec<DigestRow>> {
         Ok(sqlx::query_as(LATEST_DIGESTS)
             .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Digests in the public archive, newest first: `limit` of them after skipping `offset`.
+    pub async fn archived_digests(&self, limit: u32, offset: u64) -> StoreResult<Vec<DigestRow>> {
+        Ok(sqlx::query_as(ARCHIVED_DIGESTS)
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?)
     }

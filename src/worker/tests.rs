@@ -55,6 +55,7 @@ async fn harness(pause_threshold: f64, pause_window: usize) -> Harness {
             confirmation_ttl: Duration::from_secs(48 * 3600),
             postal_address: None,
             feedback_sender: "example.com".into(),
+            archive: true,
         },
     );
     let n = std::num::NonZeroU32::new(10_000).expect("nonzero");

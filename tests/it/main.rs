@@ -2,6 +2,7 @@
 //! the `squeeze-test-support` crate (also used by the benchmark); `helpers` adds what only
 //! this binary knows, the path of the `squeeze` binary.
 
+mod archive;
 mod bounces;
 mod claims;
 mod cli;
