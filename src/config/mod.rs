@@ -146,6 +146,10 @@ pub struct Config {
     pub postmark_webhook: Option<(String, String)>,
     /// SendGrid's Signed Event Webhook key.
     pub sendgrid_public_key: Option<crate::inbound::webhooks::sendgrid::PublicKey>,
+    /// SNS topics whose SES events are heard (empty: the SES webhook is off).
+    pub ses_topic_arn: Vec<String>,
+    /// For tests only: where SNS certificates are fetched from instead.
+    pub ses_sns_cert_url_override: Option<url::Url>,
     /// Complaint share of a digest's delivered mail past which it pauses (0: never), once
     /// it delivered at least `complaint_pause_min`.
     pub complaint_pause_rate: f64,
@@ -402,6 +406,8 @@ impl Config {
             mailgun_signing_key: d.mailgun_signing_key,
             postmark_webhook,
             sendgrid_public_key: d.sendgrid_public_key,
+            ses_topic_arn: d.ses_topic_arn.unwrap_or_default(),
+            ses_sns_cert_url_override: d.ses_sns_cert_url_override,
             complaint_pause_rate: d
                 .complaint_pause_rate
                 .ok_or_else(|| missing("complaint_pause_rate"))?,
@@ -428,6 +434,13 @@ impl Config {
                  (CAN-SPAM); set it to show it in every digest's footer"
                     .to_owned(),
             );
+        }
+        if let Some(url) = &self.ses_sns_cert_url_override {
+            out.push(format!(
+                "ses_sns_cert_url_override is set ({url}): SNS signing certificates are fetched \
+                 from there instead of sns.<region>.amazonaws.com; this is for tests only and \
+                 lets whoever serves that URL forge SES bounces and complaints"
+            ));
         }
         out
     }

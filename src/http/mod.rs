@@ -29,7 +29,7 @@ pub use error::HttpError;
 use crate::render::Renderer;
 use crate::service::{AdminSessions, Editor, Feeds, Inbound, Reporting, Signup, Subscribers};
 pub use connections::Connections;
-pub use webhooks::{WEBHOOK_BODY_LIMIT, WebhookSettings};
+pub use webhooks::{SesWebhook, WEBHOOK_BODY_LIMIT, WebhookSettings};
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
 pub const BODY_LIMIT: usize = 16 * 1024;

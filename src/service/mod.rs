@@ -14,6 +14,7 @@ pub mod inbound;
 pub mod reporting;
 pub mod sessions;
 pub mod signup;
+pub mod sns;
 pub mod subscribers;
 
 pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleView};
