@@ -16,7 +16,8 @@ const MAX_CACHED: usize = 32;
 /// The SNS client: an HTTP client without redirects and the certificate cache.
 #[derive(Clone)]
 pub struct Sns {
-    client: reqwest::Client,
+    /// `None` when no client could be built (then nothing is fetched: every call is 401).
+    client: Option<reqwest::Client>,
     certs: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>,
 }
 
@@ -38,7 +39,8 @@ impl Sns {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()
-            .unwrap_or_default();
+            .map_err(|e| tracing::error!(error = %e, "no HTTP client for SNS certificates"))
+            .ok();
         Self {
             client,
             certs: Arc::new(Mutex::new(HashMap::new())),
@@ -51,7 +53,7 @@ impl Sns {
             return Ok(pem);
         }
         let res = self
-            .client
+            .client()?
             .get(url.clone())
             .send()
             .await
@@ -85,6 +87,12 @@ impl Sns {
         Ok(pem)
     }
 
+    fn client(&self) -> Result<&reqwest::Client, String> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| "no HTTP client could be built".to_owned())
+    }
+
     fn cached(&self, url: &str) -> Option<Arc<Vec<u8>>> {
         self.certs.lock().ok()?.get(url).cloned()
     }
@@ -92,7 +100,7 @@ impl Sns {
     /// Confirms a subscription: GET its `SubscribeURL`.
     pub async fn confirm(&self, url: &Url) -> Result<(), String> {
         let res = self
-            .client
+            .client()?
             .get(url.clone())
             .send()
             .await

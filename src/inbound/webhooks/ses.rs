@@ -198,7 +198,7 @@ impl Envelope {
 
     /// The topic must be one of `allowed`.
     pub fn topic_allowed(&self, allowed: &[String]) -> Result<(), Refused> {
-        if allowed.iter().any(|t| *t == self.topic_arn) {
+        if allowed.contains(&self.topic_arn) {
             Ok(())
         } else {
             Err(Refused::Unauthenticated(
