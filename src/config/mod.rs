@@ -808,6 +808,34 @@ mod tests {
     }
 
     #[test]
+    fn the_ses_settings_parse_and_the_test_override_is_warned_of() {
+        let c = load(&[(
+            "ses_topic_arn",
+            " arn:aws:sns:us-east-1:123456789012:a, arn:aws:sns:eu-west-1:123456789012:b ",
+        )])
+        .expect("valid");
+        assert_eq!(
+            c.ses_topic_arn,
+            [
+                "arn:aws:sns:us-east-1:123456789012:a",
+                "arn:aws:sns:eu-west-1:123456789012:b"
+            ]
+        );
+        assert!(c.warnings().is_empty());
+        assert!(load(&[]).expect("defaults").ses_topic_arn.is_empty());
+        for bad in [" , ", "my-topic", "arn:aws:sns:us-east-1:a"] {
+            assert!(load(&[("ses_topic_arn", bad)]).is_err(), "{bad:?}");
+        }
+        let c = load(&[("ses_sns_cert_url_override", "http://127.0.0.1:9/certs")]).expect("valid");
+        assert_eq!(
+            c.ses_sns_cert_url_override.as_ref().map(url::Url::as_str),
+            Some("http://127.0.0.1:9/certs/")
+        );
+        assert!(c.warnings().iter().any(|w| w.contains("for tests only")));
+        assert!(load(&[("ses_sns_cert_url_override", "ftp://x/")]).is_err());
+    }
+
+    #[test]
     fn links_keep_the_public_path() {
         let c = load(&[("public_url", "https://news.example.com/squeeze/")]).expect("valid");
         assert_eq!(
