@@ -224,10 +224,14 @@ async fn ses_call(
             HttpError::Unauthorized("ses webhook: this message was received before".into())
         })?;
     if let Some(url) = confirm {
-        ses.sns.confirm(&url).await.map_err(|why| {
+        if let Err(why) = ses.sns.confirm(&url).await {
             tracing::warn!(provider = "ses", why, "SNS subscription not confirmed");
-            HttpError::Unavailable(format!("ses webhook: {why}"))
-        })?;
+            state
+                .inbound
+                .forget_signed("ses", &message.message_id)
+                .await;
+            return Err(HttpError::Unavailable(format!("ses webhook: {why}")));
+        }
         tracing::info!(topic = message.topic_arn, "SNS subscription confirmed");
     }
     Ok(answer(&recorded))

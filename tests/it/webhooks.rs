@@ -562,7 +562,12 @@ impl FakeSns {
                         fetches.fetch_add(1, Ordering::SeqCst);
                         return (StatusCode::OK, pem);
                     }
-                    confirmations.lock().expect("lock").push(uri.to_string());
+                    let mut seen = confirmations.lock().expect("lock");
+                    seen.push(uri.to_string());
+                    // A `flaky` subscription fails its first confirmation.
+                    if uri.query().is_some_and(|q| q.contains("flaky")) && seen.len() == 1 {
+                        return (StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+                    }
                     (StatusCode::OK, b"<ConfirmSubscriptionResponse/>".to_vec())
                 },
             )
@@ -873,7 +878,7 @@ async fn ses_subscription_confirmation_is_confirmed_by_a_get_of_its_subscribe_ur
     )
     .await;
     let subscribe = format!(
-        "{}/?Action=ConfirmSubscription&TopicArn={SES_TOPIC}&Token=2336412f37fb687f5d51e6e2425c464de",
+        "{}/?Action=ConfirmSubscription&TopicArn={SES_TOPIC}&Token=2336412f37fb687f5d51e6e2425c464de&flaky=1",
         sns.url
     );
     let confirmation = |id: &str| {
@@ -903,10 +908,17 @@ async fn ses_subscription_confirmation_is_confirmed_by_a_get_of_its_subscribe_ur
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert!(sns.confirmations.lock().expect("lock").is_empty());
 
-    let (status, body) = post(&app, "/webhooks/ses", confirmation("c-2").to_string(), None).await;
+    // The first GET fails: 503, and SNS's retry of the same message is heard, not
+    // refused as a replay; once confirmed, the same message again is one.
+    let good = confirmation("c-2").to_string();
+    let (status, body) = post(&app, "/webhooks/ses", good.clone(), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, body) = post(&app, "/webhooks/ses", good.clone(), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = post(&app, "/webhooks/ses", good, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     let seen = sns.confirmations.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[0].contains("Action=ConfirmSubscription"), "{seen:?}");
     assert!(
         seen[0].contains("Token=2336412f37fb687f5d51e6e2425c464de"),
