@@ -233,6 +233,11 @@ impl App {
                 mailgun_signing_key: c.mailgun_signing_key.clone(),
                 postmark: c.postmark_webhook.clone(),
                 sendgrid: c.sendgrid_public_key.clone(),
+                ses: (!c.ses_topic_arn.is_empty()).then(|| http::SesWebhook {
+                    topics: c.ses_topic_arn.clone(),
+                    cert_url_override: c.ses_sns_cert_url_override.clone(),
+                    sns: crate::service::sns::Sns::new(),
+                }),
             },
         )
     }

@@ -148,6 +148,10 @@ pub struct Config {
     pub postmark_webhook: Option<(String, String)>,
     /// SendGrid's Signed Event Webhook key.
     pub sendgrid_public_key: Option<crate::inbound::webhooks::sendgrid::PublicKey>,
+    /// SNS topics whose SES events are heard (empty: the SES webhook is off).
+    pub ses_topic_arn: Vec<String>,
+    /// For tests only: where SNS certificates are fetched from instead.
+    pub ses_sns_cert_url_override: Option<url::Url>,
     /// Complaint share of a digest's delivered mail past which it pauses (0: never), once
     /// it delivered at least `complaint_pause_min`.
     pub complaint_pause_rate: f64,
@@ -405,6 +409,8 @@ impl Config {
             mailgun_signing_key: d.mailgun_signing_key,
             postmark_webhook,
             sendgrid_public_key: d.sendgrid_public_key,
+            ses_topic_arn: d.ses_topic_arn.unwrap_or_default(),
+            ses_sns_cert_url_override: d.ses_sns_cert_url_override,
             complaint_pause_rate: d
                 .complaint_pause_rate
                 .ok_or_else(|| missing("complaint_pause_rate"))?,
@@ -431,6 +437,13 @@ impl Config {
                  (CAN-SPAM); set it to show it in every digest's footer"
                     .to_owned(),
             );
+        }
+        if let Some(url) = &self.ses_sns_cert_url_override {
+            out.push(format!(
+                "ses_sns_cert_url_override is set ({url}): SNS signing certificates are fetched \
+                 from there instead of sns.<region>.amazonaws.com; this is for tests only and \
+                 lets whoever serves that URL forge SES bounces and complaints"
+            ));
         }
         out
     }
@@ -797,6 +810,34 @@ mod tests {
         assert_eq!(c.import_max_bytes, 2048);
         assert_eq!(load(&[]).expect("defaults").import_max_bytes, 100 << 20);
         assert!(settings::list_id_ok("<a.b>") && settings::list_id_ok("\"My list\" <x+y.z>"));
+    }
+
+    #[test]
+    fn the_ses_settings_parse_and_the_test_override_is_warned_of() {
+        let c = load(&[(
+            "ses_topic_arn",
+            " arn:aws:sns:us-east-1:123456789012:a, arn:aws:sns:eu-west-1:123456789012:b ",
+        )])
+        .expect("valid");
+        assert_eq!(
+            c.ses_topic_arn,
+            [
+                "arn:aws:sns:us-east-1:123456789012:a",
+                "arn:aws:sns:eu-west-1:123456789012:b"
+            ]
+        );
+        assert!(c.warnings().is_empty());
+        assert!(load(&[]).expect("defaults").ses_topic_arn.is_empty());
+        for bad in [" , ", "my-topic", "arn:aws:sns:us-east-1:a"] {
+            assert!(load(&[("ses_topic_arn", bad)]).is_err(), "{bad:?}");
+        }
+        let c = load(&[("ses_sns_cert_url_override", "http://127.0.0.1:9/certs")]).expect("valid");
+        assert_eq!(
+            c.ses_sns_cert_url_override.as_ref().map(url::Url::as_str),
+            Some("http://127.0.0.1:9/certs/")
+        );
+        assert!(c.warnings().iter().any(|w| w.contains("for tests only")));
+        assert!(load(&[("ses_sns_cert_url_override", "ftp://x/")]).is_err());
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub(super) struct Draft {
     pub postmark_webhook_user: Option<String>,
     pub postmark_webhook_password: Option<String>,
     pub sendgrid_public_key: Option<crate::inbound::webhooks::sendgrid::PublicKey>,
+    pub ses_topic_arn: Option<Vec<String>>,
+    pub ses_sns_cert_url_override: Option<url::Url>,
 }
 
 /// `true`/`false` (also yes/no, on/off, 1/0).
@@ -885,6 +887,53 @@ pub const TABLE: &[Setting] = &[
         doc: "SendGrid's Signed Event Webhook verification key (base64, as SendGrid shows it); turns on POST /webhooks/sendgrid (unset: 404)",
         parse: |v, d| {
             d.sendgrid_public_key = Some(crate::inbound::webhooks::sendgrid::PublicKey::parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "ses_topic_arn",
+        value_name: "ARN[,ARN...]",
+        default: None,
+        secret: false,
+        doc: "The SNS topics (comma-separated ARNs) whose SES bounces and complaints are heard; turns on POST /webhooks/ses (unset: 404)",
+        parse: |v, d| {
+            let topics: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if topics.is_empty() {
+                return Err("expected one or more SNS topic ARNs, comma-separated".into());
+            }
+            if let Some(bad) = topics
+                .iter()
+                .find(|t| !t.starts_with("arn:aws") || t.split(':').count() != 6)
+            {
+                return Err(format!(
+                    "`{bad}` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
+                ));
+            }
+            d.ses_topic_arn = Some(topics);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "ses_sns_cert_url_override",
+        value_name: "URL",
+        default: None,
+        secret: false,
+        doc: "FOR TESTS ONLY: fetch SNS signing certificates from this base URL (http allowed) and confirm subscriptions only on its host, instead of sns.<region>.amazonaws.com",
+        parse: |v, d| {
+            let mut url = url::Url::parse(v.trim()).map_err(|e| format!("expected a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err("expected an http or https URL".into());
+            }
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            d.ses_sns_cert_url_override = Some(url);
             Ok(())
         },
     },

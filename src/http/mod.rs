@@ -32,7 +32,7 @@ use crate::service::{
     AdminSessions, Archive, Editor, Feeds, Inbound, Reporting, Signup, Subscribers,
 };
 pub use connections::Connections;
-pub use webhooks::{WEBHOOK_BODY_LIMIT, WebhookSettings};
+pub use webhooks::{SesWebhook, WEBHOOK_BODY_LIMIT, WebhookSettings};
 
 /// Largest request body accepted anywhere (a sign-up is a few hundred bytes).
 pub const BODY_LIMIT: usize = 16 * 1024;

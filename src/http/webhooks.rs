@@ -16,8 +16,9 @@ use serde_json::json;
 
 use super::{AppState, HttpError};
 use crate::domain::clock::now_ms;
-use crate::inbound::webhooks::{Refused, mailgun, postmark, sendgrid};
+use crate::inbound::webhooks::{Refused, mailgun, postmark, sendgrid, ses};
 use crate::service::Recorded;
+use crate::service::sns::Sns;
 
 /// Largest webhook body accepted (a provider's event is a few kilobytes).
 pub const WEBHOOK_BODY_LIMIT: usize = 256 * 1024;
@@ -30,6 +31,19 @@ pub struct WebhookSettings {
     pub postmark: Option<(String, String)>,
     /// SendGrid's Signed Event Webhook verification key.
     pub sendgrid: Option<sendgrid::PublicKey>,
+    /// Amazon SES through SNS.
+    pub ses: Option<SesWebhook>,
+}
+
+/// The SES webhook: the SNS topics heard, and where certificates come from.
+#[derive(Clone, Debug)]
+pub struct SesWebhook {
+    /// The allowed `TopicArn`s.
+    pub topics: Vec<String>,
+    /// For tests only: fetch certificates from this base (and confirm subscriptions on
+    /// its host) instead of SNS.
+    pub cert_url_override: Option<url::Url>,
+    pub sns: Sns,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -38,6 +52,7 @@ impl std::fmt::Debug for WebhookSettings {
             .field("mailgun", &self.mailgun_signing_key.is_some())
             .field("postmark", &self.postmark.is_some())
             .field("sendgrid", &self.sendgrid.is_some())
+            .field("ses", &self.ses.is_some())
             .finish()
     }
 }
@@ -47,6 +62,7 @@ pub fn router() -> Router<AppState> {
         .route("/webhooks/mailgun", post(mailgun_call))
         .route("/webhooks/postmark", post(postmark_call))
         .route("/webhooks/sendgrid", post(sendgrid_call))
+        .route("/webhooks/ses", post(ses_call))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
 }
 
@@ -164,5 +180,59 @@ async fn sendgrid_call(
         .ok_or_else(|| {
             HttpError::Unauthorized("sendgrid webhook: this call was received before".into())
         })?;
+    Ok(answer(&recorded))
+}
+
+/// Amazon SES through SNS: the topic allowed, the certificate from an SNS host, the RSA
+/// signature, an hour's freshness, each MessageId once; a SubscriptionConfirmation is
+/// confirmed by GET of its SubscribeURL, a Notification's bounces and complaints recorded.
+async fn ses_call(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let Some(ses) = state.webhooks.ses.as_ref() else {
+        return Err(off());
+    };
+    let body = read(body)?;
+    let refuse = |r| refused("ses", r);
+    let message = ses::parse(&body).map_err(refuse)?;
+    message.topic_allowed(&ses.topics).map_err(refuse)?;
+    let override_base = ses.cert_url_override.as_ref();
+    let cert_url = ses::cert_url(&message.signing_cert_url, override_base).map_err(refuse)?;
+    let pem = ses.sns.certificate(&cert_url).await.map_err(|why| {
+        tracing::warn!(provider = "ses", why, "webhook call refused");
+        HttpError::Unauthorized(format!("ses webhook: {why}"))
+    })?;
+    message.verify(&pem).map_err(refuse)?;
+    let expires_at = message.fresh(now_ms()).map_err(refuse)?;
+    let confirm = match (message.kind, message.subscribe_url.as_deref()) {
+        (ses::Kind::SubscriptionConfirmation, Some(url)) => {
+            Some(ses::subscribe_url(url, override_base).map_err(refuse)?)
+        }
+        _ => None,
+    };
+    let recorded = state
+        .inbound
+        .record_signed(
+            "ses",
+            &message.message_id,
+            expires_at,
+            message.reports(now_ms()),
+        )
+        .await?
+        .ok_or_else(|| {
+            HttpError::Unauthorized("ses webhook: this message was received before".into())
+        })?;
+    if let Some(url) = confirm {
+        if let Err(why) = ses.sns.confirm(&url).await {
+            tracing::warn!(provider = "ses", why, "SNS subscription not confirmed");
+            state
+                .inbound
+                .forget_signed("ses", &message.message_id)
+                .await;
+            return Err(HttpError::Unavailable(format!("ses webhook: {why}")));
+        }
+        tracing::info!(topic = message.topic_arn, "SNS subscription confirmed");
+    }
     Ok(answer(&recorded))
 }

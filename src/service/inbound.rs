@@ -161,6 +161,15 @@ impl Inbound {
         }
     }
 
+    /// Gives back the token of a signed call taken by [`Self::record_signed`] whose
+    /// follow-up failed (an SNS subscription not confirmed), so the provider's retry is
+    /// heard.
+    pub async fn forget_signed(&self, provider: &str, token: &str) {
+        if let Err(e) = self.store.forget_webhook_token(provider, token).await {
+            warn!(provider, error = %e, "could not give a webhook token back");
+        }
+    }
+
     /// Records each report in turn (a provider's call may carry several).
     pub async fn record_all(&self, reports: Vec<Report>) -> ServiceResult<Vec<Recorded>> {
         let mut done = Vec::with_capacity(reports.len());

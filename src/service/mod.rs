@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod reporting;
 pub mod sessions;
 pub mod signup;
+pub mod sns;
 pub mod subscribers;
 
 pub use archive::Archive;

@@ -314,6 +314,8 @@ async fn webhooks_are_off_until_their_credentials_are_set() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = post(&app, "/webhooks/ses", sample("ses-bounce.json"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -493,4 +495,433 @@ async fn sendgrid_signed_events_act_and_forged_stale_or_replayed_calls_change_no
     let (status, _) = post_sendgrid(&app, &body, Some(good), Some(ts)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(events_of(&app, "sendgrid").await, 4);
+}
+
+const SES_TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:squeeze-bounces";
+const SES_CERT_URL: &str =
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem";
+
+/// A stand-in for SNS: RSA test keys and a self-signed certificate made with `openssl`,
+/// the certificate served over HTTP at any `.pem` path, and the confirmation GETs it saw.
+struct FakeSns {
+    dir: tempfile::TempDir,
+    url: String,
+    cert_fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    confirmations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl FakeSns {
+    async fn start() -> Self {
+        use axum::extract::State;
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (key, cert) in [("key.pem", "cert.pem"), ("other-key.pem", "other-cert.pem")] {
+            let key = dir.path().join(key);
+            let cert = dir.path().join(cert);
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sns.us-east-1.amazonaws.com",
+                "-keyout",
+                key.to_str().expect("path"),
+                "-out",
+                cert.to_str().expect("path"),
+            ]);
+        }
+        let pem = std::fs::read(dir.path().join("cert.pem")).expect("cert");
+        let cert_fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let confirmations = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        type Seen = (
+            Vec<u8>,
+            std::sync::Arc<std::sync::atomic::AtomicUsize>,
+            std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        );
+        let app = axum::Router::new()
+            .fallback(
+                |State((pem, fetches, confirmations)): State<Seen>,
+                 uri: axum::http::Uri| async move {
+                    if uri.path().ends_with(".pem") {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        return (StatusCode::OK, pem);
+                    }
+                    let mut seen = confirmations.lock().expect("lock");
+                    seen.push(uri.to_string());
+                    // A `flaky` subscription fails its first confirmation.
+                    if uri.query().is_some_and(|q| q.contains("flaky")) && seen.len() == 1 {
+                        return (StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+                    }
+                    (StatusCode::OK, b"<ConfirmSubscriptionResponse/>".to_vec())
+                },
+            )
+            .with_state((pem, cert_fetches.clone(), confirmations.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            dir,
+            url,
+            cert_fetches,
+            confirmations,
+        }
+    }
+
+    /// Base64 of `openssl dgst -sha1|-sha256 -sign` over `text` with the key `key`.
+    fn sign(&self, key: &str, version: &str, text: &str) -> String {
+        let input = self.dir.path().join("to-sign");
+        let output = self.dir.path().join("signature");
+        std::fs::write(&input, text).expect("write");
+        let digest = if version == "1" { "-sha1" } else { "-sha256" };
+        openssl(&[
+            "dgst",
+            digest,
+            "-sign",
+            self.dir.path().join(key).to_str().expect("path"),
+            "-out",
+            output.to_str().expect("path"),
+            input.to_str().expect("path"),
+        ]);
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(output).expect("sig"))
+    }
+}
+
+/// An SNS message as AWS documents it, signed with `key` over the canonical string:
+/// `Key\nValue\n` for Message, MessageId, Subject (Notification, if any) or SubscribeURL,
+/// Timestamp, Token (confirmations), TopicArn, Type, in that order.
+fn sns_message(sns: &FakeSns, key: &str, version: &str, fields: &[(&str, &str)]) -> Value {
+    let mut v = serde_json::Map::new();
+    for (k, val) in fields {
+        v.insert((*k).to_owned(), (*val).into());
+    }
+    let kind = v["Type"].as_str().expect("Type").to_owned();
+    let order: &[&str] = if kind == "Notification" {
+        &[
+            "Message",
+            "MessageId",
+            "Subject",
+            "Timestamp",
+            "TopicArn",
+            "Type",
+        ]
+    } else {
+        &[
+            "Message",
+            "MessageId",
+            "SubscribeURL",
+            "Timestamp",
+            "Token",
+            "TopicArn",
+            "Type",
+        ]
+    };
+    let mut canonical = String::new();
+    for k in order {
+        if let Some(val) = v.get(*k).and_then(Value::as_str) {
+            canonical.push_str(&format!("{k}\n{val}\n"));
+        }
+    }
+    v.insert("SignatureVersion".into(), version.into());
+    v.insert(
+        "Signature".into(),
+        sns.sign(key, version, &canonical).into(),
+    );
+    v.entry("SigningCertURL").or_insert(SES_CERT_URL.into());
+    Value::Object(v)
+}
+
+fn sns_now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// An SES sample as an SNS Notification's Message, about `recipient`.
+fn ses_event(sample_name: &str, recipient: &str) -> String {
+    let mut v: Value = serde_json::from_str(&sample(sample_name)).expect("sample JSON");
+    for list in [
+        "/bounce/bouncedRecipients",
+        "/complaint/complainedRecipients",
+    ] {
+        if let Some(r) = v.pointer_mut(list).and_then(Value::as_array_mut) {
+            r[0]["emailAddress"] = recipient.into();
+        }
+    }
+    v.to_string()
+}
+
+#[tokio::test]
+async fn ses_notifications_signed_v1_and_v2_act_once_and_forged_foreign_stale_or_replayed_ones_change_nothing()
+ {
+    let sns = FakeSns::start().await;
+    let smtp = SmtpServer::start().await;
+    let base = format!("{}/certs/", sns.url);
+    let app = spawn(
+        &smtp,
+        &[
+            (
+                "ses_topic_arn",
+                &format!("arn:aws:sns:eu-west-1:1:other,{SES_TOPIC}"),
+            ),
+            ("ses_sns_cert_url_override", &base),
+        ],
+    )
+    .await;
+    for who in [
+        "jane@example.org",
+        "richard@example.org",
+        "alive@example.org",
+    ] {
+        app.subscribe_confirmed(&smtp, who).await;
+    }
+    let path = "/webhooks/ses";
+    let bounce_of = |who: &str| ses_event("ses-bounce.json", who);
+    let notification =
+        |key: &str, version: &str, message: &str, id: &str, ts: &str, topic: &str| {
+            sns_message(
+                &sns,
+                key,
+                version,
+                &[
+                    ("Type", "Notification"),
+                    ("MessageId", id),
+                    ("TopicArn", topic),
+                    ("Message", message),
+                    ("Timestamp", ts),
+                ],
+            )
+        };
+    let alive = bounce_of("alive@example.org");
+
+    let mut refused = Vec::new();
+    // Signed with a key that is not the certificate's.
+    refused.push(notification(
+        "other-key.pem",
+        "1",
+        &alive,
+        "m-1",
+        &sns_now(),
+        SES_TOPIC,
+    ));
+    // A good signature, then the Message changed.
+    let mut tampered = notification(
+        "key.pem",
+        "2",
+        &bounce_of("jane@example.org"),
+        "m-2",
+        &sns_now(),
+        SES_TOPIC,
+    );
+    tampered["Message"] = alive.clone().into();
+    refused.push(tampered);
+    // Unsigned.
+    let mut unsigned = notification("key.pem", "1", &alive, "m-3", &sns_now(), SES_TOPIC);
+    unsigned
+        .as_object_mut()
+        .expect("object")
+        .remove("Signature");
+    refused.push(unsigned);
+    // From a topic not allowed, signed well.
+    refused.push(notification(
+        "key.pem",
+        "1",
+        &alive,
+        "m-4",
+        &sns_now(),
+        "arn:aws:sns:us-east-1:123456789012:someone-else",
+    ));
+    // Two hours old, and two hours ahead, signed well.
+    for hours in [-2, 2] {
+        let ts = (chrono::Utc::now() + chrono::Duration::hours(hours))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        refused.push(notification("key.pem", "2", &alive, "m-5", &ts, SES_TOPIC));
+    }
+    // The certificate named on another host (even with the override set, the URL the
+    // message names must be SNS's), and over http.
+    for cert in [
+        format!("{}/cert.pem", sns.url),
+        "https://sns.us-east-1.amazonaws.com.evil.example/cert.pem".to_owned(),
+        "http://sns.us-east-1.amazonaws.com/cert.pem".to_owned(),
+    ] {
+        let mut m = notification("key.pem", "1", &alive, "m-6", &sns_now(), SES_TOPIC);
+        m["SigningCertURL"] = cert.into();
+        refused.push(m);
+    }
+    for m in refused {
+        let (status, body) = post(&app, path, m.to_string(), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{m}: {body}");
+    }
+    assert_eq!(status_of(&app, "alive@example.org").await, "confirmed");
+    assert_eq!(status_of(&app, "jane@example.org").await, "confirmed");
+    assert_eq!(events_of(&app, "ses").await, 0);
+
+    // SignatureVersion 1 (SHA1withRSA): the permanent bounce bounces its subscriber.
+    let good = notification(
+        "key.pem",
+        "1",
+        &bounce_of("jane@example.org"),
+        "m-10",
+        &sns_now(),
+        SES_TOPIC,
+    );
+    let (status, body) = post(&app, path, good.to_string(), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["recorded"][0], "matched hard by recipient", "{body}");
+    assert_eq!(status_of(&app, "jane@example.org").await, "bounced");
+    assert_eq!(
+        app.text("SELECT status FROM bounce_events WHERE source = 'ses'")
+            .await,
+        "5.1.1"
+    );
+    // The same MessageId again: a replay, even freshly signed around another bounce.
+    let (status, _) = post(&app, path, good.to_string(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let reused = notification("key.pem", "2", &alive, "m-10", &sns_now(), SES_TOPIC);
+    let (status, _) = post(&app, path, reused.to_string(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of(&app, "alive@example.org").await, "confirmed");
+    assert_eq!(events_of(&app, "ses").await, 1);
+
+    // SignatureVersion 2 (SHA256withRSA): the complaint unsubscribes at once.
+    let complaint = notification(
+        "key.pem",
+        "2",
+        &ses_event("ses-complaint.json", "richard@example.org"),
+        "m-11",
+        &sns_now(),
+        SES_TOPIC,
+    );
+    let (status, body) = post(&app, path, complaint.to_string(), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["recorded"][0], "matched complaint by recipient",
+        "{body}"
+    );
+    assert_eq!(status_of(&app, "richard@example.org").await, "unsubscribed");
+    assert_eq!(events_of(&app, "ses").await, 2);
+    // The certificate was fetched once, then kept.
+    assert_eq!(
+        sns.cert_fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    let (status, _) = post(&app, path, "{not json".into(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(sns.confirmations.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn ses_without_the_override_fetches_certificates_only_from_sns_hosts() {
+    let sns = FakeSns::start().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn(&smtp, &[("ses_topic_arn", SES_TOPIC)]).await;
+    app.subscribe_confirmed(&smtp, "jane@example.org").await;
+    // Well signed, its certificate served where it names it: but that is not SNS.
+    let m = sns_message(
+        &sns,
+        "key.pem",
+        "2",
+        &[
+            ("Type", "Notification"),
+            ("MessageId", "m-1"),
+            ("TopicArn", SES_TOPIC),
+            ("Message", &ses_event("ses-bounce.json", "jane@example.org")),
+            ("Timestamp", &sns_now()),
+            ("SigningCertURL", &format!("{}/cert.pem", sns.url)),
+        ],
+    );
+    let (status, body) = post(&app, "/webhooks/ses", m.to_string(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("SigningCertURL")),
+        "{body}"
+    );
+    assert_eq!(
+        sns.cert_fetches.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert_eq!(status_of(&app, "jane@example.org").await, "confirmed");
+    assert_eq!(events_of(&app, "ses").await, 0);
+}
+
+#[tokio::test]
+async fn ses_subscription_confirmation_is_confirmed_by_a_get_of_its_subscribe_url() {
+    let sns = FakeSns::start().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn(
+        &smtp,
+        &[
+            ("ses_topic_arn", SES_TOPIC),
+            ("ses_sns_cert_url_override", &sns.url),
+        ],
+    )
+    .await;
+    let subscribe = format!(
+        "{}/?Action=ConfirmSubscription&TopicArn={SES_TOPIC}&Token=2336412f37fb687f5d51e6e2425c464de&flaky=1",
+        sns.url
+    );
+    let confirmation = |id: &str| {
+        sns_message(
+            &sns,
+            "key.pem",
+            "1",
+            &[
+                ("Type", "SubscriptionConfirmation"),
+                ("MessageId", id),
+                ("Token", "2336412f37fb687f5d51e6e2425c464de"),
+                ("TopicArn", SES_TOPIC),
+                (
+                    "Message",
+                    "You have chosen to subscribe to the topic. To confirm the subscription, \
+                     visit the SubscribeURL included in this message.",
+                ),
+                ("SubscribeURL", &subscribe),
+                ("Timestamp", &sns_now()),
+            ],
+        )
+    };
+    // A forged one (its SubscribeURL changed after signing) is not followed.
+    let mut forged = confirmation("c-1");
+    forged["SubscribeURL"] = format!("{}/?Action=ConfirmSubscription&Token=other", sns.url).into();
+    let (status, body) = post(&app, "/webhooks/ses", forged.to_string(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(sns.confirmations.lock().expect("lock").is_empty());
+
+    // The first GET fails: 503, and SNS's retry of the same message is heard, not
+    // refused as a replay; once confirmed, the same message again is one.
+    let good = confirmation("c-2").to_string();
+    let (status, body) = post(&app, "/webhooks/ses", good.clone(), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, body) = post(&app, "/webhooks/ses", good.clone(), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = post(&app, "/webhooks/ses", good, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let seen = sns.confirmations.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].contains("Action=ConfirmSubscription"), "{seen:?}");
+    assert!(
+        seen[0].contains("Token=2336412f37fb687f5d51e6e2425c464de"),
+        "{seen:?}"
+    );
 }

@@ -6,6 +6,7 @@
 pub mod mailgun;
 pub mod postmark;
 pub mod sendgrid;
+pub mod ses;
 
 /// Why a call is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
