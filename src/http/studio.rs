@@ -128,35 +128,57 @@ async fn items(State(s): State<AppState>, headers: HeaderMap) -> Result<Response
     .await
 }
 
+/// An item form as posted: the fields as typed (shown again with the errors) and what they
+/// parse to. One reading for adding and editing.
+struct ItemForm {
+    values: BTreeMap<&'static str, String>,
+    parsed: Result<NewItem, crate::domain::Invalid>,
+    csrf: String,
+}
+
+fn item_form(body: &[u8]) -> ItemForm {
+    let f = fields(body);
+    let values: BTreeMap<&'static str, String> = ITEM_FIELDS
+        .iter()
+        .map(|&name| (name, field(&f, name).to_owned()))
+        .collect();
+    let value = |name: &str| values.get(name).map_or("", String::as_str);
+    let parsed = NewItem::parse(
+        value("title"),
+        value("url"),
+        value("summary"),
+        Some(value("source")),
+    );
+    ItemForm {
+        parsed,
+        csrf: field(&f, "csrf").to_owned(),
+        values,
+    }
+}
+
 async fn add_item(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     checked!(s, headers, body);
-    let f = fields(&body);
-    let (title, url, summary, source) = (
-        field(&f, "title"),
-        field(&f, "url"),
-        field(&f, "summary"),
-        field(&f, "source"),
-    );
-    let added = match NewItem::parse(title, url, summary, Some(source)) {
-        Ok(item) => s.editor.add_item(&item, now_ms()).await,
-        Err(inv) => Err(inv.into()),
+    let form = item_form(&body);
+    let added = match &form.parsed {
+        Ok(item) => s.editor.add_item(item, now_ms()).await.map(|_| ()),
+        Err(inv) => Err(inv.clone().into()),
     };
     match added {
-        Ok(_) => Ok(Redirect::to("/admin/items").into_response()),
+        Ok(()) => Ok(Redirect::to("/admin/items").into_response()),
         Err(e) => {
             let errors = field_errors(e)?;
-            let values = BTreeMap::from([
-                ("title", title.to_owned()),
-                ("url", url.to_owned()),
-                ("summary", summary.to_owned()),
-                ("source", source.to_owned()),
-            ]);
-            let csrf = field(&f, "csrf").to_owned();
-            items_page(&s, csrf, StatusCode::UNPROCESSABLE_ENTITY, errors, values).await
+            items_page(
+                &s,
+                form.csrf,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                errors,
+                form.values,
+            )
+            .await
         }
     }
 }
@@ -203,35 +225,22 @@ async fn update_item(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     checked!(s, headers, body);
-    let f = fields(&body);
-    let (title, url, summary, source) = (
-        field(&f, "title"),
-        field(&f, "url"),
-        field(&f, "summary"),
-        field(&f, "source"),
-    );
-    let updated = match NewItem::parse(title, url, summary, Some(source)) {
-        Ok(item) => s.editor.update_item(&id, &item).await,
-        Err(inv) => Err(inv.into()),
+    let form = item_form(&body);
+    let updated = match &form.parsed {
+        Ok(item) => s.editor.update_item(&id, item).await,
+        Err(inv) => Err(inv.clone().into()),
     };
     match updated {
         Ok(()) => Ok(Redirect::to("/admin/items").into_response()),
         Err(e) => {
             let errors = field_errors(e)?;
-            let values = BTreeMap::from([
-                ("title", title.to_owned()),
-                ("url", url.to_owned()),
-                ("summary", summary.to_owned()),
-                ("source", source.to_owned()),
-            ]);
-            let csrf = field(&f, "csrf").to_owned();
             edit_form(
                 &s,
                 &id,
-                csrf,
+                form.csrf,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 errors,
-                values,
+                form.values,
             )
             .await
         }

@@ -19,3 +19,62 @@ pub fn spawn_squeeze(args: &[&str], database: &TestDb, env: &[(&str, String)]) -
         env,
     )
 }
+
+/// Why the browser test cannot run here, if it cannot.
+fn browser_missing() -> Option<String> {
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        return Some(format!(
+            "no Chromium at {chromium} (apt-get install chromium)"
+        ));
+    }
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("node is not installed".into());
+    }
+    let module = concat!(env!("CARGO_MANIFEST_DIR"), "/node_modules/playwright-core");
+    if !std::path::Path::new(module).exists() {
+        return Some("playwright-core is not installed (npm ci)".into());
+    }
+    None
+}
+
+/// Whether the headless-Chromium tests can run here: `false`, after printing why, on a
+/// machine without Chromium, node or playwright-core; under `CI=true` a missing browser fails
+/// the test instead (CI installs all three).
+pub fn browser_available() -> bool {
+    let Some(why) = browser_missing() else {
+        return true;
+    };
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "the browser test must run under CI=true: {why}"
+    );
+    eprintln!("skipping the browser test: {why}");
+    false
+}
+
+/// Runs `tests/browser/<script>` in node with `args` and returns the JSON it printed.
+pub async fn browser(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("node")
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "browser script {script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "JSON from {script}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

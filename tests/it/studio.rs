@@ -283,12 +283,7 @@ async fn a_digest_made_in_the_studio_keeps_the_chosen_order_and_goes_to_every_co
 
 #[tokio::test]
 async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
-    if let Some(why) = crate::operators::browser_missing() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "the browser test must run under CI=true: {why}"
-        );
-        eprintln!("skipping the browser test: {why}");
+    if !crate::helpers::browser_available() {
         return;
     }
     let smtp = SmtpServer::start().await;
@@ -300,22 +295,7 @@ async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
     seed(&app, &[("confirmed", 3), ("pending", 2)], "example.com").await;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/studio-screenshots");
     std::fs::create_dir_all(dir).expect("screenshot directory");
-    let out = tokio::process::Command::new("node")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/browser/studio.mjs"
-        ))
-        .args([app.url.as_str(), ADMIN_TOKEN, dir])
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+    let seen = crate::helpers::browser("studio.mjs", &[app.url.as_str(), ADMIN_TOKEN, dir]).await;
     eprintln!("studio screenshots in {dir}");
     assert!(
         seen["urlError"]
@@ -369,28 +349,17 @@ async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
         .await;
     assert_eq!(subject_len, 120);
     let digest_page = format!("/admin/digests/{id}");
-    let out = tokio::process::Command::new("node")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/browser/width.mjs"
-        ))
-        .args([
+    let widths = crate::helpers::browser(
+        "width.mjs",
+        &[
             app.url.as_str(),
             ADMIN_TOKEN,
             &format!("{dir}/dashboard-long-subject.png"),
             "/admin",
             &digest_page,
-        ])
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let widths: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+        ],
+    )
+    .await;
     eprintln!("page widths at a 1200 px window: {widths}");
     assert!(widths["/admin"].as_i64() <= Some(1200), "{widths}");
     assert!(

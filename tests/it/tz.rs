@@ -221,36 +221,20 @@ async fn csv_import_and_export_carry_the_zone_and_round_trip() {
 /// fills the zone from the browser's own: a reader in Tokyo signs up in Tokyo's zone.
 #[tokio::test]
 async fn the_sign_up_form_records_the_browsers_zone_in_headless_chromium() {
-    if let Some(why) = crate::operators::browser_missing() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "the browser test must run under CI=true: {why}"
-        );
-        eprintln!("skipping the browser test: {why}");
+    if !crate::helpers::browser_available() {
         return;
     }
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn(&smtp).await;
-    let out = tokio::process::Command::new("node")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/browser/signup.mjs"
-        ))
-        .args([
+    let seen = crate::helpers::browser(
+        "signup.mjs",
+        &[
             format!("{}/", app.url).as_str(),
             "browser@example.com",
             "Asia/Tokyo",
-        ])
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("JSON from the browser script");
+        ],
+    )
+    .await;
     assert_eq!(seen["zone"], "Asia/Tokyo", "{seen}");
     assert_eq!(
         zone_of(&app, "browser@example.com").await.as_deref(),
