@@ -324,6 +324,20 @@ impl Composer {
         ))
     }
 
+    /// A test of a digest for an editor's address: the subject marked "[Test] ", rendered in
+    /// full for no one (no name), its unsubscribe and manage links (and List-Unsubscribe) to
+    /// the page that says it was a test; no Feedback-ID (a complaint about a test is no
+    /// signal about the digest).
+    pub fn test_digest(
+        &self,
+        content: &DigestContent,
+    ) -> Result<(Content, ListHeaders), RenderError> {
+        let link = self.settings.page_link(crate::domain::test_send::PAGE);
+        let mut rendered = self.render_digest(content, None, &link, &link)?;
+        rendered.subject = crate::domain::test_send::subject(&rendered.subject);
+        Ok((rendered.into(), self.list_headers(link, None)))
+    }
+
     /// The list headers; `feedback_id` only for digests (Gmail traces complaints by it).
     fn list_headers(&self, unsubscribe_url: String, feedback_id: Option<String>) -> ListHeaders {
         ListHeaders {

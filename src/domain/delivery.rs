@@ -14,6 +14,8 @@ pub enum DeliveryKind {
     Digest,
     /// The email a subscriber gets once they have confirmed.
     Welcome,
+    /// A digest sent to an editor's address as a test: no subscriber, counted toward nothing.
+    Test,
 }
 
 impl DeliveryKind {
@@ -22,6 +24,7 @@ impl DeliveryKind {
             Self::Confirmation => "confirmation",
             Self::Digest => "digest",
             Self::Welcome => "welcome",
+            Self::Test => "test",
         }
     }
 }
@@ -33,6 +36,7 @@ impl FromStr for DeliveryKind {
             "confirmation" => Ok(Self::Confirmation),
             "digest" => Ok(Self::Digest),
             "welcome" => Ok(Self::Welcome),
+            "test" => Ok(Self::Test),
             other => Err(format!("unknown delivery kind {other:?}")),
         }
     }
@@ -226,6 +230,7 @@ mod tests {
             (DeliveryKind::Confirmation, "confirmation"),
             (DeliveryKind::Digest, "digest"),
             (DeliveryKind::Welcome, "welcome"),
+            (DeliveryKind::Test, "test"),
         ] {
             assert_eq!(kind.as_str(), name);
             assert_eq!(name.parse::<DeliveryKind>(), Ok(kind));

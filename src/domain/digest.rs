@@ -199,6 +199,10 @@ pub enum DigestAction {
     Miss,
     /// Nothing of it is left to send.
     Finish,
+    /// An editor rewrites its subject, introduction or items (a draft stays a draft).
+    Edit,
+    /// An editor mails it to a few addresses of their own, as a test (its status stays).
+    SendTest,
 }
 
 /// What an allowed action does to a digest.
@@ -243,6 +247,11 @@ impl DigestStatus {
             (A::Finish, S::Sending) => Ok(Change::To(S::Sent)),
             (A::FanOut | A::Miss, _) => refuse("a scheduled digest can be sent or missed"),
             (A::Finish, _) => refuse("a sending digest can finish"),
+            (A::Edit, S::Draft) => Ok(Change::Unchanged),
+            (A::Edit, _) => refuse("a draft can be edited (cancel it to start over)"),
+            // A cancelled digest gave its items back: there is nothing left to test.
+            (A::SendTest, S::Cancelled) => refuse("a digest that was not cancelled can be tested"),
+            (A::SendTest, _) => Ok(Change::Unchanged),
         }
     }
 
@@ -447,6 +456,8 @@ mod tests {
             A::FanOut,
             A::Miss,
             A::Finish,
+            A::Edit,
+            A::SendTest,
         ];
         for action in actions {
             for from in DigestStatus::ALL {
@@ -461,6 +472,8 @@ mod tests {
                     (A::FanOut, S::Scheduled) => Some(Change::To(S::Sending)),
                     (A::Miss, S::Scheduled) => Some(Change::To(S::Missed)),
                     (A::Finish, S::Sending) => Some(Change::To(S::Sent)),
+                    (A::Edit, S::Draft) => Some(Change::Unchanged),
+                    (A::SendTest, s) if s != S::Cancelled => Some(Change::Unchanged),
                     _ => None,
                 };
                 match want {

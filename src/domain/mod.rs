@@ -11,6 +11,7 @@ pub mod retry;
 pub mod smtp;
 pub mod spreadsheet;
 pub mod subscriber;
+pub mod test_send;
 pub mod timezone;
 pub mod token;
 

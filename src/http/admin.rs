@@ -16,8 +16,9 @@ use subtle::ConstantTimeEq as _;
 
 use super::{AppState, HttpError, guard};
 use crate::domain::clock::now_ms;
+use crate::domain::test_send::TestAddresses;
 use crate::domain::{DailySchedule, NewItem};
-use crate::service::{DigestRequest, PreviewFormat, ServiceError};
+use crate::service::{DigestRequest, PreviewFormat, ServiceError, TestRequest};
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -26,7 +27,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/feeds", post(add_feed).get(list_feeds))
         .route("/api/feeds/{id}", delete(delete_feed))
         .route("/api/digests", post(create_digest).get(list_digests))
-        .route("/api/digests/{id}", get(get_digest))
+        .route("/api/digests/{id}", get(get_digest).put(edit_digest))
+        .route("/api/digests/{id}/test", post(send_test))
         .route("/api/digests/{id}/preview", get(preview))
         .route("/api/digests/{id}/schedule", post(schedule))
         .route("/api/digests/{id}/cancel", post(cancel))
@@ -198,6 +200,27 @@ async fn get_digest(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     Ok(Json(s.editor.digest(&id).await?).into_response())
+}
+
+/// Rewrites a draft: 200 with the digest; 409 once it is no longer a draft.
+async fn edit_digest(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<DigestRequest>,
+) -> Result<Response, HttpError> {
+    let d = b.parse_edit().map_err(ServiceError::from)?;
+    Ok(Json(s.editor.edit_digest(&id, &d, now_ms()).await?).into_response())
+}
+
+/// Queues a test to up to five addresses: 202 with how many were queued.
+async fn send_test(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<TestRequest>,
+) -> Result<Response, HttpError> {
+    let to = TestAddresses::parse(&b.addresses).map_err(ServiceError::from)?;
+    let queued = s.editor.send_test(&id, &to, now_ms()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "queued": queued }))).into_response())
 }
 
 #[derive(Deserialize)]

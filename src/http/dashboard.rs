@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -26,8 +26,6 @@ pub fn router() -> Router<AppState> {
         .route("/admin", get(dashboard))
         .route("/admin/login", post(login))
         .route("/admin/logout", post(logout))
-        .route("/admin/digests/{id}/pause", post(pause))
-        .route("/admin/digests/{id}/resume", post(resume))
 }
 
 /// `/metrics` answers to the admin token or the separate metrics token, never to nobody:
@@ -353,45 +351,4 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Result<Resp
             csrf,
         },
     )
-}
-
-async fn digest_action(
-    s: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-    act: impl std::future::Future<Output = crate::service::ServiceResult<crate::service::Digest>>,
-) -> Result<Response, HttpError> {
-    if let Err(refused) = checked_form(s, headers, body).await? {
-        return Ok(refused.answer(s));
-    }
-    act.await?;
-    Ok(Redirect::to("/admin").into_response())
-}
-
-async fn pause(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, HttpError> {
-    let editor = s.editor.clone();
-    digest_action(&s, &headers, &body, async move {
-        editor
-            .pause(&id, "paused from the dashboard", now_ms())
-            .await
-    })
-    .await
-}
-
-async fn resume(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, HttpError> {
-    let editor = s.editor.clone();
-    digest_action(&s, &headers, &body, async move {
-        editor.resume(&id, now_ms()).await
-    })
-    .await
 }

@@ -33,6 +33,9 @@ pub enum HttpError {
     },
     #[error("too many requests; try again in {retry_after} seconds")]
     TooManyRequests { retry_after: u64 },
+    /// A use case's own limit, in its words.
+    #[error("{message}; try again in {retry_after} seconds")]
+    Limited { message: String, retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -50,7 +53,7 @@ impl HttpError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +74,13 @@ impl From<ServiceError> for HttpError {
             },
             ServiceError::NotFound(m) => Self::NotFound(m),
             ServiceError::Conflict(m) => Self::Conflict(m),
+            ServiceError::Limited {
+                message,
+                retry_after,
+            } => Self::Limited {
+                message,
+                retry_after,
+            },
             ServiceError::Template(m) => Self::Unprocessable {
                 field: "template",
                 message: m,
@@ -112,7 +122,7 @@ impl IntoResponse for HttpError {
         response.extensions_mut().insert(ErrorPage {
             message: self.to_string(),
         });
-        if let Self::TooManyRequests { retry_after } = self {
+        if let Self::TooManyRequests { retry_after } | Self::Limited { retry_after, .. } = self {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

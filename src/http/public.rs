@@ -17,7 +17,7 @@ use serde_json::json;
 use super::{AppState, BODY_LIMIT, HttpError, page, same_origin, wants_json};
 use crate::domain::clock::now_ms;
 use crate::domain::timezone::subscriber_zone;
-use crate::domain::{EmailAddress, SubscriberName, Token};
+use crate::domain::{EmailAddress, SubscriberName, Token, test_send};
 use crate::service::signup::{ConfirmOutcome, SignUp, Subscriber, UnsubscribeOutcome};
 
 const MAX_USER_AGENT: usize = 512;
@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/manage", get(manage_page).post(manage))
         .route("/manage/export", get(export))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
+        .route(test_send::PAGE, get(test_email).post(test_email))
         .route("/assets/timezone.js", get(timezone_script))
 }
 
@@ -44,6 +45,18 @@ async fn timezone_script() -> Response {
         include_str!("assets/timezone.js"),
     )
         .into_response()
+}
+
+/// Where a test email's unsubscribe and manage links (and its List-Unsubscribe, which a
+/// mail client may POST to) lead: a page that says it was a test, for GET and POST alike;
+/// nothing changes, since a test carries no subscriber's token.
+async fn test_email(State(state): State<AppState>) -> Result<Response, HttpError> {
+    page(
+        &state,
+        StatusCode::OK,
+        "unsubscribe.html.j2",
+        context! { state => "test" },
+    )
 }
 
 async fn index(State(state): State<AppState>) -> Result<Response, HttpError> {

@@ -1,5 +1,5 @@
-//! The editor's studio under /admin: items, digests (create, preview, schedule, cancel) and
-//! the daily schedule, as server-rendered pages with plain forms. Behind the dashboard's
+//! The editor's studio under /admin: items, digests (create, edit a draft, preview, send a
+//! test, schedule, cancel, pause, resume) and the daily schedule, as server-rendered pages with plain forms. Behind the dashboard's
 //! login; every state-changing form passes the dashboard's one check (`checked_form`: the
 //! session's CSRF token and the same-origin guard). GET never changes state.
 
@@ -17,6 +17,7 @@ use minijinja::context;
 use super::dashboard::{checked_form, disabled, session_id};
 use super::{AppState, HttpError, page};
 use crate::domain::clock::now_ms;
+use crate::domain::test_send::TestAddresses;
 use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem};
 use crate::service::{PreviewFormat, ServiceError};
 
@@ -27,9 +28,13 @@ pub fn router() -> Router<AppState> {
         .route("/admin/items/{id}", get(edit_item).post(update_item))
         .route("/admin/digests", get(digests).post(create_digest))
         .route("/admin/digests/{id}", get(digest))
+        .route("/admin/digests/{id}/edit", post(edit_digest))
+        .route("/admin/digests/{id}/test", post(send_test))
         .route("/admin/digests/{id}/send-now", post(send_now))
         .route("/admin/digests/{id}/schedule", post(schedule))
         .route("/admin/digests/{id}/cancel", post(cancel))
+        .route("/admin/digests/{id}/pause", post(pause))
+        .route("/admin/digests/{id}/resume", post(resume))
         .route("/admin/schedule", get(schedule_page).post(set_schedule))
 }
 
@@ -335,23 +340,40 @@ async fn create_digest(
     }
 }
 
+/// What the digest page's forms show: as stored, or as the editor typed them (with errors).
+type Typed = BTreeMap<&'static str, String>;
+
 async fn digest_page(
     s: &AppState,
     id: &str,
     csrf: String,
     status: StatusCode,
     errors: BTreeMap<&'static str, String>,
+    typed: Typed,
 ) -> Result<Response, HttpError> {
     let digest = s.editor.digest(id).await?;
     let html = s.editor.preview(id, PreviewFormat::Html).await?;
     let text = s.editor.preview(id, PreviewFormat::Text).await?;
     let timezone = s.editor.list_timezone().await?.name().to_owned();
     let stats = s.reporting.digest(id).await?;
+    let tests = s.editor.test_sends(id).await?;
+    // The edit form offers the digest's items first (ticked, in order), then the pending ones.
+    let pending = if digest.status.as_str() == "draft" {
+        s.editor.list_items(Some("pending")).await?
+    } else {
+        Vec::new()
+    };
+    let mut values = BTreeMap::from([
+        ("subject", digest.subject.clone()),
+        ("intro", digest.intro.clone().unwrap_or_default()),
+        ("addresses", String::new()),
+    ]);
+    values.extend(typed);
     page(
         s,
         status,
         "studio_digest.html.j2",
-        context! { csrf, items => &digest.items, digest, html, text, timezone, stats, errors, nav => "digests" },
+        context! { csrf, items => &digest.items, pending, digest, html, text, timezone, stats, tests, errors, values, nav => "digests" },
     )
 }
 
@@ -364,7 +386,75 @@ async fn digest(
         Ok(csrf) => csrf,
         Err(answer) => return Ok(answer),
     };
-    digest_page(&s, &id, csrf, StatusCode::OK, BTreeMap::new()).await
+    digest_page(&s, &id, csrf, StatusCode::OK, BTreeMap::new(), Typed::new()).await
+}
+
+/// Back to the digest's page after a change, or the page again with the editor's mistake
+/// next to its field (and what they typed, `typed`); any other error goes on.
+async fn after(
+    s: &AppState,
+    id: &str,
+    f: &[(String, String)],
+    done: crate::service::ServiceResult<()>,
+    typed: Typed,
+) -> Result<Response, HttpError> {
+    match done {
+        Ok(()) => Ok(Redirect::to(&format!("/admin/digests/{id}")).into_response()),
+        Err(e) => {
+            let errors = field_errors(e)?;
+            let csrf = field(f, "csrf").to_owned();
+            digest_page(s, id, csrf, StatusCode::UNPROCESSABLE_ENTITY, errors, typed).await
+        }
+    }
+}
+
+async fn edit_digest(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    checked!(s, headers, body);
+    let f = fields(&body);
+    let (subject, intro) = (field(&f, "subject"), field(&f, "intro"));
+    let edited = match NewDigest::parse(subject, Some(intro), ItemSelection::Ids(chosen_items(&f)))
+    {
+        Ok(d) => s.editor.edit_digest(&id, &d, now_ms()).await.map(|_| ()),
+        Err(inv) => Err(inv.into()),
+    };
+    let typed = Typed::from([("subject", subject.to_owned()), ("intro", intro.to_owned())]);
+    after(&s, &id, &f, edited, typed).await
+}
+
+async fn send_test(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    checked!(s, headers, body);
+    let f = fields(&body);
+    let typed_addresses = field(&f, "addresses");
+    let sent = match TestAddresses::parse_typed(typed_addresses) {
+        Ok(to) => s.editor.send_test(&id, &to, now_ms()).await.map(|_| ()),
+        Err(inv) => Err(inv.into()),
+    };
+    let typed = Typed::from([("addresses", typed_addresses.to_owned())]);
+    match sent {
+        // Too many tests at once is the editor's to wait out: said next to the field.
+        Err(ServiceError::Limited {
+            message,
+            retry_after,
+        }) => {
+            let errors = BTreeMap::from([(
+                "addresses",
+                format!("must wait: {message}; try again in {retry_after} seconds"),
+            )]);
+            let csrf = field(&f, "csrf").to_owned();
+            digest_page(&s, &id, csrf, StatusCode::TOO_MANY_REQUESTS, errors, typed).await
+        }
+        other => after(&s, &id, &f, other, typed).await,
+    }
 }
 
 async fn send_now(
@@ -374,14 +464,9 @@ async fn send_now(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     checked!(s, headers, body);
-    match s.editor.schedule(&id, "now", Utc::now()).await {
-        Ok(_) => Ok(Redirect::to(&format!("/admin/digests/{id}")).into_response()),
-        Err(e) => {
-            let errors = field_errors(e)?;
-            let csrf = field(&fields(&body), "csrf").to_owned();
-            digest_page(&s, &id, csrf, StatusCode::UNPROCESSABLE_ENTITY, errors).await
-        }
-    }
+    let f = fields(&body);
+    let done = s.editor.schedule(&id, "now", Utc::now()).await.map(|_| ());
+    after(&s, &id, &f, done, Typed::new()).await
 }
 
 async fn schedule(
@@ -392,18 +477,12 @@ async fn schedule(
 ) -> Result<Response, HttpError> {
     checked!(s, headers, body);
     let f = fields(&body);
-    match s
+    let done = s
         .editor
         .schedule_local(&id, field(&f, "send_at"), Utc::now())
         .await
-    {
-        Ok(_) => Ok(Redirect::to(&format!("/admin/digests/{id}")).into_response()),
-        Err(e) => {
-            let errors = field_errors(e)?;
-            let csrf = field(&f, "csrf").to_owned();
-            digest_page(&s, &id, csrf, StatusCode::UNPROCESSABLE_ENTITY, errors).await
-        }
-    }
+        .map(|_| ());
+    after(&s, &id, &f, done, Typed::new()).await
 }
 
 async fn cancel(
@@ -415,6 +494,37 @@ async fn cancel(
     checked!(s, headers, body);
     s.editor.cancel(&id, now_ms()).await?;
     Ok(Redirect::to(&format!("/admin/digests/{id}")).into_response())
+}
+
+/// Where a pause or resume goes back to: the dashboard when its form says so (a fixed
+/// choice, never a URL from the form), else the digest's page.
+fn back_to(f: &[(String, String)], id: &str) -> Redirect {
+    match field(f, "back") {
+        "dashboard" => Redirect::to("/admin"),
+        _ => Redirect::to(&format!("/admin/digests/{id}")),
+    }
+}
+
+async fn pause(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    checked!(s, headers, body);
+    s.editor.pause(&id, "paused by an editor", now_ms()).await?;
+    Ok(back_to(&fields(&body), &id).into_response())
+}
+
+async fn resume(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    checked!(s, headers, body);
+    s.editor.resume(&id, now_ms()).await?;
+    Ok(back_to(&fields(&body), &id).into_response())
 }
 
 async fn schedule_page(

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use super::{ServiceError, ServiceResult};
 use crate::compose::{Composer, DigestContent};
 use crate::domain::clock::Millis;
+use crate::domain::test_send::{self, TestAddresses};
 use crate::domain::{DailySchedule, Invalid, ItemSelection, NewDigest, NewItem};
 use crate::render::Rendered;
 use crate::store::{DigestRow, ItemRow, Store, StoreError, StoredSchedule};
@@ -41,6 +42,25 @@ impl DigestRequest {
         };
         NewDigest::parse(&self.subject, self.intro.as_deref(), items)
     }
+
+    /// The same for an edit, which names its items in their new order.
+    pub fn parse_edit(self) -> Result<NewDigest, Invalid> {
+        let d = self.parse()?;
+        if d.items == ItemSelection::Pending {
+            return Err(crate::domain::digest::invalid(
+                "items",
+                "an edit lists its item ids in order (\"pending\" is only for a new digest)",
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// The addresses of a test send, in JSON: `{"addresses": ["a@example.com", …]}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +204,52 @@ impl Editor {
         let tz = self.list_timezone().await?;
         let at = crate::domain::digest::parse_local_send_at(local, tz, now)?;
         self.schedule(id, &at.to_rfc3339(), now).await
+    }
+
+    /// Rewrites a draft (`DigestAction::Edit`: 409 once it is scheduled or sent), after
+    /// checking that it renders as it will be.
+    pub async fn edit_digest(
+        &self,
+        id: &str,
+        d: &NewDigest,
+        now: Millis,
+    ) -> ServiceResult<DigestRow> {
+        self.store.edit_digest(id, d, now).await?;
+        let digest = self.digest(id).await?;
+        self.render_sample(&digest)?;
+        Ok(digest)
+    }
+
+    /// Queues a test of the digest to each address (a draft, a scheduled digest, any not
+    /// cancelled), sent by the worker as any email but counted toward nothing; a few
+    /// requests a minute per digest (`domain::test_send`).
+    pub async fn send_test(
+        &self,
+        id: &str,
+        to: &TestAddresses,
+        now: Millis,
+    ) -> ServiceResult<usize> {
+        self.render_sample(&self.digest(id).await?)?;
+        let expires_at = now + crate::domain::clock::ms(test_send::DEADLINE);
+        match self
+            .store
+            .queue_test(id, to.addresses(), expires_at, now)
+            .await?
+        {
+            Ok(()) => Ok(to.addresses().len()),
+            Err(retry_after) => Err(ServiceError::Limited {
+                message: format!(
+                    "at most {} test sends of a digest a minute",
+                    test_send::REQUESTS_PER_WINDOW
+                ),
+                retry_after,
+            }),
+        }
+    }
+
+    /// The latest tests of a digest: (address, delivery status), newest first.
+    pub async fn test_sends(&self, id: &str) -> ServiceResult<Vec<(String, String)>> {
+        Ok(self.store.test_sends(id).await?)
     }
 
     pub async fn cancel(&self, id: &str, now: Millis) -> ServiceResult<DigestRow> {

@@ -19,7 +19,7 @@ pub mod sns;
 pub mod subscribers;
 
 pub use archive::Archive;
-pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleView};
+pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleView, TestRequest};
 pub use feeds::{FeedView, Feeds, Polled};
 pub use inbound::{Inbound, InboundSettings, Recorded};
 pub use reporting::Reporting;
@@ -54,6 +54,9 @@ pub enum ServiceError {
     /// it passes without a restart once the cause does.
     #[error("{0}")]
     Unavailable(String),
+    /// Asked too often: what the limit is, and how long until it allows another.
+    #[error("{message}")]
+    Limited { message: String, retry_after: u64 },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -89,7 +92,11 @@ impl ServiceError {
     pub fn is_request_mistake(&self) -> bool {
         match self {
             Self::Invalid(_) | Self::NotFound(_) | Self::Template(_) => true,
-            Self::Conflict(_) | Self::Busy(_) | Self::Unavailable(_) | Self::Store(_) => false,
+            Self::Conflict(_)
+            | Self::Limited { .. }
+            | Self::Busy(_)
+            | Self::Unavailable(_)
+            | Self::Store(_) => false,
         }
     }
 

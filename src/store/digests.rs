@@ -270,6 +270,19 @@ impl Store {
         id: &str,
         action: DigestAction,
     ) -> StoreResult<Option<(Transaction<'static, Any>, DigestStatus)>> {
+        match self.begin_allowed(id, action).await? {
+            (tx, Change::To(to)) => Ok(Some((tx, to))),
+            (_, Change::Unchanged) => Ok(None),
+        }
+    }
+
+    /// The same rule asked for an action that keeps the digest's status (editing a draft,
+    /// sending a test): the transaction, with the digest locked, and what the rule said.
+    pub(super) async fn begin_allowed(
+        &self,
+        id: &str,
+        action: DigestAction,
+    ) -> StoreResult<(Transaction<'static, Any>, Change)> {
         let mut tx = self.begin_write().await?;
         let row: Option<(String, Option<String>)> = sqlx::query_as(self.sql(&LOCK_DIGEST_STATE))
             .bind(id)
@@ -280,13 +293,71 @@ impl Store {
         };
         let status: DigestStatus = parse_col(&status)?;
         let paused_from = paused_from.as_deref().map(parse_col).transpose()?;
-        match status
+        let change = status
             .decide(action, paused_from)
-            .map_err(|why| StoreError::Conflict(format!("digest {id} is {why}")))?
-        {
-            Change::To(to) => Ok(Some((tx, to))),
-            Change::Unchanged => Ok(None),
+            .map_err(|why| StoreError::Conflict(format!("digest {id} is {why}")))?;
+        Ok((tx, change))
+    }
+
+    /// Rewrites a draft: its subject, introduction and items, in the order given. Items it
+    /// drops become pending again; items it gains must be pending (`Conflict` otherwise) and
+    /// become used. Only while it is a draft (`DigestAction::Edit`).
+    pub async fn edit_digest(&self, id: &str, d: &NewDigest, now: Millis) -> StoreResult<()> {
+        let (mut tx, _) = self.begin_allowed(id, DigestAction::Edit).await?;
+        let ids: Vec<String> = match &d.items {
+            ItemSelection::Ids(ids) => {
+                let mut seen = std::collections::HashSet::new();
+                ids.iter().filter(|i| seen.insert(*i)).cloned().collect()
+            }
+            ItemSelection::Pending => {
+                return Err(StoreError::Conflict(
+                    "an edit names its items; \"pending\" is only for a new digest".into(),
+                ));
+            }
+        };
+        let current: Vec<String> =
+            sqlx::query_scalar("SELECT item_id FROM digest_items WHERE digest_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+        for item in ids.iter().filter(|i| !current.contains(i)) {
+            self.lock_pending_item(&mut tx, item, "is already part of another digest")
+                .await?;
         }
+        sqlx::query("UPDATE digests SET subject = $1, intro = $2, updated_at = $3 WHERE id = $4")
+            .bind(&d.subject)
+            .bind(&d.intro)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM digest_items WHERE digest_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for item in current.iter().filter(|i| !ids.contains(i)) {
+            sqlx::query("UPDATE items SET status = 'pending', digest_id = NULL WHERE id = $1")
+                .bind(item)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (position, item) in ids.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO digest_items (digest_id, item_id, position) VALUES ($1, $2, $3)",
+            )
+            .bind(id)
+            .bind(item)
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE items SET status = 'used', digest_id = $1 WHERE id = $2")
+                .bind(id)
+                .bind(item)
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.commit(tx).await?;
+        Ok(())
     }
 
     /// `draft` or `scheduled` -> `scheduled` at `send_at`.

@@ -26,6 +26,7 @@ mod sessions;
 mod sqlite;
 mod stats;
 mod subscribers;
+mod test_sends;
 mod webhooks;
 mod workers;
 

@@ -159,7 +159,8 @@ struct Taken {
     attempts: i64,
     expires_at: Millis,
     created_at: Millis,
-    subscriber_id: String,
+    /// `None` for a test send, which goes to an address of its own (`test_sends`).
+    subscriber_id: Option<String>,
 }
 
 /// Where a claimed delivery goes, read from its subscriber's row as it is now.
@@ -196,7 +197,16 @@ impl Store {
             return Ok(Vec::new());
         }
         let subscribers = self.read_subscribers(&mut tx, &taken).await?;
-        let mut out = hand_out(&claim_id, taken, &subscribers, &run_at)?;
+        let tests = if taken.iter().any(|t| t.kind == DeliveryKind::Test) {
+            let ids = taken
+                .iter()
+                .filter(|t| t.kind == DeliveryKind::Test)
+                .map(|t| t.id.as_str());
+            super::test_sends::claimed_tests(self, &mut tx, ids).await?
+        } else {
+            HashMap::new()
+        };
+        let mut out = hand_out(&claim_id, taken, &subscribers, &tests, &run_at)?;
         write_claim(&mut tx, &claim_id, worker_id, now + ms(lease), &out).await?;
         self.commit(tx).await?;
         // RETURNING gives no order; the oldest due go first.
@@ -244,7 +254,9 @@ impl Store {
         taken: &[Taken],
     ) -> StoreResult<Vec<AnyRow>> {
         Ok(sqlx::query(self.sql(&CLAIMED_SUBSCRIBERS))
-            .bind(json_list(taken.iter().map(|t| t.subscriber_id.as_str())))
+            .bind(json_list(
+                taken.iter().filter_map(|t| t.subscriber_id.as_deref()),
+            ))
             .fetch_all(&mut *tx)
             .await?)
     }
@@ -260,13 +272,15 @@ struct HandedOut {
     deliveries: Vec<(Millis, ClaimedDelivery)>,
 }
 
-/// What a claim hands out, from the deliveries it took and their subscribers' rows. Each subscriber column is read once per delivery,
-/// straight from its row: a read from an `AnyRow` looks the name up and copies the value,
-/// and a claim reads thousands.
+/// What a claim hands out, from the deliveries it took, their subscribers' rows and the
+/// tests' recipients (delivery id -> digest id, address). Each subscriber column is read once
+/// per delivery, straight from its row: a read from an `AnyRow` looks the name up and copies
+/// the value, and a claim reads thousands.
 fn hand_out(
     claim_id: &str,
     taken: Vec<Taken>,
     subscribers: &[AnyRow],
+    tests: &HashMap<String, (String, String)>,
     run_at: &HashMap<String, Millis>,
 ) -> StoreResult<HandedOut> {
     let mut by_id = HashMap::with_capacity(subscribers.len());
@@ -279,18 +293,37 @@ fn hand_out(
     for t in taken {
         ids.push(t.id.clone());
         digests.extend(t.digest_id.clone());
-        // Deliveries go with their subscriber (ON DELETE CASCADE), so this is there.
-        let Some(s) = by_id.get(&t.subscriber_id) else {
-            continue;
+        let due = run_at.get(&t.id).copied().unwrap_or_default();
+        let (contact, tested_digest) = match &t.subscriber_id {
+            // Deliveries go with their subscriber (ON DELETE CASCADE), so this is there.
+            Some(sid) => match by_id.get(sid) {
+                Some(s) => (Contact::from_row(*s)?, None),
+                None => continue,
+            },
+            // A test goes to the address its editor typed, which asked for it; it has no
+            // subscriber's token (`compose` gives it links that unsubscribe no one).
+            None => match tests.get(&t.id) {
+                Some((digest_id, address)) => (
+                    Contact {
+                        email: address.clone(),
+                        name: None,
+                        status: SubscriberStatus::Confirmed,
+                        unsubscribe_token: String::new(),
+                    },
+                    Some(digest_id.clone()),
+                ),
+                // Its test row goes with the delivery (ON DELETE CASCADE), so this is there.
+                None => continue,
+            },
         };
-        let contact = Contact::from_row(*s)?;
         deliveries.push((
-            run_at.get(&t.id).copied().unwrap_or_default(),
+            due,
             ClaimedDelivery {
                 id: t.id,
                 claim_id: claim_id.to_owned(),
                 kind: t.kind,
                 digest_id: t.digest_id,
+                tested_digest,
                 attempts: u32::try_from(t.attempts).unwrap_or(u32::MAX),
                 expires_at: t.expires_at,
                 created_at: t.created_at,
@@ -437,21 +470,25 @@ impl Store {
         outcomes: &[Recorded],
         now: Millis,
     ) -> StoreResult<u64> {
-        let mut sent: HashMap<&str, Vec<&str>> = HashMap::new();
+        // By claim, and apart for tests, which the throughput does not count.
+        let mut sent: HashMap<(&str, bool), Vec<&str>> = HashMap::new();
         for r in outcomes.iter().filter(|r| r.outcome == Outcome::Sent) {
-            sent.entry(r.claim_id.as_str())
+            sent.entry((r.claim_id.as_str(), r.kind == DeliveryKind::Test))
                 .or_default()
                 .push(r.delivery_id.as_str());
         }
         let mut count = 0;
-        for (claim_id, ids) in sent {
-            count += sqlx::query(self.sql(&RECORD_SENT))
+        for ((claim_id, test), ids) in sent {
+            let done = sqlx::query(self.sql(&RECORD_SENT))
                 .bind(now)
                 .bind(claim_id)
                 .bind(json_list(ids))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if !test {
+                count += done;
+            }
         }
         Ok(count)
     }
@@ -491,16 +528,18 @@ impl Store {
         if let Some(run_at) = r.outcome.due_again(now) {
             self.enqueue(tx, &[r.delivery_id.as_str()], run_at).await?;
         }
-        if r.outcome.bounces_subscriber() {
+        if let (true, Some(subscriber_id)) =
+            (r.outcome.bounces_subscriber(), r.subscriber_id.as_deref())
+        {
             sqlx::query(
                 "UPDATE subscribers SET status = 'bounced', bounced_at = $1, updated_at = $1
                  WHERE id = $2 AND status IN ('pending', 'confirmed')",
             )
             .bind(now)
-            .bind(r.subscriber_id.as_str())
+            .bind(subscriber_id)
             .execute(&mut *tx)
             .await?;
-            suppress_queued(tx, &r.subscriber_id, "bounced", now).await?;
+            suppress_queued(tx, subscriber_id, "bounced", now).await?;
         }
         Ok(())
     }

@@ -127,12 +127,17 @@ pub struct ClaimedDelivery {
     pub id: String,
     pub claim_id: String,
     pub kind: DeliveryKind,
+    /// The digest it is one of the deliveries of (counted toward it); `None` for a test.
     pub digest_id: Option<String>,
+    /// A test's digest: what it shows, counted toward nothing.
+    pub tested_digest: Option<String>,
     pub attempts: u32,
     pub expires_at: Millis,
     /// When it was queued: the start of its enqueue-to-sent latency.
     pub created_at: Millis,
-    pub subscriber_id: String,
+    /// `None` for a test, which goes to an editor's address (`email`): its status is taken
+    /// as confirmed (they asked for it) and its `unsubscribe_token` is empty.
+    pub subscriber_id: Option<String>,
     pub email: String,
     pub name: Option<String>,
     pub subscriber_status: SubscriberStatus,
@@ -143,7 +148,9 @@ pub struct ClaimedDelivery {
 pub struct Recorded {
     pub delivery_id: String,
     pub claim_id: String,
-    pub subscriber_id: String,
+    /// Tests are recorded like any delivery but counted in no throughput.
+    pub kind: DeliveryKind,
+    pub subscriber_id: Option<String>,
     pub outcome: Outcome,
 }
 

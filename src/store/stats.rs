@@ -73,7 +73,8 @@ impl DayColumn {
 }
 
 /// Two statements rather than `$1 IS NULL OR digest_id = $1`, which SQLite can only answer by
-/// reading every delivery ever made.
+/// reading every delivery ever made. Test sends are no deliveries of anyone's: a digest's have
+/// no `digest_id`, and the list's leave them out by kind.
 const COUNTS_OF_ALL: &str = "SELECT
          COUNT(CASE WHEN status = 'queued' AND attempts = 0 THEN 1 END) AS queued,
          COUNT(CASE WHEN status = 'queued' AND attempts > 0 THEN 1 END) AS retrying,
@@ -84,7 +85,7 @@ const COUNTS_OF_ALL: &str = "SELECT
          COUNT(CASE WHEN status = 'suppressed' THEN 1 END) AS suppressed,
          MIN(sent_at) AS first_sent_at,
          MAX(sent_at) AS last_sent_at
-     FROM deliveries";
+     FROM deliveries WHERE kind <> 'test'";
 const COUNTS_OF_DIGEST: &str = "SELECT
          COUNT(CASE WHEN status = 'queued' AND attempts = 0 THEN 1 END) AS queued,
          COUNT(CASE WHEN status = 'queued' AND attempts > 0 THEN 1 END) AS retrying,

@@ -40,8 +40,12 @@ impl Worker {
                 // holds a usable confirmation link.
                 let token = Token::generate();
                 let expires = now + ms(self.settings.confirmation_ttl);
+                let subscriber_id = d
+                    .subscriber_id
+                    .as_deref()
+                    .ok_or_else(|| Compose::Fail("confirmation without a subscriber".into()))?;
                 self.store
-                    .insert_confirmation_token(&d.subscriber_id, &token.hash(), now, expires)
+                    .insert_confirmation_token(subscriber_id, &token.hash(), now, expires)
                     .await
                     .map_err(|e| Compose::Retry(format!("cannot store confirmation token: {e}")))?;
                 let rendered = self
@@ -65,7 +69,31 @@ impl Worker {
                     .map_err(|e| Compose::Fail(e.to_string()))?;
                 Ok((email, Some(list)))
             }
+            DeliveryKind::Test => {
+                let content = self.tested_content(d).await?;
+                let (email, list) = self
+                    .composer
+                    .test_digest(&content)
+                    .map_err(|e| Compose::Fail(e.to_string()))?;
+                Ok((email, Some(list)))
+            }
         }
+    }
+
+    /// A test's digest as it is now, loaded for this email: a draft may have changed since
+    /// the last test (the cache holds digests being sent, which no longer change).
+    async fn tested_content(&self, d: &ClaimedDelivery) -> Result<DigestContent, Compose> {
+        let id = d
+            .tested_digest
+            .as_deref()
+            .ok_or_else(|| Compose::Fail("test without a digest".into()))?;
+        let digest = self
+            .store
+            .digest(id)
+            .await
+            .map_err(|e| Compose::Retry(format!("cannot load digest {id}: {e}")))?
+            .ok_or_else(|| Compose::Fail(format!("digest {id} does not exist")))?;
+        Ok(DigestContent::from(&digest))
     }
 
     async fn digest_content(&self, d: &ClaimedDelivery) -> Result<Arc<DigestContent>, Compose> {

@@ -49,6 +49,7 @@ impl Worker {
             let recorded = Recorded {
                 delivery_id: d.id,
                 claim_id: d.claim_id,
+                kind: d.kind,
                 subscriber_id: d.subscriber_id,
                 outcome,
             };

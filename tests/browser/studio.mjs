@@ -1,6 +1,8 @@
 // An editor's session in the studio, in headless Chromium (Debian's), by accessible names
 // only: log in, add three items (one wrong URL first), create a digest from two of them in
-// reverse order, look at the preview at desktop and phone width, press "Send now".
+// reverse order, look at the preview at desktop and phone width, send a test (one wrong
+// address first), edit the draft (new introduction, one more item) and see the preview
+// change, press "Send now".
 // Usage: node studio.mjs BASE_URL TOKEN SCREENSHOT_DIR; prints what it saw as JSON.
 import { chromium } from 'playwright-core';
 
@@ -69,6 +71,30 @@ try {
   await page.setViewportSize({ width: 390, height: 844 });
   await page.screenshot({ path: `${dir}/studio-digest-phone.png`, fullPage: true });
   await page.setViewportSize({ width: 1280, height: 900 });
+
+  // Send a test: a wrong address first, its message next to the field.
+  const testAddress = page.getByLabel('Test address', { exact: true });
+  await testAddress.fill('editor@studio.test, not-an-address');
+  await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Send test' }).click()]);
+  const testDescribedBy = await page.getByLabel('Test address', { exact: true }).getAttribute('aria-describedby');
+  result.testError = testDescribedBy ? (await page.locator(`#${testDescribedBy}`).textContent()).trim() : null;
+  await page.getByLabel('Test address', { exact: true }).fill('editor@studio.test');
+  await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Send test' }).click()]);
+  result.testSends = (await page.locator('#test-sends tbody td:first-child').allTextContents()).map((t) => t.trim());
+  result.statusAfterTest = (await page.textContent('#digest-status')).trim();
+  await page.screenshot({ path: `${dir}/studio-test-sent.png`, fullPage: true });
+
+  // Edit the draft: a new introduction, the second item added last; the preview follows.
+  result.textBeforeEdit = await page.textContent('#preview-text');
+  await page.getByLabel('Introduction', { exact: true }).fill('Edited in the browser.');
+  await page.getByLabel('Second item (pending)', { exact: true }).check();
+  await page.getByLabel('Position of Second item').fill('3');
+  await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Save draft' }).click()]);
+  result.itemsAfterEdit = (await page.locator('#digest-items li').allTextContents()).map((t) => t.trim());
+  result.textAfterEdit = await page.textContent('#preview-text');
+  const editedFrame = await page.frameLocator('#preview-desktop').locator('body').textContent();
+  result.desktopAfterEdit = editedFrame.includes('Edited in the browser.');
+  await page.screenshot({ path: `${dir}/studio-edited.png`, fullPage: true });
 
   await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Send now' }).click()]);
   result.status = (await page.textContent('#digest-status')).trim();

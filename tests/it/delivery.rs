@@ -27,6 +27,7 @@ fn sent(d: &squeeze::store::ClaimedDelivery) -> squeeze::store::Recorded {
     squeeze::store::Recorded {
         delivery_id: d.id.clone(),
         claim_id: d.claim_id.clone(),
+        kind: d.kind,
         subscriber_id: d.subscriber_id.clone(),
         outcome: squeeze::domain::delivery::Outcome::Sent,
     }

@@ -21,5 +21,6 @@ mod signup;
 mod storage;
 mod studio;
 mod subscription;
+mod test_sends;
 mod tz;
 mod webhooks;

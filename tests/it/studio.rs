@@ -320,13 +320,62 @@ async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
             .is_some_and(|t| t.contains("Third item")),
         "the text part beside it: {seen}"
     );
+    // The test: a wrong address named next to the field, then the real SMTP server got it,
+    // marked, at the address typed, and no subscriber did; the draft stayed a draft.
+    assert!(
+        seen["testError"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Test address ") && e.contains("\"not-an-address\"")),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["testSends"],
+        serde_json::json!(["editor@studio.test"]),
+        "{seen}"
+    );
+    assert_eq!(seen["statusAfterTest"], "draft", "{seen}");
+    // The edit shows in the preview at once.
+    assert!(
+        seen["textBeforeEdit"]
+            .as_str()
+            .is_some_and(|t| !t.contains("Edited in the browser.")),
+        "{seen}"
+    );
+    assert!(
+        seen["textAfterEdit"]
+            .as_str()
+            .is_some_and(|t| t.contains("Edited in the browser.") && t.contains("Second item")),
+        "{seen}"
+    );
+    assert_eq!(seen["desktopAfterEdit"], true, "{seen}");
+    assert_eq!(
+        seen["itemsAfterEdit"],
+        serde_json::json!(["Third item", "First item", "Second item"]),
+        "{seen}"
+    );
     assert_eq!(seen["status"], "scheduled", "{seen}");
     app.app
         .scheduler()
         .tick(chrono::Utc::now())
         .await
         .expect("tick");
-    let got = app.wait_all_sent(&smtp, 3).await;
+    let all = app.wait_all_sent(&smtp, 4).await;
+    let (tests, got): (Vec<_>, Vec<_>) = all.into_iter().partition(|m| {
+        m.header("Subject")
+            .is_some_and(|s| s.starts_with("[Test] Studio_digest:"))
+    });
+    assert_eq!(tests.len(), 1, "one test");
+    assert_eq!(tests[0].rcpts, ["editor@studio.test"]);
+    assert!(
+        got.iter()
+            .all(|m| !m.rcpts.iter().any(|r| r == "editor@studio.test")),
+        "the editor is no subscriber"
+    );
+    assert!(
+        got.iter()
+            .all(|m| m.text().contains("Edited in the browser.")),
+        "subscribers got the edited draft"
+    );
     let mut to: Vec<String> = got.iter().filter_map(|m| m.header("To")).collect();
     to.sort();
     assert_eq!(to.len(), 3, "once per confirmed subscriber: {to:?}");
@@ -370,6 +419,8 @@ async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
         "studio-items-error.png",
         "studio-digest.png",
         "studio-digest-phone.png",
+        "studio-test-sent.png",
+        "studio-edited.png",
     ] {
         assert!(
             std::fs::metadata(format!("{dir}/{shot}")).is_ok_and(|m| m.len() > 1000),
