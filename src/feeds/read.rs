@@ -306,4 +306,24 @@ mod tests {
         assert!(c.chars().count() <= SUMMARY_MAX, "{}", c.chars().count());
         assert!(c.ends_with("word…"), "{c}");
     }
+
+    #[test]
+    fn a_feeds_markdown_characters_read_as_they_were() {
+        let summary =
+            "2 * 3 *is* six; see [the docs](https://evil.example/) or _now_, AT&T # 1 snake_case";
+        let feed = format!(
+            r#"{{"version": "https://jsonfeed.org/version/1.1", "title": "T", "items": [
+                {{"id": "1", "url": "https://example.com/a", "title": "A", "content_text": {summary:?},
+                  "date_published": "2026-12-01T00:00:00Z"}}]}}"#
+        );
+        let r = sample(feed.as_bytes(), None);
+        let item = r.entries[0].item.as_ref().expect("an item");
+        let shown = crate::domain::markdown::Markdown::render(&item.summary);
+        assert_eq!(shown.text, summary, "{}", item.summary);
+        assert!(
+            !shown.html.contains("<a") && !shown.html.contains("<em"),
+            "{}",
+            shown.html
+        );
+    }
 }
