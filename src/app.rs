@@ -166,7 +166,6 @@ impl App {
     pub fn scheduler(&self) -> Scheduler {
         Scheduler::new(
             self.store.clone(),
-            self.composer().list_name().to_owned(),
             self.config.missed_grace,
             self.config.digest_ttl,
         )

@@ -28,7 +28,6 @@ pub struct TickReport {
 #[derive(Clone)]
 pub struct Scheduler {
     store: Store,
-    list_name: String,
     grace: Duration,
     digest_ttl: Duration,
     /// Told whether this node holds the scheduler role, for what runs only on the one
@@ -37,10 +36,9 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(store: Store, list_name: String, grace: Duration, digest_ttl: Duration) -> Self {
+    pub fn new(store: Store, grace: Duration, digest_ttl: Duration) -> Self {
         Self {
             store,
-            list_name,
             grace,
             digest_ttl,
             leading: None,
@@ -192,7 +190,9 @@ impl Scheduler {
                 .await?;
             return Ok(None);
         }
-        let subject = format!("{} · {}", self.list_name, date.format("%A %-d %B %Y"));
+        // The date alone: the From name already says which list it is, and the body's
+        // heading shows the list's name above the subject.
+        let subject = date.format("%A %-d %B %Y").to_string();
         let new = NewDigest {
             subject,
             intro: None,

@@ -8,6 +8,7 @@ use minijinja::{Value, context};
 use url::Url;
 
 use crate::domain::clock::for_people;
+use crate::domain::markdown::Markdown;
 use crate::mail::{Content, ListHeaders, PartBody};
 use crate::render::{RenderError, Rendered, Renderer};
 
@@ -90,6 +91,7 @@ pub const MANAGE: &str = "/manage";
 #[derive(Debug)]
 pub struct DigestContent {
     pub id: String,
+    subject: String,
     value: Value,
     /// The digest rendered once with stand-ins, per-subscriber values substituted per email;
     /// `None` when the templates do something with those values that substitution cannot
@@ -116,27 +118,58 @@ impl From<Rendered> for Content {
     }
 }
 
+/// How long an inbox's preview line (the preheader) may be, in characters.
+const PREHEADER_MAX: usize = 100;
+
 impl DigestContent {
+    /// The editor's intro and summaries are Markdown (`domain::markdown`), rendered here
+    /// once per digest: the templates get `intro_html` / `intro_text`, each item's
+    /// `summary_html` / `summary_text`, and the `preheader`; `intro` and `summary` stay the
+    /// source as written (for templates of before the Markdown).
     pub fn new<'a>(
         id: &str,
         subject: &str,
         intro: Option<&str>,
         items: impl IntoIterator<Item = ItemContent<'a>>,
     ) -> Self {
+        let mut first_title = None;
         let items: Vec<Value> = items
             .into_iter()
             .map(|i| {
+                first_title.get_or_insert(i.title);
+                let summary = Markdown::render(i.summary);
                 context! {
                     title => i.title,
                     url => i.url,
                     summary => i.summary,
+                    summary_html => Value::from_safe_string(summary.html),
+                    summary_text => summary.text,
                     source => i.source,
                 }
             })
             .collect();
+        let intro_md = Markdown::render(intro.unwrap_or_default());
+        // What an inbox shows after the subject: the intro's first words, or else the first
+        // item's title.
+        let preheader = match intro_md.summary_line(PREHEADER_MAX) {
+            p if p.is_empty() => Markdown {
+                words: first_title.unwrap_or_default().to_owned(),
+                ..Markdown::default()
+            }
+            .summary_line(PREHEADER_MAX),
+            p => p,
+        };
         Self {
             id: id.to_owned(),
-            value: context! { subject, intro, items },
+            subject: subject.to_owned(),
+            value: context! {
+                subject,
+                intro,
+                intro_html => Value::from_safe_string(intro_md.html),
+                intro_text => intro_md.text,
+                preheader,
+                items,
+            },
             prerendered: std::sync::OnceLock::new(),
         }
     }
@@ -231,6 +264,7 @@ impl Composer {
             "digest",
             context! {
                 list_name => self.settings.list_name,
+                list_in_subject => self.names_list(&content.subject),
                 name,
                 unsubscribe_url,
                 manage_url,
@@ -239,6 +273,13 @@ impl Composer {
                 ..content.value.clone()
             },
         )
+    }
+
+    /// Whether a subject already names the list (then the body's heading does not say it a
+    /// second time above it, nor the text part's first line).
+    fn names_list(&self, subject: &str) -> bool {
+        let list = self.settings.list_name.trim().to_lowercase();
+        !list.is_empty() && subject.to_lowercase().contains(&list)
     }
 
     /// Whether sent digests are published in the archive.

@@ -7,6 +7,7 @@ pub mod digest;
 pub mod dmarc;
 pub mod email;
 pub mod liveness;
+pub mod markdown;
 pub mod retry;
 pub mod smtp;
 pub mod spreadsheet;

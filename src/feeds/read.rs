@@ -8,12 +8,15 @@
 //! - On a feed's first poll (`since` is set), only entries dated within the window become
 //!   items; older and undated ones are only seen, so they never arrive later.
 //! - The summary is plain text: HTML removed (html2text), whitespace collapsed, capped at
-//!   [`SUMMARY_MAX`] characters; the source is the feed's title.
+//!   [`SUMMARY_MAX`] characters, then escaped as Markdown (`domain::markdown::escape`: a
+//!   feed's `*` or `[` is shown as it is, never read as emphasis or a link); the source is
+//!   the feed's title.
 
 use chrono::{DateTime, Utc};
 use feed_rs::model::{Entry, Feed, Text};
 
 use crate::domain::NewItem;
+use crate::domain::markdown;
 
 pub const SUMMARY_MAX: usize = 500;
 const TITLE_MAX: usize = 200;
@@ -112,7 +115,9 @@ fn item(e: &Entry, link: &str, source: Option<&str>) -> Option<NewItem> {
         })
         .map(|s| capped(&collapse(&s), SUMMARY_MAX))
         .unwrap_or_default();
-    NewItem::parse(&title, link, &summary, source).ok()
+    // Summaries are Markdown (editors write them so); a feed's is plain text, so it is
+    // escaped to read as it was.
+    NewItem::parse(&title, link, &markdown::escape(&summary), source).ok()
 }
 
 /// A text construct as plain text: HTML (or anything that looks like it) through html2text.
@@ -300,5 +305,25 @@ mod tests {
         let c = capped(&collapse(&long), SUMMARY_MAX);
         assert!(c.chars().count() <= SUMMARY_MAX, "{}", c.chars().count());
         assert!(c.ends_with("word…"), "{c}");
+    }
+
+    #[test]
+    fn a_feeds_markdown_characters_read_as_they_were() {
+        let summary =
+            "2 * 3 *is* six; see [the docs](https://evil.example/) or _now_, AT&T # 1 snake_case";
+        let feed = format!(
+            r#"{{"version": "https://jsonfeed.org/version/1.1", "title": "T", "items": [
+                {{"id": "1", "url": "https://example.com/a", "title": "A", "content_text": {summary:?},
+                  "date_published": "2026-12-01T00:00:00Z"}}]}}"#
+        );
+        let r = sample(feed.as_bytes(), None);
+        let item = r.entries[0].item.as_ref().expect("an item");
+        let shown = crate::domain::markdown::Markdown::render(&item.summary);
+        assert_eq!(shown.text, summary, "{}", item.summary);
+        assert!(
+            !shown.html.contains("<a") && !shown.html.contains("<em"),
+            "{}",
+            shown.html
+        );
     }
 }

@@ -623,6 +623,12 @@ async fn daily_schedule_fires_once_per_local_day_across_dst_and_records_empty_da
         .scalar("SELECT send_at FROM digests WHERE daily_date = '2026-03-29'")
         .await;
     assert_eq!(send_at, at("2026-03-29T05:00:00Z").timestamp_millis());
+    // Its subject is the date: the From name ("Squeeze Test") already says which list.
+    assert_eq!(
+        app.text("SELECT subject FROM digests WHERE daily_date = '2026-03-29'")
+            .await,
+        "Sunday 29 March 2026"
+    );
     // Deliveries expire when the next daily digest is due.
     let expires = app
         .scalar("SELECT MAX(expires_at) FROM deliveries WHERE kind = 'digest'")

@@ -11,6 +11,7 @@ mod delivery;
 mod digests;
 mod dkim;
 mod doctor;
+mod email;
 mod engine;
 mod feeds;
 mod helpers;
