@@ -199,6 +199,9 @@ pub enum DigestAction {
     Miss,
     /// Nothing of it is left to send.
     Finish,
+    /// An editor cancels the waves not yet sent of a digest delivered at each subscriber's
+    /// time; the waves already sent stay sent, and the digest keeps its status.
+    CancelWaves,
 }
 
 /// What an allowed action does to a digest.
@@ -241,6 +244,10 @@ impl DigestStatus {
             (A::FanOut, S::Scheduled) => Ok(Change::To(S::Sending)),
             (A::Miss, S::Scheduled) => Ok(Change::To(S::Missed)),
             (A::Finish, S::Sending) => Ok(Change::To(S::Sent)),
+            (A::CancelWaves, S::Sending | S::Paused) => Ok(Change::To(self)),
+            (A::CancelWaves, _) => {
+                refuse("a sending or paused digest has waves not yet sent to cancel")
+            }
             (A::FanOut | A::Miss, _) => refuse("a scheduled digest can be sent or missed"),
             (A::Finish, _) => refuse("a sending digest can finish"),
         }
@@ -321,12 +328,72 @@ pub fn parse_local_send_at(
     Ok(at)
 }
 
-/// The editors' daily schedule: a wall-clock time in a named time zone.
+/// Whose clock a digest goes out by: the list's (everyone at once, at the time in the
+/// schedule's zone) or each subscriber's own (one wave per zone, at the time in that zone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliverAt {
+    #[default]
+    List,
+    Subscriber,
+}
+
+impl DeliverAt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::List => "list",
+            Self::Subscriber => "subscriber",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw.trim() {
+            "list" => Ok(Self::List),
+            "subscriber" => Ok(Self::Subscriber),
+            _ => Err(invalid("deliver_at", "must be \"list\" or \"subscriber\"")),
+        }
+    }
+}
+
+/// Whether something due at `due` and seen only at `now` is beyond the grace window: then it
+/// is not sent late (a digest is missed, a wave of it is missed). The one missed-grace rule.
+pub fn past_grace(due: DateTime<Utc>, now: DateTime<Utc>, grace: std::time::Duration) -> bool {
+    (now - due).to_std().is_ok_and(|late| late > grace)
+}
+
+/// A one-off digest delivered at `local_time` ("07:00") on `date` ("2026-12-02") in each
+/// subscriber's own zone. Refused when that time has passed in every zone on earth.
+pub fn parse_local_delivery(
+    local_time: &str,
+    date: &str,
+    now: DateTime<Utc>,
+) -> Result<(NaiveDate, NaiveTime), Invalid> {
+    let time = NaiveTime::parse_from_str(local_time.trim(), "%H:%M").map_err(|_| {
+        invalid(
+            "local_time",
+            "must be HH:MM on a 24-hour clock, such as 07:00",
+        )
+    })?;
+    let date = NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d")
+        .map_err(|_| invalid("date", "must be a date such as 2026-12-02"))?;
+    // The westernmost zones are UTC-12: later than that, nobody has that morning left.
+    let last = date.and_time(time).and_utc() + Duration::hours(12);
+    if last < now - Duration::minutes(1) {
+        return Err(invalid(
+            "date",
+            "is in the past: that time has passed in every time zone",
+        ));
+    }
+    Ok((date, time))
+}
+
+/// The editors' daily schedule: a wall-clock time in a named time zone, delivered by the
+/// list's clock or by each subscriber's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailySchedule {
     pub time: NaiveTime,
     pub timezone: Tz,
     pub enabled: bool,
+    pub deliver_at: DeliverAt,
 }
 
 impl DailySchedule {
@@ -343,7 +410,14 @@ impl DailySchedule {
             time,
             timezone,
             enabled,
+            deliver_at: DeliverAt::List,
         })
+    }
+
+    #[must_use]
+    pub fn with_deliver_at(mut self, deliver_at: DeliverAt) -> Self {
+        self.deliver_at = deliver_at;
+        self
     }
 
     pub fn time_str(&self) -> String {
@@ -357,24 +431,69 @@ impl DailySchedule {
         super::timezone::local_instant(self.timezone, date, self.time)
     }
 
+    /// When the digest of local day `date` fires: the schedule's time in its zone, or,
+    /// delivering at each subscriber's time, the earliest of the subscribers' `zones` (and the
+    /// list's): the first wave, when the day's content is frozen.
+    pub fn first_fire(&self, date: NaiveDate, zones: &[Tz]) -> DateTime<Utc> {
+        let list = self.fire_time(date);
+        match self.deliver_at {
+            DeliverAt::List => list,
+            DeliverAt::Subscriber => zones
+                .iter()
+                .map(|tz| super::timezone::local_instant(*tz, date, self.time))
+                .fold(list, DateTime::min),
+        }
+    }
+
+    /// When the last wave of local day `date` is due (the list's time, delivering by its
+    /// clock).
+    pub fn last_fire(&self, date: NaiveDate, zones: &[Tz]) -> DateTime<Utc> {
+        let list = self.fire_time(date);
+        match self.deliver_at {
+            DeliverAt::List => list,
+            DeliverAt::Subscriber => zones
+                .iter()
+                .map(|tz| super::timezone::local_instant(*tz, date, self.time))
+                .fold(list, DateTime::max),
+        }
+    }
+
     /// The latest firing at or before `now`, with its local date: the only one that may
     /// still be sent (older ones are never caught up, so daily digests cannot pile up).
     pub fn latest_due(&self, now: DateTime<Utc>) -> (NaiveDate, DateTime<Utc>) {
+        self.latest_due_among(now, &[])
+    }
+
+    /// `latest_due` whose firing is the first wave among `zones` (`first_fire`). Local
+    /// dates differ by at most two days between zones, so five candidates around the list's
+    /// today cover them.
+    pub fn latest_due_among(&self, now: DateTime<Utc>, zones: &[Tz]) -> (NaiveDate, DateTime<Utc>) {
         let today = now.with_timezone(&self.timezone).date_naive();
-        let t = self.fire_time(today);
-        if t <= now {
-            (today, t)
-        } else {
-            let yesterday = today.pred_opt().unwrap_or(today);
-            (yesterday, self.fire_time(yesterday))
+        let mut fallback = (today, self.first_fire(today, zones));
+        for offset in [2, 1, 0, -1, -2] {
+            let Some(date) = today.checked_add_signed(Duration::days(offset)) else {
+                continue;
+            };
+            let t = self.first_fire(date, zones);
+            if t <= now {
+                return (date, t);
+            }
+            fallback = (date, t);
         }
+        fallback
     }
 
     /// The next firing strictly after `now`.
     pub fn next_after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let mut date = now.with_timezone(&self.timezone).date_naive();
+        self.next_after_among(now, &[])
+    }
+
+    /// `next_after` whose firing is the first wave among `zones` (`first_fire`).
+    pub fn next_after_among(&self, now: DateTime<Utc>, zones: &[Tz]) -> DateTime<Utc> {
+        let start = now.with_timezone(&self.timezone).date_naive();
+        let mut date = start.checked_sub_signed(Duration::days(2)).unwrap_or(start);
         loop {
-            let t = self.fire_time(date);
+            let t = self.first_fire(date, zones);
             if t > now {
                 return t;
             }
@@ -447,6 +566,7 @@ mod tests {
             A::FanOut,
             A::Miss,
             A::Finish,
+            A::CancelWaves,
         ];
         for action in actions {
             for from in DigestStatus::ALL {
@@ -461,6 +581,8 @@ mod tests {
                     (A::FanOut, S::Scheduled) => Some(Change::To(S::Sending)),
                     (A::Miss, S::Scheduled) => Some(Change::To(S::Missed)),
                     (A::Finish, S::Sending) => Some(Change::To(S::Sent)),
+                    (A::CancelWaves, S::Sending) => Some(Change::To(S::Sending)),
+                    (A::CancelWaves, S::Paused) => Some(Change::To(S::Paused)),
                     _ => None,
                 };
                 match want {

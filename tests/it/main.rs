@@ -22,4 +22,5 @@ mod storage;
 mod studio;
 mod subscription;
 mod tz;
+mod waves;
 mod webhooks;
