@@ -680,6 +680,70 @@ mod tests {
     }
 
     #[test]
+    fn delivering_at_each_subscribers_time_the_day_fires_at_the_earliest_zones_morning() {
+        let s = madrid("07:00").with_deliver_at(DeliverAt::Subscriber);
+        let zones = [Tz::Pacific__Kiritimati, Tz::America__Los_Angeles];
+        let day = NaiveDate::from_ymd_opt(2027, 3, 14).expect("date");
+        // Kiritimati (UTC+14) first, the evening before in UTC; Los Angeles (PDT) last.
+        assert_eq!(s.first_fire(day, &zones), utc("2027-03-13T17:00:00Z"));
+        assert_eq!(s.last_fire(day, &zones), utc("2027-03-14T14:00:00Z"));
+        // On the 13th at 17:00 UTC, the 14th's digest is due (it is 07:00 on the 14th in
+        // Kiritimati); a minute before, the 13th's was the latest.
+        assert_eq!(
+            s.latest_due_among(utc("2027-03-13T17:00:00Z"), &zones),
+            (day, utc("2027-03-13T17:00:00Z"))
+        );
+        assert_eq!(
+            s.latest_due_among(utc("2027-03-13T16:59:00Z"), &zones).0,
+            day.pred_opt().expect("date")
+        );
+        assert_eq!(
+            s.next_after_among(utc("2027-03-13T16:59:00Z"), &zones),
+            utc("2027-03-13T17:00:00Z")
+        );
+        // By the list's clock the zones do not matter.
+        let list = madrid("07:00");
+        assert_eq!(list.first_fire(day, &zones), utc("2027-03-14T06:00:00Z"));
+        assert_eq!(list.last_fire(day, &zones), utc("2027-03-14T06:00:00Z"));
+    }
+
+    #[test]
+    fn deliver_at_grace_and_local_delivery_are_checked() {
+        assert_eq!(DeliverAt::parse("subscriber"), Ok(DeliverAt::Subscriber));
+        assert_eq!(DeliverAt::parse(" list "), Ok(DeliverAt::List));
+        assert_eq!(
+            DeliverAt::parse("reader").map_err(|e| e.field),
+            Err("deliver_at")
+        );
+        let grace = std::time::Duration::from_secs(30 * 60);
+        let due = utc("2027-01-15T06:00:00Z");
+        assert!(!past_grace(due, utc("2027-01-15T06:30:00Z"), grace));
+        assert!(past_grace(due, utc("2027-01-15T06:30:01Z"), grace));
+        assert!(
+            !past_grace(due, utc("2027-01-15T05:00:00Z"), grace),
+            "early is not late"
+        );
+        let now = utc("2026-12-02T12:00:00Z");
+        assert_eq!(
+            parse_local_delivery("07:00", "2026-12-03", now),
+            Ok((
+                NaiveDate::from_ymd_opt(2026, 12, 3).expect("date"),
+                NaiveTime::from_hms_opt(7, 0, 0).expect("time")
+            ))
+        );
+        // 07:00 on the 2nd has passed in most zones, but not yet at UTC-12 (19:00 UTC).
+        assert!(parse_local_delivery("07:00", "2026-12-02", now).is_ok());
+        assert_eq!(
+            parse_local_delivery("07:00", "2026-12-01", now).map_err(|e| e.field),
+            Err("date")
+        );
+        assert_eq!(
+            parse_local_delivery("7am", "2026-12-03", now).map_err(|e| e.field),
+            Err("local_time")
+        );
+    }
+
+    #[test]
     fn schedule_and_send_at_validation() {
         assert!(DailySchedule::parse("7am", "UTC", true).is_err());
         assert!(DailySchedule::parse("25:00", "UTC", true).is_err());
