@@ -74,21 +74,24 @@ const FAN_OUT: PerDialect = PerDialect {
 
 /// The fan-out of a digest delivered at each subscriber's time: as `FAN_OUT`, and each
 /// delivery gets its subscriber's wave and that wave's expiry from a small list of the zones
-/// subscribers stored (`$6, $7, $8` and on: the stored name, its wave's zone, its expiry;
-/// appended by `fan_out_waves`). A subscriber whose stored zone is not in the list (none, or
-/// a name that is no zone) is in the list's zone's wave (`$5`, expiring at `$3`).
+/// subscribers stored (`$7, $8, $9, $10` and on: the stored name, its wave's zone, its expiry,
+/// its due time; appended by `fan_out_waves`). A subscriber whose stored zone is not in the
+/// list (none, or a name that is no zone) is in the list's zone's wave (`$5`, expiring at
+/// `$3`, due at `$6`). A delivery's `created_at` is its wave's due time, when it is queued:
+/// the start of its enqueue-to-sent latency, not the hours it waited for its zone's morning.
 const FAN_OUT_WAVES: PerDialect = PerDialect {
     sqlite: "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
                  created_at, updated_at, wave)
              SELECT $4 || '-' || printf('%012x', s.rowid), 'digest', s.id, $1, 'queued',
-                 COALESCE(z.column3, $3), $2, $2, COALESCE(z.column2, $5)
+                 COALESCE(z.column3, $3), COALESCE(z.column4, $6), $2, COALESCE(z.column2, $5)
              FROM subscribers s LEFT JOIN (VALUES {zones}) z ON z.column1 = s.timezone
              WHERE s.status = 'confirmed'
              ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
     postgres: "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
                  created_at, updated_at, wave)
              SELECT $4 || '-' || lpad(to_hex(row_number() OVER ()), 12, '0'), 'digest', s.id, $1,
-                 'queued', COALESCE(z.column3, $3), $2, $2, COALESCE(z.column2, $5)
+                 'queued', COALESCE(z.column3, $3), COALESCE(z.column4, $6), $2,
+                 COALESCE(z.column2, $5)
              FROM subscribers s LEFT JOIN (VALUES {zones}) z ON z.column1 = s.timezone
              WHERE s.status = 'confirmed'
              ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
@@ -583,10 +586,9 @@ impl Store {
         members: &[(String, String)],
         now: Millis,
     ) -> StoreResult<Option<u64>> {
-        let list_expiry = waves
-            .iter()
-            .find(|w| w.timezone == list_zone)
-            .map_or(now, |w| w.expires_at);
+        let list_wave = waves.iter().find(|w| w.timezone == list_zone);
+        let list_expiry = list_wave.map_or(now, |w| w.expires_at);
+        let list_due = list_wave.map_or(now, |w| w.due_at);
         let last_expiry = waves.iter().map(|w| w.expires_at).max().unwrap_or(now);
         let mut tx = self.begin_write().await?;
         let moved = sqlx::query(
@@ -603,12 +605,12 @@ impl Store {
         if moved == 0 {
             return Ok(None);
         }
-        // The zone list: the first five parameters are the statement's own.
-        let expiry_of = |zone: &str| {
+        // The zone list: the first six parameters are the statement's own.
+        let wave_of = |zone: &str| {
             waves
                 .iter()
                 .find(|w| w.timezone == zone)
-                .map_or(list_expiry, |w| w.expires_at)
+                .map_or((list_expiry, list_due), |w| (w.expires_at, w.due_at))
         };
         let mut rows: Vec<(&str, &str)> = members
             .iter()
@@ -618,7 +620,10 @@ impl Store {
             rows.push((list_zone, list_zone));
         }
         let zones = (0..rows.len())
-            .map(|i| format!("(${}, ${}, ${})", 6 + 3 * i, 7 + 3 * i, 8 + 3 * i))
+            .map(|i| {
+                let p = 7 + 4 * i;
+                format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let sql = self.sql(&FAN_OUT_WAVES).replace("{zones}", &zones);
@@ -627,9 +632,11 @@ impl Store {
             .bind(now)
             .bind(list_expiry)
             .bind(new_id())
-            .bind(list_zone);
+            .bind(list_zone)
+            .bind(list_due);
         for (stored, wave) in rows {
-            insert = insert.bind(stored).bind(wave).bind(expiry_of(wave));
+            let (expires_at, due_at) = wave_of(wave);
+            insert = insert.bind(stored).bind(wave).bind(expires_at).bind(due_at);
         }
         let inserted = insert.execute(&mut *tx).await?.rows_affected();
         let counts: Vec<(String, i64)> = sqlx::query_as(

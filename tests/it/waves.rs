@@ -287,6 +287,16 @@ async fn a_day_of_waves_reaches_each_reader_at_their_own_seven_across_the_clock_
         .collect();
     assert_eq!(shape, want);
     assert!(body["waves"][0]["sent"] == 0, "{body}");
+    // A delivery counts as queued from its wave's time: its latency is not the hours it
+    // waited for its zone's morning.
+    let queued_at = app
+        .scalar(&format!(
+            "SELECT d.created_at FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE s.email = 'la@example.com' AND d.digest_id = '{}'",
+            digests[0]
+        ))
+        .await;
+    assert_eq!(queued_at, at("2027-03-14T14:00:00Z").timestamp_millis());
 
     // The real worker takes over what the probe claimed and sends it: each reader gets each
     // day's digest once.
