@@ -14,7 +14,32 @@ use squeeze::domain::DailySchedule;
 use squeeze::domain::DeliverAt;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Options, SmtpServer, TestApp};
+use crate::helpers::{ADMIN_TOKEN, Options, SmtpServer, TestApp};
+
+/// A browser logged in to the dashboard, and a page of it.
+async fn dashboard_page(app: &TestApp, path: &str) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("client");
+    let ok = http
+        .post(format!("{}/admin/login", app.url))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let html = http
+        .get(format!("{}{path}", app.url))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("body");
+    (http, html)
+}
 
 /// A probe that claims like a worker with the test's clock. Its lease outlives the test, so
 /// its claims are never taken back while it probes; the real worker takes them over (the
@@ -464,6 +489,20 @@ async fn a_one_off_at_local_time_misses_only_the_wave_seen_beyond_the_grace_wind
         .text("SELECT message FROM events WHERE kind = 'wave_missed'")
         .await;
     assert!(note.contains("Europe/Madrid"), "{note}");
+
+    // The dashboard's digest view has the waves' table.
+    let (_, html) = dashboard_page(&app, "/admin").await;
+    let table = html
+        .split("<table id=\"waves\">")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .unwrap_or_else(|| panic!("a waves table: {html}"));
+    for cell in [
+        "<td>Europe&#x2f;Madrid</td><td>2027-01-15T07:00:00+01:00</td><td>2027-01-15T06:00:00.000Z</td><td>1</td><td>0</td><td title=\"the Europe&#x2f;Madrid wave was not sent",
+        "<td>America&#x2f;Los_Angeles</td><td>2027-01-15T07:00:00-08:00</td>",
+    ] {
+        assert!(table.contains(cell), "{cell} in {table}");
+    }
     app.stop().await;
 }
 
@@ -565,5 +604,42 @@ async fn the_schedules_delivery_mode_is_list_unless_set_and_is_checked() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["field"], "deliver_at");
+
+    // The studio's schedule page shows the mode and its form sets it.
+    let (http, html) = dashboard_page(&app, "/admin/schedule").await;
+    assert!(
+        html.contains("<option value=\"subscriber\" selected>"),
+        "{html}"
+    );
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf")
+        .to_owned();
+    let (status, _) = app
+        .set_daily_schedule(json!({"time": "07:00", "timezone": "Europe/Madrid"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let res = http
+        .post(format!("{}/admin/schedule", app.url))
+        .header("origin", &app.url)
+        .header("sec-fetch-site", "same-origin")
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("time", "06:30"),
+            ("timezone", "Asia/Kolkata"),
+            ("enabled", "on"),
+            ("deliver_at", "subscriber"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, v) = app.daily_schedule().await;
+    assert_eq!(
+        (v["deliver_at"].as_str(), v["time"].as_str()),
+        (Some("subscriber"), Some("06:30"))
+    );
     app.stop().await;
 }
