@@ -1,6 +1,7 @@
-//! Turns intent into deliveries: fires the daily schedule, fans out due digests, marks missed
-//! ones, and closes finished ones. `tick(now)` takes the time as an argument, so tests drive
-//! it with any clock and never sleep.
+//! Turns intent into deliveries: fires the daily schedule, fans out due digests, queues each
+//! wave of a digest delivered at each subscriber's time when it comes due, marks missed ones
+//! (digests, waves), and closes finished ones. `tick(now)` takes the time as an argument, so
+//! tests drive it with any clock and never sleep.
 
 use std::time::Duration;
 
