@@ -1,16 +1,20 @@
-//! Turns intent into deliveries: fires the daily schedule, fans out due digests, marks missed
-//! ones, and closes finished ones. `tick(now)` takes the time as an argument, so tests drive
-//! it with any clock and never sleep.
+//! Turns intent into deliveries: fires the daily schedule, fans out due digests, queues each
+//! wave of a digest delivered at each subscriber's time when it comes due, marks missed ones
+//! (digests, waves), and closes finished ones. `tick(now)` takes the time as an argument, so
+//! tests drive it with any clock and never sleep.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono_tz::Tz;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::domain::clock::ms;
-use crate::domain::{ItemSelection, NewDigest};
-use crate::store::{Store, StoreError, StoreResult};
+use crate::domain::digest::past_grace;
+use crate::domain::timezone::{local_instant, wave_zones, waves};
+use crate::domain::{DeliverAt, ItemSelection, NewDigest};
+use crate::store::{DigestRow, PlannedWave, Store, StoreError, StoreResult};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -22,6 +26,10 @@ pub struct TickReport {
     /// Digests fanned out, with the number of deliveries each got.
     pub fanned_out: Vec<(String, u64)>,
     pub missed: Vec<String>,
+    /// Waves (digest, zone) queued at their due time, with how many deliveries each.
+    pub waves_opened: Vec<(String, String, u64)>,
+    /// Waves (digest, zone) seen only beyond the grace window: not sent late.
+    pub waves_missed: Vec<(String, String)>,
     pub finished: Vec<String>,
 }
 
@@ -101,9 +109,14 @@ impl Scheduler {
         };
         let now_ms = now.timestamp_millis();
         for digest in self.store.due_digests(now_ms).await? {
+            if digest.local_time.is_some() {
+                self.fan_out_by_zone(&digest, now, &mut report).await?;
+                continue;
+            }
             let send_at = digest.send_at.unwrap_or(now_ms);
             let late = now_ms - send_at;
-            if late > ms(self.grace) {
+            let due = DateTime::from_timestamp_millis(send_at).unwrap_or(now);
+            if past_grace(due, now, self.grace) {
                 let note = format!(
                     "not sent: its time passed {} min ago while nothing was running, beyond the {} min grace window",
                     late / 60_000,
@@ -138,11 +151,142 @@ impl Scheduler {
                 report.fanned_out.push((digest.id, n));
             }
         }
+        self.open_waves(now, &mut report).await?;
         for id in self.store.finish_digests(now_ms).await? {
             info!(digest_id = %id, "digest sent");
             report.finished.push(id);
         }
         Ok(report)
+    }
+
+    /// The zones of the confirmed subscribers, the list's `list` among them, and the wave of
+    /// each stored zone name (`domain::timezone::wave_zones`).
+    async fn zones(&self, list: Tz) -> StoreResult<(Vec<Tz>, Vec<(String, String)>)> {
+        Ok(wave_zones(list, &self.store.subscriber_zones().await?))
+    }
+
+    /// A digest delivered at each subscriber's time whose first wave has come: its waves
+    /// (one per zone: `domain::timezone::waves`), each expiring at the next day's time in its
+    /// zone for a daily digest (an old digest is never delivered after a newer one), or
+    /// `digest_ttl` after its due time for a one-off; all its deliveries made at once, each
+    /// wave queued when due (`open_waves`). Missed as a whole only when even its last wave is
+    /// beyond the grace window.
+    async fn fan_out_by_zone(
+        &self,
+        digest: &DigestRow,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> StoreResult<()> {
+        let now_ms = now.timestamp_millis();
+        let corrupt = |what: &str| StoreError::Corrupt(format!("digest {}: {what}", digest.id));
+        let date = digest
+            .local_date
+            .as_deref()
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .ok_or_else(|| corrupt("its local_date is not a date"))?;
+        let time = digest
+            .local_time
+            .as_deref()
+            .and_then(|t| NaiveTime::parse_from_str(t, "%H:%M").ok())
+            .ok_or_else(|| corrupt("its local_time is not HH:MM"))?;
+        let schedule = self.store.schedule().await?;
+        let list = schedule.as_ref().map_or(Tz::UTC, |s| s.schedule.timezone);
+        let daily = digest.daily_date.is_some() && schedule.is_some_and(|s| s.schedule.enabled);
+        let (zones, members) = self.zones(list).await?;
+        let next_day = date.succ_opt().unwrap_or(date);
+        let planned: Vec<PlannedWave> = waves(zones, date, time)
+            .into_iter()
+            .map(|(tz, due)| PlannedWave {
+                timezone: tz.name().to_owned(),
+                due_at: due.timestamp_millis(),
+                expires_at: if daily {
+                    local_instant(tz, next_day, time).timestamp_millis()
+                } else {
+                    due.timestamp_millis() + ms(self.digest_ttl)
+                },
+            })
+            .collect();
+        let last = planned.iter().map(|w| w.due_at).max().unwrap_or(now_ms);
+        if past_grace(
+            DateTime::from_timestamp_millis(last).unwrap_or(now),
+            now,
+            self.grace,
+        ) {
+            let note = format!(
+                "not sent: even its last wave's time ({}) passed while nothing was running, beyond the {} min grace window",
+                crate::domain::clock::to_rfc3339(last),
+                self.grace.as_secs() / 60
+            );
+            if self.store.mark_missed(&digest.id, &note, now_ms).await? {
+                warn!(digest_id = %digest.id, "{note}");
+                self.store
+                    .add_event("missed", Some(&digest.id), &note, now_ms)
+                    .await?;
+                report.missed.push(digest.id.clone());
+            }
+            return Ok(());
+        }
+        let span = info_span!("digest_run", digest_id = %digest.id);
+        let fanned = self
+            .store
+            .fan_out_waves(&digest.id, list.name(), &planned, &members, now_ms)
+            .instrument(span.clone())
+            .await?;
+        if let Some(n) = fanned {
+            span.in_scope(|| {
+                info!(
+                    recipients = n,
+                    waves = planned.len(),
+                    "digest fanned out in waves"
+                )
+            });
+            self.store
+                .add_event(
+                    "fan_out",
+                    Some(&digest.id),
+                    &format!(
+                        "made for {n} confirmed subscribers, each at {} on {date} in their own time zone",
+                        time.format("%H:%M")
+                    ),
+                    now_ms,
+                )
+                .await?;
+            report.fanned_out.push((digest.id.clone(), n));
+        }
+        Ok(())
+    }
+
+    /// Each wave whose time has come goes into the queue, due at its time; one seen only
+    /// beyond the grace window (nothing was running) is missed, the other waves unaffected.
+    async fn open_waves(&self, now: DateTime<Utc>, report: &mut TickReport) -> StoreResult<()> {
+        let now_ms = now.timestamp_millis();
+        for (id, zone, due_ms) in self.store.due_waves(now_ms).await? {
+            let due = DateTime::from_timestamp_millis(due_ms).unwrap_or(now);
+            if past_grace(due, now, self.grace) {
+                let note = format!(
+                    "the {zone} wave was not sent: its time ({}) passed {} min ago while nothing was running, beyond the {} min grace window",
+                    crate::domain::clock::to_rfc3339(due_ms),
+                    (now_ms - due_ms) / 60_000,
+                    self.grace.as_secs() / 60
+                );
+                if self
+                    .store
+                    .miss_wave(&id, &zone, &note, now_ms)
+                    .await?
+                    .is_some()
+                {
+                    warn!(digest_id = %id, "{note}");
+                    self.store
+                        .add_event("wave_missed", Some(&id), &note, now_ms)
+                        .await?;
+                    report.waves_missed.push((id, zone));
+                }
+            } else if let Some(n) = self.store.open_wave(&id, &zone, due_ms).await? {
+                info!(digest_id = %id, timezone = %zone, recipients = n, "wave due");
+                report.waves_opened.push((id, zone, n));
+            }
+        }
+        Ok(())
     }
 
     /// Deliveries give up when the next daily digest is due, or after `digest_ttl` when
@@ -169,7 +313,13 @@ impl Scheduler {
         if !s.enabled {
             return Ok(None);
         }
-        let (date, fire) = s.latest_due(now);
+        // Delivering at each subscriber's time, the day's digest is made (its content frozen)
+        // when the earliest zone's time comes: the first wave.
+        let zones = match s.deliver_at {
+            DeliverAt::List => Vec::new(),
+            DeliverAt::Subscriber => self.zones(s.timezone).await?.0,
+        };
+        let (date, fire) = s.latest_due_among(now, &zones);
         let date_str = date.to_string();
         if stored.last_date.as_deref() >= Some(date_str.as_str()) {
             return Ok(None);
@@ -178,11 +328,13 @@ impl Scheduler {
         if !self.store.take_daily_date(&date_str, now_ms).await? {
             return Ok(None); // another scheduler handled it
         }
-        let late = now - fire;
-        if late.to_std().unwrap_or_default() > self.grace {
+        // Missed as a whole only when even its last wave is beyond the grace window; the
+        // waves already beyond it are missed one by one (`open_waves`).
+        let last = s.last_fire(date, &zones);
+        if past_grace(last, now, self.grace) {
             let note = format!(
                 "daily digest for {date_str} not sent: its time ({}) passed while nothing was running, beyond the grace window",
-                fire.to_rfc3339()
+                last.to_rfc3339()
             );
             warn!("{note}");
             self.store
@@ -204,9 +356,24 @@ impl Scheduler {
             .await
         {
             Ok(d) => {
-                self.store
-                    .schedule_digest(&d.id, fire.timestamp_millis(), now_ms)
-                    .await?;
+                match s.deliver_at {
+                    DeliverAt::List => {
+                        self.store
+                            .schedule_digest(&d.id, fire.timestamp_millis(), now_ms)
+                            .await?;
+                    }
+                    DeliverAt::Subscriber => {
+                        self.store
+                            .schedule_digest_waves(
+                                &d.id,
+                                fire.timestamp_millis(),
+                                &date_str,
+                                &s.time_str(),
+                                now_ms,
+                            )
+                            .await?;
+                    }
+                }
                 let msg = format!(
                     "daily digest for {date_str} created with {} items",
                     d.item_count

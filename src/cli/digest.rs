@@ -28,18 +28,23 @@ pub enum DigestCommand {
         #[arg(long)]
         text: bool,
     },
-    /// Schedule a digest: --at <RFC 3339 time> or --now.
+    /// Schedule a digest: --at <RFC 3339 time>, --now, or --local-time HH:MM --date
+    /// YYYY-MM-DD (each subscriber at that time on that date in their own zone).
     Schedule {
         id: String,
         #[arg(
             long,
             value_name = "TIME",
-            conflicts_with = "now",
-            required_unless_present = "now"
+            conflicts_with_all = ["now", "local_time"],
+            required_unless_present_any = ["now", "local_time"]
         )]
         at: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "local_time")]
         now: bool,
+        #[arg(long, value_name = "HH:MM", requires = "date")]
+        local_time: Option<String>,
+        #[arg(long, value_name = "YYYY-MM-DD", requires = "local_time")]
+        date: Option<String>,
     },
     /// Cancel a digest before it is sent; its items become pending again.
     Cancel { id: String },
@@ -68,12 +73,23 @@ pub(super) async fn run(editor: &Editor, c: DigestCommand) -> ServiceResult<()> 
                 ("RECIPIENTS", Align::Right),
                 ("SUBJECT", Align::Left),
             ]);
-            for d in editor.list_digests().await? {
+            let digests = editor.list_digests().await?;
+            for d in &digests {
                 let at = d.send_at.map(to_rfc3339).unwrap_or_default();
                 let n = d.recipients.map(|n| n.to_string()).unwrap_or_default();
-                t.row(vec![d.id, d.status.to_string(), at, n, d.subject]);
+                t.row(vec![
+                    d.id.clone(),
+                    d.status.to_string(),
+                    at,
+                    n,
+                    d.subject.clone(),
+                ]);
             }
             t.print();
+            for d in digests.iter().filter(|d| !d.waves.is_empty()) {
+                println!("\nwaves of {}:", d.id);
+                print_waves(&d.waves);
+            }
         }
         DigestCommand::Show { id } => print_digest(&editor.digest(&id).await?),
         DigestCommand::Preview { id, text } => {
@@ -84,7 +100,13 @@ pub(super) async fn run(editor: &Editor, c: DigestCommand) -> ServiceResult<()> 
             };
             print!("{}", editor.preview(&id, format).await?);
         }
-        DigestCommand::Schedule { id, at, now } => {
+        DigestCommand::Schedule {
+            id,
+            local_time: Some(time),
+            date: Some(date),
+            ..
+        } => print_digest(&editor.schedule_waves(&id, &time, &date, Utc::now()).await?),
+        DigestCommand::Schedule { id, at, now, .. } => {
             let when = if now {
                 "now".to_owned()
             } else {
@@ -118,9 +140,38 @@ fn print_digest(d: &Digest) {
     if let Some(n) = &d.note {
         println!("note:       {n}");
     }
+    if let (Some(time), Some(date)) = (&d.local_time, &d.local_date) {
+        println!("delivered:  at {time} on {date} in each subscriber's own zone");
+    }
+    if !d.waves.is_empty() {
+        print_waves(&d.waves);
+    }
     for (i, item) in d.items.iter().enumerate() {
         println!("  {}. {} <{}>", i + 1, item.title, item.url);
     }
+}
+
+/// A digest's waves, one per zone, earliest first (`squeeze digest list`, `show`, `stats`).
+pub(super) fn print_waves(waves: &[crate::service::Wave]) {
+    let mut t = Table::new(&[
+        ("TIMEZONE", Align::Left),
+        ("DUE AT", Align::Left),
+        ("DUE AT (UTC)", Align::Left),
+        ("RECIPIENTS", Align::Right),
+        ("SENT", Align::Right),
+        ("STATE", Align::Left),
+    ]);
+    for w in waves {
+        t.row(vec![
+            w.timezone.clone(),
+            w.due_at.clone(),
+            to_rfc3339(w.due_at_utc),
+            w.recipients.to_string(),
+            w.sent.to_string(),
+            w.state.clone(),
+        ]);
+    }
+    t.print();
 }
 
 /// TOML unless the file name ends in `.json`.

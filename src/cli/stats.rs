@@ -75,6 +75,10 @@ fn print_digest_stats(d: &DigestStats) {
             row(k, v.clone());
         }
     }
+    if !d.waves.is_empty() {
+        println!("waves");
+        super::digest::print_waves(&d.waves);
+    }
 }
 
 /// Bounces and complaints heard after sending, and the complaint rate.

@@ -520,7 +520,7 @@ pub const TABLE: &[Setting] = &[
         value_name: "DURATION",
         default: Some("6h"),
         secret: false,
-        doc: "A digest whose send time passed while nothing ran is still sent within this window",
+        doc: "A digest (or one wave of a digest delivered at each subscriber's time) whose send time passed while nothing ran is still sent within this window",
         parse: |v, d| {
             d.missed_grace = Some(duration(v)?);
             Ok(())

@@ -203,6 +203,9 @@ pub enum DigestAction {
     Edit,
     /// An editor mails it to a few addresses of their own, as a test (its status stays).
     SendTest,
+    /// An editor cancels the waves not yet sent of a digest delivered at each subscriber's
+    /// time; the waves already sent stay sent, and the digest keeps its status.
+    CancelWaves,
 }
 
 /// What an allowed action does to a digest.
@@ -245,6 +248,10 @@ impl DigestStatus {
             (A::FanOut, S::Scheduled) => Ok(Change::To(S::Sending)),
             (A::Miss, S::Scheduled) => Ok(Change::To(S::Missed)),
             (A::Finish, S::Sending) => Ok(Change::To(S::Sent)),
+            (A::CancelWaves, S::Sending | S::Paused) => Ok(Change::To(self)),
+            (A::CancelWaves, _) => {
+                refuse("a sending or paused digest has waves not yet sent to cancel")
+            }
             (A::FanOut | A::Miss, _) => refuse("a scheduled digest can be sent or missed"),
             (A::Finish, _) => refuse("a sending digest can finish"),
             (A::Edit, S::Draft) => Ok(Change::Unchanged),
@@ -330,12 +337,72 @@ pub fn parse_local_send_at(
     Ok(at)
 }
 
-/// The editors' daily schedule: a wall-clock time in a named time zone.
+/// Whose clock a digest goes out by: the list's (everyone at once, at the time in the
+/// schedule's zone) or each subscriber's own (one wave per zone, at the time in that zone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliverAt {
+    #[default]
+    List,
+    Subscriber,
+}
+
+impl DeliverAt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::List => "list",
+            Self::Subscriber => "subscriber",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw.trim() {
+            "list" => Ok(Self::List),
+            "subscriber" => Ok(Self::Subscriber),
+            _ => Err(invalid("deliver_at", "must be \"list\" or \"subscriber\"")),
+        }
+    }
+}
+
+/// Whether something due at `due` and seen only at `now` is beyond the grace window: then it
+/// is not sent late (a digest is missed, a wave of it is missed). The one missed-grace rule.
+pub fn past_grace(due: DateTime<Utc>, now: DateTime<Utc>, grace: std::time::Duration) -> bool {
+    (now - due).to_std().is_ok_and(|late| late > grace)
+}
+
+/// A one-off digest delivered at `local_time` ("07:00") on `date` ("2026-12-02") in each
+/// subscriber's own zone. Refused when that time has passed in every zone on earth.
+pub fn parse_local_delivery(
+    local_time: &str,
+    date: &str,
+    now: DateTime<Utc>,
+) -> Result<(NaiveDate, NaiveTime), Invalid> {
+    let time = NaiveTime::parse_from_str(local_time.trim(), "%H:%M").map_err(|_| {
+        invalid(
+            "local_time",
+            "must be HH:MM on a 24-hour clock, such as 07:00",
+        )
+    })?;
+    let date = NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d")
+        .map_err(|_| invalid("date", "must be a date such as 2026-12-02"))?;
+    // The westernmost zones are UTC-12: later than that, nobody has that morning left.
+    let last = date.and_time(time).and_utc() + Duration::hours(12);
+    if last < now - Duration::minutes(1) {
+        return Err(invalid(
+            "date",
+            "is in the past: that time has passed in every time zone",
+        ));
+    }
+    Ok((date, time))
+}
+
+/// The editors' daily schedule: a wall-clock time in a named time zone, delivered by the
+/// list's clock or by each subscriber's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailySchedule {
     pub time: NaiveTime,
     pub timezone: Tz,
     pub enabled: bool,
+    pub deliver_at: DeliverAt,
 }
 
 impl DailySchedule {
@@ -352,7 +419,14 @@ impl DailySchedule {
             time,
             timezone,
             enabled,
+            deliver_at: DeliverAt::List,
         })
+    }
+
+    #[must_use]
+    pub fn with_deliver_at(mut self, deliver_at: DeliverAt) -> Self {
+        self.deliver_at = deliver_at;
+        self
     }
 
     pub fn time_str(&self) -> String {
@@ -366,24 +440,69 @@ impl DailySchedule {
         super::timezone::local_instant(self.timezone, date, self.time)
     }
 
+    /// When the digest of local day `date` fires: the schedule's time in its zone, or,
+    /// delivering at each subscriber's time, the earliest of the subscribers' `zones` (and the
+    /// list's): the first wave, when the day's content is frozen.
+    pub fn first_fire(&self, date: NaiveDate, zones: &[Tz]) -> DateTime<Utc> {
+        let list = self.fire_time(date);
+        match self.deliver_at {
+            DeliverAt::List => list,
+            DeliverAt::Subscriber => zones
+                .iter()
+                .map(|tz| super::timezone::local_instant(*tz, date, self.time))
+                .fold(list, DateTime::min),
+        }
+    }
+
+    /// When the last wave of local day `date` is due (the list's time, delivering by its
+    /// clock).
+    pub fn last_fire(&self, date: NaiveDate, zones: &[Tz]) -> DateTime<Utc> {
+        let list = self.fire_time(date);
+        match self.deliver_at {
+            DeliverAt::List => list,
+            DeliverAt::Subscriber => zones
+                .iter()
+                .map(|tz| super::timezone::local_instant(*tz, date, self.time))
+                .fold(list, DateTime::max),
+        }
+    }
+
     /// The latest firing at or before `now`, with its local date: the only one that may
     /// still be sent (older ones are never caught up, so daily digests cannot pile up).
     pub fn latest_due(&self, now: DateTime<Utc>) -> (NaiveDate, DateTime<Utc>) {
+        self.latest_due_among(now, &[])
+    }
+
+    /// `latest_due` whose firing is the first wave among `zones` (`first_fire`). Local
+    /// dates differ by at most two days between zones, so five candidates around the list's
+    /// today cover them.
+    pub fn latest_due_among(&self, now: DateTime<Utc>, zones: &[Tz]) -> (NaiveDate, DateTime<Utc>) {
         let today = now.with_timezone(&self.timezone).date_naive();
-        let t = self.fire_time(today);
-        if t <= now {
-            (today, t)
-        } else {
-            let yesterday = today.pred_opt().unwrap_or(today);
-            (yesterday, self.fire_time(yesterday))
+        let mut fallback = (today, self.first_fire(today, zones));
+        for offset in [2, 1, 0, -1, -2] {
+            let Some(date) = today.checked_add_signed(Duration::days(offset)) else {
+                continue;
+            };
+            let t = self.first_fire(date, zones);
+            if t <= now {
+                return (date, t);
+            }
+            fallback = (date, t);
         }
+        fallback
     }
 
     /// The next firing strictly after `now`.
     pub fn next_after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let mut date = now.with_timezone(&self.timezone).date_naive();
+        self.next_after_among(now, &[])
+    }
+
+    /// `next_after` whose firing is the first wave among `zones` (`first_fire`).
+    pub fn next_after_among(&self, now: DateTime<Utc>, zones: &[Tz]) -> DateTime<Utc> {
+        let start = now.with_timezone(&self.timezone).date_naive();
+        let mut date = start.checked_sub_signed(Duration::days(2)).unwrap_or(start);
         loop {
-            let t = self.fire_time(date);
+            let t = self.first_fire(date, zones);
             if t > now {
                 return t;
             }
@@ -458,6 +577,7 @@ mod tests {
             A::Finish,
             A::Edit,
             A::SendTest,
+            A::CancelWaves,
         ];
         for action in actions {
             for from in DigestStatus::ALL {
@@ -474,6 +594,8 @@ mod tests {
                     (A::Finish, S::Sending) => Some(Change::To(S::Sent)),
                     (A::Edit, S::Draft) => Some(Change::Unchanged),
                     (A::SendTest, s) if s != S::Cancelled => Some(Change::Unchanged),
+                    (A::CancelWaves, S::Sending) => Some(Change::To(S::Sending)),
+                    (A::CancelWaves, S::Paused) => Some(Change::To(S::Paused)),
                     _ => None,
                 };
                 match want {
@@ -568,6 +690,70 @@ mod tests {
         assert_eq!(t, utc("2026-12-01T06:00:00Z"));
         let (d, _) = s.latest_due(utc("2026-12-01T05:30:00Z"));
         assert_eq!(d, NaiveDate::from_ymd_opt(2026, 11, 30).expect("date"));
+    }
+
+    #[test]
+    fn delivering_at_each_subscribers_time_the_day_fires_at_the_earliest_zones_morning() {
+        let s = madrid("07:00").with_deliver_at(DeliverAt::Subscriber);
+        let zones = [Tz::Pacific__Kiritimati, Tz::America__Los_Angeles];
+        let day = NaiveDate::from_ymd_opt(2027, 3, 14).expect("date");
+        // Kiritimati (UTC+14) first, the evening before in UTC; Los Angeles (PDT) last.
+        assert_eq!(s.first_fire(day, &zones), utc("2027-03-13T17:00:00Z"));
+        assert_eq!(s.last_fire(day, &zones), utc("2027-03-14T14:00:00Z"));
+        // On the 13th at 17:00 UTC, the 14th's digest is due (it is 07:00 on the 14th in
+        // Kiritimati); a minute before, the 13th's was the latest.
+        assert_eq!(
+            s.latest_due_among(utc("2027-03-13T17:00:00Z"), &zones),
+            (day, utc("2027-03-13T17:00:00Z"))
+        );
+        assert_eq!(
+            s.latest_due_among(utc("2027-03-13T16:59:00Z"), &zones).0,
+            day.pred_opt().expect("date")
+        );
+        assert_eq!(
+            s.next_after_among(utc("2027-03-13T16:59:00Z"), &zones),
+            utc("2027-03-13T17:00:00Z")
+        );
+        // By the list's clock the zones do not matter.
+        let list = madrid("07:00");
+        assert_eq!(list.first_fire(day, &zones), utc("2027-03-14T06:00:00Z"));
+        assert_eq!(list.last_fire(day, &zones), utc("2027-03-14T06:00:00Z"));
+    }
+
+    #[test]
+    fn deliver_at_grace_and_local_delivery_are_checked() {
+        assert_eq!(DeliverAt::parse("subscriber"), Ok(DeliverAt::Subscriber));
+        assert_eq!(DeliverAt::parse(" list "), Ok(DeliverAt::List));
+        assert_eq!(
+            DeliverAt::parse("reader").map_err(|e| e.field),
+            Err("deliver_at")
+        );
+        let grace = std::time::Duration::from_secs(30 * 60);
+        let due = utc("2027-01-15T06:00:00Z");
+        assert!(!past_grace(due, utc("2027-01-15T06:30:00Z"), grace));
+        assert!(past_grace(due, utc("2027-01-15T06:30:01Z"), grace));
+        assert!(
+            !past_grace(due, utc("2027-01-15T05:00:00Z"), grace),
+            "early is not late"
+        );
+        let now = utc("2026-12-02T12:00:00Z");
+        assert_eq!(
+            parse_local_delivery("07:00", "2026-12-03", now),
+            Ok((
+                NaiveDate::from_ymd_opt(2026, 12, 3).expect("date"),
+                NaiveTime::from_hms_opt(7, 0, 0).expect("time")
+            ))
+        );
+        // 07:00 on the 2nd has passed in most zones, but not yet at UTC-12 (19:00 UTC).
+        assert!(parse_local_delivery("07:00", "2026-12-02", now).is_ok());
+        assert_eq!(
+            parse_local_delivery("07:00", "2026-12-01", now).map_err(|e| e.field),
+            Err("date")
+        );
+        assert_eq!(
+            parse_local_delivery("7am", "2026-12-03", now).map_err(|e| e.field),
+            Err("local_time")
+        );
     }
 
     #[test]

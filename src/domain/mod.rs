@@ -17,7 +17,9 @@ pub mod timezone;
 pub mod token;
 
 pub use delivery::{DeliveryKind, DeliveryStatus};
-pub use digest::{DailySchedule, DigestStatus, Invalid, ItemSelection, NewDigest, NewItem};
+pub use digest::{
+    DailySchedule, DeliverAt, DigestStatus, Invalid, ItemSelection, NewDigest, NewItem,
+};
 pub use email::{EmailAddress, EmailError};
 pub use retry::RetryPolicy;
 pub use subscriber::{SubscriberName, SubscriberStatus};

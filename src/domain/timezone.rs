@@ -14,6 +14,20 @@ pub fn subscriber_zone(raw: Option<&str>) -> Option<Tz> {
     raw.parse().ok()
 }
 
+/// The zones a digest delivered at each subscriber's time goes out in, from the zone names
+/// confirmed subscribers stored (`None`, or a name that is no zone: the list's `list`): the
+/// list's zone and each stored one, and what wave each stored name belongs to.
+pub fn wave_zones(list: Tz, stored: &[Option<String>]) -> (Vec<Tz>, Vec<(String, String)>) {
+    let mut zones = vec![list];
+    let mut members = Vec::new();
+    for name in stored.iter().flatten() {
+        let tz = subscriber_zone(Some(name)).unwrap_or(list);
+        zones.push(tz);
+        members.push((name.clone(), tz.name().to_owned()));
+    }
+    (zones, members)
+}
+
 /// The instant `time` on local day `date` in `tz`. A time that does not exist that day
 /// (spring forward) is the first valid minute after it; a time that exists twice (fall back)
 /// is the first of the two, so it happens once.
@@ -31,7 +45,8 @@ pub fn local_instant(tz: Tz, date: NaiveDate, time: NaiveTime) -> DateTime<Utc> 
 
 /// When each zone's delivery of the digest of local day `date` is due: `time` on `date` in
 /// that zone, earliest first (one wave per zone; the first wave is when the digest's content
-/// must be frozen). For `deliver_at = "subscriber"`; the fan-out that uses it is still to come.
+/// must be frozen). The scheduler's fan-out of a digest delivered at each subscriber's time
+/// (`deliver_at = "subscriber"`, or a one-off `local_time`) makes these its waves.
 pub fn waves(
     zones: impl IntoIterator<Item = Tz>,
     date: NaiveDate,
@@ -66,6 +81,27 @@ mod tests {
         assert_eq!(subscriber_zone(Some("Mars/Olympus_Mons")), None);
         assert_eq!(subscriber_zone(Some("")), None);
         assert_eq!(subscriber_zone(None), None);
+    }
+
+    #[test]
+    fn the_wave_zones_are_the_lists_and_each_stored_one_with_unknown_names_in_the_lists() {
+        let stored = [
+            Some("Asia/Kolkata".to_owned()),
+            None,
+            Some("Mars/Olympus_Mons".to_owned()),
+        ];
+        let (zones, members) = wave_zones(Tz::Europe__Madrid, &stored);
+        assert_eq!(
+            zones,
+            [Tz::Europe__Madrid, Tz::Asia__Kolkata, Tz::Europe__Madrid]
+        );
+        assert_eq!(
+            members,
+            [
+                ("Asia/Kolkata".to_owned(), "Asia/Kolkata".to_owned()),
+                ("Mars/Olympus_Mons".to_owned(), "Europe/Madrid".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq as _;
 use super::{AppState, HttpError, guard};
 use crate::domain::clock::now_ms;
 use crate::domain::test_send::TestAddresses;
-use crate::domain::{DailySchedule, NewItem};
+use crate::domain::{DailySchedule, DeliverAt, NewItem};
 use crate::service::{DigestRequest, PreviewFormat, ServiceError, TestRequest};
 
 pub fn router(state: AppState) -> Router<AppState> {
@@ -251,9 +251,13 @@ async fn preview(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+/// `{"send_at"}` (everyone at that moment) or `{"local_time", "date"}` (each subscriber at
+/// that time on that date in their own zone).
 #[derive(Deserialize)]
 struct ScheduleBody {
-    send_at: String,
+    send_at: Option<String>,
+    local_time: Option<String>,
+    date: Option<String>,
 }
 
 async fn schedule(
@@ -261,7 +265,37 @@ async fn schedule(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<ScheduleBody>,
 ) -> Result<Response, HttpError> {
-    Ok(Json(s.editor.schedule(&id, &b.send_at, Utc::now()).await?).into_response())
+    let now = Utc::now();
+    let digest = match (b.send_at, b.local_time, b.date) {
+        (Some(at), None, None) => s.editor.schedule(&id, &at, now).await?,
+        (None, Some(time), Some(date)) => s.editor.schedule_waves(&id, &time, &date, now).await?,
+        (None, Some(_), None) => {
+            return Err(HttpError::Unprocessable {
+                field: "date",
+                message: "is needed with local_time: the local date, such as 2026-12-02".into(),
+            });
+        }
+        (None, None, Some(_)) => {
+            return Err(HttpError::Unprocessable {
+                field: "local_time",
+                message: "is needed with date: the local time, such as 07:00".into(),
+            });
+        }
+        (None, None, None) => {
+            return Err(HttpError::Unprocessable {
+                field: "send_at",
+                message: "give send_at (\"now\" or an RFC 3339 time), or local_time and date"
+                    .into(),
+            });
+        }
+        (Some(_), _, _) => {
+            return Err(HttpError::Unprocessable {
+                field: "send_at",
+                message: "give either send_at, or local_time and date, not both".into(),
+            });
+        }
+    };
+    Ok(Json(digest).into_response())
 }
 
 async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, HttpError> {
@@ -313,6 +347,8 @@ struct ScheduleSetBody {
     timezone: String,
     #[serde(default = "yes")]
     enabled: bool,
+    /// `list` (the default) or `subscriber`.
+    deliver_at: Option<String>,
 }
 
 fn yes() -> bool {
@@ -323,8 +359,16 @@ async fn put_schedule(
     State(s): State<AppState>,
     ApiJson(b): ApiJson<ScheduleSetBody>,
 ) -> Result<Response, HttpError> {
-    let schedule =
-        DailySchedule::parse(&b.time, &b.timezone, b.enabled).map_err(ServiceError::from)?;
+    let deliver_at = b
+        .deliver_at
+        .as_deref()
+        .map(DeliverAt::parse)
+        .transpose()
+        .map_err(ServiceError::from)?
+        .unwrap_or_default();
+    let schedule = DailySchedule::parse(&b.time, &b.timezone, b.enabled)
+        .map_err(ServiceError::from)?
+        .with_deliver_at(deliver_at);
     Ok(Json(s.editor.set_schedule(&schedule, Utc::now()).await?).into_response())
 }
 

@@ -551,11 +551,13 @@ async fn schedule_form(
             ("time", v.time.clone()),
             ("timezone", v.timezone.clone()),
             ("enabled", if v.enabled { "on" } else { "" }.to_owned()),
+            ("deliver_at", v.deliver_at.to_owned()),
         ]),
         None => BTreeMap::from([
             ("time", "07:00".to_owned()),
             ("timezone", "UTC".to_owned()),
             ("enabled", "on".to_owned()),
+            ("deliver_at", "list".to_owned()),
         ]),
     });
     page(
@@ -575,7 +577,14 @@ async fn set_schedule(
     let f = fields(&body);
     let (time, timezone) = (field(&f, "time"), field(&f, "timezone"));
     let enabled = !field(&f, "enabled").is_empty();
-    let set = match DailySchedule::parse(time, timezone, enabled) {
+    // No field (an older page) is the list's clock.
+    let deliver_at = match field(&f, "deliver_at") {
+        "" => "list",
+        d => d,
+    };
+    let parsed = DailySchedule::parse(time, timezone, enabled)
+        .and_then(|d| crate::domain::DeliverAt::parse(deliver_at).map(|at| d.with_deliver_at(at)));
+    let set = match parsed {
         Ok(d) => s.editor.set_schedule(&d, Utc::now()).await.map(|_| ()),
         Err(inv) => Err(inv.into()),
     };
@@ -587,6 +596,7 @@ async fn set_schedule(
                 ("time", time.to_owned()),
                 ("timezone", timezone.to_owned()),
                 ("enabled", if enabled { "on" } else { "" }.to_owned()),
+                ("deliver_at", deliver_at.to_owned()),
             ]);
             let csrf = field(&f, "csrf").to_owned();
             schedule_form(

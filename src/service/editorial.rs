@@ -7,7 +7,8 @@ use super::{ServiceError, ServiceResult};
 use crate::compose::{Composer, DigestContent};
 use crate::domain::clock::Millis;
 use crate::domain::test_send::{self, TestAddresses};
-use crate::domain::{DailySchedule, Invalid, ItemSelection, NewDigest, NewItem};
+use crate::domain::timezone::{local_instant, wave_zones};
+use crate::domain::{DailySchedule, DeliverAt, Invalid, ItemSelection, NewDigest, NewItem};
 use crate::render::Rendered;
 use crate::store::{DigestRow, ItemRow, Store, StoreError, StoredSchedule};
 
@@ -75,20 +76,26 @@ pub struct ScheduleView {
     pub time: String,
     pub timezone: String,
     pub enabled: bool,
+    /// `list` (everyone at `time` in `timezone`) or `subscriber` (everyone at `time` in their
+    /// own zone, one wave per zone).
+    pub deliver_at: &'static str,
+    /// The next firing: delivering at each subscriber's time, the first wave (the earliest
+    /// zone's), when the day's digest is made.
     pub next_run: Option<String>,
     pub last_handled_date: Option<String>,
 }
 
 impl ScheduleView {
-    fn new(s: &StoredSchedule, now: DateTime<Utc>) -> Self {
+    fn new(s: &StoredSchedule, zones: &[chrono_tz::Tz], now: DateTime<Utc>) -> Self {
         Self {
             time: s.schedule.time_str(),
             timezone: s.schedule.timezone.name().to_owned(),
             enabled: s.schedule.enabled,
+            deliver_at: s.schedule.deliver_at.as_str(),
             next_run: s
                 .schedule
                 .enabled
-                .then(|| s.schedule.next_after(now).to_rfc3339()),
+                .then(|| s.schedule.next_after_among(now, zones).to_rfc3339()),
             last_handled_date: s.last_date.clone(),
         }
     }
@@ -147,8 +154,13 @@ impl Editor {
             .ok_or_else(|| ServiceError::NotFound(format!("no digest with id {id}")))
     }
 
+    /// The latest digests, each delivered at its subscribers' own time with its waves.
     pub async fn list_digests(&self) -> ServiceResult<Vec<DigestRow>> {
-        Ok(self.store.list_digests(100).await?)
+        let mut digests = self.store.list_digests(100).await?;
+        for d in digests.iter_mut().filter(|d| d.local_time.is_some()) {
+            d.waves = self.store.waves(&d.id).await?;
+        }
+        Ok(digests)
     }
 
     /// The HTML or text a sample subscriber would receive.
@@ -182,6 +194,49 @@ impl Editor {
             .schedule_digest(id, at.timestamp_millis(), now.timestamp_millis())
             .await?;
         self.digest(id).await
+    }
+
+    /// Schedules delivery at `local_time` ("07:00") on `date` ("2026-12-02") in each
+    /// subscriber's own zone (the list's for those without one): it fans out when the
+    /// earliest zone's time comes, each zone's wave queued at its own time.
+    pub async fn schedule_waves(
+        &self,
+        id: &str,
+        local_time: &str,
+        date: &str,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<DigestRow> {
+        let (date, time) = crate::domain::digest::parse_local_delivery(local_time, date, now)?;
+        let digest = self.digest(id).await?;
+        self.render_sample(&digest)?;
+        let list = self.list_timezone().await?;
+        let (zones, _) = wave_zones(list, &self.store.subscriber_zones().await?);
+        let first = zones
+            .iter()
+            .map(|tz| local_instant(*tz, date, time))
+            .min()
+            .unwrap_or(now);
+        self.store
+            .schedule_digest_waves(
+                id,
+                first.timestamp_millis(),
+                &date.to_string(),
+                &time.format("%H:%M").to_string(),
+                now.timestamp_millis(),
+            )
+            .await?;
+        self.digest(id).await
+    }
+
+    /// The zones of the confirmed subscribers and the list's, when `s` delivers at each
+    /// subscriber's time; none otherwise.
+    async fn zones_for(&self, s: &DailySchedule) -> ServiceResult<Vec<chrono_tz::Tz>> {
+        Ok(match s.deliver_at {
+            DeliverAt::List => Vec::new(),
+            DeliverAt::Subscriber => {
+                wave_zones(s.timezone, &self.store.subscriber_zones().await?).0
+            }
+        })
     }
 
     /// The list's timezone: the daily schedule's, UTC while there is none.
@@ -268,11 +323,11 @@ impl Editor {
     }
 
     pub async fn schedule_view(&self, now: DateTime<Utc>) -> ServiceResult<Option<ScheduleView>> {
-        Ok(self
-            .store
-            .schedule()
-            .await?
-            .map(|s| ScheduleView::new(&s, now)))
+        let Some(s) = self.store.schedule().await? else {
+            return Ok(None);
+        };
+        let zones = self.zones_for(&s.schedule).await?;
+        Ok(Some(ScheduleView::new(&s, &zones, now)))
     }
 
     /// Sets the daily schedule. The firing already due when it is set does not go out at
@@ -282,7 +337,8 @@ impl Editor {
         s: &DailySchedule,
         now: DateTime<Utc>,
     ) -> ServiceResult<ScheduleView> {
-        let (handled, _) = s.latest_due(now);
+        let zones = self.zones_for(s).await?;
+        let (handled, _) = s.latest_due_among(now, &zones);
         self.store
             .put_schedule(s, &handled.to_string(), now.timestamp_millis())
             .await?;

@@ -28,7 +28,9 @@ pub use signup::Signup;
 pub use subscribers::{ImportReport, Subscribers};
 
 /// The rows http and the CLI show, as the store reads them.
-pub use crate::store::{DigestRow as Digest, ItemRow as Item, SubscriberRow as Subscriber};
+pub use crate::store::{
+    DigestRow as Digest, ItemRow as Item, SubscriberRow as Subscriber, WaveRow as Wave,
+};
 
 use crate::domain::Invalid;
 use crate::store::StoreError;

@@ -78,6 +78,9 @@ pub struct DigestStats {
     pub reply_codes: Vec<ReplyCode>,
     /// Bounces and complaints heard after sending.
     pub bounces: Bounces,
+    /// One per zone, earliest first, for a digest delivered at each subscriber's own time;
+    /// empty otherwise.
+    pub waves: Vec<crate::store::WaveRow>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -173,6 +176,11 @@ async fn of_digest(store: &Store, d: &DigestRow) -> StoreResult<DigestStats> {
         throughput_per_second: throughput,
         latency,
         reply_codes,
+        waves: if d.local_time.is_some() {
+            store.waves(&d.id).await?
+        } else {
+            Vec::new()
+        },
     })
 }
 

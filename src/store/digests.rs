@@ -4,7 +4,8 @@
 use sqlx::{Any, AnyConnection, Transaction};
 
 use super::{
-    DigestRow, ItemRow, PerDialect, Store, StoreError, StoreResult, new_id, not_found, parse_col,
+    DigestRow, ItemRow, PerDialect, Store, StoreError, StoreResult, WaveRow, new_id, not_found,
+    parse_col,
 };
 use crate::domain::clock::Millis;
 use crate::domain::digest::{Change, DigestAction};
@@ -12,23 +13,27 @@ use crate::domain::{DigestStatus, ItemSelection, NewDigest, NewItem};
 
 const DIGEST_BY_ID: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
+        local_time, local_date,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE id = $1";
 
 const LATEST_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
+        local_time, local_date,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests ORDER BY created_at DESC, id DESC LIMIT $1";
 
 /// The archive's listing: the statuses `DigestStatus::in_archive` names, newest first.
 const ARCHIVED_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
+        local_time, local_date,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE status IN ('sending', 'sent')
      ORDER BY COALESCE(started_at, created_at) DESC, id DESC LIMIT $1 OFFSET $2";
 
 const DUE_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
+        local_time, local_date,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE status = 'scheduled' AND send_at <= $1 ORDER BY send_at";
 
@@ -66,6 +71,39 @@ const FAN_OUT: PerDialect = PerDialect {
              FROM subscribers s WHERE s.status = 'confirmed'
              ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
 };
+
+/// The fan-out of a digest delivered at each subscriber's time: as `FAN_OUT`, and each
+/// delivery gets its subscriber's wave and that wave's expiry from a small list of the zones
+/// subscribers stored (`$7, $8, $9, $10` and on: the stored name, its wave's zone, its expiry,
+/// its due time; appended by `fan_out_waves`). A subscriber whose stored zone is not in the
+/// list (none, or a name that is no zone) is in the list's zone's wave (`$5`, expiring at
+/// `$3`, due at `$6`). A delivery's `created_at` is its wave's due time, when it is queued:
+/// the start of its enqueue-to-sent latency, not the hours it waited for its zone's morning.
+const FAN_OUT_WAVES: PerDialect = PerDialect {
+    sqlite: "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
+                 created_at, updated_at, wave)
+             SELECT $4 || '-' || printf('%012x', s.rowid), 'digest', s.id, $1, 'queued',
+                 COALESCE(z.column3, $3), COALESCE(z.column4, $6), $2, COALESCE(z.column2, $5)
+             FROM subscribers s LEFT JOIN (VALUES {zones}) z ON z.column1 = s.timezone
+             WHERE s.status = 'confirmed'
+             ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
+    postgres: "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
+                 created_at, updated_at, wave)
+             SELECT $4 || '-' || lpad(to_hex(row_number() OVER ()), 12, '0'), 'digest', s.id, $1,
+                 'queued', COALESCE(z.column3, $3), COALESCE(z.column4, $6), $2,
+                 COALESCE(z.column2, $5)
+             FROM subscribers s LEFT JOIN (VALUES {zones}) z ON z.column1 = s.timezone
+             WHERE s.status = 'confirmed'
+             ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
+};
+
+/// One zone's wave as the scheduler planned it: when its deliveries are due and give up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedWave {
+    pub timezone: String,
+    pub due_at: Millis,
+    pub expires_at: Millis,
+}
 
 impl Store {
     pub async fn add_item(&self, item: &NewItem, now: Millis) -> StoreResult<ItemRow> {
@@ -233,7 +271,37 @@ impl Store {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
+        digest.waves = self.waves(id).await?;
         Ok(Some(digest))
+    }
+
+    /// A digest's waves, earliest first, with how many of each were sent.
+    pub async fn waves(&self, id: &str) -> StoreResult<Vec<WaveRow>> {
+        let rows: Vec<(String, Millis, i64, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT w.timezone, w.due_at, w.recipients, w.state, w.note,
+                 (SELECT COUNT(*) FROM deliveries d
+                  WHERE d.digest_id = w.digest_id AND d.wave = w.timezone AND d.status = 'sent')
+             FROM digest_waves w WHERE w.digest_id = $1 ORDER BY w.due_at, w.timezone",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(tz, due, recipients, state, note, sent)| {
+                WaveRow::new(tz, due, recipients, sent, state, note)
+            })
+            .collect())
+    }
+
+    /// The distinct zones confirmed subscribers stored (`None`: the list's), for planning
+    /// waves.
+    pub async fn subscriber_zones(&self) -> StoreResult<Vec<Option<String>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT timezone FROM subscribers WHERE status = 'confirmed'",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn list_digests(&self, limit: u32) -> StoreResult<Vec<DigestRow>> {
@@ -360,24 +428,65 @@ impl Store {
         Ok(())
     }
 
-    /// `draft` or `scheduled` -> `scheduled` at `send_at`.
+    /// `draft` or `scheduled` -> `scheduled` at `send_at`, for everyone at that moment.
     pub async fn schedule_digest(&self, id: &str, send_at: Millis, now: Millis) -> StoreResult<()> {
+        self.schedule_digest_at(id, send_at, None, now).await
+    }
+
+    /// `draft` or `scheduled` -> `scheduled`, delivered at `time` (HH:MM) on `date` in each
+    /// subscriber's zone; it fans out at `send_at`, the first wave.
+    pub async fn schedule_digest_waves(
+        &self,
+        id: &str,
+        send_at: Millis,
+        date: &str,
+        time: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        self.schedule_digest_at(id, send_at, Some((date, time)), now)
+            .await
+    }
+
+    async fn schedule_digest_at(
+        &self,
+        id: &str,
+        send_at: Millis,
+        local: Option<(&str, &str)>,
+        now: Millis,
+    ) -> StoreResult<()> {
         let Some((mut tx, to)) = self.begin_change(id, DigestAction::Schedule).await? else {
             return Ok(());
         };
-        sqlx::query("UPDATE digests SET status = $1, send_at = $2, updated_at = $3 WHERE id = $4")
-            .bind(to.as_str())
-            .bind(send_at)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE digests SET status = $1, send_at = $2, updated_at = $3, local_date = $5,
+                 local_time = $6
+             WHERE id = $4",
+        )
+        .bind(to.as_str())
+        .bind(send_at)
+        .bind(now)
+        .bind(id)
+        .bind(local.map(|l| l.0))
+        .bind(local.map(|l| l.1))
+        .execute(&mut *tx)
+        .await?;
         self.commit(tx).await?;
         Ok(())
     }
 
-    /// Before sending only; its items become pending again.
+    /// Before sending only; its items become pending again. A digest delivered at each
+    /// subscriber's time that is already sending has its waves not yet due cancelled instead
+    /// (`cancel_waiting_waves`).
     pub async fn cancel_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM digest_waves WHERE digest_id = $1 AND state = 'waiting'",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        if waiting > 0 {
+            return self.cancel_waiting_waves(id, now).await;
+        }
         let Some((mut tx, to)) = self.begin_change(id, DigestAction::Cancel).await? else {
             return Ok(());
         };
@@ -393,6 +502,40 @@ impl Store {
             .await?;
         sqlx::query("DELETE FROM digest_items WHERE digest_id = $1")
             .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    /// The waves not yet due of a sending (or paused) digest are cancelled: their deliveries
+    /// are suppressed, never queued; the waves already queued or sent are kept.
+    async fn cancel_waiting_waves(&self, id: &str, now: Millis) -> StoreResult<()> {
+        let Some((mut tx, _)) = self.begin_change(id, DigestAction::CancelWaves).await? else {
+            return Ok(());
+        };
+        let note = "cancelled by an editor before its wave's time";
+        sqlx::query(
+            "UPDATE deliveries SET status = 'suppressed', last_error = $3, updated_at = $2
+             WHERE digest_id = $1 AND status = 'queued' AND wave IN
+                 (SELECT timezone FROM digest_waves WHERE digest_id = $1 AND state = 'waiting')",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE digest_waves SET state = 'cancelled', note = $2
+             WHERE digest_id = $1 AND state = 'waiting'",
+        )
+        .bind(id)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE digests SET updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         self.commit(tx).await?;
@@ -500,6 +643,195 @@ impl Store {
         Ok(Some(inserted))
     }
 
+    /// Fan-out of a digest delivered at each subscriber's time: in one set-based statement,
+    /// one delivery per confirmed subscriber (unique per digest and subscriber) in the wave of
+    /// their zone (`members`: a stored zone name and the zone of its wave in `waves`; everyone
+    /// else goes in the wave of the list's zone `list_zone`), and a row per wave, `waiting`:
+    /// nothing is queued yet, each wave is queued at its due time by `open_wave`. `None` if
+    /// the digest was no longer `scheduled`.
+    pub async fn fan_out_waves(
+        &self,
+        id: &str,
+        list_zone: &str,
+        waves: &[PlannedWave],
+        members: &[(String, String)],
+        now: Millis,
+    ) -> StoreResult<Option<u64>> {
+        let list_wave = waves.iter().find(|w| w.timezone == list_zone);
+        let list_expiry = list_wave.map_or(now, |w| w.expires_at);
+        let list_due = list_wave.map_or(now, |w| w.due_at);
+        let last_expiry = waves.iter().map(|w| w.expires_at).max().unwrap_or(now);
+        let mut tx = self.begin_write().await?;
+        let moved = sqlx::query(
+            "UPDATE digests SET status = 'sending', started_at = $2, expires_at = $3,
+                 updated_at = $2
+             WHERE id = $1 AND status = 'scheduled'",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(last_expiry)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        // The zone list: the first six parameters are the statement's own.
+        let wave_of = |zone: &str| {
+            waves
+                .iter()
+                .find(|w| w.timezone == zone)
+                .map_or((list_expiry, list_due), |w| (w.expires_at, w.due_at))
+        };
+        let mut rows: Vec<(&str, &str)> = members
+            .iter()
+            .map(|(stored, wave)| (stored.as_str(), wave.as_str()))
+            .collect();
+        if rows.is_empty() {
+            rows.push((list_zone, list_zone));
+        }
+        let zones = (0..rows.len())
+            .map(|i| {
+                let p = 7 + 4 * i;
+                format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = self.sql(&FAN_OUT_WAVES).replace("{zones}", &zones);
+        let mut insert = sqlx::query(&sql)
+            .bind(id)
+            .bind(now)
+            .bind(list_expiry)
+            .bind(new_id())
+            .bind(list_zone)
+            .bind(list_due);
+        for (stored, wave) in rows {
+            let (expires_at, due_at) = wave_of(wave);
+            insert = insert.bind(stored).bind(wave).bind(expires_at).bind(due_at);
+        }
+        let inserted = insert.execute(&mut *tx).await?.rows_affected();
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT wave, COUNT(*) FROM deliveries WHERE digest_id = $1 GROUP BY wave",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (zone, recipients) in counts {
+            let due = waves
+                .iter()
+                .find(|w| w.timezone == zone)
+                .map_or(now, |w| w.due_at);
+            sqlx::query(
+                "INSERT INTO digest_waves (digest_id, timezone, due_at, recipients, state)
+                 VALUES ($1, $2, $3, $4, 'waiting')",
+            )
+            .bind(id)
+            .bind(&zone)
+            .bind(due)
+            .bind(recipients)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE digests SET recipients = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx).await?;
+        Ok(Some(inserted))
+    }
+
+    /// Waves still waiting whose time has come (due at or before `now`), earliest first:
+    /// (digest, zone, due at).
+    pub async fn due_waves(&self, now: Millis) -> StoreResult<Vec<(String, String, Millis)>> {
+        Ok(sqlx::query_as(
+            "SELECT digest_id, timezone, due_at FROM digest_waves
+             WHERE state = 'waiting' AND due_at <= $1 ORDER BY due_at, timezone",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A waiting wave's deliveries go into the queue, due at `due_at`: how many, or `None`
+    /// if the wave was no longer waiting (another scheduler got there first). A digest paused
+    /// meanwhile keeps them queued until it resumes (the claim skips paused digests).
+    pub async fn open_wave(
+        &self,
+        id: &str,
+        zone: &str,
+        due_at: Millis,
+    ) -> StoreResult<Option<u64>> {
+        let mut tx = self.begin_write().await?;
+        let moved = sqlx::query(
+            "UPDATE digest_waves SET state = 'open'
+             WHERE digest_id = $1 AND timezone = $2 AND state = 'waiting'",
+        )
+        .bind(id)
+        .bind(zone)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        let queued = sqlx::query(
+            "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
+             SELECT id, digest_id, $3 FROM deliveries
+             WHERE digest_id = $1 AND wave = $2 AND status = 'queued'
+             ON CONFLICT (delivery_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(zone)
+        .bind(due_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        self.notify_work(&mut tx).await?;
+        self.commit(tx).await?;
+        self.refresh_queue_statistics().await;
+        Ok(Some(queued))
+    }
+
+    /// A waiting wave seen only beyond the grace window is not sent late: it is `missed`
+    /// and its deliveries fail with `note`; `None` if it was no longer waiting.
+    pub async fn miss_wave(
+        &self,
+        id: &str,
+        zone: &str,
+        note: &str,
+        now: Millis,
+    ) -> StoreResult<Option<u64>> {
+        let mut tx = self.begin_write().await?;
+        let moved = sqlx::query(
+            "UPDATE digest_waves SET state = 'missed', note = $3
+             WHERE digest_id = $1 AND timezone = $2 AND state = 'waiting'",
+        )
+        .bind(id)
+        .bind(zone)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        let failed = sqlx::query(
+            "UPDATE deliveries SET status = 'failed', failed_at = $3, last_error = $4,
+                 updated_at = $3
+             WHERE digest_id = $1 AND wave = $2 AND status = 'queued'",
+        )
+        .bind(id)
+        .bind(zone)
+        .bind(now)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        self.commit(tx).await?;
+        Ok(Some(failed))
+    }
+
     /// PostgreSQL: a fan-out grows the queue from nothing to the whole list at once, and until
     /// autovacuum gets round to it (a minute or more) the planner believes the table still
     /// holds the few rows it had. On those statistics it planned each claim as "read every
@@ -533,14 +865,22 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// `sending` digests with nothing left queued or on the wire become `sent`.
+    /// `sending` digests with nothing left queued, on the wire or waiting in a wave become
+    /// `sent` (`missed` when every wave of theirs was missed).
     pub async fn finish_digests(&self, now: Millis) -> StoreResult<Vec<String>> {
         let mut conn = self.write_conn().await?;
         Ok(sqlx::query_scalar(
-            "UPDATE digests SET status = 'sent', finished_at = $1, updated_at = $1
+            "UPDATE digests SET finished_at = $1, updated_at = $1,
+                 status = CASE WHEN EXISTS
+                         (SELECT 1 FROM digest_waves w WHERE w.digest_id = digests.id)
+                     AND NOT EXISTS (SELECT 1 FROM digest_waves w
+                         WHERE w.digest_id = digests.id AND w.state <> 'missed')
+                     THEN 'missed' ELSE 'sent' END
              WHERE status = 'sending'
                AND NOT EXISTS (SELECT 1 FROM delivery_queue q WHERE q.digest_id = digests.id)
                AND NOT EXISTS (SELECT 1 FROM claim_digests c WHERE c.digest_id = digests.id)
+               AND NOT EXISTS (SELECT 1 FROM digest_waves w
+                   WHERE w.digest_id = digests.id AND w.state = 'waiting')
              RETURNING id",
         )
         .bind(now)
@@ -560,6 +900,7 @@ mod tests {
             ("LOCK_PENDING_ITEMS", LOCK_PENDING_ITEMS),
             ("LOCK_DIGEST_STATE", LOCK_DIGEST_STATE),
             ("FAN_OUT", FAN_OUT),
+            ("FAN_OUT_WAVES", FAN_OUT_WAVES),
         ]);
     }
 }

@@ -31,10 +31,11 @@ mod webhooks;
 mod workers;
 
 pub use bounces::{BounceCounts, BounceEventRow, BounceRecorded, BounceTarget, DigestHealth};
+pub use digests::PlannedWave;
 pub use feeds::{FeedRow, SeenEntry};
 pub use rows::{
     ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, HistoryRow, ItemRow, Recorded,
-    SubscriberRow,
+    SubscriberRow, WaveRow,
 };
 pub use schedule::StoredSchedule;
 pub use stats::{DayColumn, DeliveryCounts};

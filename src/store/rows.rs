@@ -66,9 +66,61 @@ pub struct DigestRow {
     #[serde(serialize_with = "rfc3339")]
     pub created_at: Millis,
     pub item_count: i64,
+    /// Set for a digest delivered at this wall time (HH:MM) on `local_date` in each
+    /// subscriber's own zone; `None` for one that goes to everyone at `send_at`.
+    pub local_time: Option<String>,
+    pub local_date: Option<String>,
     /// Loaded by [`Store::digest`](super::Store::digest); empty in listings.
     #[sqlx(skip)]
     pub items: Vec<ItemRow>,
+    /// Its waves, one per zone, earliest first, once it fanned out (only for a digest
+    /// delivered at each subscriber's time). Loaded by [`Store::digest`](super::Store::digest).
+    #[sqlx(skip)]
+    pub waves: Vec<WaveRow>,
+}
+
+/// One wave of a digest delivered at each subscriber's time: the deliveries of one zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaveRow {
+    pub timezone: String,
+    /// When it is due, RFC 3339 with the zone's offset.
+    pub due_at: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub due_at_utc: Millis,
+    pub recipients: i64,
+    pub sent: i64,
+    /// `waiting` (not due yet), `open` (queued from its due time), `missed` (seen only
+    /// beyond the grace window: not sent late) or `cancelled` (by an editor, before its time).
+    pub state: String,
+    pub note: Option<String>,
+}
+
+impl WaveRow {
+    pub fn new(
+        timezone: String,
+        due_at_utc: Millis,
+        recipients: i64,
+        sent: i64,
+        state: String,
+        note: Option<String>,
+    ) -> Self {
+        let utc = chrono::DateTime::from_timestamp_millis(due_at_utc).unwrap_or_default();
+        let due_at = match timezone.parse::<chrono_tz::Tz>() {
+            Ok(tz) => utc
+                .with_timezone(&tz)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            Err(_) => utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        Self {
+            timezone,
+            due_at,
+            due_at_utc,
+            recipients,
+            sent,
+            state,
+            note,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

@@ -1,8 +1,8 @@
 //! The editors' daily schedule (with the last local date it handled) and the event log.
 
 use super::{EventRow, Store, StoreError, StoreResult};
-use crate::domain::DailySchedule;
 use crate::domain::clock::Millis;
+use crate::domain::{DailySchedule, DeliverAt};
 
 /// The stored daily schedule and the last local date it handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,20 +16,24 @@ struct ScheduleRow {
     time: String,
     timezone: String,
     enabled: i64,
+    deliver_at: String,
     last_date: Option<String>,
 }
 
 impl Store {
     pub async fn schedule(&self) -> StoreResult<Option<StoredSchedule>> {
         let row: Option<ScheduleRow> = sqlx::query_as(
-            "SELECT time, timezone, CAST(enabled AS INTEGER) AS enabled, last_date
+            "SELECT time, timezone, CAST(enabled AS INTEGER) AS enabled, deliver_at, last_date
              FROM daily_schedule WHERE id = 1",
         )
         .fetch_optional(&self.pool)
         .await?;
         let Some(r) = row else { return Ok(None) };
+        let deliver_at =
+            DeliverAt::parse(&r.deliver_at).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let schedule = DailySchedule::parse(&r.time, &r.timezone, r.enabled != 0)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .with_deliver_at(deliver_at);
         Ok(Some(StoredSchedule {
             schedule,
             last_date: r.last_date,
@@ -46,9 +50,11 @@ impl Store {
     ) -> StoreResult<()> {
         let mut conn = self.write_conn().await?;
         sqlx::query(
-            "INSERT INTO daily_schedule (id, time, timezone, enabled, last_date, updated_at)
-             VALUES (1, $1, $2, $3, $4, $5)
+            "INSERT INTO daily_schedule (id, time, timezone, enabled, last_date, updated_at,
+                 deliver_at)
+             VALUES (1, $1, $2, $3, $4, $5, $6)
              ON CONFLICT (id) DO UPDATE SET time = $1, timezone = $2, enabled = $3,
+                 deliver_at = $6,
                  last_date = CASE WHEN daily_schedule.last_date IS NULL
                      OR daily_schedule.last_date < $4 THEN $4 ELSE daily_schedule.last_date END,
                  updated_at = $5",
@@ -58,6 +64,7 @@ impl Store {
         .bind(s.enabled)
         .bind(handled_through)
         .bind(now)
+        .bind(s.deliver_at.as_str())
         .execute(&mut *conn)
         .await?;
         Ok(())

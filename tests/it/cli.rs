@@ -393,6 +393,92 @@ fn editors_work_from_the_command_line() {
 }
 
 #[test]
+fn each_subscribers_morning_is_set_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| squeeze(dir.path(), args, &[]);
+    let out = run(&[
+        "items",
+        "add",
+        "--title",
+        "Morning",
+        "--url",
+        "https://example.com/m",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::write(
+        dir.path().join("digest.toml"),
+        "subject = \"Morning\"\nitems = \"pending\"\n",
+    )
+    .expect("write");
+    let out = run(&["digest", "create", "--file", "digest.toml"]);
+    let digest_id = stdout(&out)
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("id:"))
+        .expect("id line")
+        .trim()
+        .to_owned();
+    let out = run(&["digest", "schedule", &digest_id, "--local-time", "07:00"]);
+    assert_eq!(out.status.code(), Some(2), "--date goes with --local-time");
+    let out = run(&[
+        "digest",
+        "schedule",
+        &digest_id,
+        "--local-time",
+        "7am",
+        "--date",
+        "2027-01-15",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("local_time"), "{}", stderr(&out));
+    let out = run(&[
+        "digest",
+        "schedule",
+        &digest_id,
+        "--local-time",
+        "07:00",
+        "--date",
+        "2027-01-15",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("status:     scheduled")
+            && stdout(&out).contains("at 07:00 on 2027-01-15 in each subscriber's own zone"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(&[
+        "schedule",
+        "set",
+        "--daily",
+        "07:00",
+        "--tz",
+        "Europe/Madrid",
+        "--deliver-at",
+        "subscriber",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("daily at 07:00 Europe/Madrid in each subscriber's own zone"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&[
+        "schedule",
+        "set",
+        "--daily",
+        "07:00",
+        "--tz",
+        "Europe/Madrid",
+        "--deliver-at",
+        "reader",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("deliver_at"), "{}", stderr(&out));
+}
+
+#[test]
 fn every_setting_is_also_a_flag() {
     let dir = tempfile::tempdir().expect("tempdir");
     for key in squeeze::config::SETTINGS {

@@ -24,4 +24,5 @@ mod studio;
 mod subscription;
 mod test_sends;
 mod tz;
+mod waves;
 mod webhooks;
