@@ -12,7 +12,7 @@ use crate::store::{DigestRow, ItemRow, Store, StoreError, StoredSchedule};
 
 /// A digest as editors write it, in JSON (API) or TOML/JSON (CLI file):
 /// `{"subject", "intro"?, "items": ["id", …] | "pending"}`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DigestRequest {
     pub subject: String,
@@ -20,7 +20,7 @@ pub struct DigestRequest {
     pub items: ItemsField,
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ItemsField {
     Ids(Vec<String>),
@@ -50,7 +50,7 @@ pub enum PreviewFormat {
 }
 
 /// The daily schedule as editors see it, with its next firing.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ScheduleView {
     pub time: String,
     pub timezone: String,

@@ -7,27 +7,31 @@ use crate::domain::clock::{Millis, to_rfc3339};
 use crate::domain::delivery::Outcome;
 use crate::domain::{DeliveryKind, DeliveryStatus, DigestStatus, SubscriberStatus};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SubscriberRow {
     pub id: String,
     pub email: String,
     pub name: Option<String>,
     #[serde(serialize_with = "as_str")]
+    #[schema(value_type = String)]
     #[sqlx(try_from = "String")]
     pub status: SubscriberStatus,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub consent_at: Millis,
     pub consent_ip: Option<String>,
     pub consent_user_agent: Option<String>,
     /// Their own zone (an IANA name); `None` is the list's.
     pub timezone: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub confirmed_at: Option<Millis>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ItemRow {
     pub id: String,
     pub title: String,
@@ -38,32 +42,39 @@ pub struct ItemRow {
     pub status: String,
     pub digest_id: Option<String>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DigestRow {
     pub id: String,
     pub subject: String,
     pub intro: Option<String>,
     #[serde(serialize_with = "as_str")]
+    #[schema(value_type = String)]
     #[sqlx(try_from = "String")]
     pub status: DigestStatus,
     pub paused_reason: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub send_at: Option<Millis>,
     /// Set for digests the daily schedule made: the local date they were for.
     pub daily_date: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Millis>,
     pub recipients: Option<i64>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Millis>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Millis>,
     /// Why the scheduler did what it did (missed, …).
     pub note: Option<String>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     pub item_count: i64,
     /// Loaded by [`Store::digest`](super::Store::digest); empty in listings.
@@ -71,16 +82,17 @@ pub struct DigestRow {
     pub items: Vec<ItemRow>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     pub kind: String,
     pub digest_id: Option<String>,
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FailureRow {
     pub delivery_id: String,
     pub kind: String,
@@ -89,6 +101,7 @@ pub struct FailureRow {
     pub smtp_code: Option<i64>,
     pub error: String,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
 }
 
@@ -104,7 +117,7 @@ pub struct DeliveryRow {
 }
 
 /// One email Squeeze sent (or meant to send) a subscriber, as their data export shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HistoryRow {
     pub id: String,
     pub kind: String,
@@ -114,8 +127,10 @@ pub struct HistoryRow {
     pub status: String,
     pub attempts: i64,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub sent_at: Option<Millis>,
     pub smtp_code: Option<i64>,
     pub last_error: Option<String>,

@@ -14,6 +14,7 @@ mod doctor;
 mod engine;
 mod feeds;
 mod helpers;
+mod openapi;
 mod operators;
 mod pages;
 mod scaleout;
