@@ -48,7 +48,7 @@ run() {
   local smtp_port http_port
   smtp_port="$(free_port)"
   http_port="$(free_port)"
-  "$sink" -u nobody -c "127.0.0.1:$smtp_port" 100 &
+  "$sink" -u nobody -c "127.0.0.1:$smtp_port" 100 >/dev/null 2>&1 &
   pids+=($!)
   SQUEEZE_DATABASE_URL="$database_url" \
   SQUEEZE_BIND="127.0.0.1:$http_port" \
@@ -56,6 +56,7 @@ run() {
   SQUEEZE_SMTP_URL="smtp://127.0.0.1:$smtp_port" \
   SQUEEZE_ADMIN_TOKEN="$token" \
   SQUEEZE_SUBSCRIBE_PER_MINUTE=100000 \
+  SQUEEZE_FEED_INTERVAL=24h \
   SQUEEZE_OUTBOX="$work/outbox-$backend" \
     "$squeeze" serve >"$work/serve-$backend.log" 2>&1 &
   pids+=($!)

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::{AppState, HttpError, guard};
+use super::{AppState, HttpError, RowId, guard};
 use crate::domain::clock::now_ms;
 use crate::domain::{DailySchedule, NewItem};
 use crate::service::reporting::{DigestStats, Event, Overall};
@@ -141,10 +141,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// A news item for the next digest.
 #[derive(Deserialize, ToSchema)]
 struct ItemBody {
+    /// One line, at most 200 characters.
+    #[schema(example = "Rust 1.95 is out", max_length = 200)]
     title: String,
+    /// http or https.
+    #[schema(example = "https://blog.rust-lang.org/")]
     url: String,
+    /// At most 2000 characters.
     #[serde(default)]
+    #[schema(example = "What is new in this release.", max_length = 2000)]
     summary: String,
+    #[schema(example = "The Rust blog")]
     source: Option<String>,
 }
 
@@ -198,10 +205,7 @@ async fn list_items(
         (status = 404, description = "No such item", body = ErrorBody),
         (status = 409, description = "The item is in a digest already", body = ErrorBody),
     ))]
-async fn delete_item(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, HttpError> {
+async fn delete_item(State(s): State<AppState>, RowId(id): RowId) -> Result<Response, HttpError> {
     s.editor.delete_item(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -210,6 +214,8 @@ async fn delete_item(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FeedBody {
+    /// http or https.
+    #[schema(example = "https://blog.rust-lang.org/feed.xml")]
     url: String,
 }
 
@@ -248,10 +254,7 @@ async fn list_feeds(State(s): State<AppState>) -> Result<Response, HttpError> {
         (status = 204, description = "Removed"),
         (status = 404, description = "No such feed", body = ErrorBody),
     ))]
-async fn delete_feed(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, HttpError> {
+async fn delete_feed(State(s): State<AppState>, RowId(id): RowId) -> Result<Response, HttpError> {
     s.feeds.remove(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -292,10 +295,7 @@ async fn list_digests(State(s): State<AppState>) -> Result<Response, HttpError> 
         (status = 200, description = "The digest", body = Digest),
         (status = 404, description = "No such digest", body = ErrorBody),
     ))]
-async fn get_digest(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, HttpError> {
+async fn get_digest(State(s): State<AppState>, RowId(id): RowId) -> Result<Response, HttpError> {
     Ok(Json(s.editor.digest(&id).await?).into_response())
 }
 
@@ -319,7 +319,7 @@ struct PreviewQuery {
     ))]
 async fn preview(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     ApiQuery(q): ApiQuery<PreviewQuery>,
 ) -> Result<Response, HttpError> {
     let format = match q.format.as_deref() {
@@ -344,6 +344,7 @@ async fn preview(
 #[derive(Deserialize, ToSchema)]
 struct ScheduleBody {
     /// An RFC 3339 time, or `now`.
+    #[schema(example = "now")]
     send_at: String,
 }
 
@@ -358,7 +359,7 @@ struct ScheduleBody {
     ))]
 async fn schedule(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     ApiJson(b): ApiJson<ScheduleBody>,
 ) -> Result<Response, HttpError> {
     Ok(Json(s.editor.schedule(&id, &b.send_at, Utc::now()).await?).into_response())
@@ -371,7 +372,7 @@ async fn schedule(
         (status = 404, description = "No such digest", body = ErrorBody),
         (status = 409, description = "The digest cannot be cancelled now", body = ErrorBody),
     ))]
-async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, HttpError> {
+async fn cancel(State(s): State<AppState>, RowId(id): RowId) -> Result<Response, HttpError> {
     Ok(Json(s.editor.cancel(&id, now_ms()).await?).into_response())
 }
 
@@ -379,6 +380,7 @@ async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Result<Res
 #[derive(Deserialize, Default, ToSchema)]
 struct PauseBody {
     /// One line, at most 500 characters.
+    #[schema(example = "checking a link", max_length = 500)]
     reason: Option<String>,
 }
 
@@ -394,7 +396,7 @@ struct PauseBody {
     ))]
 async fn pause(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     body: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
     // The body is optional: an empty POST pauses with a default reason.
@@ -420,7 +422,7 @@ async fn pause(
         (status = 404, description = "No such digest", body = ErrorBody),
         (status = 409, description = "The digest is not paused", body = ErrorBody),
     ))]
-async fn resume(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, HttpError> {
+async fn resume(State(s): State<AppState>, RowId(id): RowId) -> Result<Response, HttpError> {
     Ok(Json(s.editor.resume(&id, now_ms()).await?).into_response())
 }
 
@@ -443,8 +445,10 @@ async fn get_schedule(State(s): State<AppState>) -> Result<Response, HttpError> 
 #[derive(Deserialize, ToSchema)]
 struct ScheduleSetBody {
     /// `HH:MM`, 24-hour.
+    #[schema(example = "07:00")]
     time: String,
-    /// An IANA zone name, e.g. `Europe/Paris`.
+    /// An IANA zone name.
+    #[schema(example = "Europe/Madrid")]
     timezone: String,
     /// Defaults to true.
     #[serde(default = "yes")]
@@ -500,6 +504,14 @@ async fn list_subscribers(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<SubscribersQuery>,
 ) -> Result<Response, HttpError> {
+    if let Some(after) = &q.after
+        && !crate::domain::id::may_name_a_row(after)
+    {
+        return Err(HttpError::Unprocessable {
+            field: "after",
+            message: "is not a subscriber id (pass a page's next_after)".into(),
+        });
+    }
     let limit = q.limit.unwrap_or(100);
     let page = s
         .subscribers
@@ -541,10 +553,7 @@ async fn overall_stats(State(s): State<AppState>) -> Result<Response, HttpError>
         (status = 200, description = "The statistics", body = DigestStats),
         (status = 404, description = "No such digest", body = ErrorBody),
     ))]
-async fn digest_stats(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, HttpError> {
+async fn digest_stats(State(s): State<AppState>, RowId(id): RowId) -> Result<Response, HttpError> {
     match s.reporting.digest(&id).await? {
         Some(stats) => Ok(Json(stats).into_response()),
         None => Err(HttpError::NotFound(format!("no digest with id {id}"))),
@@ -560,7 +569,7 @@ async fn digest_stats(
     ))]
 async fn subscriber_history(
     State(s): State<AppState>,
-    Path(email): Path<String>,
+    RowId(email): RowId,
 ) -> Result<Response, HttpError> {
     Ok(Json(s.subscribers.history(&email).await?).into_response())
 }
@@ -574,7 +583,7 @@ async fn subscriber_history(
     ))]
 async fn forget_subscriber(
     State(s): State<AppState>,
-    Path(email): Path<String>,
+    RowId(email): RowId,
 ) -> Result<Response, HttpError> {
     s.subscribers.forget(&email).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -11,7 +11,7 @@ use minijinja::context;
 use serde::Serialize;
 
 use super::admin::{DISABLED, token_matches};
-use super::{AppState, HttpError, guard, page};
+use super::{AppState, HttpError, RowId, guard, page};
 use crate::domain::clock::{now_ms, to_rfc3339};
 
 const COOKIE: &str = "squeeze_session";
@@ -370,7 +370,7 @@ async fn digest_action(
 
 async fn pause(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -385,7 +385,7 @@ async fn pause(
 
 async fn resume(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -262,6 +263,24 @@ fn same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
             "this form can only be sent from {}'s own pages at {}",
             state.pages.list_name, state.settings.public_origin
         )))
+    }
+}
+
+/// A path's one `{id}` (or `{email}`): one that is not UTF-8, or that could name no row
+/// (`domain::id::may_name_a_row`), is a 404 before any lookup.
+struct RowId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RowId {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) if crate::domain::id::may_name_a_row(&id) => Ok(Self(id)),
+            _ => Err(HttpError::NotFound(format!(
+                "there is nothing at {}",
+                parts.uri.path()
+            ))),
+        }
     }
 }
 

@@ -59,11 +59,14 @@ async fn index(State(state): State<AppState>) -> Result<Response, HttpError> {
 /// A sign-up, as JSON or as the form's fields.
 #[derive(Debug, Deserialize, ToSchema)]
 struct SubscribeRequest {
+    #[schema(example = "reader@example.com")]
     email: String,
     #[serde(default)]
+    #[schema(example = "Ada")]
     name: Option<String>,
     /// The browser's zone (the form's hidden field) or a JSON client's.
     #[serde(default)]
+    #[schema(example = "Europe/Paris")]
     timezone: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use chrono::Utc;
 use minijinja::context;
 
 use super::dashboard::{checked_form, disabled, session_id};
-use super::{AppState, HttpError, page};
+use super::{AppState, HttpError, RowId, page};
 use crate::domain::clock::now_ms;
 use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem};
 use crate::service::{PreviewFormat, ServiceError};
@@ -201,7 +201,7 @@ async fn edit_form(
 
 async fn edit_item(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let csrf = match logged_in(&s, &headers).await? {
@@ -220,7 +220,7 @@ async fn edit_item(
 
 async fn update_item(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -249,7 +249,7 @@ async fn update_item(
 
 async fn delete_item(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -357,7 +357,7 @@ async fn digest_page(
 
 async fn digest(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let csrf = match logged_in(&s, &headers).await? {
@@ -369,7 +369,7 @@ async fn digest(
 
 async fn send_now(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -386,7 +386,7 @@ async fn send_now(
 
 async fn schedule(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -408,7 +408,7 @@ async fn schedule(
 
 async fn cancel(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {

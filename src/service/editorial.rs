@@ -15,8 +15,12 @@ use crate::store::{DigestRow, ItemRow, Store, StoreError, StoredSchedule};
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DigestRequest {
+    #[schema(example = "This week in Rust")]
     pub subject: String,
+    #[schema(example = "Hello! Here is what happened.")]
     pub intro: Option<String>,
+    /// Item ids, or `"pending"`: every pending item.
+    #[schema(example = "pending")]
     pub items: ItemsField,
 }
 

@@ -270,3 +270,43 @@ async fn the_document_is_served_without_a_token() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
+
+/// Found by probing what schemathesis throws (a NUL, which PostgreSQL's text cannot hold, or
+/// bytes that are not UTF-8, in a path id or the `after` cursor): these name nothing, so they
+/// are a 404 (or a 422 naming `after`) in the error shape, never a 500 or axum's plain text.
+#[tokio::test]
+async fn hostile_ids_name_nothing() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn(&smtp).await;
+    for (method, path) in [
+        (Method::GET, "/api/digests/a%00b"),
+        (Method::GET, "/api/digests/a%00b/stats"),
+        (Method::GET, "/api/digests/%00/preview"),
+        (Method::POST, "/api/digests/%00/cancel"),
+        (Method::DELETE, "/api/items/%00"),
+        (Method::DELETE, "/api/feeds/%00"),
+        (Method::GET, "/api/digests/%FF"),
+    ] {
+        let res = app.admin(method.clone(), path).send().await.expect("send");
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert!(body["error"].is_string(), "{method} {path}: {body}");
+    }
+    let res = app
+        .admin(Method::GET, "/api/subscribers?after=%00")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(body["field"], "after");
+    let res = app
+        .http
+        .get(format!("{}/archive/%00", app.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
