@@ -74,6 +74,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (what GET /api/openapi.json serves; the copy
+    /// in docs/openapi.json is made with `squeeze openapi > docs/openapi.json`).
+    Openapi,
     /// Delivery statistics: overall, or of one digest.
     Stats {
         /// Print JSON (the same shape as GET /api/stats and /api/digests/{id}/stats).
@@ -136,6 +139,7 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         // Reads its message before opening the database, and exits as an MTA expects.
         Command::Inbound(args) => return inbound::run(args, config).await,
         Command::Doctor { json } => return doctor::run(&config, json).await,
+        Command::Openapi => return openapi(),
         other => other,
     };
     let bind = config.bind;
@@ -162,7 +166,23 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
         Command::Stats { json, digest } => {
             editor_exit(stats::run(&app.reporting(), json, digest).await)
         }
-        Command::Dkim(_) | Command::Inbound(_) | Command::Doctor { .. } => ExitCode::SUCCESS,
+        Command::Dkim(_) | Command::Inbound(_) | Command::Doctor { .. } | Command::Openapi => {
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The OpenAPI document on stdout, exactly as GET /api/openapi.json serves it.
+fn openapi() -> ExitCode {
+    match crate::http::openapi().to_pretty_json() {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("squeeze: cannot encode the OpenAPI document: {e}.");
+            ExitCode::FAILURE
+        }
     }
 }
 

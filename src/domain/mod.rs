@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod digest;
 pub mod dmarc;
 pub mod email;
+pub mod id;
 pub mod liveness;
 pub mod markdown;
 pub mod retry;

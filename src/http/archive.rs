@@ -2,14 +2,14 @@
 //! (one digest as a web page) and `/archive/feed.xml` (Atom). All 404 with `archive = false`.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use minijinja::context;
 use serde::Deserialize;
 
-use super::{AppState, HttpError, page};
+use super::{AppState, HttpError, RowId, page};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -45,10 +45,7 @@ async fn list(
     )
 }
 
-async fn digest(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, HttpError> {
+async fn digest(State(state): State<AppState>, RowId(id): RowId) -> Result<Response, HttpError> {
     let digest = state.archive.digest(&id).await?;
     page(
         &state,

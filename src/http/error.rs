@@ -6,9 +6,19 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::service::ServiceError;
+
+/// Every error answer's body: what went wrong, and for a 422 the field at fault.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, as a sentence for a person.
+    pub error: String,
+    /// The request field at fault (422 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub field: Option<&'static str>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -114,10 +124,13 @@ impl IntoResponse for HttpError {
         if let Self::Internal(e) = &self {
             tracing::error!(error = format!("{e:#}"), "request failed");
         }
-        let mut body = json!({ "error": self.to_string() });
-        if let Self::Unprocessable { field, .. } = &self {
-            body["field"] = json!(field);
-        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            field: match &self {
+                Self::Unprocessable { field, .. } => Some(field),
+                _ => None,
+            },
+        };
         let mut response = (self.status(), Json(body)).into_response();
         response.extensions_mut().insert(ErrorPage {
             message: self.to_string(),

@@ -3,35 +3,42 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::get;
 use minijinja::context;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::admin::ApiQuery;
+use super::error::ErrorBody;
 use super::{AppState, BODY_LIMIT, HttpError, page, same_origin, wants_json};
 use crate::domain::clock::now_ms;
 use crate::domain::timezone::subscriber_zone;
-use crate::domain::{EmailAddress, SubscriberName, Token, test_send};
+use crate::domain::{EmailAddress, SubscriberName, Token};
 use crate::service::signup::{ConfirmOutcome, SignUp, Subscriber, UnsubscribeOutcome};
 
 const MAX_USER_AGENT: usize = 512;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// The documented routes (from each handler's `#[utoipa::path]`) and the two pages that are
+/// not API: the sign-up form and its script (listed in `http::PAGES`).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .route("/", get(index))
-        .route("/subscribe", post(subscribe))
-        .route("/confirm", get(confirm_page).post(confirm))
-        .route("/manage", get(manage_page).post(manage))
-        .route("/manage/export", get(export))
-        .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
-        .route(test_send::PAGE, get(test_email).post(test_email))
+        // test_send::PAGE, written out: the route-parity test reads the paths as literals.
+        .route("/test-email", get(test_email).post(test_email))
         .route("/assets/timezone.js", get(timezone_script))
+        .routes(routes!(subscribe))
+        .routes(routes!(confirm_page, confirm))
+        .routes(routes!(manage_page, manage))
+        .routes(routes!(export))
+        .routes(routes!(unsubscribe_page, unsubscribe))
 }
 
 /// The sign-up form's one script (a file, not inline: the pages' Content Security Policy
@@ -63,13 +70,17 @@ async fn index(State(state): State<AppState>) -> Result<Response, HttpError> {
     page(&state, StatusCode::OK, "index.html.j2", context! {})
 }
 
-#[derive(Debug, Deserialize)]
+/// A sign-up, as JSON or as the form's fields.
+#[derive(Debug, Deserialize, ToSchema)]
 struct SubscribeRequest {
+    #[schema(example = "reader@example.com")]
     email: String,
     #[serde(default)]
+    #[schema(example = "Ada")]
     name: Option<String>,
     /// The browser's zone (the form's hidden field) or a JSON client's.
     #[serde(default)]
+    #[schema(example = "Europe/Paris")]
     timezone: Option<String>,
 }
 
@@ -146,6 +157,28 @@ fn refuse_sign_up(
     Ok(response)
 }
 
+/// What a JSON client is told of a sign-up, whatever the address's state.
+#[derive(Serialize, ToSchema)]
+struct SignUpAccepted {
+    /// Always `accepted`.
+    status: &'static str,
+    message: &'static str,
+}
+
+/// Signs up an address: a confirmation email is sent (double opt-in). The answer is the same
+/// whatever the address's state. JSON clients (by `Accept` or a JSON body) get JSON; a form
+/// post gets a page.
+#[utoipa::path(post, path = "/subscribe", tag = "public",
+    request_body(content(
+        (SubscribeRequest = "application/json"),
+        (SubscribeRequest = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 202, description = "Accepted: a confirmation link is on its way if the address can receive it",
+            content((SignUpAccepted = "application/json"), (String = "text/html"))),
+        (status = 422, description = "The address or name is not acceptable", body = ErrorBody),
+        (status = 429, description = "Too many sign-ups from this address; see Retry-After", body = ErrorBody),
+    ))]
 async fn subscribe(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -190,10 +223,10 @@ async fn subscribe(
     match json_client {
         true => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "status": "accepted",
-                "message": "If this address can receive the newsletter, a confirmation link is on its way.",
-            })),
+            Json(SignUpAccepted {
+                status: "accepted",
+                message: "If this address can receive the newsletter, a confirmation link is on its way.",
+            }),
         )
             .into_response()),
         false => page(&state, StatusCode::ACCEPTED, "subscribed.html.j2", context! {}),
@@ -248,8 +281,10 @@ fn read_sign_up(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TokenQuery {
+    /// The token from the email's link.
     token: Option<String>,
 }
 
@@ -274,9 +309,15 @@ fn confirmed(state: &AppState) -> Result<Response, HttpError> {
 /// GET (and HEAD) of the link in the confirmation email changes nothing: mail filters fetch
 /// every link of every message, so this shows the one button that confirms (a POST to the
 /// same address). A link that can no longer confirm says so as before.
+#[utoipa::path(get, path = "/confirm", tag = "public", params(TokenQuery),
+    responses(
+        (status = 200, description = "The confirm button, or: already confirmed", body = String, content_type = "text/html"),
+        (status = 400, description = "No token, or not a token", body = String, content_type = "text/html"),
+        (status = 404, description = "The link is unknown or expired", body = String, content_type = "text/html"),
+    ))]
 async fn confirm_page(
     State(state): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    ApiQuery(q): ApiQuery<TokenQuery>,
 ) -> Result<Response, HttpError> {
     let Some(token) = q.token.as_deref().and_then(|t| Token::parse(t).ok()) else {
         return confirm_invalid(&state, StatusCode::BAD_REQUEST);
@@ -294,9 +335,16 @@ async fn confirm_page(
 }
 
 /// The button's POST confirms; again, the same page (idempotent).
+#[utoipa::path(post, path = "/confirm", tag = "public", params(TokenQuery),
+    responses(
+        (status = 200, description = "Confirmed (idempotent)", body = String, content_type = "text/html"),
+        (status = 400, description = "No token, or not a token", body = String, content_type = "text/html"),
+        (status = 403, description = "Not sent from the list's own pages (Origin or Referer)", body = ErrorBody),
+        (status = 404, description = "The link is unknown or expired", body = String, content_type = "text/html"),
+    ))]
 async fn confirm(
     State(state): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    ApiQuery(q): ApiQuery<TokenQuery>,
     headers: HeaderMap,
     _body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
@@ -310,8 +358,10 @@ async fn confirm(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The manage page's form.
+#[derive(Debug, Deserialize, ToSchema)]
 struct ManageForm {
+    /// The new name; blank clears it.
     #[serde(default)]
     name: Option<String>,
 }
@@ -343,9 +393,15 @@ fn manage_view(
 }
 
 /// The subscriber's own page, by the token of every email's links: GET shows it.
+#[utoipa::path(get, path = "/manage", tag = "public", params(TokenQuery),
+    responses(
+        (status = 200, description = "The subscriber's page", body = String, content_type = "text/html"),
+        (status = 400, description = "No token, or not a token", body = String, content_type = "text/html"),
+        (status = 404, description = "Unknown token", body = String, content_type = "text/html"),
+    ))]
 async fn manage_page(
     State(state): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    ApiQuery(q): ApiQuery<TokenQuery>,
 ) -> Result<Response, HttpError> {
     let Some(token) = unsubscribe_token(&q) else {
         return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
@@ -357,9 +413,18 @@ async fn manage_page(
 }
 
 /// The manage page's form: changes the name (blank clears it).
+#[utoipa::path(post, path = "/manage", tag = "public", params(TokenQuery),
+    request_body(content = ManageForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Saved", body = String, content_type = "text/html"),
+        (status = 400, description = "No token, not a token, or not a form", body = String, content_type = "text/html"),
+        (status = 403, description = "Not sent from the list's own pages (Origin or Referer)", body = ErrorBody),
+        (status = 404, description = "Unknown token", body = String, content_type = "text/html"),
+        (status = 422, description = "The name is not acceptable", body = String, content_type = "text/html"),
+    ))]
 async fn manage(
     State(state): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    ApiQuery(q): ApiQuery<TokenQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
@@ -407,9 +472,15 @@ async fn manage(
 }
 
 /// What Squeeze keeps about the subscriber whose token this is, as a JSON download.
+#[utoipa::path(get, path = "/manage/export", tag = "public", params(TokenQuery),
+    responses(
+        (status = 200, description = "Everything kept about the subscriber, as a download", body = Object),
+        (status = 400, description = "No token, or not a token", body = String, content_type = "text/html"),
+        (status = 404, description = "Unknown token", body = String, content_type = "text/html"),
+    ))]
 async fn export(
     State(state): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    ApiQuery(q): ApiQuery<TokenQuery>,
 ) -> Result<Response, HttpError> {
     let Some(token) = unsubscribe_token(&q) else {
         return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
@@ -447,9 +518,15 @@ fn invalid_unsubscribe(state: &AppState, status: StatusCode) -> Result<Response,
 }
 
 /// GET never changes anything: mail scanners follow links.
+#[utoipa::path(get, path = "/unsubscribe", tag = "public", params(TokenQuery),
+    responses(
+        (status = 200, description = "The unsubscribe button", body = String, content_type = "text/html"),
+        (status = 400, description = "No token, or not a token", body = String, content_type = "text/html"),
+        (status = 404, description = "Unknown token", body = String, content_type = "text/html"),
+    ))]
 async fn unsubscribe_page(
     State(state): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    ApiQuery(q): ApiQuery<TokenQuery>,
 ) -> Result<Response, HttpError> {
     let Some(token) = unsubscribe_token(&q) else {
         return invalid_unsubscribe(&state, StatusCode::BAD_REQUEST);
@@ -465,12 +542,29 @@ async fn unsubscribe_page(
     }
 }
 
+/// RFC 8058's one-click body, for the document: the handler takes any body.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct OneClick {
+    #[serde(rename = "List-Unsubscribe")]
+    #[schema(example = "One-Click")]
+    list_unsubscribe: Option<String>,
+}
+
 /// RFC 8058 one-click: the POST itself is the request, whatever its body (the standard
 /// `List-Unsubscribe=One-Click`, form-encoded or multipart, or the page's button). Answers
 /// 200 with a page, never a redirect; idempotent.
+#[utoipa::path(post, path = "/unsubscribe", tag = "public", params(TokenQuery),
+    request_body(description = "Any body: RFC 8058's `List-Unsubscribe=One-Click`, or none",
+        content = Option<OneClick>, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Unsubscribed (idempotent)", body = String, content_type = "text/html"),
+        (status = 400, description = "No token, or not a token", body = String, content_type = "text/html"),
+        (status = 404, description = "Unknown token", body = String, content_type = "text/html"),
+    ))]
 async fn unsubscribe(
     State(state): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    ApiQuery(q): ApiQuery<TokenQuery>,
     _body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let Some(token) = unsubscribe_token(&q) else {
@@ -484,5 +578,15 @@ async fn unsubscribe(
             context! { state => "done" },
         ),
         UnsubscribeOutcome::UnknownToken => invalid_unsubscribe(&state, StatusCode::NOT_FOUND),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The route is written out for the route-parity test; the links in test emails use the
+    /// constant.
+    #[test]
+    fn the_test_email_route_is_where_test_emails_link() {
+        assert_eq!(crate::domain::test_send::PAGE, "/test-email");
     }
 }

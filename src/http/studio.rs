@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use chrono::Utc;
 use minijinja::context;
 
 use super::dashboard::{checked_form, disabled, session_id};
-use super::{AppState, HttpError, page};
+use super::{AppState, HttpError, RowId, page};
 use crate::domain::clock::now_ms;
 use crate::domain::test_send::TestAddresses;
 use crate::domain::{DailySchedule, ItemSelection, NewDigest, NewItem};
@@ -206,7 +206,7 @@ async fn edit_form(
 
 async fn edit_item(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let csrf = match logged_in(&s, &headers).await? {
@@ -225,7 +225,7 @@ async fn edit_item(
 
 async fn update_item(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -254,7 +254,7 @@ async fn update_item(
 
 async fn delete_item(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -379,7 +379,7 @@ async fn digest_page(
 
 async fn digest(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let csrf = match logged_in(&s, &headers).await? {
@@ -410,7 +410,7 @@ async fn after(
 
 async fn edit_digest(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -428,7 +428,7 @@ async fn edit_digest(
 
 async fn send_test(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -459,7 +459,7 @@ async fn send_test(
 
 async fn send_now(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -471,7 +471,7 @@ async fn send_now(
 
 async fn schedule(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -487,7 +487,7 @@ async fn schedule(
 
 async fn cancel(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -507,7 +507,7 @@ fn back_to(f: &[(String, String)], id: &str) -> Redirect {
 
 async fn pause(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -518,7 +518,7 @@ async fn pause(
 
 async fn resume(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    RowId(id): RowId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {

@@ -4,16 +4,19 @@
 //! and changes nothing; a body over [`WEBHOOK_BODY_LIMIT`] 413; a body that is not the
 //! provider's JSON 400.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::{AppState, HttpError};
 use crate::domain::clock::now_ms;
 use crate::inbound::webhooks::{Refused, mailgun, postmark, sendgrid, ses};
@@ -57,12 +60,12 @@ impl std::fmt::Debug for WebhookSettings {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/mailgun", post(mailgun_call))
-        .route("/webhooks/postmark", post(postmark_call))
-        .route("/webhooks/sendgrid", post(sendgrid_call))
-        .route("/webhooks/ses", post(ses_call))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(mailgun_call))
+        .routes(routes!(postmark_call))
+        .routes(routes!(sendgrid_call))
+        .routes(routes!(ses_call))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
 }
 
@@ -92,12 +95,29 @@ fn refused(provider: &str, r: Refused) -> HttpError {
     }
 }
 
+/// What a webhook call recorded.
+#[derive(Serialize, ToSchema)]
+struct RecordedAnswer {
+    /// One line per report: what it was and what it changed.
+    recorded: Vec<String>,
+}
+
 fn answer(recorded: &[Recorded]) -> Response {
-    let summary: Vec<String> = recorded.iter().map(Recorded::summary).collect();
-    (StatusCode::OK, Json(json!({ "recorded": summary }))).into_response()
+    let recorded = recorded.iter().map(Recorded::summary).collect();
+    (StatusCode::OK, Json(RecordedAnswer { recorded })).into_response()
 }
 
 /// Mailgun: the signature is in the body; each token is accepted once.
+#[utoipa::path(post, path = "/webhooks/mailgun", tag = "webhooks",
+    request_body(content = Object, description = "Mailgun's event webhook JSON (`signature`, `event-data`)"),
+    responses(
+        (status = 200, description = "Verified; the reports recorded", body = RecordedAnswer),
+        (status = 400, description = "Not the provider's JSON", body = ErrorBody),
+        (status = 401, description = "Forged, unsigned, stale or replayed: nothing changed", body = ErrorBody),
+        (status = 404, description = "This webhook is not configured", body = ErrorBody),
+        (status = 413, description = "The body is over 256 KiB", body = ErrorBody),
+        (status = 503, description = "The database is busy or unavailable", body = ErrorBody),
+    ))]
 async fn mailgun_call(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -123,6 +143,17 @@ async fn mailgun_call(
 }
 
 /// Postmark: HTTP Basic credentials from the webhook URL, then one record.
+#[utoipa::path(post, path = "/webhooks/postmark", tag = "webhooks",
+    request_body(content = Object, description = "Postmark's bounce or spam complaint webhook JSON"),
+    security(("postmark_basic" = [])),
+    responses(
+        (status = 200, description = "Verified; the reports recorded", body = RecordedAnswer),
+        (status = 400, description = "Not the provider's JSON", body = ErrorBody),
+        (status = 401, description = "Forged, unsigned, stale or replayed: nothing changed", body = ErrorBody),
+        (status = 404, description = "This webhook is not configured", body = ErrorBody),
+        (status = 413, description = "The body is over 256 KiB", body = ErrorBody),
+        (status = 503, description = "The database is busy or unavailable", body = ErrorBody),
+    ))]
 async fn postmark_call(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -155,6 +186,20 @@ const SENDGRID_SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
 const SENDGRID_TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
 
 /// SendGrid: ECDSA over the timestamp header and the raw body; each signed call once.
+#[utoipa::path(post, path = "/webhooks/sendgrid", tag = "webhooks",
+    request_body(content = Vec<Object>, description = "SendGrid's Event Webhook JSON (an array of events)"),
+    params(
+        ("X-Twilio-Email-Event-Webhook-Signature" = Option<String>, Header, description = "The ECDSA signature, base64"),
+        ("X-Twilio-Email-Event-Webhook-Timestamp" = Option<String>, Header, description = "Seconds since the epoch, signed with the body"),
+    ),
+    responses(
+        (status = 200, description = "Verified; the reports recorded", body = RecordedAnswer),
+        (status = 400, description = "Not the provider's JSON", body = ErrorBody),
+        (status = 401, description = "Forged, unsigned, stale or replayed: nothing changed", body = ErrorBody),
+        (status = 404, description = "This webhook is not configured", body = ErrorBody),
+        (status = 413, description = "The body is over 256 KiB", body = ErrorBody),
+        (status = 503, description = "The database is busy or unavailable", body = ErrorBody),
+    ))]
 async fn sendgrid_call(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -186,6 +231,16 @@ async fn sendgrid_call(
 /// Amazon SES through SNS: the topic allowed, the certificate from an SNS host, the RSA
 /// signature, an hour's freshness, each MessageId once; a SubscriptionConfirmation is
 /// confirmed by GET of its SubscribeURL, a Notification's bounces and complaints recorded.
+#[utoipa::path(post, path = "/webhooks/ses", tag = "webhooks",
+    request_body(content = Object, description = "An SNS message (Notification or SubscriptionConfirmation)"),
+    responses(
+        (status = 200, description = "Verified; the reports recorded", body = RecordedAnswer),
+        (status = 400, description = "Not the provider's JSON", body = ErrorBody),
+        (status = 401, description = "Forged, unsigned, stale or replayed: nothing changed", body = ErrorBody),
+        (status = 404, description = "This webhook is not configured", body = ErrorBody),
+        (status = 413, description = "The body is over 256 KiB", body = ErrorBody),
+        (status = 503, description = "The database is busy or unavailable, or the SubscribeURL could not be fetched (SNS retries)", body = ErrorBody),
+    ))]
 async fn ses_call(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,

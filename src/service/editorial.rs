@@ -14,15 +14,19 @@ use crate::store::{DigestRow, ItemRow, Store, StoreError, StoredSchedule};
 
 /// A digest as editors write it, in JSON (API) or TOML/JSON (CLI file):
 /// `{"subject", "intro"?, "items": ["id", …] | "pending"}`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DigestRequest {
+    #[schema(example = "This week in Rust")]
     pub subject: String,
+    #[schema(example = "Hello! Here is what happened.")]
     pub intro: Option<String>,
+    /// Item ids, or `"pending"`: every pending item.
+    #[schema(example = "pending")]
     pub items: ItemsField,
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ItemsField {
     Ids(Vec<String>),
@@ -58,7 +62,7 @@ impl DigestRequest {
 }
 
 /// The addresses of a test send, in JSON: `{"addresses": ["a@example.com", …]}`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestRequest {
     pub addresses: Vec<String>,
@@ -71,7 +75,7 @@ pub enum PreviewFormat {
 }
 
 /// The daily schedule as editors see it, with its next firing.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ScheduleView {
     pub time: String,
     pub timezone: String,

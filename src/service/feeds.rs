@@ -20,7 +20,7 @@ pub const FAILING_AFTER: Duration = Duration::from_secs(24 * 3600);
 pub const FIRST_POLL_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// A feed as editors see it: its state, and whether it has been failing for a day.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct FeedView {
     #[serde(flatten)]
     pub feed: FeedRow,

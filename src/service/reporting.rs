@@ -17,13 +17,13 @@ use crate::store::{DayColumn, DeliveryCounts, DigestRow, FailureRow, Store, Stor
 
 const DAY_MS: i64 = 86_400_000;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Latency {
     pub p50_ms: Option<i64>,
     pub p95_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ReplyCode {
     pub code: i64,
     pub count: i64,
@@ -31,7 +31,7 @@ pub struct ReplyCode {
 
 /// Bounces and complaints heard after sending (matched to a delivery), and the complaint
 /// rate: complaints per delivered email.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Bounces {
     pub hard_bounces: i64,
     pub soft_bounces: i64,
@@ -56,7 +56,7 @@ impl Bounces {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DigestStats {
     pub id: String,
     pub subject: String,
@@ -83,7 +83,7 @@ pub struct DigestStats {
     pub waves: Vec<crate::store::WaveRow>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Day {
     pub date: String,
     pub signups: i64,
@@ -91,7 +91,7 @@ pub struct Day {
     pub unsubscribes: i64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Queue {
     /// Deliveries not final yet: queued, retrying and sending.
     pub depth: i64,
@@ -99,7 +99,7 @@ pub struct Queue {
     pub oldest_due_age_seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Overall {
     /// Every status, zero included.
     pub subscribers: BTreeMap<String, i64>,

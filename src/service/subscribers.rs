@@ -38,7 +38,7 @@ pub const IMPORT_MAX_LINE: usize = 64 * 1024;
 pub const IMPORT_STOPPED: &str = "stopped by a signal while reading the file; nothing was imported";
 
 /// What `GET /api/subscribers/{email}` shows.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SubscriberHistory {
     pub subscriber: SubscriberRow,
     pub deliveries: Vec<crate::store::HistoryRow>,

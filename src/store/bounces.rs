@@ -38,7 +38,7 @@ pub struct DigestHealth {
 }
 
 /// One bounce event, as `/api/subscribers/{email}` and the operators read it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BounceEventRow {
     pub received_at: Millis,
     pub kind: String,

@@ -12,7 +12,7 @@ use crate::domain::clock::Millis;
 const FEED_COLUMNS: &str = "id, url, title, etag, last_modified, last_polled_at, \
      last_success_at, last_error, last_error_at, failing_since, consecutive_failures, created_at";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FeedRow {
     pub id: String,
     pub url: String,
@@ -23,17 +23,22 @@ pub struct FeedRow {
     #[serde(skip)]
     pub last_modified: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_polled_at: Option<Millis>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_success_at: Option<Millis>,
     pub last_error: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_error_at: Option<Millis>,
     /// When the current run of failures began; `None` while the feed works.
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub failing_since: Option<Millis>,
     pub consecutive_failures: i64,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
 }
 

@@ -7,27 +7,31 @@ use crate::domain::clock::{Millis, to_rfc3339};
 use crate::domain::delivery::Outcome;
 use crate::domain::{DeliveryKind, DeliveryStatus, DigestStatus, SubscriberStatus};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SubscriberRow {
     pub id: String,
     pub email: String,
     pub name: Option<String>,
     #[serde(serialize_with = "as_str")]
+    #[schema(value_type = String)]
     #[sqlx(try_from = "String")]
     pub status: SubscriberStatus,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub consent_at: Millis,
     pub consent_ip: Option<String>,
     pub consent_user_agent: Option<String>,
     /// Their own zone (an IANA name); `None` is the list's.
     pub timezone: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub confirmed_at: Option<Millis>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ItemRow {
     pub id: String,
     pub title: String,
@@ -38,32 +42,39 @@ pub struct ItemRow {
     pub status: String,
     pub digest_id: Option<String>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DigestRow {
     pub id: String,
     pub subject: String,
     pub intro: Option<String>,
     #[serde(serialize_with = "as_str")]
+    #[schema(value_type = String)]
     #[sqlx(try_from = "String")]
     pub status: DigestStatus,
     pub paused_reason: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub send_at: Option<Millis>,
     /// Set for digests the daily schedule made: the local date they were for.
     pub daily_date: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Millis>,
     pub recipients: Option<i64>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Millis>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Millis>,
     /// Why the scheduler did what it did (missed, …).
     pub note: Option<String>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     pub item_count: i64,
     /// Set for a digest delivered at this wall time (HH:MM) on `local_date` in each
@@ -80,12 +91,14 @@ pub struct DigestRow {
 }
 
 /// One wave of a digest delivered at each subscriber's time: the deliveries of one zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WaveRow {
     pub timezone: String,
     /// When it is due, RFC 3339 with the zone's offset.
+    #[schema(format = DateTime)]
     pub due_at: String,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub due_at_utc: Millis,
     pub recipients: i64,
     pub sent: i64,
@@ -123,16 +136,17 @@ impl WaveRow {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     pub kind: String,
     pub digest_id: Option<String>,
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FailureRow {
     pub delivery_id: String,
     pub kind: String,
@@ -141,6 +155,7 @@ pub struct FailureRow {
     pub smtp_code: Option<i64>,
     pub error: String,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
 }
 
@@ -156,7 +171,7 @@ pub struct DeliveryRow {
 }
 
 /// One email Squeeze sent (or meant to send) a subscriber, as their data export shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HistoryRow {
     pub id: String,
     pub kind: String,
@@ -166,8 +181,10 @@ pub struct HistoryRow {
     pub status: String,
     pub attempts: i64,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub sent_at: Option<Millis>,
     pub smtp_code: Option<i64>,
     pub last_error: Option<String>,

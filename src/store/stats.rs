@@ -7,7 +7,7 @@ use super::{FailureRow, Store, StoreResult};
 use crate::domain::clock::Millis;
 
 /// Deliveries by state, for one digest or all.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeliveryCounts {
     /// Waiting for a first attempt.
     pub queued: i64,

@@ -15,6 +15,7 @@ mod email;
 mod engine;
 mod feeds;
 mod helpers;
+mod openapi;
 mod operators;
 mod pages;
 mod scaleout;
