@@ -39,9 +39,18 @@ class ZoneResolver(BaseResolver):
 
 def main():
     resolver = ZoneResolver(sys.argv[1])
-    udp = DNSServer(resolver, port=0, address="127.0.0.1", tcp=False)
-    port = udp.server.server_address[1]
-    tcp = DNSServer(resolver, port=port, address="127.0.0.1", tcp=True)
+    # UDP and TCP on one port: the UDP port is the kernel's pick, and its TCP twin may be
+    # taken by another process (seen under a loaded CI run), so pick again until both bind.
+    for _ in range(50):
+        udp = DNSServer(resolver, port=0, address="127.0.0.1", tcp=False)
+        port = udp.server.server_address[1]
+        try:
+            tcp = DNSServer(resolver, port=port, address="127.0.0.1", tcp=True)
+            break
+        except OSError:
+            udp.server.server_close()
+    else:
+        sys.exit("dns.py: found no port free for both UDP and TCP")
     udp.start_thread()
     tcp.start_thread()
     print(port, flush=True)
