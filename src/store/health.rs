@@ -3,12 +3,13 @@
 //! after the last fault: `RECOVERED_AFTER`); a tiny write
 //! every `PROBE_EVERY` (`write_probe`, one row) so the answer is fresh when nothing else
 //! writes; and, on SQLite, whether the path still names the file this process has open
-//! (deleted or replaced under it, its writes would go nowhere). `/healthz` answers from this,
-//! and a write is refused at once while the file is gone.
+//! (deleted or replaced under it, its writes would go nowhere), asked before every write
+//! transaction (one `stat`, next to a commit's fsync), so no write goes into a file that is
+//! no longer there. `/healthz` answers from this.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -22,13 +23,13 @@ pub(super) const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// SQLite disk a small write (the probe, an outcome) can find room that a sign-up does not,
 /// and `/healthz` must not flap between the two.
 const RECOVERED_AFTER: Duration = Duration::from_secs(3);
-/// How often the SQLite file's identity is checked.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub(super) struct WriteHealth {
     /// The last write's storage fault, said as the store says it, and when it happened.
     failing: Mutex<Option<(String, Instant)>>,
+    /// SQLite: the file this process opened and its identity (device, inode).
+    file: OnceLock<(PathBuf, (u64, u64))>,
     /// SQLite: why the path no longer names the open file.
     gone: Mutex<Option<String>>,
 }
@@ -63,8 +64,20 @@ impl WriteHealth {
         }
     }
 
-    /// Refuses a write while the database file is gone.
+    /// SQLite: remembers the file just opened, whose identity every write checks.
+    pub(super) fn watch(&self, path: PathBuf) {
+        if let Ok(opened) = std::fs::metadata(&path) {
+            let _ = self.file.set((path, (opened.dev(), opened.ino())));
+        }
+    }
+
+    /// Refuses a write while the database file is gone or replaced. The file is looked at
+    /// here, at every write, not by a timer: a sign-up accepted in between would be written
+    /// into a file no one will ever open again.
     pub(super) fn admit(&self) -> StoreResult<()> {
+        if let Some((path, identity)) = self.file.get() {
+            self.set_gone(file_problem(path, *identity));
+        }
         match lock(&self.gone).as_ref() {
             Some(why) => Err(StoreError::Unwritable(why.clone())),
             None => Ok(()),
@@ -133,35 +146,19 @@ impl Store {
     }
 }
 
-/// The SQLite file's identity (device, inode) when opened; checked every `WATCH_EVERY`
-/// until `stop`. A file deleted, moved away or replaced (a restore copied over it, say) is
-/// no longer the one this process writes to: every write is refused, naming the path,
+/// Why `path` no longer names the file of this identity, if it does not: deleted, moved
+/// away or replaced (a restore copied over it, say). Writes are refused, naming the path,
 /// until the same file is back at that path.
-pub(super) async fn watch_file(
-    path: PathBuf,
-    health: std::sync::Arc<WriteHealth>,
-    stop: CancellationToken,
-) {
-    let Ok(opened) = std::fs::metadata(&path) else {
-        return;
-    };
-    let identity = (opened.dev(), opened.ino());
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(WATCH_EVERY) => {}
-        }
-        let why = match std::fs::metadata(&path) {
-            Ok(m) if (m.dev(), m.ino()) == identity => None,
-            Ok(_) => Some(format!(
-                "the database file {} was replaced while Squeeze had it open; writes are refused (put the original back, or restart to use the new one)",
-                path.display()
-            )),
-            Err(e) => Some(format!(
-                "the database file {} is gone ({e}); writes are refused (put it back, or restart to start over)",
-                path.display()
-            )),
-        };
-        health.set_gone(why);
+fn file_problem(path: &std::path::Path, identity: (u64, u64)) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == identity => None,
+        Ok(_) => Some(format!(
+            "the database file {} was replaced while Squeeze had it open; writes are refused (put the original back, or restart to use the new one)",
+            path.display()
+        )),
+        Err(e) => Some(format!(
+            "the database file {} is gone ({e}); writes are refused (put it back, or restart to start over)",
+            path.display()
+        )),
     }
 }

@@ -262,11 +262,7 @@ impl Store {
         tokio::spawn(store.clone().probe_writes(background.clone()));
         if dialect == Dialect::Sqlite {
             if let Some(path) = sqlite::file_path(url) {
-                tokio::spawn(health::watch_file(
-                    path,
-                    store.write_health.clone(),
-                    background.clone(),
-                ));
+                store.write_health.watch(path);
             }
             store.start_sqlite_tasks();
         }
