@@ -78,3 +78,64 @@ pub async fn browser(script: &str, args: &[&str]) -> serde_json::Value {
         )
     })
 }
+
+/// A browser logged in to the dashboard and the studio: its cookie jar (following no
+/// redirect, so a test sees where a form sends it) and the session's CSRF token, read off
+/// the studio's items page.
+pub async fn studio_login(app: &TestApp) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("client");
+    let ok = http
+        .post(format!("{}/admin/login", app.url))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(ok.status(), reqwest::StatusCode::SEE_OTHER);
+    let html = page_get(&http, app, "/admin/items").await.1;
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("every studio form carries the CSRF token")
+        .to_owned();
+    (http, csrf)
+}
+
+/// A page of the app, as that browser gets it: status and body.
+pub async fn page_get(
+    http: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+) -> (reqwest::StatusCode, String) {
+    let res = http
+        .get(format!("{}{path}", app.url))
+        .send()
+        .await
+        .expect("get");
+    (res.status(), res.text().await.expect("body"))
+}
+
+/// A form posted by that browser: status, body and where it redirects.
+pub async fn form_post(
+    http: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (reqwest::StatusCode, String, Option<String>) {
+    let res = http
+        .post(format!("{}{path}", app.url))
+        .form(form)
+        .send()
+        .await
+        .expect("post");
+    let location = res
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
+    (res.status(), res.text().await.expect("body"), location)
+}

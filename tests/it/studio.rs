@@ -4,60 +4,9 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{ADMIN_TOKEN, Options, SmtpServer, TestApp, seed};
-
-/// A logged-in browser: its cookie jar and the session's CSRF token.
-async fn login(app: &TestApp) -> (reqwest::Client, String) {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .expect("client");
-    let ok = http
-        .post(format!("{}/admin/login", app.url))
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
-    let html = get(&http, app, "/admin/items").await.1;
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("every studio form carries the CSRF token")
-        .to_owned();
-    (http, csrf)
-}
-
-async fn get(http: &reqwest::Client, app: &TestApp, path: &str) -> (StatusCode, String) {
-    let res = http
-        .get(format!("{}{path}", app.url))
-        .send()
-        .await
-        .expect("get");
-    (res.status(), res.text().await.expect("body"))
-}
-
-async fn post(
-    http: &reqwest::Client,
-    app: &TestApp,
-    path: &str,
-    form: &[(&str, &str)],
-) -> (StatusCode, String, Option<String>) {
-    let res = http
-        .post(format!("{}{path}", app.url))
-        .form(form)
-        .send()
-        .await
-        .expect("post");
-    let location = res
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .map(str::to_owned);
-    (res.status(), res.text().await.expect("body"), location)
-}
+use crate::helpers::{
+    ADMIN_TOKEN, Options, SmtpServer, TestApp, form_post, page_get, seed, studio_login,
+};
 
 #[tokio::test]
 async fn studio_forms_are_refused_without_the_csrf_token_or_from_another_origin() {
@@ -70,14 +19,14 @@ async fn studio_forms_are_refused_without_the_csrf_token_or_from_another_origin(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let (status, html) = get(&anonymous, &app, "/admin/items").await;
+    let (status, html) = page_get(&anonymous, &app, "/admin/items").await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
         "the studio needs the login"
     );
     assert!(html.contains("name=\"token\""), "{html}");
-    let (http, csrf) = login(&app).await;
+    let (http, csrf) = studio_login(&app).await;
     let item = [
         ("title", "Forged"),
         ("url", "https://example.com/f"),
@@ -116,7 +65,7 @@ async fn studio_forms_are_refused_without_the_csrf_token_or_from_another_origin(
         0,
         "no forged form added anything"
     );
-    let (status, _, location) = post(&http, &app, "/admin/items", &right_token).await;
+    let (status, _, location) = form_post(&http, &app, "/admin/items", &right_token).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(location.as_deref(), Some("/admin/items"));
     assert_eq!(app.scalar("SELECT COUNT(*) FROM items").await, 1);
@@ -130,8 +79,8 @@ async fn a_wrong_field_is_shown_next_to_it_and_keeps_what_was_typed() {
         ..Options::default()
     })
     .await;
-    let (http, csrf) = login(&app).await;
-    let (status, html, _) = post(
+    let (http, csrf) = studio_login(&app).await;
+    let (status, html, _) = form_post(
         &http,
         &app,
         "/admin/items",
@@ -160,12 +109,12 @@ async fn a_wrong_field_is_shown_next_to_it_and_keeps_what_was_typed() {
         ("summary", ""),
         ("source", ""),
     ];
-    let (status, _, _) = post(&http, &app, "/admin/items", &item).await;
+    let (status, _, _) = form_post(&http, &app, "/admin/items", &item).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let id = app
         .text("SELECT id FROM items WHERE title = 'Before'")
         .await;
-    let (status, html) = get(&http, &app, &format!("/admin/items/{id}")).await;
+    let (status, html) = page_get(&http, &app, &format!("/admin/items/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         html.contains("value=\"Before\""),
@@ -182,12 +131,12 @@ async fn a_wrong_field_is_shown_next_to_it_and_keeps_what_was_typed() {
     };
     let bad = edit("ftp://example.com/a".to_owned());
     let bad: Vec<(&str, &str)> = bad.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (status, html, _) = post(&http, &app, &format!("/admin/items/{id}"), &bad).await;
+    let (status, html, _) = form_post(&http, &app, &format!("/admin/items/{id}"), &bad).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(html.contains("aria-describedby=\"e-url\""), "{html}");
     let good = edit("https://example.com/a".to_owned());
     let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (status, _, _) = post(&http, &app, &format!("/admin/items/{id}"), &good).await;
+    let (status, _, _) = form_post(&http, &app, &format!("/admin/items/{id}"), &good).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(
         app.text(&format!(
@@ -209,13 +158,13 @@ async fn a_digest_made_in_the_studio_keeps_the_chosen_order_and_goes_to_every_co
     })
     .await;
     seed(&app, &[("confirmed", 3), ("pending", 2)], "example.com").await;
-    let (http, csrf) = login(&app).await;
+    let (http, csrf) = studio_login(&app).await;
     for (title, url) in [
         ("First item", "https://example.com/1"),
         ("Second item", "https://example.com/2"),
         ("Third item", "https://example.com/3"),
     ] {
-        let (status, _, _) = post(
+        let (status, _, _) = form_post(
             &http,
             &app,
             "/admin/items",
@@ -234,7 +183,7 @@ async fn a_digest_made_in_the_studio_keeps_the_chosen_order_and_goes_to_every_co
     let first = app.text(&id_of("First item")).await;
     let third = app.text(&id_of("Third item")).await;
     let (p1, p3) = (format!("position.{first}"), format!("position.{third}"));
-    let (status, _, location) = post(
+    let (status, _, location) = form_post(
         &http,
         &app,
         "/admin/digests",
@@ -251,7 +200,7 @@ async fn a_digest_made_in_the_studio_keeps_the_chosen_order_and_goes_to_every_co
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let page = location.expect("to the digest's page");
-    let (status, html) = get(&http, &app, &page).await;
+    let (status, html) = page_get(&http, &app, &page).await;
     assert_eq!(status, StatusCode::OK);
     let (a, b) = (
         html.find("<li>Third item</li>").expect("third listed"),
@@ -264,7 +213,8 @@ async fn a_digest_made_in_the_studio_keeps_the_chosen_order_and_goes_to_every_co
         "the HTML part in a sandboxed frame, at phone width too"
     );
     assert_eq!(app.scalar("SELECT COUNT(*) FROM deliveries").await, 0);
-    let (status, _, _) = post(&http, &app, &format!("{page}/send-now"), &[("csrf", &csrf)]).await;
+    let (status, _, _) =
+        form_post(&http, &app, &format!("{page}/send-now"), &[("csrf", &csrf)]).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     app.app
         .scheduler()
@@ -437,8 +387,8 @@ async fn the_daily_schedule_is_set_from_its_form_and_shows_its_next_run() {
         ..Options::default()
     })
     .await;
-    let (http, csrf) = login(&app).await;
-    let (status, html, _) = post(
+    let (http, csrf) = studio_login(&app).await;
+    let (status, html, _) = form_post(
         &http,
         &app,
         "/admin/schedule",
@@ -456,7 +406,7 @@ async fn the_daily_schedule_is_set_from_its_form_and_shows_its_next_run() {
             && html.contains("value=\"Mars&#x2f;Base\""),
         "{html}"
     );
-    let (status, _, _) = post(
+    let (status, _, _) = form_post(
         &http,
         &app,
         "/admin/schedule",
@@ -469,7 +419,7 @@ async fn the_daily_schedule_is_set_from_its_form_and_shows_its_next_run() {
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let (_, html) = get(&http, &app, "/admin/schedule").await;
+    let (_, html) = page_get(&http, &app, "/admin/schedule").await;
     assert!(
         html.contains("<strong>07:30</strong> (Europe&#x2f;Paris)"),
         "{html}"

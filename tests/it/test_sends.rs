@@ -6,62 +6,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{ADMIN_TOKEN, Options, SmtpServer, TestApp, seed};
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .expect("client")
-}
-
-/// A logged-in browser's client and the session's CSRF token.
-async fn login(app: &TestApp) -> (reqwest::Client, String) {
-    let http = http();
-    let ok = http
-        .post(format!("{}/admin/login", app.url))
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
-    let html = http
-        .get(format!("{}/admin/digests", app.url))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("body");
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the CSRF token")
-        .to_owned();
-    (http, csrf)
-}
-
-async fn post_form(
-    http: &reqwest::Client,
-    app: &TestApp,
-    path: &str,
-    form: &[(&str, &str)],
-) -> (StatusCode, String, Option<String>) {
-    let res = http
-        .post(format!("{}{path}", app.url))
-        .form(form)
-        .send()
-        .await
-        .expect("post");
-    let location = res
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .map(str::to_owned);
-    (res.status(), res.text().await.expect("body"), location)
-}
+use crate::helpers::{Options, SmtpServer, TestApp, form_post, seed, studio_login};
 
 async fn send_test(
     app: &TestApp,
@@ -258,16 +203,16 @@ async fn test_sends_are_refused_precisely() {
     assert_eq!(status, StatusCode::CONFLICT);
 
     // The studio's form: the CSRF token, the message next to the field, the limit.
-    let (http, csrf) = login(&app).await;
+    let (http, csrf) = studio_login(&app).await;
     let fresh = app.add_item("Fresh").await;
     let studio = app.create_digest(json!([fresh])).await;
     let path = format!("/admin/digests/{studio}/test");
-    let (status, _, _) = post_form(&http, &app, &path, &[("addresses", "a@x.org")]).await;
+    let (status, _, _) = form_post(&http, &app, &path, &[("addresses", "a@x.org")]).await;
     assert!(
         matches!(status, StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED),
         "no token, no test: {status}"
     );
-    let (status, html, _) = post_form(
+    let (status, html, _) = form_post(
         &http,
         &app,
         &path,
@@ -285,7 +230,7 @@ async fn test_sends_are_refused_precisely() {
         "keeps what was typed"
     );
     for _ in 0..3 {
-        let (status, _, location) = post_form(
+        let (status, _, location) = form_post(
             &http,
             &app,
             &path,
@@ -295,7 +240,7 @@ async fn test_sends_are_refused_precisely() {
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(location, Some(format!("/admin/digests/{studio}")));
     }
-    let (status, html, _) = post_form(
+    let (status, html, _) = form_post(
         &http,
         &app,
         &path,
@@ -364,7 +309,7 @@ async fn a_draft_is_edited_until_it_is_scheduled() {
     );
 
     // The studio's edit form: its token, then the page shows the new preview.
-    let (http, csrf) = login(&app).await;
+    let (http, csrf) = studio_login(&app).await;
     let edit_path = format!("/admin/digests/{id}/edit");
     let pos_a = format!("position.{a}");
     let pos_c = format!("position.{c}");
@@ -384,11 +329,11 @@ async fn a_draft_is_edited_until_it_is_scheduled() {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let (status, _, _) = post_form(&http, &app, &edit_path, &forged).await;
+    let (status, _, _) = form_post(&http, &app, &edit_path, &forged).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let good = form(&csrf);
     let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (status, _, location) = post_form(&http, &app, &edit_path, &good).await;
+    let (status, _, location) = form_post(&http, &app, &edit_path, &good).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let page = http
         .get(format!("{}{}", app.url, location.expect("to the digest")))
@@ -437,7 +382,7 @@ async fn pause_and_resume_from_the_studio_come_back_to_the_digest() {
     let id = app.create_digest(json!([item])).await;
     let (status, _) = app.schedule(&id, "2099-01-01T07:00:00Z").await;
     assert_eq!(status, StatusCode::OK);
-    let (http, csrf) = login(&app).await;
+    let (http, csrf) = studio_login(&app).await;
     let page = format!("/admin/digests/{id}");
     let html = http
         .get(format!("{}{page}", app.url))
@@ -449,7 +394,7 @@ async fn pause_and_resume_from_the_studio_come_back_to_the_digest() {
         .expect("body");
     assert!(html.contains(&format!("action=\"{page}/pause\"")), "{html}");
     let (status, _, location) =
-        post_form(&http, &app, &format!("{page}/pause"), &[("csrf", &csrf)]).await;
+        form_post(&http, &app, &format!("{page}/pause"), &[("csrf", &csrf)]).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(location.as_deref(), Some(page.as_str()));
     assert_eq!(
@@ -458,7 +403,7 @@ async fn pause_and_resume_from_the_studio_come_back_to_the_digest() {
         "paused"
     );
     // The dashboard's own form goes back to the dashboard.
-    let (status, _, location) = post_form(
+    let (status, _, location) = form_post(
         &http,
         &app,
         &format!("{page}/resume"),

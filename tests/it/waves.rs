@@ -14,30 +14,12 @@ use squeeze::domain::DailySchedule;
 use squeeze::domain::DeliverAt;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{ADMIN_TOKEN, Options, SmtpServer, TestApp};
+use crate::helpers::{Options, SmtpServer, TestApp, page_get, studio_login};
 
 /// A browser logged in to the dashboard, and a page of it.
 async fn dashboard_page(app: &TestApp, path: &str) -> (reqwest::Client, String) {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .expect("client");
-    let ok = http
-        .post(format!("{}/admin/login", app.url))
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
-    let html = http
-        .get(format!("{}{path}", app.url))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("body");
+    let (http, _) = studio_login(app).await;
+    let html = page_get(&http, app, path).await.1;
     (http, html)
 }
 
