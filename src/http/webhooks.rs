@@ -18,7 +18,8 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::{AppState, HttpError};
-use crate::domain::clock::now_ms;
+use crate::domain::bounce::Report;
+use crate::domain::clock::{Millis, now_ms};
 use crate::inbound::webhooks::{Refused, mailgun, postmark, sendgrid, ses};
 use crate::service::Recorded;
 use crate::service::sns::Sns;
@@ -102,6 +103,24 @@ struct RecordedAnswer {
     recorded: Vec<String>,
 }
 
+/// Records a signed call's reports, once: a call whose token was taken before is a replay,
+/// refused with 401 before anything is recorded.
+async fn record_once(
+    state: &AppState,
+    provider: &str,
+    token: &str,
+    token_expires_at: Millis,
+    reports: Vec<Report>,
+) -> Result<Vec<Recorded>, HttpError> {
+    state
+        .inbound
+        .record_signed(provider, token, token_expires_at, reports)
+        .await?
+        .ok_or_else(|| {
+            HttpError::Unauthorized(format!("{provider} webhook: this call was received before"))
+        })
+}
+
 fn answer(recorded: &[Recorded]) -> Response {
     let recorded = recorded.iter().map(Recorded::summary).collect();
     (StatusCode::OK, Json(RecordedAnswer { recorded })).into_response()
@@ -127,19 +146,15 @@ async fn mailgun_call(
     };
     let body = read(body)?;
     let call = mailgun::verify(&body, key, now_ms()).map_err(|r| refused("mailgun", r))?;
-    let recorded = state
-        .inbound
-        .record_signed(
-            "mailgun",
-            &call.token,
-            call.token_expires_at,
-            call.report.into_iter().collect(),
-        )
-        .await?
-        .ok_or_else(|| {
-            HttpError::Unauthorized("mailgun webhook: this call was received before".into())
-        })?;
-    Ok(answer(&recorded))
+    let reports = call.report.into_iter().collect();
+    let recorded = record_once(
+        &state,
+        "mailgun",
+        &call.token,
+        call.token_expires_at,
+        reports,
+    );
+    Ok(answer(&recorded.await?))
 }
 
 /// Postmark: HTTP Basic credentials from the webhook URL, then one record.
@@ -218,14 +233,14 @@ async fn sendgrid_call(
         now_ms(),
     )
     .map_err(|r| refused("sendgrid", r))?;
-    let recorded = state
-        .inbound
-        .record_signed("sendgrid", &call.token, call.token_expires_at, call.reports)
-        .await?
-        .ok_or_else(|| {
-            HttpError::Unauthorized("sendgrid webhook: this call was received before".into())
-        })?;
-    Ok(answer(&recorded))
+    let recorded = record_once(
+        &state,
+        "sendgrid",
+        &call.token,
+        call.token_expires_at,
+        call.reports,
+    );
+    Ok(answer(&recorded.await?))
 }
 
 /// Amazon SES through SNS: the topic allowed, the certificate from an SNS host, the RSA
@@ -266,18 +281,8 @@ async fn ses_call(
         }
         _ => None,
     };
-    let recorded = state
-        .inbound
-        .record_signed(
-            "ses",
-            &message.message_id,
-            expires_at,
-            message.reports(now_ms()),
-        )
-        .await?
-        .ok_or_else(|| {
-            HttpError::Unauthorized("ses webhook: this message was received before".into())
-        })?;
+    let reports = message.reports(now_ms());
+    let recorded = record_once(&state, "ses", &message.message_id, expires_at, reports).await?;
     if let Some(url) = confirm {
         if let Err(why) = ses.sns.confirm(&url).await {
             tracing::warn!(provider = "ses", why, "SNS subscription not confirmed");
