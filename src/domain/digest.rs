@@ -444,27 +444,31 @@ impl DailySchedule {
     /// delivering at each subscriber's time, the earliest of the subscribers' `zones` (and the
     /// list's): the first wave, when the day's content is frozen.
     pub fn first_fire(&self, date: NaiveDate, zones: &[Tz]) -> DateTime<Utc> {
-        let list = self.fire_time(date);
-        match self.deliver_at {
-            DeliverAt::List => list,
-            DeliverAt::Subscriber => zones
-                .iter()
-                .map(|tz| super::timezone::local_instant(*tz, date, self.time))
-                .fold(list, DateTime::min),
-        }
+        self.wave_times(date, zones)
+            .fold(self.fire_time(date), DateTime::min)
     }
 
     /// When the last wave of local day `date` is due (the list's time, delivering by its
     /// clock).
     pub fn last_fire(&self, date: NaiveDate, zones: &[Tz]) -> DateTime<Utc> {
-        let list = self.fire_time(date);
-        match self.deliver_at {
-            DeliverAt::List => list,
-            DeliverAt::Subscriber => zones
-                .iter()
-                .map(|tz| super::timezone::local_instant(*tz, date, self.time))
-                .fold(list, DateTime::max),
-        }
+        self.wave_times(date, zones)
+            .fold(self.fire_time(date), DateTime::max)
+    }
+
+    /// The instants the waves of `zones` are due on local day `date`: none when delivering
+    /// by the list's clock.
+    fn wave_times<'a>(
+        &'a self,
+        date: NaiveDate,
+        zones: &'a [Tz],
+    ) -> impl Iterator<Item = DateTime<Utc>> + 'a {
+        let zones = match self.deliver_at {
+            DeliverAt::List => &[][..],
+            DeliverAt::Subscriber => zones,
+        };
+        zones
+            .iter()
+            .map(move |tz| super::timezone::local_instant(*tz, date, self.time))
     }
 
     /// The latest firing at or before `now`, with its local date: the only one that may

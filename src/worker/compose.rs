@@ -87,13 +87,18 @@ impl Worker {
             .tested_digest
             .as_deref()
             .ok_or_else(|| Compose::Fail("test without a digest".into()))?;
-        let digest = self
-            .store
+        let digest = self.load_digest(id).await?;
+        Ok(DigestContent::from(&digest))
+    }
+
+    /// A digest from the store: a store that cannot answer now is retried, a digest that
+    /// does not exist fails the email.
+    async fn load_digest(&self, id: &str) -> Result<DigestRow, Compose> {
+        self.store
             .digest(id)
             .await
             .map_err(|e| Compose::Retry(format!("cannot load digest {id}: {e}")))?
-            .ok_or_else(|| Compose::Fail(format!("digest {id} does not exist")))?;
-        Ok(DigestContent::from(&digest))
+            .ok_or_else(|| Compose::Fail(format!("digest {id} does not exist")))
     }
 
     async fn digest_content(&self, d: &ClaimedDelivery) -> Result<Arc<DigestContent>, Compose> {
@@ -107,12 +112,7 @@ impl Worker {
         if let Some(c) = cache.get(id) {
             return Ok(c.clone());
         }
-        let digest = self
-            .store
-            .digest(id)
-            .await
-            .map_err(|e| Compose::Retry(format!("cannot load digest {id}: {e}")))?
-            .ok_or_else(|| Compose::Fail(format!("digest {id} does not exist")))?;
+        let digest = self.load_digest(id).await?;
         let content = Arc::new(DigestContent::from(&digest));
         if cache.len() >= 64 {
             cache.clear();
