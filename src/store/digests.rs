@@ -120,6 +120,9 @@ const QUEUE_CHUNK: &str = "INSERT INTO delivery_queue (delivery_id, digest_id, r
 const CHUNK_END: &str = "SELECT id FROM subscribers WHERE status = 'confirmed' AND id > $1
      ORDER BY id LIMIT 1 OFFSET $2";
 
+/// A running fan-out as `LOCK_FAN_OUT` reads it: status, cursor, expiry, start.
+type FanOutState = (String, Option<String>, Option<Millis>, Option<Millis>);
+
 const LOCK_FAN_OUT: PerDialect = PerDialect {
     sqlite: "SELECT status, fan_out_cursor, expires_at, started_at FROM digests
              WHERE id = $1 AND fanned_out_at IS NULL",
@@ -733,11 +736,10 @@ impl Store {
         chunk: u32,
     ) -> StoreResult<Option<(u64, bool)>> {
         let mut tx = self.begin_write().await?;
-        let row: Option<(String, Option<String>, Option<Millis>, Option<Millis>)> =
-            sqlx::query_as(self.sql(&LOCK_FAN_OUT))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row: Option<FanOutState> = sqlx::query_as(self.sql(&LOCK_FAN_OUT))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some((status, Some(cursor), expires_at, Some(_started))) = row else {
             return Ok(None);
         };
