@@ -169,6 +169,7 @@ impl App {
             self.config.missed_grace,
             self.config.digest_ttl,
         )
+        .with_fan_out_chunk(self.config.fanout_chunk.get())
     }
 
     pub fn worker(&self) -> Worker {

@@ -38,6 +38,8 @@ pub struct Scheduler {
     store: Store,
     grace: Duration,
     digest_ttl: Duration,
+    /// Subscribers per fan-out chunk (`fanout_chunk`).
+    fan_out_chunk: u32,
     /// Told whether this node holds the scheduler role, for what runs only on the one
     /// scheduler of an installation (the feed poller).
     leading: Option<tokio::sync::watch::Sender<bool>>,
@@ -49,8 +51,16 @@ impl Scheduler {
             store,
             grace,
             digest_ttl,
+            fan_out_chunk: 5000,
             leading: None,
         }
+    }
+
+    /// Fans out `n` subscribers per chunk (each its own transaction).
+    #[must_use]
+    pub fn with_fan_out_chunk(mut self, n: u32) -> Self {
+        self.fan_out_chunk = n.max(1);
+        self
     }
 
     /// Says on `leading` whether this node holds the scheduler role, as it changes.
@@ -108,6 +118,19 @@ impl Scheduler {
             ..TickReport::default()
         };
         let now_ms = now.timestamp_millis();
+        // A fan-out cut short (the process stopped, or a chunk failed) goes on from its
+        // cursor, on whichever node holds the scheduler role now.
+        for id in self.store.unfinished_fan_outs().await? {
+            let n = self
+                .store
+                .continue_fan_out(&id, now_ms, self.fan_out_chunk)
+                .instrument(info_span!("digest_run", digest_id = %id))
+                .await?;
+            if n > 0 {
+                info!(digest_id = %id, recipients = n, "fan-out continued from its cursor");
+                report.fanned_out.push((id, n));
+            }
+        }
         for digest in self.store.due_digests(now_ms).await? {
             if digest.local_time.is_some() {
                 self.fan_out_by_zone(&digest, now, &mut report).await?;
@@ -135,7 +158,7 @@ impl Scheduler {
             let span = info_span!("digest_run", digest_id = %digest.id);
             let fanned = self
                 .store
-                .fan_out(&digest.id, expires_at, now_ms)
+                .fan_out(&digest.id, expires_at, now_ms, self.fan_out_chunk)
                 .instrument(span.clone())
                 .await?;
             if let Some(n) = fanned {

@@ -42,6 +42,9 @@ fn print_digest_stats(d: &DigestStats) {
         row("paused", r.clone());
     }
     row("recipients", d.recipients.to_string());
+    if let Some(f) = &d.fan_out {
+        row("fan-out", f.clone());
+    }
     let c = &d.deliveries;
     for (k, v) in [
         ("sent", c.sent),

@@ -112,6 +112,8 @@ pub struct Config {
     pub missed_grace: Duration,
     /// How long a one-off digest's deliveries are retried (daily ones: until the next).
     pub digest_ttl: Duration,
+    /// Subscribers per fan-out chunk, each its own transaction.
+    pub fanout_chunk: NonZeroU32,
     /// Per-recipient-domain limits, messages per second, paced evenly.
     pub domain_rates: Vec<(String, NonZeroU32)>,
     /// How long a domain that answered 421/451/454 is left alone.
@@ -379,6 +381,7 @@ impl Config {
             unsubscribe_mailto: d.unsubscribe_mailto,
             missed_grace: d.missed_grace.ok_or_else(|| missing("missed_grace"))?,
             digest_ttl: d.digest_ttl.ok_or_else(|| missing("digest_ttl"))?,
+            fanout_chunk: d.fanout_chunk.ok_or_else(|| missing("fanout_chunk"))?,
             domain_rates: d.domain_rates.unwrap_or_default(),
             throttle_cooldown: d
                 .throttle_cooldown

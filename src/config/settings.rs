@@ -74,6 +74,7 @@ pub(super) struct Draft {
     pub unsubscribe_mailto: Option<String>,
     pub missed_grace: Option<Duration>,
     pub digest_ttl: Option<Duration>,
+    pub fanout_chunk: Option<NonZeroU32>,
     pub domain_rates: Option<Vec<(String, NonZeroU32)>>,
     pub throttle_cooldown: Option<Duration>,
     pub retry_initial: Option<Duration>,
@@ -534,6 +535,22 @@ pub const TABLE: &[Setting] = &[
         doc: "How long a one-off digest's deliveries are retried when there is no daily schedule",
         parse: |v, d| {
             d.digest_ttl = Some(duration(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "fanout_chunk",
+        value_name: "N",
+        default: Some("5000"),
+        secret: false,
+        doc: "Subscribers per fan-out chunk (1-1000000): each chunk of a digest's deliveries commits on its own, so sending starts on the first while the rest is written",
+        parse: |v, d| {
+            d.fanout_chunk = Some(
+                v.parse::<NonZeroU32>()
+                    .ok()
+                    .filter(|n| n.get() <= 1_000_000)
+                    .ok_or("expected a whole number from 1 to 1000000")?,
+            );
             Ok(())
         },
     },

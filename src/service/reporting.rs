@@ -62,8 +62,15 @@ pub struct DigestStats {
     pub subject: String,
     pub status: String,
     pub paused_reason: Option<String>,
-    /// Deliveries made at fan-out.
+    /// Deliveries made by the fan-out so far (it writes them a few thousand at a time).
     pub recipients: i64,
+    /// `running` while the fan-out is still making deliveries (`recipients` grows, and
+    /// `progress` is of those made so far), `complete` once every confirmed subscriber has
+    /// one; `None` before the digest is sent.
+    #[schema(example = "complete")]
+    pub fan_out: Option<String>,
+    /// When the fan-out made its last delivery.
+    pub fanned_out_at: Option<String>,
     #[serde(flatten)]
     pub deliveries: DeliveryCounts,
     /// Share of deliveries that reached a final state (sent, failed, bounced, suppressed).
@@ -169,6 +176,8 @@ async fn of_digest(store: &Store, d: &DigestRow) -> StoreResult<DigestStats> {
         status: d.status.to_string(),
         paused_reason: d.paused_reason.clone(),
         recipients: d.recipients.unwrap_or(0),
+        fan_out: d.fan_out.clone(),
+        fanned_out_at: d.fanned_out_at.map(to_rfc3339),
         deliveries: counts,
         progress,
         started_at: d.started_at.map(to_rfc3339),

@@ -13,27 +13,35 @@ use crate::domain::{DigestStatus, ItemSelection, NewDigest, NewItem};
 
 const DIGEST_BY_ID: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
-        local_time, local_date,
+        local_time, local_date, fanned_out_at,
+        CASE WHEN fanned_out_at IS NOT NULL THEN 'complete'
+             WHEN started_at IS NOT NULL THEN 'running' END AS fan_out,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE id = $1";
 
 const LATEST_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
-        local_time, local_date,
+        local_time, local_date, fanned_out_at,
+        CASE WHEN fanned_out_at IS NOT NULL THEN 'complete'
+             WHEN started_at IS NOT NULL THEN 'running' END AS fan_out,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests ORDER BY created_at DESC, id DESC LIMIT $1";
 
 /// The archive's listing: the statuses `DigestStatus::in_archive` names, newest first.
 const ARCHIVED_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
-        local_time, local_date,
+        local_time, local_date, fanned_out_at,
+        CASE WHEN fanned_out_at IS NOT NULL THEN 'complete'
+             WHEN started_at IS NOT NULL THEN 'running' END AS fan_out,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE status IN ('sending', 'sent')
      ORDER BY COALESCE(started_at, created_at) DESC, id DESC LIMIT $1 OFFSET $2";
 
 const DUE_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
-        local_time, local_date,
+        local_time, local_date, fanned_out_at,
+        CASE WHEN fanned_out_at IS NOT NULL THEN 'complete'
+             WHEN started_at IS NOT NULL THEN 'running' END AS fan_out,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE status = 'scheduled' AND send_at <= $1 ORDER BY send_at";
 
@@ -52,27 +60,78 @@ const LOCK_DIGEST_STATE: PerDialect = PerDialect {
     postgres: "SELECT status, paused_from FROM digests WHERE id = $1 FOR UPDATE",
 };
 
-/// The snapshot: confirmed subscribers at this moment, one row each, never twice. The ids
-/// are `$4` (a fresh UUID, so no two fan-outs share ids) and a number that grows in the
-/// order the rows are inserted (the subscriber's rowid on SQLite, the row's number on
-/// PostgreSQL). Growing keys append to the primary key's index; random ones landed each on a
-/// random page of it, which made the fan-out to a million subscribers hold SQLite's write
-/// lock 12 s instead of 5.
-const FAN_OUT: PerDialect = PerDialect {
+/// One chunk of a fan-out: the confirmed subscribers after the cursor `$5` (in id order),
+/// up to and including `$6` (the chunk's last id; the variant `FAN_OUT_LAST` has no upper
+/// bound: the list's tail), one delivery each, never twice (`ON CONFLICT`). The ids are `$4`
+/// (a fresh UUID v7 per chunk: later chunks sort after earlier ones) and a number growing in
+/// the order the rows are inserted, so the primary key's index is appended to instead of
+/// written on random pages (random keys made the fan-out to a million subscribers hold
+/// SQLite's write lock 12 s instead of 5). On PostgreSQL the queue rows are written by the
+/// same statement from what it inserted (`RETURNING`), instead of a second statement
+/// re-reading the digest's deliveries; SQLite queues them by the chunk's id range
+/// (`QUEUE_CHUNK`).
+const FAN_OUT_CHUNK: PerDialect = PerDialect {
     sqlite: "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
                  created_at, updated_at)
-             SELECT $4 || '-' || printf('%012x', s.rowid), 'digest', s.id, $1, 'queued', $3, $2, $2
-             FROM subscribers s WHERE s.status = 'confirmed'
+             SELECT $4 || '-' || printf('%012x', row_number() OVER (ORDER BY s.id)), 'digest',
+                 s.id, $1, 'queued', $3, $2, $2
+             FROM subscribers s WHERE s.status = 'confirmed' AND s.id > $5 AND s.id <= $6
              ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
-    postgres: "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
-                 created_at, updated_at)
-             SELECT $4 || '-' || lpad(to_hex(row_number() OVER ()), 12, '0'), 'digest', s.id, $1,
-                 'queued', $3, $2, $2
-             FROM subscribers s WHERE s.status = 'confirmed'
-             ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
+    postgres: "WITH made AS (
+                 INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
+                     created_at, updated_at)
+                 SELECT $4 || '-' || lpad(to_hex(row_number() OVER (ORDER BY s.id)), 12, '0'),
+                     'digest', s.id, $1, 'queued', $3, $2, $2
+                 FROM subscribers s WHERE s.status = 'confirmed' AND s.id > $5 AND s.id <= $6
+                 ON CONFLICT (digest_id, subscriber_id) DO NOTHING
+                 RETURNING id)
+             INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
+             SELECT id, $1, $2 FROM made",
 };
 
-/// The fan-out of a digest delivered at each subscriber's time: as `FAN_OUT`, and each
+/// `FAN_OUT_CHUNK` for the last chunk: everyone after the cursor.
+const FAN_OUT_LAST: PerDialect = PerDialect {
+    sqlite: "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
+                 created_at, updated_at)
+             SELECT $4 || '-' || printf('%012x', row_number() OVER (ORDER BY s.id)), 'digest',
+                 s.id, $1, 'queued', $3, $2, $2
+             FROM subscribers s WHERE s.status = 'confirmed' AND s.id > $5
+             ON CONFLICT (digest_id, subscriber_id) DO NOTHING",
+    postgres: "WITH made AS (
+                 INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
+                     created_at, updated_at)
+                 SELECT $4 || '-' || lpad(to_hex(row_number() OVER (ORDER BY s.id)), 12, '0'),
+                     'digest', s.id, $1, 'queued', $3, $2, $2
+                 FROM subscribers s WHERE s.status = 'confirmed' AND s.id > $5
+                 ON CONFLICT (digest_id, subscriber_id) DO NOTHING
+                 RETURNING id)
+             INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
+             SELECT id, $1, $2 FROM made",
+};
+
+/// SQLite: the chunk just inserted goes into the queue, found by its ids (`$3 || '-'` up to
+/// `$3 || '.'`, the next character: SQLite compares text bytewise), a range of the primary
+/// key, not a re-read of the digest's deliveries.
+const QUEUE_CHUNK: &str = "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
+     SELECT id, digest_id, $2 FROM deliveries
+     WHERE id > $3 || '-' AND id < $3 || '.' AND digest_id = $1";
+
+/// The last subscriber of the next chunk: the `$2`-th confirmed one after the cursor `$1`.
+const CHUNK_END: &str = "SELECT id FROM subscribers WHERE status = 'confirmed' AND id > $1
+     ORDER BY id LIMIT 1 OFFSET $2";
+
+/// A running fan-out as `LOCK_FAN_OUT` reads it: status, cursor, expiry, start.
+type FanOutState = (String, Option<String>, Option<Millis>, Option<Millis>);
+
+const LOCK_FAN_OUT: PerDialect = PerDialect {
+    sqlite: "SELECT status, fan_out_cursor, expires_at, started_at FROM digests
+             WHERE id = $1 AND fanned_out_at IS NULL",
+    postgres: "SELECT status, fan_out_cursor, expires_at, started_at FROM digests
+             WHERE id = $1 AND fanned_out_at IS NULL FOR UPDATE",
+};
+
+/// The fan-out of a digest delivered at each subscriber's time: in one statement (not in
+/// chunks: its deliveries are queued by wave, later), and each
 /// delivery gets its subscriber's wave and that wave's expiry from a small list of the zones
 /// subscribers stored (`$7, $8, $9, $10` and on: the stored name, its wave's zone, its expiry,
 /// its due time; appended by `fan_out_waves`). A subscriber whose stored zone is not in the
@@ -589,19 +648,43 @@ impl Store {
 }
 
 impl Store {
-    /// Fan-out: one set-based statement makes one delivery per confirmed subscriber (unique
-    /// per digest and subscriber) and moves the digest to `sending`. `None` if the digest was
-    /// no longer `scheduled` (another scheduler got there first).
+    /// Fan-out, in chunks of `chunk` subscribers: the first chunk's transaction moves the
+    /// digest to `sending`, and each chunk commits on its own (its deliveries, their queue
+    /// rows, `recipients` and the cursor together), so workers send the first while the rest
+    /// is written. Returns the deliveries made, `None` if the digest was no longer `scheduled`
+    /// (another scheduler got there first). Cut short (a crash, an error), the fan-out is
+    /// continued from its cursor by `continue_fan_out`.
     pub async fn fan_out(
         &self,
         id: &str,
         expires_at: Millis,
         now: Millis,
+        chunk: u32,
     ) -> StoreResult<Option<u64>> {
+        let Some((first, done)) = self.start_fan_out(id, expires_at, now, chunk).await? else {
+            return Ok(None);
+        };
+        let rest = if done {
+            0
+        } else {
+            self.continue_fan_out(id, now, chunk).await?
+        };
+        Ok(Some(first + rest))
+    }
+
+    /// `scheduled` -> `sending` and the first chunk, in one transaction: the deliveries made
+    /// and whether the fan-out is complete; `None` if the digest was no longer `scheduled`.
+    pub async fn start_fan_out(
+        &self,
+        id: &str,
+        expires_at: Millis,
+        now: Millis,
+        chunk: u32,
+    ) -> StoreResult<Option<(u64, bool)>> {
         let mut tx = self.begin_write().await?;
         let moved = sqlx::query(
             "UPDATE digests SET status = 'sending', started_at = $2, expires_at = $3,
-                 updated_at = $2
+                 updated_at = $2, recipients = 0, fan_out_cursor = '', fanned_out_at = NULL
              WHERE id = $1 AND status = 'scheduled'",
         )
         .bind(id)
@@ -613,34 +696,138 @@ impl Store {
         if moved == 0 {
             return Ok(None);
         }
-        let inserted = sqlx::query(self.sql(&FAN_OUT))
+        let (made, done) = self
+            .fan_out_chunk_in(&mut tx, id, "", expires_at, now, chunk)
+            .await?;
+        self.commit(tx).await?;
+        self.refresh_queue_statistics().await;
+        Ok(Some((made, done)))
+    }
+
+    /// The chunks after the cursor until the fan-out is complete, each its own transaction
+    /// (on SQLite its own turn of the writer, so sign-ups and outcomes go in between): the
+    /// deliveries made. Stops when the digest is no longer `sending` or `paused` (a paused
+    /// digest's fan-out goes on: the claim skips its mail until it resumes).
+    pub async fn continue_fan_out(&self, id: &str, now: Millis, chunk: u32) -> StoreResult<u64> {
+        let mut made = 0;
+        let mut chunks = 0u32;
+        while let Some((n, done)) = self.fan_out_next_chunk(id, now, chunk).await? {
+            made += n;
+            chunks += 1;
+            // The planner learns the queue grew after the first chunk and again now and then.
+            if chunks.is_power_of_two() {
+                self.refresh_queue_statistics().await;
+            }
+            if done {
+                break;
+            }
+        }
+        self.refresh_queue_statistics().await;
+        Ok(made)
+    }
+
+    /// One chunk after the cursor, in its own transaction: the deliveries made and whether
+    /// the fan-out is now complete; `None` when there is nothing to do (the fan-out was
+    /// complete, or the digest is no longer `sending` or `paused`).
+    pub async fn fan_out_next_chunk(
+        &self,
+        id: &str,
+        now: Millis,
+        chunk: u32,
+    ) -> StoreResult<Option<(u64, bool)>> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<FanOutState> = sqlx::query_as(self.sql(&LOCK_FAN_OUT))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((status, Some(cursor), expires_at, Some(_started))) = row else {
+            return Ok(None);
+        };
+        if !matches!(
+            parse_col::<DigestStatus>(&status)?,
+            DigestStatus::Sending | DigestStatus::Paused
+        ) {
+            return Ok(None);
+        }
+        let expires_at = expires_at.unwrap_or(now);
+        let made = self
+            .fan_out_chunk_in(&mut tx, id, &cursor, expires_at, now, chunk)
+            .await?;
+        self.commit(tx).await?;
+        Ok(Some(made))
+    }
+
+    /// Digests whose fan-out started and is not complete (a process stopped in the middle):
+    /// the scheduler continues them.
+    pub async fn unfinished_fan_outs(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM digests WHERE fanned_out_at IS NULL AND fan_out_cursor IS NOT NULL
+                 AND status IN ('sending', 'paused')
+             ORDER BY started_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The chunk after `cursor` in `tx`: its deliveries and queue rows, `recipients` and
+    /// the cursor moved on (or the fan-out marked complete), a wake-up for the workers.
+    async fn fan_out_chunk_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        cursor: &str,
+        expires_at: Millis,
+        now: Millis,
+        chunk: u32,
+    ) -> StoreResult<(u64, bool)> {
+        let end: Option<String> = sqlx::query_scalar(CHUNK_END)
+            .bind(cursor)
+            .bind(i64::from(chunk.max(1) - 1))
+            .fetch_optional(&mut **tx)
+            .await?;
+        let prefix = new_id();
+        let sql = self.sql(if end.is_some() {
+            &FAN_OUT_CHUNK
+        } else {
+            &FAN_OUT_LAST
+        });
+        let mut insert = sqlx::query(sql)
             .bind(id)
             .bind(now)
             .bind(expires_at)
-            .bind(new_id())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .bind(&prefix)
+            .bind(cursor);
+        if let Some(end) = &end {
+            insert = insert.bind(end);
+        }
+        let made = insert.execute(&mut **tx).await?.rows_affected();
+        if self.dialect == super::Dialect::Sqlite {
+            sqlx::query(QUEUE_CHUNK)
+                .bind(id)
+                .bind(now)
+                .bind(&prefix)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let done = end.is_none();
+        // When the last chunk committed, by the wall clock (a tick's `now` may be earlier):
+        // what the first deliveries' `sent_at` are measured against.
+        let complete_at = done.then(|| now.max(crate::domain::clock::now_ms()));
         sqlx::query(
-            "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
-             SELECT id, digest_id, $2 FROM deliveries WHERE digest_id = $1",
+            "UPDATE digests SET recipients = COALESCE(recipients, 0) + $2, fan_out_cursor = $3,
+                 fanned_out_at = $4
+             WHERE id = $1",
         )
         .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
+        .bind(i64::try_from(made).unwrap_or(i64::MAX))
+        .bind(end.as_deref().unwrap_or(cursor))
+        .bind(complete_at)
+        .execute(&mut **tx)
         .await?;
-        // Every delivery of the digest was inserted just now: deliveries are made only here,
-        // and only once per digest (the status moved from `scheduled` above). Counting them
-        // again read a million index entries while holding SQLite's write lock.
-        sqlx::query("UPDATE digests SET recipients = $2 WHERE id = $1")
-            .bind(id)
-            .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
-        self.notify_work(&mut tx).await?;
-        self.commit(tx).await?;
-        self.refresh_queue_statistics().await;
-        Ok(Some(inserted))
+        if made > 0 {
+            self.notify_work(tx).await?;
+        }
+        Ok((made, done))
     }
 
     /// Fan-out of a digest delivered at each subscriber's time: in one set-based statement,
@@ -732,11 +919,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE digests SET recipients = $2 WHERE id = $1")
-            .bind(id)
-            .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE digests SET recipients = $2, fan_out_cursor = '', fanned_out_at = $3
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
+        .bind(now.max(crate::domain::clock::now_ms()))
+        .execute(&mut *tx)
+        .await?;
         self.commit(tx).await?;
         Ok(Some(inserted))
     }
@@ -865,8 +1056,8 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// `sending` digests with nothing left queued, on the wire or waiting in a wave become
-    /// `sent` (`missed` when every wave of theirs was missed).
+    /// `sending` digests whose fan-out is complete with nothing left queued, on the wire or
+    /// waiting in a wave become `sent` (`missed` when every wave of theirs was missed).
     pub async fn finish_digests(&self, now: Millis) -> StoreResult<Vec<String>> {
         let mut conn = self.write_conn().await?;
         Ok(sqlx::query_scalar(
@@ -876,7 +1067,7 @@ impl Store {
                      AND NOT EXISTS (SELECT 1 FROM digest_waves w
                          WHERE w.digest_id = digests.id AND w.state <> 'missed')
                      THEN 'missed' ELSE 'sent' END
-             WHERE status = 'sending'
+             WHERE status = 'sending' AND fanned_out_at IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM delivery_queue q WHERE q.digest_id = digests.id)
                AND NOT EXISTS (SELECT 1 FROM claim_digests c WHERE c.digest_id = digests.id)
                AND NOT EXISTS (SELECT 1 FROM digest_waves w
@@ -899,7 +1090,9 @@ mod tests {
             ("LOCK_ITEM_STATUS", LOCK_ITEM_STATUS),
             ("LOCK_PENDING_ITEMS", LOCK_PENDING_ITEMS),
             ("LOCK_DIGEST_STATE", LOCK_DIGEST_STATE),
-            ("FAN_OUT", FAN_OUT),
+            ("FAN_OUT_CHUNK", FAN_OUT_CHUNK),
+            ("FAN_OUT_LAST", FAN_OUT_LAST),
+            ("LOCK_FAN_OUT", LOCK_FAN_OUT),
             ("FAN_OUT_WAVES", FAN_OUT_WAVES),
         ]);
     }

@@ -81,6 +81,15 @@ pub struct DigestRow {
     /// subscriber's own zone; `None` for one that goes to everyone at `send_at`.
     pub local_time: Option<String>,
     pub local_date: Option<String>,
+    /// When its fan-out wrote its last chunk; `None` before or while it runs.
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub fanned_out_at: Option<Millis>,
+    /// `running` while its deliveries are being made (a few thousand at a time; `recipients`
+    /// counts those made so far), `complete` once every confirmed subscriber has one; `None`
+    /// before it is sent.
+    #[schema(value_type = Option<String>, example = "complete")]
+    pub fan_out: Option<String>,
     /// Loaded by [`Store::digest`](super::Store::digest); empty in listings.
     #[sqlx(skip)]
     pub items: Vec<ItemRow>,

@@ -259,7 +259,7 @@ async fn fan_out_reaches_exactly_the_confirmed_subscribers_once_with_list_header
     assert_eq!(
         app.app
             .store
-            .fan_out(&id, i64::MAX, Utc::now().timestamp_millis())
+            .fan_out(&id, i64::MAX, Utc::now().timestamp_millis(), 5000)
             .await
             .expect("fan out"),
         None

@@ -13,6 +13,7 @@ mod dkim;
 mod doctor;
 mod email;
 mod engine;
+mod fan_out;
 mod feeds;
 mod helpers;
 mod openapi;

@@ -1,0 +1,227 @@
+//! The fan-out in chunks (issue 23): a digest's deliveries are written a few thousand at a
+//! time, each chunk committed on its own, the workers sending the first while the rest is
+//! written; cut short, the next scheduler tick continues from the cursor, every confirmed
+//! subscriber exactly once, and the digest is never `sent` before its fan-out is complete.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::helpers::{self, Options, SmtpServer, TestApp, WAIT, eventually};
+use chrono::Utc;
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Each confirmed address received exactly one message, and nobody else got one.
+fn assert_once_each(smtp: &SmtpServer, confirmed: &[String]) {
+    let mut per_rcpt: HashMap<String, usize> = HashMap::new();
+    for m in smtp.received() {
+        for r in &m.rcpts {
+            *per_rcpt.entry(r.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        per_rcpt.len(),
+        confirmed.len(),
+        "one recipient per confirmed subscriber"
+    );
+    let twice: Vec<_> = per_rcpt.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "received more than once: {twice:?}");
+    assert!(confirmed.iter().all(|e| per_rcpt.contains_key(e)));
+}
+
+async fn scheduled_digest(app: &TestApp) -> String {
+    app.add_item("One").await;
+    let id = app.create_digest(json!("pending")).await;
+    let (status, body) = app.schedule_now(&id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    id
+}
+
+#[tokio::test]
+async fn a_fan_out_in_chunks_reaches_every_confirmed_subscriber_once() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        settings: vec![
+            ("concurrency".into(), "8".into()),
+            ("fanout_chunk".into(), "400".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let confirmed = helpers::seed(
+        &app,
+        &[("confirmed", 1_850), ("pending", 120), ("unsubscribed", 90)],
+        "example.com",
+    )
+    .await;
+    let id = scheduled_digest(&app).await;
+
+    let report = app
+        .app
+        .scheduler()
+        .tick(Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .expect("tick");
+    assert_eq!(report.fanned_out, vec![(id.clone(), 1_850)]);
+    // Five chunks of at most 400, each its own transaction with its own id prefix.
+    let chunks = app
+        .scalar(&format!(
+            "SELECT COUNT(DISTINCT substr(id, 1, 36)) FROM deliveries WHERE digest_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(chunks, 5, "1,850 subscribers in chunks of 400");
+    let (status, d) = app.digest(&id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(d["fan_out"], "complete", "{d}");
+    assert_eq!(d["recipients"], 1_850);
+
+    smtp.wait_for(1_850, Duration::from_secs(90)).await;
+    eventually("digest sent", WAIT, || async {
+        app.app.scheduler().tick(Utc::now()).await.expect("tick");
+        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
+            .await
+            == "sent"
+    })
+    .await;
+    assert_once_each(&smtp, &confirmed);
+    let (_, stats) = app.digest_stats(&id).await;
+    assert_eq!(stats["fan_out"], "complete", "{stats}");
+    assert_eq!(stats["recipients"], 1_850);
+    assert_eq!(stats["sent"], 1_850);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_fan_out_cut_short_sends_its_first_chunk_and_is_continued_by_the_next_tick() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        settings: vec![
+            ("concurrency".into(), "8".into()),
+            ("fanout_chunk".into(), "300".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let confirmed = helpers::seed(
+        &app,
+        &[("confirmed", 1_000), ("bounced", 50)],
+        "example.com",
+    )
+    .await;
+    let id = scheduled_digest(&app).await;
+    let store = &app.app.store;
+    let now = Utc::now().timestamp_millis();
+
+    // The first chunk's transaction, and then the process "dies": nothing more is written.
+    let first = store
+        .start_fan_out(&id, now + 3_600_000, now, 300)
+        .await
+        .expect("first chunk");
+    assert_eq!(first, Some((300, false)));
+    let (_, d) = app.digest(&id).await;
+    assert_eq!(d["status"], "sending", "{d}");
+    assert_eq!(d["fan_out"], "running", "{d}");
+    assert_eq!(d["recipients"], 300, "recipients count what was fanned out");
+    let (_, stats) = app.digest_stats(&id).await;
+    assert_eq!(stats["fan_out"], "running", "{stats}");
+
+    // The workers send the first chunk while the fan-out is incomplete...
+    smtp.wait_for(300, Duration::from_secs(60)).await;
+    eventually("first chunk recorded as sent", WAIT, || async {
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}' AND status = 'sent'"
+        ))
+        .await
+            == 300
+    })
+    .await;
+    // ...and with nothing queued or on the wire the digest is still not `sent`.
+    let finished = store
+        .finish_digests(Utc::now().timestamp_millis())
+        .await
+        .expect("finish");
+    assert!(finished.is_empty(), "finished mid fan-out: {finished:?}");
+    assert_eq!(
+        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
+            .await,
+        "sending"
+    );
+
+    // A new scheduler (a restarted process, or another node) continues from the cursor.
+    let report = app.app.scheduler().tick(Utc::now()).await.expect("tick");
+    assert_eq!(report.fanned_out, vec![(id.clone(), 700)]);
+    let (_, d) = app.digest(&id).await;
+    assert_eq!(d["fan_out"], "complete", "{d}");
+    assert_eq!(d["recipients"], 1_000);
+    // Nothing more to continue: a second continuation writes nothing.
+    assert_eq!(
+        store
+            .continue_fan_out(&id, Utc::now().timestamp_millis(), 300)
+            .await
+            .expect("continue"),
+        0
+    );
+
+    smtp.wait_for(1_000, Duration::from_secs(60)).await;
+    eventually("digest sent", WAIT, || async {
+        app.app.scheduler().tick(Utc::now()).await.expect("tick");
+        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
+            .await
+            == "sent"
+    })
+    .await;
+    assert_once_each(&smtp, &confirmed);
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}'"
+        ))
+        .await,
+        1_000
+    );
+    // The first messages left before the fan-out was complete.
+    let before = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries d JOIN digests g ON g.id = d.digest_id
+             WHERE g.id = '{id}' AND d.sent_at < g.fanned_out_at"
+        ))
+        .await;
+    assert!(before >= 300, "{before} sent before the fan-out completed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_digest_paused_mid_fan_out_is_fanned_out_but_not_sent_until_resumed() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        worker: false,
+        settings: vec![("fanout_chunk".into(), "100".into())],
+        ..Options::default()
+    })
+    .await;
+    helpers::seed(&app, &[("confirmed", 250)], "example.com").await;
+    let id = scheduled_digest(&app).await;
+    let now = Utc::now().timestamp_millis();
+    let store = &app.app.store;
+    assert_eq!(
+        store
+            .start_fan_out(&id, now + 3_600_000, now, 100)
+            .await
+            .expect("first chunk"),
+        Some((100, false))
+    );
+    let (status, body) = app.pause(&id, "wrong link").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Cancelling a digest that is sending is refused, chunks or not.
+    let (status, _) = app.cancel(&id).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let report = app.app.scheduler().tick(Utc::now()).await.expect("tick");
+    assert_eq!(report.fanned_out, vec![(id.clone(), 150)]);
+    let (_, d) = app.digest(&id).await;
+    assert_eq!(d["status"], "paused", "{d}");
+    assert_eq!(d["fan_out"], "complete", "{d}");
+    assert_eq!(d["recipients"], 250);
+    app.stop().await;
+}
