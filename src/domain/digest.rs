@@ -134,6 +134,14 @@ impl NewDigest {
             if ids.len() > 100 {
                 return Err(invalid("items", "a digest takes at most 100 items"));
             }
+            // An id with a control character (a NUL, say) names no item, and PostgreSQL's
+            // text cannot even hold it: refused here, not a failed statement (a 500).
+            if let Some(bad) = ids.iter().find(|id| !super::id::may_name_a_row(id)) {
+                return Err(invalid(
+                    "items",
+                    format!("{bad:?} is not an item's id (it holds a control character)"),
+                ));
+            }
         }
         Ok(Self {
             subject,
@@ -798,6 +806,11 @@ mod tests {
         );
         assert_eq!(
             NewDigest::parse("Hi", None, ItemSelection::Ids(vec![])).map_err(|e| e.field),
+            Err("items")
+        );
+        assert_eq!(
+            NewDigest::parse("Hi", None, ItemSelection::Ids(vec!["a\u{0}b".into()]))
+                .map_err(|e| e.field),
             Err("items")
         );
     }

@@ -293,6 +293,16 @@ async fn hostile_ids_name_nothing() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
         assert!(body["error"].is_string(), "{method} {path}: {body}");
     }
+    // A NUL in a body's item ids (found by schemathesis: a 500 on PostgreSQL).
+    let res = app
+        .admin(Method::POST, "/api/digests")
+        .json(&serde_json::json!({"subject": "%", "items": ["a\u{0}b"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(body["field"], "items", "{body}");
     let res = app
         .admin(Method::GET, "/api/subscribers?after=%00")
         .send()
