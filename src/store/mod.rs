@@ -17,6 +17,7 @@
 
 mod bounces;
 mod digests;
+mod fan_out;
 mod feeds;
 mod health;
 mod queue;
@@ -31,7 +32,7 @@ mod webhooks;
 mod workers;
 
 pub use bounces::{BounceCounts, BounceEventRow, BounceRecorded, BounceTarget, DigestHealth};
-pub use digests::PlannedWave;
+pub use fan_out::PlannedWave;
 pub use feeds::{FeedRow, SeenEntry};
 pub use rows::{
     ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, HistoryRow, ItemRow, Recorded,
