@@ -22,6 +22,7 @@ use crate::domain::liveness::shortest_lease;
 use crate::mail::dkim::{DkimKey, DkimSettings, SigningKey};
 
 mod settings;
+mod values;
 
 #[cfg(test)]
 use crate::mail::settings::SmtpSecurity;
@@ -812,7 +813,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.import_max_bytes, 2048);
         assert_eq!(load(&[]).expect("defaults").import_max_bytes, 100 << 20);
-        assert!(settings::list_id_ok("<a.b>") && settings::list_id_ok("\"My list\" <x+y.z>"));
+        assert!(values::list_id_ok("<a.b>") && values::list_id_ok("\"My list\" <x+y.z>"));
     }
 
     #[test]
