@@ -16,11 +16,13 @@
 //! - `rows`: the rows callers read.
 
 mod bounces;
+mod claim;
 mod digests;
 mod fan_out;
 mod feeds;
 mod health;
 mod queue;
+mod record;
 mod rows;
 mod schedule;
 mod sessions;
