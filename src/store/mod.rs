@@ -6,7 +6,9 @@
 //!
 //! - `subscribers`: sign-up, confirmation, unsubscribe, tokens, import, erasure, lookups;
 //! - `digests`: items, digests and their transitions, the fan-out;
-//! - `queue`: claims and outcomes (the send path), the queue itself;
+//! - `claim`: due deliveries into a worker's claim (the send path's first half);
+//! - `record`: their outcomes, each guarded by the claim (its second half);
+//! - `queue`: the queue itself: enqueue, claims taken over, the next due, suppression;
 //! - `stats`: counts for reporting;
 //! - `bounces`: bounces and complaints heard after sending, and what they change;
 //! - `feeds`: feeds, the entries seen of each, and the items they make;
