@@ -91,7 +91,10 @@ async fn the_global_rate_holds_across_connections() {
         smtp.connections() >= 2,
         "several connections shared one limit"
     );
-    assert!((150.0..=250.0).contains(&rate), "achieved {rate:.0}/s");
+    // The upper bound is the limit (a limiter per connection would reach 4 x 200/s); the lower
+    // one catches a limit split between the connections (4 x 50/s) with room for a loaded
+    // machine (150/s was missed once on PostgreSQL while CI shared the two cores).
+    assert!((100.0..=250.0).contains(&rate), "achieved {rate:.0}/s");
     app.stop().await;
 }
 
