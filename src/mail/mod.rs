@@ -14,6 +14,7 @@ use crate::domain::delivery::SendFailure;
 use settings::SmtpSettings;
 
 pub mod dkim;
+mod header;
 pub mod message;
 pub mod outbox;
 pub mod settings;
