@@ -378,3 +378,53 @@ async fn deleting_deliveries_or_subscribers_leaves_no_orphan_queue_rows() {
     assert_eq!(queued, deliveries, "one queue row per delivery left");
     app.stop().await;
 }
+
+/// A fan-out whose cursor is behind what was written (a chunk written again) skips whoever
+/// already has a delivery of the digest: no error, nobody twice, the rest fanned out.
+#[tokio::test]
+async fn a_chunk_written_again_skips_who_already_has_a_delivery() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        settings: vec![("fanout_chunk".into(), "100".into())],
+        ..Options::default()
+    })
+    .await;
+    helpers::seed(&app, &[("confirmed", 250)], "example.com").await;
+    let id = scheduled_digest(&app).await;
+    let store = &app.app.store;
+    let now = Utc::now().timestamp_millis();
+    assert_eq!(
+        store
+            .start_fan_out(&id, now + 3_600_000, now, 100)
+            .await
+            .expect("first chunk"),
+        Some((100, false))
+    );
+    app.exec(&format!(
+        "UPDATE digests SET fan_out_cursor = '' WHERE id = '{id}'"
+    ))
+    .await;
+    let made = store
+        .continue_fan_out(&id, now, 100)
+        .await
+        .expect("the chunk written again");
+    assert_eq!(made, 150, "only those without a delivery");
+    let once = app
+        .scalar(&format!(
+            "SELECT COUNT(DISTINCT subscriber_id) FROM deliveries WHERE digest_id = '{id}'"
+        ))
+        .await;
+    let rows = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}'"
+        ))
+        .await;
+    assert_eq!((once, rows), (250, 250));
+    let queued = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM delivery_queue WHERE digest_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(queued, 250);
+    app.stop().await;
+}
