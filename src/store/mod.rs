@@ -32,11 +32,11 @@ mod sqlite;
 mod stats;
 mod subscribers;
 mod test_sends;
+mod waves;
 mod webhooks;
 mod workers;
 
 pub use bounces::{BounceCounts, BounceEventRow, BounceRecorded, BounceTarget, DigestHealth};
-pub use fan_out::PlannedWave;
 pub use feeds::{FeedRow, SeenEntry};
 pub use rows::{
     ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, HistoryRow, ItemRow, Recorded,
@@ -45,6 +45,7 @@ pub use rows::{
 pub use schedule::StoredSchedule;
 pub use stats::{DayColumn, DeliveryCounts};
 pub use subscribers::{ImportRow, SignUp, UnsubscribeOutcome};
+pub use waves::PlannedWave;
 pub use workers::{Leadership, SCHEDULER_LOCK, WORK_CHANNEL};
 
 use std::sync::Arc;

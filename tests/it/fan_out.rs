@@ -225,3 +225,206 @@ async fn a_digest_paused_mid_fan_out_is_fanned_out_but_not_sent_until_resumed() 
     assert_eq!(d["recipients"], 250);
     app.stop().await;
 }
+
+/// How many deliveries and queue rows the subscriber `id` has, and how many queue rows in
+/// all have no delivery.
+async fn traces_of(app: &TestApp, id: &str) -> (i64, i64, i64) {
+    let deliveries = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE subscriber_id = '{id}'"
+        ))
+        .await;
+    let queued = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM delivery_queue q JOIN deliveries d ON d.id = q.delivery_id
+             WHERE d.subscriber_id = '{id}'"
+        ))
+        .await;
+    let orphans = app
+        .scalar(
+            "SELECT COUNT(*) FROM delivery_queue q
+             WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = q.delivery_id)",
+        )
+        .await;
+    (deliveries, queued, orphans)
+}
+
+/// A confirmed subscriber's id and address: the last with a delivery of `digest` already
+/// (`fanned_out`), or the first the fan-out has not reached yet (in its next chunk).
+async fn confirmed_subscriber(app: &TestApp, digest: &str, fanned_out: bool) -> (String, String) {
+    let pool = app.db().await;
+    let (id, email): (String, String) = sqlx::query_as(&format!(
+        "SELECT id, email FROM subscribers s WHERE status = 'confirmed'
+           AND {} EXISTS (SELECT 1 FROM deliveries d WHERE d.subscriber_id = s.id
+                              AND d.digest_id = '{digest}')
+         ORDER BY id {} LIMIT 1",
+        if fanned_out { "" } else { "NOT" },
+        if fanned_out { "DESC" } else { "ASC" }
+    ))
+    .fetch_one(&pool)
+    .await
+    .expect("a confirmed subscriber");
+    pool.close().await;
+    (id, email)
+}
+
+/// The right to erasure holds in the middle of a fan-out: a subscriber erased after their
+/// chunk was written, before it, or (PostgreSQL, where chunks and erasures run at once) while
+/// a chunk is being written, has no delivery and nothing queued, and everyone else is fanned
+/// out once.
+#[tokio::test]
+async fn an_erased_subscriber_leaves_no_delivery_and_nothing_queued() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        settings: vec![("fanout_chunk".into(), "100".into())],
+        ..Options::default()
+    })
+    .await;
+    helpers::seed(&app, &[("confirmed", 300)], "example.com").await;
+    let id = scheduled_digest(&app).await;
+    let store = &app.app.store;
+    let now = Utc::now().timestamp_millis();
+    assert_eq!(
+        store
+            .start_fan_out(&id, now + 3_600_000, now, 100)
+            .await
+            .expect("first chunk"),
+        Some((100, false))
+    );
+
+    let (written, written_email) = confirmed_subscriber(&app, &id, true).await;
+    let (ahead, ahead_email) = confirmed_subscriber(&app, &id, false).await;
+    assert!(store.forget(&written_email).await.expect("forget"));
+    assert!(store.forget(&ahead_email).await.expect("forget"));
+    let mut erased = vec![written, ahead];
+
+    if helpers::on_postgres() {
+        // An erasure that deleted the row before the next chunk read it, and commits while
+        // that chunk waits on it.
+        let (during, _) = confirmed_subscriber(&app, &id, false).await;
+        let pool = app.db().await;
+        let mut erasing = pool.begin().await.expect("tx");
+        sqlx::query("DELETE FROM subscribers WHERE id = $1")
+            .bind(&during)
+            .execute(&mut *erasing)
+            .await
+            .expect("delete");
+        let chunk = store.fan_out_next_chunk(&id, now, 100);
+        let commit = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            erasing.commit().await.expect("commit");
+        };
+        let (chunk, ()) = tokio::join!(chunk, commit);
+        assert_eq!(chunk.expect("chunk"), Some((100, false)));
+        pool.close().await;
+        erased.push(during);
+    }
+
+    let report = app.app.scheduler().tick(Utc::now()).await.expect("tick");
+    assert_eq!(report.fanned_out.len(), 1, "{report:?}");
+    for gone in &erased {
+        assert_eq!(traces_of(&app, gone).await, (0, 0, 0), "subscriber {gone}");
+    }
+    let left = 300 - i64::try_from(erased.len()).unwrap_or(0);
+    for table in ["deliveries", "delivery_queue"] {
+        let rows = app
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM {table} WHERE digest_id = '{id}'"
+            ))
+            .await;
+        assert_eq!(rows, left, "{table}: everyone else, once");
+    }
+    app.stop().await;
+}
+
+/// Deleting deliveries (a subscriber's, or old ones) takes their queue rows with them, and
+/// deleting a subscriber takes their deliveries: no queue row is left pointing at nothing,
+/// for a worker to claim.
+#[tokio::test]
+async fn deleting_deliveries_or_subscribers_leaves_no_orphan_queue_rows() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        settings: vec![("fanout_chunk".into(), "100".into())],
+        ..Options::default()
+    })
+    .await;
+    helpers::seed(&app, &[("confirmed", 250)], "example.com").await;
+    let id = scheduled_digest(&app).await;
+    let report = app.app.scheduler().tick(Utc::now()).await.expect("tick");
+    assert_eq!(report.fanned_out, vec![(id.clone(), 250)]);
+    let (subscriber, _) = confirmed_subscriber(&app, &id, true).await;
+
+    app.exec(&format!(
+        "DELETE FROM deliveries WHERE id IN
+             (SELECT id FROM deliveries WHERE digest_id = '{id}' ORDER BY id LIMIT 40)"
+    ))
+    .await;
+    app.exec(&format!(
+        "DELETE FROM subscribers WHERE id = '{subscriber}'"
+    ))
+    .await;
+    assert_eq!(traces_of(&app, &subscriber).await, (0, 0, 0));
+    let queued = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM delivery_queue WHERE digest_id = '{id}'"
+        ))
+        .await;
+    let deliveries = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(deliveries, 250 - 40 - 1);
+    assert_eq!(queued, deliveries, "one queue row per delivery left");
+    app.stop().await;
+}
+
+/// A fan-out whose cursor is behind what was written (a chunk written again) skips whoever
+/// already has a delivery of the digest: no error, nobody twice, the rest fanned out.
+#[tokio::test]
+async fn a_chunk_written_again_skips_who_already_has_a_delivery() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        settings: vec![("fanout_chunk".into(), "100".into())],
+        ..Options::default()
+    })
+    .await;
+    helpers::seed(&app, &[("confirmed", 250)], "example.com").await;
+    let id = scheduled_digest(&app).await;
+    let store = &app.app.store;
+    let now = Utc::now().timestamp_millis();
+    assert_eq!(
+        store
+            .start_fan_out(&id, now + 3_600_000, now, 100)
+            .await
+            .expect("first chunk"),
+        Some((100, false))
+    );
+    app.exec(&format!(
+        "UPDATE digests SET fan_out_cursor = '' WHERE id = '{id}'"
+    ))
+    .await;
+    let made = store
+        .continue_fan_out(&id, now, 100)
+        .await
+        .expect("the chunk written again");
+    assert_eq!(made, 150, "only those without a delivery");
+    let once = app
+        .scalar(&format!(
+            "SELECT COUNT(DISTINCT subscriber_id) FROM deliveries WHERE digest_id = '{id}'"
+        ))
+        .await;
+    let rows = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}'"
+        ))
+        .await;
+    assert_eq!((once, rows), (250, 250));
+    let queued = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM delivery_queue WHERE digest_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(queued, 250);
+    app.stop().await;
+}
