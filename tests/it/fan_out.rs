@@ -225,3 +225,133 @@ async fn a_digest_paused_mid_fan_out_is_fanned_out_but_not_sent_until_resumed() 
     assert_eq!(d["recipients"], 250);
     app.stop().await;
 }
+
+/// Makes the fan-out fail at subscriber `hold` (every chunk that holds them is rolled back,
+/// tick after tick), so a test can stop a process while its fan-out is `running`, after the
+/// chunks before that subscriber committed: no guessing with sleeps.
+async fn hold_fan_out_at(app: &TestApp, hold: &str) {
+    if helpers::on_postgres() {
+        app.exec(&format!(
+            "CREATE FUNCTION hold_fan_out() RETURNS trigger AS $$ BEGIN
+                 IF NEW.subscriber_id = '{hold}' THEN RAISE EXCEPTION 'held by the test'; END IF;
+                 RETURN NEW; END $$ LANGUAGE plpgsql"
+        ))
+        .await;
+        app.exec(
+            "CREATE TRIGGER hold_fan_out BEFORE INSERT ON deliveries
+             FOR EACH ROW EXECUTE FUNCTION hold_fan_out()",
+        )
+        .await;
+    } else {
+        app.exec(&format!(
+            "CREATE TRIGGER hold_fan_out BEFORE INSERT ON deliveries
+             WHEN NEW.subscriber_id = '{hold}'
+             BEGIN SELECT RAISE(ABORT, 'held by the test'); END"
+        ))
+        .await;
+    }
+}
+
+async fn release_fan_out(app: &TestApp) {
+    if helpers::on_postgres() {
+        app.exec("DROP TRIGGER hold_fan_out ON deliveries").await;
+    } else {
+        app.exec("DROP TRIGGER hold_fan_out").await;
+    }
+}
+
+#[tokio::test]
+async fn a_serve_sigkilled_mid_fan_out_and_restarted_sends_everyone_exactly_once() {
+    let smtp = SmtpServer::start().await;
+    let db = helpers::TestDb::new().await;
+    // This process only seeds, schedules and reads: no worker, no scheduler.
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        worker: false,
+        database: Some(db.clone()),
+        ..Options::default()
+    })
+    .await;
+    let confirmed = helpers::seed(
+        &app,
+        &[
+            ("confirmed", 3_000),
+            ("pending", 100),
+            ("unsubscribed", 100),
+        ],
+        "example.com",
+    )
+    .await;
+    // The 2,001st confirmed subscriber in id order: chunks of 100 before them commit.
+    let hold = app
+        .text(
+            "SELECT id FROM subscribers WHERE status = 'confirmed' ORDER BY id LIMIT 1 OFFSET 2000",
+        )
+        .await;
+    hold_fan_out_at(&app, &hold).await;
+    let env = [
+        ("SQUEEZE_SMTP_URL", smtp.url()),
+        ("SQUEEZE_FANOUT_CHUNK", "100".to_owned()),
+        ("SQUEEZE_RATE", "10000".to_owned()),
+        ("SQUEEZE_CONCURRENCY", "8".to_owned()),
+        ("SQUEEZE_WELCOME", "false".to_owned()),
+    ];
+    let serve = |env: &[(&str, String)]| {
+        let bind = format!("127.0.0.1:{}", free_port());
+        squeeze_test_support::process::Reaped(helpers::spawn_squeeze(
+            &["serve", "--bind", &bind],
+            &db,
+            env,
+        ))
+    };
+    let mut first = serve(&env);
+    let id = scheduled_digest(&app).await;
+
+    // The fan-out is running, 20 chunks in, and everything fanned out so far is sent and
+    // recorded (so no message is on the wire when the process dies).
+    eventually(
+        "20 chunks fanned out and sent",
+        Duration::from_secs(60),
+        || async {
+            let (_, d) = app.digest(&id).await;
+            d["fan_out"] == "running"
+            && d["recipients"] == 2_000
+            && app
+                .scalar(&format!(
+                    "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}' AND status = 'sent'"
+                ))
+                .await
+                == 2_000
+        },
+    )
+    .await;
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reaped");
+    let (_, d) = app.digest(&id).await;
+    assert_eq!(d["status"], "sending", "{d}");
+    assert_eq!(d["fan_out"], "running", "{d}");
+    assert_eq!(smtp.count(), 2_000);
+
+    // Restarted on the same database, the fan-out is continued from its cursor.
+    release_fan_out(&app).await;
+    let _second = serve(&env);
+    eventually("the digest is sent", Duration::from_secs(90), || async {
+        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
+            .await
+            == "sent"
+    })
+    .await;
+    assert_once_each(&smtp, &confirmed);
+    let (_, stats) = app.digest_stats(&id).await;
+    assert_eq!(stats["fan_out"], "complete", "{stats}");
+    assert_eq!(stats["recipients"], 3_000);
+    assert_eq!(stats["sent"], 3_000);
+    app.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
