@@ -46,7 +46,8 @@ pub enum DigestCommand {
         #[arg(long, value_name = "YYYY-MM-DD", requires = "local_time")]
         date: Option<String>,
     },
-    /// Cancel a digest before it is sent; its items become pending again.
+    /// Cancel a digest: before it is sent its items become pending again; a sending or
+    /// paused one stops (what is not yet sent never is; what was sent stays counted).
     Cancel { id: String },
     /// Pause a scheduled or sending digest.
     Pause {

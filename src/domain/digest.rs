@@ -194,6 +194,10 @@ impl DigestStatus {
     }
 }
 
+/// Why a delivery of a cancelled digest was not sent (the store suppresses what was queued,
+/// the worker what was claimed) and the note on its cancelled waves.
+pub const CANCELLED: &str = "cancelled by an editor";
+
 /// What an editor, the scheduler or a worker asks of a digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DigestAction {
@@ -211,9 +215,6 @@ pub enum DigestAction {
     Edit,
     /// An editor mails it to a few addresses of their own, as a test (its status stays).
     SendTest,
-    /// An editor cancels the waves not yet sent of a digest delivered at each subscriber's
-    /// time; the waves already sent stay sent, and the digest keeps its status.
-    CancelWaves,
 }
 
 /// What an allowed action does to a digest.
@@ -240,10 +241,13 @@ impl DigestStatus {
             (A::Schedule, S::Draft | S::Scheduled) => Ok(Change::To(S::Scheduled)),
             (A::Schedule, _) => refuse("a draft or scheduled digest can be scheduled"),
             (A::Cancel, S::Cancelled) => Ok(Change::Unchanged),
-            (A::Cancel, S::Draft | S::Scheduled) => Ok(Change::To(S::Cancelled)),
-            (A::Cancel, _) => {
-                refuse("a draft or scheduled digest can be cancelled (pause a sending one)")
+            // A sending one stops: what is queued is never sent, what was sent stays sent.
+            (A::Cancel, S::Draft | S::Scheduled | S::Sending | S::Paused) => {
+                Ok(Change::To(S::Cancelled))
             }
+            (A::Cancel, _) => refuse(
+                "a digest not yet sent (draft, scheduled, sending or paused) can be cancelled",
+            ),
             (A::Pause, S::Paused) => Ok(Change::Unchanged),
             (A::Pause, S::Scheduled | S::Sending) => Ok(Change::To(S::Paused)),
             (A::Pause, _) => refuse("a scheduled or sending digest can be paused"),
@@ -256,10 +260,6 @@ impl DigestStatus {
             (A::FanOut, S::Scheduled) => Ok(Change::To(S::Sending)),
             (A::Miss, S::Scheduled) => Ok(Change::To(S::Missed)),
             (A::Finish, S::Sending) => Ok(Change::To(S::Sent)),
-            (A::CancelWaves, S::Sending | S::Paused) => Ok(Change::To(self)),
-            (A::CancelWaves, _) => {
-                refuse("a sending or paused digest has waves not yet sent to cancel")
-            }
             (A::FanOut | A::Miss, _) => refuse("a scheduled digest can be sent or missed"),
             (A::Finish, _) => refuse("a sending digest can finish"),
             (A::Edit, S::Draft) => Ok(Change::Unchanged),
@@ -273,6 +273,17 @@ impl DigestStatus {
     /// Whether this digest's items are still the editor's to change (before sending).
     pub fn before_sending(self) -> bool {
         matches!(self, Self::Draft | Self::Scheduled)
+    }
+
+    /// Whether cancelling a digest in this status gives its items back to the pending
+    /// ones: it never went out (a draft, a scheduled digest, or one paused before its
+    /// time; `paused_from` as in `decide`). One that went out keeps them: its archive
+    /// page, its sent emails and its statistics still show them.
+    pub fn cancel_gives_items_back(self, paused_from: Option<DigestStatus>) -> bool {
+        match self {
+            Self::Paused => paused_from != Some(Self::Sending),
+            other => other.before_sending(),
+        }
     }
 }
 
@@ -589,14 +600,15 @@ mod tests {
             A::Finish,
             A::Edit,
             A::SendTest,
-            A::CancelWaves,
         ];
         for action in actions {
             for from in DigestStatus::ALL {
                 let got = from.decide(action, None);
                 let want = match (action, from) {
                     (A::Schedule, S::Draft | S::Scheduled) => Some(Change::To(S::Scheduled)),
-                    (A::Cancel, S::Draft | S::Scheduled) => Some(Change::To(S::Cancelled)),
+                    (A::Cancel, S::Draft | S::Scheduled | S::Sending | S::Paused) => {
+                        Some(Change::To(S::Cancelled))
+                    }
                     (A::Cancel, S::Cancelled) | (A::Pause, S::Paused) => Some(Change::Unchanged),
                     (A::Pause, S::Scheduled | S::Sending) => Some(Change::To(S::Paused)),
                     (A::Resume, S::Paused) => Some(Change::To(S::Scheduled)),
@@ -606,8 +618,6 @@ mod tests {
                     (A::Finish, S::Sending) => Some(Change::To(S::Sent)),
                     (A::Edit, S::Draft) => Some(Change::Unchanged),
                     (A::SendTest, s) if s != S::Cancelled => Some(Change::Unchanged),
-                    (A::CancelWaves, S::Sending) => Some(Change::To(S::Sending)),
-                    (A::CancelWaves, S::Paused) => Some(Change::To(S::Paused)),
                     _ => None,
                 };
                 match want {
@@ -632,11 +642,18 @@ mod tests {
         );
         assert_eq!(
             DigestStatus::Sent.decide(DigestAction::Cancel, None),
-            Err(
-                "sent; only a draft or scheduled digest can be cancelled (pause a sending one)"
-                    .into()
-            )
+            Err("sent; only a digest not yet sent (draft, scheduled, sending or paused) can be cancelled".into())
         );
+        assert_eq!(
+            DigestStatus::Sending.decide(DigestAction::Cancel, None),
+            Ok(Change::To(DigestStatus::Cancelled)),
+            "a digest that went out with a mistake can be stopped"
+        );
+        use DigestStatus as S;
+        assert!(S::Scheduled.cancel_gives_items_back(None));
+        assert!(S::Paused.cancel_gives_items_back(Some(S::Scheduled)));
+        assert!(!S::Paused.cancel_gives_items_back(Some(S::Sending)));
+        assert!(!S::Sending.cancel_gives_items_back(None));
         assert_eq!(
             DigestStatus::Draft.decide(DigestAction::Pause, None),
             Err("draft; only a scheduled or sending digest can be paused".into())

@@ -66,7 +66,8 @@ pub struct DigestStats {
     pub recipients: i64,
     /// `running` while the fan-out is still making deliveries (`recipients` grows, and
     /// `progress` is of those made so far), `complete` once every confirmed subscriber has
-    /// one; `None` before the digest is sent.
+    /// one, `stopped` when the digest was cancelled before that; `None` before the digest
+    /// is sent.
     #[schema(example = "complete")]
     pub fan_out: Option<String>,
     /// When the fan-out made its last delivery.

@@ -8,13 +8,14 @@ use super::{
     parse_col,
 };
 use crate::domain::clock::Millis;
-use crate::domain::digest::{Change, DigestAction};
+use crate::domain::digest::{CANCELLED, Change, DigestAction};
 use crate::domain::{DigestStatus, ItemSelection, NewDigest, NewItem};
 
 const DIGEST_BY_ID: &str = "SELECT id, subject, intro, status, paused_reason, send_at,
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
         local_time, local_date, fanned_out_at,
         CASE WHEN fanned_out_at IS NOT NULL THEN 'complete'
+             WHEN started_at IS NOT NULL AND status = 'cancelled' THEN 'stopped'
              WHEN started_at IS NOT NULL THEN 'running' END AS fan_out,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE id = $1";
@@ -23,6 +24,7 @@ const LATEST_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, 
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
         local_time, local_date, fanned_out_at,
         CASE WHEN fanned_out_at IS NOT NULL THEN 'complete'
+             WHEN started_at IS NOT NULL AND status = 'cancelled' THEN 'stopped'
              WHEN started_at IS NOT NULL THEN 'running' END AS fan_out,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests ORDER BY created_at DESC, id DESC LIMIT $1";
@@ -32,6 +34,7 @@ const ARCHIVED_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
         local_time, local_date, fanned_out_at,
         CASE WHEN fanned_out_at IS NOT NULL THEN 'complete'
+             WHEN started_at IS NOT NULL AND status = 'cancelled' THEN 'stopped'
              WHEN started_at IS NOT NULL THEN 'running' END AS fan_out,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE status IN ('sending', 'sent')
@@ -41,6 +44,7 @@ const DUE_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, sen
         daily_date, expires_at, recipients, started_at, finished_at, note, created_at,
         local_time, local_date, fanned_out_at,
         CASE WHEN fanned_out_at IS NOT NULL THEN 'complete'
+             WHEN started_at IS NOT NULL AND status = 'cancelled' THEN 'stopped'
              WHEN started_at IS NOT NULL THEN 'running' END AS fan_out,
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE status = 'scheduled' AND send_at <= $1 ORDER BY send_at";
@@ -306,6 +310,21 @@ impl Store {
         id: &str,
         action: DigestAction,
     ) -> StoreResult<(Transaction<'static, Any>, Change)> {
+        let (tx, _, change) = self.begin_decided(id, action).await?;
+        Ok((tx, change))
+    }
+
+    /// `begin_allowed`, and the digest's state it was asked of: its status and, paused,
+    /// what it was paused from.
+    async fn begin_decided(
+        &self,
+        id: &str,
+        action: DigestAction,
+    ) -> StoreResult<(
+        Transaction<'static, Any>,
+        (DigestStatus, Option<DigestStatus>),
+        Change,
+    )> {
         let mut tx = self.begin_write().await?;
         let row: Option<(String, Option<String>)> = sqlx::query_as(self.sql(&LOCK_DIGEST_STATE))
             .bind(id)
@@ -319,7 +338,7 @@ impl Store {
         let change = status
             .decide(action, paused_from)
             .map_err(|why| StoreError::Conflict(format!("digest {id} is {why}")))?;
-        Ok((tx, change))
+        Ok((tx, (status, paused_from), change))
     }
 
     /// Rewrites a draft: its subject, introduction and items, in the order given. Items it
@@ -429,20 +448,17 @@ impl Store {
         Ok(())
     }
 
-    /// Before sending only; its items become pending again. A digest delivered at each
-    /// subscriber's time that is already sending has its waves not yet due cancelled instead
-    /// (`cancel_waiting_waves`).
+    /// -> `cancelled` (idempotent), in one transaction. Before it went out, its items become
+    /// pending again. Once it went out (`sending`, or paused while sending), it stops: its
+    /// fan-out writes no further chunk (each chunk reads the status under the digest's lock),
+    /// every delivery still queued (or waiting for its wave) is suppressed with the reason
+    /// and leaves the queue, its waves not yet opened are cancelled; what was sent stays sent
+    /// and counted, and its items stay its own. A delivery already claimed is suppressed by
+    /// the worker's re-check before sending.
     pub async fn cancel_digest(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM digest_waves WHERE digest_id = $1 AND state = 'waiting'",
-        )
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await?;
-        if waiting > 0 {
-            return self.cancel_waiting_waves(id, now).await;
-        }
-        let Some((mut tx, to)) = self.begin_change(id, DigestAction::Cancel).await? else {
+        let (mut tx, (from, paused_from), change) =
+            self.begin_decided(id, DigestAction::Cancel).await?;
+        let Change::To(to) = change else {
             return Ok(());
         };
         sqlx::query("UPDATE digests SET status = $1, updated_at = $2 WHERE id = $3")
@@ -451,33 +467,29 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE items SET status = 'pending', digest_id = NULL WHERE digest_id = $1")
+        if from.cancel_gives_items_back(paused_from) {
+            sqlx::query(
+                "UPDATE items SET status = 'pending', digest_id = NULL WHERE digest_id = $1",
+            )
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM digest_items WHERE digest_id = $1")
+            sqlx::query("DELETE FROM digest_items WHERE digest_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM delivery_queue WHERE digest_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    /// The waves not yet due of a sending (or paused) digest are cancelled: their deliveries
-    /// are suppressed, never queued; the waves already queued or sent are kept.
-    async fn cancel_waiting_waves(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let Some((mut tx, _)) = self.begin_change(id, DigestAction::CancelWaves).await? else {
-            return Ok(());
-        };
-        let note = "cancelled by an editor before its wave's time";
         sqlx::query(
             "UPDATE deliveries SET status = 'suppressed', last_error = $3, updated_at = $2
-             WHERE digest_id = $1 AND status = 'queued' AND wave IN
-                 (SELECT timezone FROM digest_waves WHERE digest_id = $1 AND state = 'waiting')",
+             WHERE digest_id = $1 AND status = 'queued'",
         )
         .bind(id)
         .bind(now)
-        .bind(note)
+        .bind(CANCELLED)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -485,14 +497,9 @@ impl Store {
              WHERE digest_id = $1 AND state = 'waiting'",
         )
         .bind(id)
-        .bind(note)
+        .bind(CANCELLED)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE digests SET updated_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         self.commit(tx).await?;
         Ok(())
     }

@@ -86,8 +86,8 @@ pub struct DigestRow {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub fanned_out_at: Option<Millis>,
     /// `running` while its deliveries are being made (a few thousand at a time; `recipients`
-    /// counts those made so far), `complete` once every confirmed subscriber has one; `None`
-    /// before it is sent.
+    /// counts those made so far), `complete` once every confirmed subscriber has one,
+    /// `stopped` when it was cancelled before that; `None` before it is sent.
     #[schema(value_type = Option<String>, example = "complete")]
     pub fan_out: Option<String>,
     /// Loaded by [`Store::digest`](super::Store::digest); empty in listings.

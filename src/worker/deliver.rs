@@ -1,6 +1,5 @@
 //! Delivering one claimed delivery: re-check, compose, limit, send, decide the outcome.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use super::{PAUSE_CHECK, Worker};
 use crate::domain::DigestStatus;
 use crate::domain::clock::{ms, now_ms};
 use crate::domain::delivery::Outcome;
+use crate::domain::digest::CANCELLED;
 use crate::domain::email::redact_addresses;
 use crate::mail::{self, Letter, Sender};
 use crate::store::{ClaimedDelivery, Recorded};
@@ -70,11 +70,18 @@ impl Worker {
         if let Some(outcome) = recheck(d, now) {
             return outcome;
         }
-        if let Some(digest_id) = &d.digest_id
-            && self.digest_paused(digest_id).await
-        {
-            // Handed back unspent; claims skip a paused digest until it resumes.
-            return Outcome::Released;
+        if let Some(digest_id) = &d.digest_id {
+            match self.digest_state(digest_id).await {
+                // Handed back unspent; claims skip a paused digest until it resumes.
+                Some(DigestStatus::Paused) => return Outcome::Released,
+                // Claimed just before an editor stopped the digest: never sent.
+                Some(DigestStatus::Cancelled) => {
+                    return Outcome::Suppressed {
+                        reason: CANCELLED.into(),
+                    };
+                }
+                _ => {}
+            }
         }
         let domain = d.email.rsplit_once('@').map_or("", |(_, dom)| dom);
         if let Some(left) = self.limits.cooling(domain) {
@@ -184,7 +191,11 @@ impl Worker {
             return;
         };
         warn!(digest_id, %reason, "pausing digest");
-        remember_paused(&mut *self.paused.lock().await, digest_id, true);
+        remember(
+            &mut *self.digest_states.lock().await,
+            digest_id,
+            Some(DigestStatus::Paused),
+        );
         let now = now_ms();
         let paused = self.store.pause_digest(digest_id, &reason, now).await;
         let logged = self
@@ -196,30 +207,32 @@ impl Worker {
         }
     }
 
-    async fn digest_paused(&self, digest_id: &str) -> bool {
+    /// The digest's status as of at most `PAUSE_CHECK` ago (`None`: unknown, or unreadable:
+    /// then it is sent, as before the digest could be paused or cancelled).
+    async fn digest_state(&self, digest_id: &str) -> Option<DigestStatus> {
         // Read under the lock: the senders that find the state stale together (all of them,
         // when a digest starts) wait for one read instead of each making their own.
-        let mut known = self.paused.lock().await;
-        if let Some((read_at, paused)) = known.get(digest_id)
+        let mut known = self.digest_states.lock().await;
+        if let Some((read_at, status)) = known.get(digest_id)
             && read_at.elapsed() < PAUSE_CHECK
         {
-            return *paused;
+            return *status;
         }
-        let paused = match self.store.digest_status(digest_id).await {
-            Ok(status) => status == Some(DigestStatus::Paused),
+        let status = match self.store.digest_status(digest_id).await {
+            Ok(status) => status,
             Err(e) => {
                 warn!(digest_id, error = %e, "cannot read the digest's status; sending");
-                false
+                None
             }
         };
-        remember_paused(&mut known, digest_id, paused);
-        paused
+        remember(&mut known, digest_id, status);
+        status
     }
 }
 
-fn remember_paused(known: &mut HashMap<String, (Instant, bool)>, digest_id: &str, paused: bool) {
+fn remember(known: &mut super::DigestStates, digest_id: &str, status: Option<DigestStatus>) {
     if known.len() >= 64 {
         known.clear();
     }
-    known.insert(digest_id.to_owned(), (Instant::now(), paused));
+    known.insert(digest_id.to_owned(), (Instant::now(), status));
 }

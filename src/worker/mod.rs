@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::compose::{Composer, DigestContent};
-use crate::domain::RetryPolicy;
 use crate::domain::clock::now_ms;
 use crate::domain::liveness::{ALIVE_WITHIN, HEARTBEAT, lease_until};
+use crate::domain::{DigestStatus, RetryPolicy};
 use crate::mail::Transport;
 use crate::mail::dkim::Signer;
 use crate::metrics::Metrics;
@@ -43,8 +43,12 @@ pub use limits::Limits;
 
 /// How long an idle worker sleeps at most before looking for due work again.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// How old a digest's paused state may be when one of its claimed emails is about to go:
-/// a pause stops the emails already claimed within this long, not only the ones still queued.
+/// Each digest's status as last read (`None`: unknown), and when.
+type DigestStates = HashMap<String, (Instant, Option<DigestStatus>)>;
+
+/// How old a digest's status may be when one of its claimed emails is about to go: a pause
+/// or a cancel stops the emails already claimed within this long, not only the ones still
+/// queued.
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
 /// Most deliveries a worker holds claimed ahead of its senders, when the rate allows (see
 /// `Worker::queue_depth`); it claims again when a quarter of that is free.
@@ -93,8 +97,9 @@ pub struct Worker {
     composer: Composer,
     /// Each digest's content, loaded once and shared by all its emails.
     digests: Arc<Mutex<HashMap<String, Arc<DigestContent>>>>,
-    /// Whether each digest was paused, and when that was last read (see `PAUSE_CHECK`).
-    paused: Arc<Mutex<HashMap<String, (Instant, bool)>>>,
+    /// Each digest's status (paused, cancelled, …), and when it was last read (see
+    /// `PAUSE_CHECK`).
+    digest_states: Arc<Mutex<DigestStates>>,
     transport: Transport,
     settings: Arc<WorkerSettings>,
     limits: Arc<Limits>,
@@ -132,7 +137,7 @@ impl Worker {
             store,
             composer,
             digests: Arc::new(Mutex::new(HashMap::new())),
-            paused: Arc::new(Mutex::new(HashMap::new())),
+            digest_states: Arc::new(Mutex::new(HashMap::new())),
             transport,
             limits: Arc::new(limits),
             autopause: Arc::new(AutoPause::new(

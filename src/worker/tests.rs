@@ -359,3 +359,39 @@ async fn auto_pause_counts_permanent_failures() {
     let (outcome, _) = deliver_with(&h, &d, Ok(())).await;
     assert_eq!(outcome, Outcome::Released);
 }
+
+/// A delivery claimed just before an editor cancelled its digest is suppressed, not sent.
+#[tokio::test]
+async fn a_claimed_delivery_of_a_cancelled_digest_is_suppressed_not_sent() {
+    use crate::domain::{ItemSelection, NewDigest, NewItem};
+    let h = harness(0.5, 10).await;
+    let store = &h.worker.store;
+    let now = now_ms();
+    let item = NewItem::parse("Wrong link", "https://example.com/x", "", None).expect("item");
+    store.add_item(&item, now).await.expect("item");
+    let draft = NewDigest::parse("Monday", None, ItemSelection::Pending).expect("digest");
+    let digest = store
+        .create_digest(&draft, None, now)
+        .await
+        .expect("digest");
+    let mut d = delivery("dlv-cancelled", "ada@example.org");
+    d.digest_id = Some(digest.id.clone());
+    let content = h.worker.digests.lock().await.get(DIGEST).cloned();
+    if let Some(content) = content {
+        h.worker
+            .digests
+            .lock()
+            .await
+            .insert(digest.id.clone(), content);
+    }
+    store.cancel_digest(&digest.id, now).await.expect("cancel");
+
+    let (outcome, stub) = deliver_with(&h, &d, Ok(())).await;
+    assert_eq!(
+        outcome,
+        Outcome::Suppressed {
+            reason: "cancelled by an editor".into()
+        }
+    );
+    assert!(stub.sent.is_empty(), "a cancelled digest's email went out");
+}

@@ -521,7 +521,7 @@ async fn the_list_unsubscribe_url_of_a_received_digest_unsubscribes_with_one_pos
 }
 
 #[tokio::test]
-async fn cancel_before_sending_returns_items_and_refuses_after() {
+async fn cancel_before_sending_returns_items_and_after_keeps_them() {
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn_with(Options {
         worker: false,
@@ -548,8 +548,23 @@ async fn cancel_before_sending_returns_items_and_refuses_after() {
         .tick(Utc::now() + chrono::Duration::seconds(1))
         .await
         .expect("tick");
-    let (status, err) = app.cancel(&again).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    // Once it went out, a cancel stops it and keeps its items (its archive and stats show
+    // them); a second cancel changes nothing.
+    for _ in 0..2 {
+        let (status, d) = app.cancel(&again).await;
+        assert_eq!(
+            (status, d["status"].as_str()),
+            (StatusCode::OK, Some("cancelled")),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM items WHERE status = 'used' AND digest_id = '{again}'"
+        ))
+        .await,
+        1
+    );
     let (status, _) = app.schedule(&again, "2001-01-01T00:00:00Z").await;
     assert_eq!(
         status,

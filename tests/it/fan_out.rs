@@ -214,9 +214,6 @@ async fn a_digest_paused_mid_fan_out_is_fanned_out_but_not_sent_until_resumed() 
     );
     let (status, body) = app.pause(&id, "wrong link").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // Cancelling a digest that is sending is refused, chunks or not.
-    let (status, _) = app.cancel(&id).await;
-    assert_eq!(status, StatusCode::CONFLICT);
     let report = app.app.scheduler().tick(Utc::now()).await.expect("tick");
     assert_eq!(report.fanned_out, vec![(id.clone(), 150)]);
     let (_, d) = app.digest(&id).await;
@@ -427,4 +424,266 @@ async fn a_chunk_written_again_skips_who_already_has_a_delivery() {
         .await;
     assert_eq!(queued, 250);
     app.stop().await;
+}
+
+async fn deliveries_where(app: &TestApp, id: &str, condition: &str) -> i64 {
+    app.scalar(&format!(
+        "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}' AND {condition}"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_digest_cancelled_mid_fan_out_stops_and_suppresses_what_is_queued() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        worker: false,
+        settings: vec![("fanout_chunk".into(), "100".into())],
+        ..Options::default()
+    })
+    .await;
+    helpers::seed(&app, &[("confirmed", 250)], "example.com").await;
+    let id = scheduled_digest(&app).await;
+    let now = Utc::now().timestamp_millis();
+    let store = &app.app.store;
+    assert_eq!(
+        store
+            .start_fan_out(&id, now + 3_600_000, now, 100)
+            .await
+            .expect("first chunk"),
+        Some((100, false))
+    );
+
+    // An editor stops it (and, to be sure, asks again: nothing changes the second time).
+    for _ in 0..2 {
+        let (status, d) = app.cancel(&id).await;
+        assert_eq!(status, StatusCode::OK, "{d}");
+        assert_eq!(d["status"], "cancelled", "{d}");
+        assert_eq!(d["fan_out"], "stopped", "{d}");
+    }
+    // No further chunk: the next tick leaves it alone.
+    let report = app.app.scheduler().tick(Utc::now()).await.expect("tick");
+    assert!(report.fanned_out.is_empty(), "{report:?}");
+    assert_eq!(deliveries_where(&app, &id, "1 = 1").await, 100);
+    assert_eq!(
+        deliveries_where(
+            &app,
+            &id,
+            "status = 'suppressed' AND last_error = 'cancelled by an editor'"
+        )
+        .await,
+        100,
+        "every queued delivery is suppressed, with the reason"
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM delivery_queue WHERE digest_id = '{id}'"
+        ))
+        .await,
+        0,
+        "nothing of it is left to claim"
+    );
+    let (_, d) = app.digest(&id).await;
+    assert_eq!(d["status"], "cancelled", "{d}");
+    assert_eq!(d["recipients"], 100, "{d}");
+    assert_eq!(
+        d["items"].as_array().map(Vec::len),
+        Some(1),
+        "it keeps its items"
+    );
+    let (_, stats) = app.digest_stats(&id).await;
+    assert_eq!(stats["sent"], 0, "{stats}");
+    assert_eq!(smtp.count(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_digest_cancelled_while_sending_sends_no_more_than_was_claimed() {
+    let smtp = SmtpServer::start().await;
+    // One slow connection and a claim of ten: most of what is claimed is not yet on the
+    // wire when the editor cancels.
+    smtp.faults().data_delay = Some(Duration::from_millis(300));
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        settings: vec![
+            ("concurrency".into(), "1".into()),
+            ("rate".into(), "10".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    helpers::seed(&app, &[("confirmed", 300)], "example.com").await;
+    let id = scheduled_digest(&app).await;
+    app.app.scheduler().tick(Utc::now()).await.expect("tick");
+    smtp.wait_for(2, Duration::from_secs(30)).await;
+
+    let (status, d) = app.cancel(&id).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    // What is claimed or sent now is all that may still go out.
+    let claimed = deliveries_where(&app, &id, "status IN ('sending', 'sent')").await;
+    assert!(claimed < 300, "{claimed} claimed");
+    eventually("its claimed deliveries settled", WAIT, || async {
+        deliveries_where(&app, &id, "status IN ('queued', 'sending')").await == 0
+    })
+    .await;
+    let sent = deliveries_where(&app, &id, "status = 'sent'").await;
+    assert!(
+        i64::try_from(smtp.count()).unwrap_or(i64::MAX) <= claimed,
+        "{} sent, {claimed} were claimed",
+        smtp.count()
+    );
+    assert_eq!(
+        i64::try_from(smtp.count()).ok(),
+        Some(sent),
+        "what was sent is counted"
+    );
+    assert_eq!(
+        deliveries_where(
+            &app,
+            &id,
+            "status = 'suppressed' AND last_error = 'cancelled by an editor'"
+        )
+        .await,
+        300 - sent
+    );
+    // Claimed before the cancel, and stopped by the worker's re-check before sending.
+    let stopped_by_worker =
+        deliveries_where(&app, &id, "status = 'suppressed' AND attempts > 0").await;
+    assert!(stopped_by_worker > 0, "every claimed delivery went out");
+    app.app.scheduler().tick(Utc::now()).await.expect("tick");
+    let (_, stats) = app.digest_stats(&id).await;
+    assert_eq!(stats["status"], "cancelled", "{stats}");
+    assert_eq!(stats["sent"], sent, "{stats}");
+    app.stop().await;
+}
+
+/// Makes the fan-out fail at subscriber `hold` (every chunk that holds them is rolled back,
+/// tick after tick), so a test can stop a process while its fan-out is `running`, after the
+/// chunks before that subscriber committed: no guessing with sleeps.
+async fn hold_fan_out_at(app: &TestApp, hold: &str) {
+    if helpers::on_postgres() {
+        app.exec(&format!(
+            "CREATE FUNCTION hold_fan_out() RETURNS trigger AS $$ BEGIN
+                 IF NEW.subscriber_id = '{hold}' THEN RAISE EXCEPTION 'held by the test'; END IF;
+                 RETURN NEW; END $$ LANGUAGE plpgsql"
+        ))
+        .await;
+        app.exec(
+            "CREATE TRIGGER hold_fan_out BEFORE INSERT ON deliveries
+             FOR EACH ROW EXECUTE FUNCTION hold_fan_out()",
+        )
+        .await;
+    } else {
+        app.exec(&format!(
+            "CREATE TRIGGER hold_fan_out BEFORE INSERT ON deliveries
+             WHEN NEW.subscriber_id = '{hold}'
+             BEGIN SELECT RAISE(ABORT, 'held by the test'); END"
+        ))
+        .await;
+    }
+}
+
+async fn release_fan_out(app: &TestApp) {
+    if helpers::on_postgres() {
+        app.exec("DROP TRIGGER hold_fan_out ON deliveries").await;
+    } else {
+        app.exec("DROP TRIGGER hold_fan_out").await;
+    }
+}
+
+#[tokio::test]
+async fn a_serve_sigkilled_mid_fan_out_and_restarted_sends_everyone_exactly_once() {
+    let smtp = SmtpServer::start().await;
+    let db = helpers::TestDb::new().await;
+    // This process only seeds, schedules and reads: no worker, no scheduler.
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(smtp.url()),
+        worker: false,
+        database: Some(db.clone()),
+        ..Options::default()
+    })
+    .await;
+    let confirmed = helpers::seed(
+        &app,
+        &[
+            ("confirmed", 3_000),
+            ("pending", 100),
+            ("unsubscribed", 100),
+        ],
+        "example.com",
+    )
+    .await;
+    // The 2,001st confirmed subscriber in id order: chunks of 100 before them commit.
+    let hold = app
+        .text(
+            "SELECT id FROM subscribers WHERE status = 'confirmed' ORDER BY id LIMIT 1 OFFSET 2000",
+        )
+        .await;
+    hold_fan_out_at(&app, &hold).await;
+    let env = [
+        ("SQUEEZE_SMTP_URL", smtp.url()),
+        ("SQUEEZE_FANOUT_CHUNK", "100".to_owned()),
+        ("SQUEEZE_RATE", "10000".to_owned()),
+        ("SQUEEZE_CONCURRENCY", "8".to_owned()),
+        ("SQUEEZE_WELCOME", "false".to_owned()),
+    ];
+    let serve = |env: &[(&str, String)]| {
+        let bind = format!("127.0.0.1:{}", free_port());
+        squeeze_test_support::process::Reaped(helpers::spawn_squeeze(
+            &["serve", "--bind", &bind],
+            &db,
+            env,
+        ))
+    };
+    let mut first = serve(&env);
+    let id = scheduled_digest(&app).await;
+
+    // The fan-out is running, 20 chunks in, and everything fanned out so far is sent and
+    // recorded (so no message is on the wire when the process dies).
+    eventually(
+        "20 chunks fanned out and sent",
+        Duration::from_secs(60),
+        || async {
+            let (_, d) = app.digest(&id).await;
+            d["fan_out"] == "running"
+            && d["recipients"] == 2_000
+            && app
+                .scalar(&format!(
+                    "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}' AND status = 'sent'"
+                ))
+                .await
+                == 2_000
+        },
+    )
+    .await;
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reaped");
+    let (_, d) = app.digest(&id).await;
+    assert_eq!(d["status"], "sending", "{d}");
+    assert_eq!(d["fan_out"], "running", "{d}");
+    assert_eq!(smtp.count(), 2_000);
+
+    // Restarted on the same database, the fan-out is continued from its cursor.
+    release_fan_out(&app).await;
+    let _second = serve(&env);
+    eventually("the digest is sent", Duration::from_secs(90), || async {
+        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
+            .await
+            == "sent"
+    })
+    .await;
+    assert_once_each(&smtp, &confirmed);
+    let (_, stats) = app.digest_stats(&id).await;
+    assert_eq!(stats["fan_out"], "complete", "{stats}");
+    assert_eq!(stats["recipients"], 3_000);
+    assert_eq!(stats["sent"], 3_000);
+    app.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

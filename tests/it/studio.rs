@@ -430,3 +430,53 @@ async fn the_daily_schedule_is_set_from_its_form_and_shows_its_next_run() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_sending_digest_is_stopped_from_its_pages_cancel_button_behind_the_form_check() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    seed(&app, &[("confirmed", 3)], "example.com").await;
+    app.add_item("Wrong link").await;
+    let id = app.create_digest(serde_json::json!("pending")).await;
+    app.schedule_now(&id).await;
+    app.app
+        .scheduler()
+        .tick(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .expect("tick");
+    let query = format!("SELECT status FROM digests WHERE id = '{id}'");
+    let status_of = || app.text(&query);
+    assert_eq!(status_of().await, "sending");
+    let (http, csrf) = studio_login(&app).await;
+    let page = format!("/admin/digests/{id}");
+    let (_, html) = page_get(&http, &app, &page).await;
+    assert!(
+        html.contains("id=\"cancel-form\""),
+        "a Cancel button: {html}"
+    );
+
+    let cancel = format!("{page}/cancel");
+    let (status, _, _) = form_post(&http, &app, &cancel, &[("csrf", "forged")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status_of().await, "sending", "a forged form stops nothing");
+    let (status, _, location) = form_post(&http, &app, &cancel, &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location.as_deref(), Some(page.as_str()));
+    assert_eq!(status_of().await, "cancelled");
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}' AND status = 'suppressed'"
+        ))
+        .await,
+        3
+    );
+    let (_, html) = page_get(&http, &app, &page).await;
+    assert!(
+        !html.contains("id=\"cancel-form\""),
+        "nothing left to cancel"
+    );
+    app.stop().await;
+}

@@ -539,9 +539,11 @@ async fn pause_resume_and_cancel_apply_to_the_waves_not_yet_sent() {
     );
     assert_eq!(claimable(&app, madrid).await, set(&["madrid@example.com"]));
 
-    // Cancelled while sending: the waves not yet due are cancelled, the others kept.
+    // Cancelled while sending: the digest stops; the waves not yet due are cancelled, the
+    // others kept (what was claimed of them is stopped by the worker's re-check).
     let (status, d) = app.cancel(&id).await;
     assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["status"], "cancelled", "{d}");
     let la = at("2027-01-15T15:00:00Z");
     let r = scheduler.tick(la).await.expect("tick");
     assert!(r.waves_opened.is_empty(), "{r:?}");

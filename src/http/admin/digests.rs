@@ -204,12 +204,17 @@ pub(super) async fn schedule(
     Ok(Json(digest).into_response())
 }
 
-/// Cancels a digest that has not finished sending.
+/// Cancels a digest not yet sent: a draft or scheduled one (its items become pending again),
+/// or one sending or paused, which stops: every delivery not yet claimed is suppressed
+/// ("cancelled by an editor"), its fan-out writes no more (`fan_out` is `stopped`), its waves
+/// not yet opened are cancelled, and a claimed email not yet on the wire is not sent; what
+/// was sent stays sent and counted, and it keeps its items. Cancelling a cancelled digest
+/// again changes nothing (200).
 #[utoipa::path(post, path = "/api/digests/{id}/cancel", tag = "digests", params(("id" = String, Path, description = "The digest's id")),
     responses(
         (status = 200, description = "The cancelled digest", body = Digest),
         (status = 404, description = "No such digest", body = ErrorBody),
-        (status = 409, description = "The digest cannot be cancelled now", body = ErrorBody),
+        (status = 409, description = "The digest was sent or missed: there is nothing to cancel", body = ErrorBody),
     ))]
 pub(super) async fn cancel(
     State(s): State<AppState>,

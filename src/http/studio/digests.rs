@@ -12,6 +12,7 @@ use minijinja::context;
 
 use super::{blank, field, field_errors, fields};
 use crate::domain::clock::now_ms;
+use crate::domain::digest::{Change, DigestAction};
 use crate::domain::test_send::TestAddresses;
 use crate::domain::{ItemSelection, NewDigest};
 use crate::http::{AppState, HttpError, RowId, page};
@@ -131,11 +132,16 @@ async fn digest_page(
         ("addresses", String::new()),
     ]);
     values.extend(typed);
+    // The Cancel button, where the one rule lets it do something (a sending digest too).
+    let may_cancel = matches!(
+        digest.status.decide(DigestAction::Cancel, None),
+        Ok(Change::To(_))
+    );
     page(
         s,
         status,
         "studio_digest.html.j2",
-        context! { csrf, items => &digest.items, pending, digest, html, text, timezone, stats, tests, errors, values, nav => "digests" },
+        context! { csrf, items => &digest.items, pending, digest, html, text, timezone, stats, tests, errors, values, may_cancel, nav => "digests" },
     )
 }
 
