@@ -629,7 +629,7 @@ async fn a_serve_sigkilled_mid_fan_out_and_restarted_sends_everyone_exactly_once
         ("SQUEEZE_WELCOME", "false".to_owned()),
     ];
     let serve = |env: &[(&str, String)]| {
-        let bind = format!("127.0.0.1:{}", free_port());
+        let bind = format!("127.0.0.1:{}", helpers::free_port());
         squeeze_test_support::process::Reaped(helpers::spawn_squeeze(
             &["serve", "--bind", &bind],
             &db,
@@ -679,11 +679,4 @@ async fn a_serve_sigkilled_mid_fan_out_and_restarted_sends_everyone_exactly_once
     assert_eq!(stats["recipients"], 3_000);
     assert_eq!(stats["sent"], 3_000);
     app.stop().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }

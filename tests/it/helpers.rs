@@ -9,6 +9,14 @@ pub use squeeze_test_support::{
     terminate, wait_exit,
 };
 
+/// A port free on 127.0.0.1 for a `squeeze serve` child to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// The `squeeze` binary as a child process (for crash and signal tests), logging to a file in
 /// the database's folder.
 pub fn spawn_squeeze(args: &[&str], database: &TestDb, env: &[(&str, String)]) -> Child {

@@ -7,7 +7,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    Options, SmtpServer, TestApp, TestDb, eventually, seed, spawn_squeeze, terminate, wait_exit,
+    Options, SmtpServer, TestApp, TestDb, eventually, free_port, seed, spawn_squeeze, terminate,
+    wait_exit,
 };
 
 pub(crate) async fn postgres() -> Option<TestDb> {
@@ -164,13 +165,6 @@ async fn scaleout_killing_one_of_three_workers_loses_nothing() {
         "{duplicates} duplicates (bound {bound}): more than one worker had in flight"
     );
     app.stop().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[tokio::test]

@@ -83,13 +83,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// `squeeze serve` on a free port over the SQLite file `file`, logging to the test folder.
 struct Serve {
     child: Option<Child>,
@@ -100,7 +93,7 @@ struct Serve {
 
 impl Serve {
     async fn start(db: &TestDb, database_url: &str, smtp: &SmtpServer) -> Self {
-        let port = free_port();
+        let port = helpers::free_port();
         let url = format!("http://127.0.0.1:{port}");
         let child = helpers::spawn_squeeze(
             &["serve"],
