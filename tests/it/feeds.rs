@@ -519,18 +519,22 @@ async fn the_daily_digest_sends_the_feeds_items_and_an_empty_day_sends_nothing()
     seed(&app, &[("confirmed", 2)], "example.com").await;
     let editor = app.app.editor();
     let scheduler = app.app.scheduler();
-    let daily = DailySchedule::parse("07:00", "UTC", true).expect("schedule");
+    // The daily firing an hour ago by the real clock, not on a fixed date: the worker lets a
+    // daily digest's deliveries expire at the next firing, by the real clock (a fixed
+    // 2026-12-02 07:00 made this test fail from 2026-12-03 07:00 on).
+    let ago = Utc::now() - chrono::Duration::hours(1);
+    let fire = at(&ago.format("%Y-%m-%dT%H:%M:00Z").to_string());
+    let daily =
+        DailySchedule::parse(&fire.format("%H:%M").to_string(), "UTC", true).expect("schedule");
     editor
         .set_schedule(&daily, now())
         .await
         .expect("set schedule");
     add_feed(&app, &format!("{server}/rdf.xml")).await;
     poll(&app, now()).await;
-    let r = scheduler
-        .tick(at("2026-12-02T07:00:00Z"))
-        .await
-        .expect("tick");
-    assert_eq!(r.daily_created.as_deref(), Some("2026-12-02"));
+    let r = scheduler.tick(fire).await.expect("tick");
+    let today = fire.format("%Y-%m-%d").to_string();
+    assert_eq!(r.daily_created.as_deref(), Some(today.as_str()));
     assert_eq!(r.fanned_out.len(), 1);
     let mail = app.wait_all_sent(&smtp, 2).await;
     let text = String::from_utf8_lossy(&mail[0].data).into_owned();
@@ -542,11 +546,9 @@ async fn the_daily_digest_sends_the_feeds_items_and_an_empty_day_sends_nothing()
     );
 
     // The next day the feed has nothing new: nothing is sent.
-    poll(&app, at("2026-12-03T06:00:00Z")).await;
-    let r = scheduler
-        .tick(at("2026-12-03T07:00:00Z"))
-        .await
-        .expect("tick");
+    let next_day = fire + chrono::Duration::days(1);
+    poll(&app, next_day - chrono::Duration::hours(1)).await;
+    let r = scheduler.tick(next_day).await.expect("tick");
     assert_eq!(r.daily_created, None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.count(), 2);
