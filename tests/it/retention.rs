@@ -57,15 +57,16 @@ async fn a_sent_digests_deliveries_past_the_retention_are_gone_and_every_statist
     app.subscribe_confirmed(&smtp, "reader2@example.org").await;
     app.wait_all_sent(&smtp, 4).await;
     helpers::seed(&app, &[("confirmed", 40)], "example.com").await;
-    let mut faults = smtp.faults();
-    faults.rcpt_always.insert(
-        "confirmed1@example.com".into(),
-        "550 5.1.1 no such user".into(),
-    );
-    faults
-        .rcpt_always
-        .insert("confirmed2@example.com".into(), "554 5.7.1 refused".into());
-    drop(faults);
+    {
+        let mut faults = smtp.faults();
+        faults.rcpt_always.insert(
+            "confirmed1@example.com".into(),
+            "550 5.1.1 no such user".into(),
+        );
+        faults
+            .rcpt_always
+            .insert("confirmed2@example.com".into(), "554 5.7.1 refused".into());
+    }
     // 42 recipients, two refused at RCPT.
     let id = send_and_finish(&app, &smtp, 4 + 40).await;
 
