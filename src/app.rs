@@ -163,6 +163,15 @@ impl App {
         self.feeds.clone()
     }
 
+    /// The retention job (`delivery_retention`).
+    pub fn retention(&self) -> crate::service::Retention {
+        crate::service::Retention::new(
+            self.store.clone(),
+            self.metrics.clone(),
+            self.config.delivery_retention,
+        )
+    }
+
     pub fn scheduler(&self) -> Scheduler {
         Scheduler::new(
             self.store.clone(),
@@ -253,12 +262,15 @@ impl App {
         let worker = roles
             .worker
             .then(|| tokio::spawn(self.worker().run(shutdown.clone())));
-        // The feed poller runs where the scheduler does, and polls only while this node holds
-        // the scheduler role (on PostgreSQL one node of the installation: the advisory lock).
+        // The feed poller and the retention job run where the scheduler does, and work only
+        // while this node holds the scheduler role (on PostgreSQL one node of the installation: the advisory lock).
         let (leading, led) = tokio::sync::watch::channel(false);
         let scheduler = roles
             .scheduler
             .then(|| tokio::spawn(self.scheduler().with_leading(leading).run(shutdown.clone())));
+        let retention = roles
+            .scheduler
+            .then(|| tokio::spawn(self.retention().run(shutdown.clone(), led.clone())));
         let poller = roles
             .scheduler
             .then(|| tokio::spawn(self.feeds().run(shutdown.clone(), led)));
@@ -275,6 +287,9 @@ impl App {
         }
         if let Some(p) = poller {
             p.await?;
+        }
+        if let Some(r) = retention {
+            r.await?;
         }
         if let Some(w) = worker {
             w.await??;

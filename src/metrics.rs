@@ -25,6 +25,7 @@ pub struct Metrics {
     workers_alive: IntGauge,
     bounces: IntCounterVec,
     complaints: IntCounter,
+    retention_deleted: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -129,6 +130,12 @@ impl Metrics {
             "squeeze_complaints_total",
             "Complaints (feedback reports) matched to a delivery.",
         )?;
+        let retention_deleted = IntCounter::new(
+            "squeeze_retention_deleted_total",
+            "Delivery records deleted by the retention job (delivery_retention), their counts \
+             kept in the roll-ups.",
+        )?;
+        registry.register(Box::new(retention_deleted.clone()))?;
         registry.register(Box::new(bounces.clone()))?;
         registry.register(Box::new(complaints.clone()))?;
         registry.register(Box::new(messages.clone()))?;
@@ -149,6 +156,7 @@ impl Metrics {
             workers_alive,
             bounces,
             complaints,
+            retention_deleted,
         })
     }
 
@@ -162,6 +170,11 @@ impl Metrics {
                 .with_label_values(&[kind.as_str()])
                 .observe(l.as_secs_f64());
         }
+    }
+
+    /// Delivery records the retention job deleted.
+    pub fn retention_deleted(&self, n: u64) {
+        self.retention_deleted.inc_by(n);
     }
 
     pub fn smtp_send(&self, kind: DeliveryKind, took: Duration) {

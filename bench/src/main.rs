@@ -18,6 +18,8 @@
 //! target/release/squeeze-bench --subscribers 100000 [--database postgres]
 //! ```
 
+mod history;
+
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -105,6 +107,11 @@ struct Args {
     /// no database, no SMTP).
     #[arg(long, value_enum)]
     dkim: Option<DkimAlgorithm>,
+    /// Seed this many delivery rows of past digests by SQL and measure claim, outcome write,
+    /// fan-out and /api/stats with that history against an empty one, then the retention
+    /// job's rate and its effect on claims and outcomes beside it (issue 23).
+    #[arg(long, value_name = "ROWS")]
+    history: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -215,6 +222,9 @@ async fn bench(args: &Args) -> Result<()> {
 }
 
 async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
+    if let Some(rows) = args.history {
+        return history::run(args, dir, url, rows).await;
+    }
     let n = args.subscribers;
     println!(
         "squeeze-bench: {n} subscribers, {}, {} connections",

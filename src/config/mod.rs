@@ -111,6 +111,8 @@ pub struct Config {
     pub unsubscribe_mailto: Option<String>,
     /// A digest whose send time passed while nothing ran is still sent within this window.
     pub missed_grace: Duration,
+    /// How long a delivery's record is kept; `None`: for ever.
+    pub delivery_retention: Option<Duration>,
     /// How long a one-off digest's deliveries are retried (daily ones: until the next).
     pub digest_ttl: Duration,
     /// Subscribers per fan-out chunk, each its own transaction.
@@ -381,6 +383,9 @@ impl Config {
             list_id,
             unsubscribe_mailto: d.unsubscribe_mailto,
             missed_grace: d.missed_grace.ok_or_else(|| missing("missed_grace"))?,
+            delivery_retention: d
+                .delivery_retention
+                .ok_or_else(|| missing("delivery_retention"))?,
             digest_ttl: d.digest_ttl.ok_or_else(|| missing("digest_ttl"))?,
             fanout_chunk: d.fanout_chunk.ok_or_else(|| missing("fanout_chunk"))?,
             domain_rates: d.domain_rates.unwrap_or_default(),

@@ -16,7 +16,7 @@ use url::Url;
 
 use super::values::{
     boolean, dns_name, duration, is_in_memory, list_id_ok, non_empty, parse_domain_rates,
-    parse_nonzero, parse_share, parse_size, token,
+    parse_nonzero, parse_share, parse_size, retention, token,
 };
 use super::{DatabaseKind, LogFormat};
 use crate::mail::dkim::DkimKey;
@@ -79,6 +79,7 @@ pub(super) struct Draft {
     pub missed_grace: Option<Duration>,
     pub digest_ttl: Option<Duration>,
     pub fanout_chunk: Option<NonZeroU32>,
+    pub delivery_retention: Option<Option<Duration>>,
     pub domain_rates: Option<Vec<(String, NonZeroU32)>>,
     pub throttle_cooldown: Option<Duration>,
     pub retry_initial: Option<Duration>,
@@ -494,6 +495,17 @@ pub const TABLE: &[Setting] = &[
                     .filter(|n| n.get() <= 1_000_000)
                     .ok_or("expected a whole number from 1 to 1000000")?,
             );
+            Ok(())
+        },
+    },
+    Setting {
+        key: "delivery_retention",
+        value_name: "DURATION",
+        default: Some("90d"),
+        secret: false,
+        doc: "How long each delivery's own record is kept (0: for ever): older ones of finished digests are deleted, their digest's counts kept in a roll-up, so every statistic stays the same",
+        parse: |v, d| {
+            d.delivery_retention = Some(retention(v)?);
             Ok(())
         },
     },

@@ -24,6 +24,16 @@ pub(super) fn duration(v: &str) -> Result<Duration, String> {
         .ok_or_else(|| DURATION.to_owned())
 }
 
+/// A duration such as `90d`, or `0`: for ever (`None`).
+pub(super) fn retention(v: &str) -> Result<Option<Duration>, String> {
+    if v.trim() == "0" {
+        return Ok(None);
+    }
+    duration(v.trim())
+        .map(Some)
+        .map_err(|_| "expected a duration like 90d or 2w, or 0 to keep everything".to_owned())
+}
+
 /// A token that guards something: at least 16 characters.
 pub(super) fn token(v: &str) -> Result<String, String> {
     if v.trim() != v {
@@ -142,4 +152,17 @@ pub(super) fn parse_size(s: &str) -> Option<u64> {
 
 pub(super) fn parse_nonzero(s: &str) -> Option<NonZeroU32> {
     s.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_is_a_duration_or_zero_for_ever() {
+        assert_eq!(retention("90d"), Ok(Some(Duration::from_secs(90 * 86_400))));
+        assert_eq!(retention("0"), Ok(None));
+        assert!(retention("soon").is_err());
+        assert!(retention("-1d").is_err());
+    }
 }

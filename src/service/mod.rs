@@ -1,7 +1,7 @@
 //! The use cases that http and the CLI share, so both behave the same: `editorial` (items,
 //! digests, preview, schedule), `signup` (subscribe, confirm, unsubscribe), `subscribers`
-//! (import, export, list, forget), `reporting` (statistics, events, metrics, health) and
-//! `sessions` (the dashboard's).
+//! (import, export, list, forget), `reporting` (statistics, events, metrics, health),
+//! `retention` (roll-ups and the deletion of old deliveries) and `sessions` (the dashboard's).
 //!
 //! This is the layer that talks to the store; above it, `http` and `cli` name neither the
 //! store nor sqlx. What they print or serialise is re-exported here under the service's
@@ -13,6 +13,7 @@ pub mod editorial;
 pub mod feeds;
 pub mod inbound;
 pub mod reporting;
+pub mod retention;
 pub mod sessions;
 pub mod signup;
 pub mod sns;
@@ -23,6 +24,7 @@ pub use editorial::{DigestRequest, Editor, ItemsField, PreviewFormat, ScheduleVi
 pub use feeds::{FeedView, Feeds, Polled};
 pub use inbound::{Inbound, InboundSettings, Recorded};
 pub use reporting::Reporting;
+pub use retention::{Pruned, Retention};
 pub use sessions::AdminSessions;
 pub use signup::Signup;
 pub use subscribers::{ImportReport, Subscribers};

@@ -151,18 +151,8 @@ async fn of_digest(store: &Store, d: &DigestRow) -> StoreResult<DigestStats> {
         }
         _ => None,
     };
-    let rank = |q: f64| ((counts.sent - 1) as f64 * q).floor() as i64;
-    let latency = if counts.sent > 0 {
-        Latency {
-            p50_ms: store.latency_at_rank(&d.id, rank(0.5)).await?,
-            p95_ms: store.latency_at_rank(&d.id, rank(0.95)).await?,
-        }
-    } else {
-        Latency {
-            p50_ms: None,
-            p95_ms: None,
-        }
-    };
+    let (p50_ms, p95_ms) = store.latency_percentiles(&d.id, counts.sent).await?;
+    let latency = Latency { p50_ms, p95_ms };
     let reply_codes = store
         .reply_codes(&d.id, 5)
         .await?

@@ -258,7 +258,12 @@ impl Store {
 
 async fn digest_health(tx: &mut sqlx::AnyConnection, id: &str) -> StoreResult<DigestHealth> {
     let (delivered,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE digest_id = $1 AND status = 'sent'")
+        // The roll-up's count once the digest has one: its deliveries may be gone.
+        sqlx::query_as(
+            "SELECT COALESCE((SELECT sent FROM delivery_rollups WHERE digest_id = $1),
+                             (SELECT COUNT(*) FROM deliveries
+                              WHERE digest_id = $1 AND status = 'sent'))",
+        )
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;

@@ -234,12 +234,13 @@ impl Store {
         Ok(Some(digest))
     }
 
-    /// A digest's waves, earliest first, with how many of each were sent.
+    /// A digest's waves, earliest first, with how many of each were sent (counted in the
+    /// roll-up once the digest has one: `digest_waves.sent`).
     pub async fn waves(&self, id: &str) -> StoreResult<Vec<WaveRow>> {
         let rows: Vec<(String, Millis, i64, String, Option<String>, i64)> = sqlx::query_as(
             "SELECT w.timezone, w.due_at, w.recipients, w.state, w.note,
-                 (SELECT COUNT(*) FROM deliveries d
-                  WHERE d.digest_id = w.digest_id AND d.wave = w.timezone AND d.status = 'sent')
+                 COALESCE(w.sent, (SELECT COUNT(*) FROM deliveries d
+                  WHERE d.digest_id = w.digest_id AND d.wave = w.timezone AND d.status = 'sent'))
              FROM digest_waves w WHERE w.digest_id = $1 ORDER BY w.due_at, w.timezone",
         )
         .bind(id)

@@ -10,6 +10,7 @@
 //! - `record`: their outcomes, each guarded by the claim (its second half);
 //! - `queue`: the queue itself: enqueue, claims taken over, the next due, suppression;
 //! - `stats`: counts for reporting;
+//! - `retention`: finished digests rolled up, old deliveries deleted in batches;
 //! - `bounces`: bounces and complaints heard after sending, and what they change;
 //! - `feeds`: feeds, the entries seen of each, and the items they make;
 //! - `schedule`: the daily schedule and the event log;
@@ -25,6 +26,7 @@ mod feeds;
 mod health;
 mod queue;
 mod record;
+mod retention;
 mod rows;
 mod schedule;
 mod sessions;

@@ -19,6 +19,7 @@ mod helpers;
 mod openapi;
 mod operators;
 mod pages;
+mod retention;
 mod scaleout;
 mod signup;
 mod storage;

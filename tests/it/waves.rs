@@ -345,6 +345,25 @@ async fn a_day_of_waves_reaches_each_reader_at_their_own_seven_across_the_clock_
         .collect();
     assert_eq!(sent, [1, 1, 2, 2, 1]);
     assert_eq!(stats["status"], "sent");
+
+    // Past the retention (90 days), the waves' deliveries are gone and each still counts
+    // its sent (the roll-up's `digest_waves.sent`).
+    let done = app
+        .app
+        .retention()
+        .run_once(at("2028-06-01T00:00:00Z").timestamp_millis())
+        .await
+        .expect("retention");
+    assert!(done.deleted > 0, "{done:?}");
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{}'",
+            digests[0]
+        ))
+        .await,
+        0
+    );
+    assert_eq!(app.digest_stats(&digests[0]).await.1, stats);
     app.stop().await;
 }
 

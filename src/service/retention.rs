@@ -1,0 +1,149 @@
+//! The retention job (`delivery_retention`): every ten minutes, on the node that holds the
+//! scheduler role, finished digests are rolled up (once each), then the deliveries older
+//! than the retention are deleted in batches of `BATCH`, each its own short transaction,
+//! yielding between batches so claims, outcomes and sign-ups (on SQLite, all through the
+//! one writer connection) take their turns. The SQL is `store::retention`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::domain::clock::Millis;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreResult};
+
+/// Deliveries per deletion transaction: short enough never to hold up a claim or a sign-up.
+pub const BATCH: i64 = 2_000;
+/// How often the job runs.
+pub const EVERY: Duration = Duration::from_secs(600);
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Digests rolled up.
+    pub rolled_up: usize,
+    /// Delivery records deleted.
+    pub deleted: u64,
+    /// Deletion transactions.
+    pub batches: u64,
+}
+
+#[derive(Clone)]
+pub struct Retention {
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// `None`: keep every delivery (digests are still rolled up: their statistics then read
+    /// a row, not their deliveries).
+    keep: Option<Duration>,
+    batch: i64,
+}
+
+impl Retention {
+    pub fn new(store: Store, metrics: Arc<Metrics>, keep: Option<Duration>) -> Self {
+        Self {
+            store,
+            metrics,
+            keep,
+            batch: BATCH,
+        }
+    }
+
+    /// Deletes at most `batch` deliveries per transaction (the benchmark and the tests).
+    pub fn with_batch(mut self, batch: i64) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// One run as if it were `now`: roll up what finished, then delete what is older than
+    /// `now - delivery_retention`, batch by batch.
+    pub async fn run_once(&self, now: Millis) -> StoreResult<Pruned> {
+        let mut done = Pruned::default();
+        loop {
+            let due = self.store.digests_to_roll_up(100).await?;
+            let n = due.len();
+            for id in due {
+                if self.store.roll_up(&id, now).await? {
+                    done.rolled_up += 1;
+                }
+            }
+            if n < 100 {
+                break;
+            }
+        }
+        let Some(keep) = self.keep else {
+            return Ok(done);
+        };
+        let cutoff = now - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let digests = self.store.digests_to_prune(cutoff).await?;
+            let mut any = false;
+            for id in &digests {
+                loop {
+                    let n = self.store.prune_digest(id, cutoff, self.batch, now).await?;
+                    self.deleted(&mut done, n);
+                    tokio::task::yield_now().await;
+                    if n < self.batch as u64 {
+                        break;
+                    }
+                    any = true;
+                }
+            }
+            // A digest whose deliveries are not all past the cutoff stays unpruned: only
+            // ask again while a whole batch was deleted.
+            if !any {
+                break;
+            }
+        }
+        loop {
+            let n = self.store.prune_messages(cutoff, self.batch).await?;
+            self.deleted(&mut done, n);
+            tokio::task::yield_now().await;
+            if n < self.batch as u64 {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    fn deleted(&self, done: &mut Pruned, n: u64) {
+        if n > 0 {
+            done.deleted += n;
+            done.batches += 1;
+            self.metrics.retention_deleted(n);
+        }
+    }
+
+    /// Runs every `EVERY` until `shutdown`, only while `leading` says this node holds the
+    /// scheduler role (one node of an installation; like the feed poller).
+    pub async fn run(self, shutdown: CancellationToken, mut leading: watch::Receiver<bool>) {
+        loop {
+            if !*leading.borrow_and_update() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    changed = leading.changed() => if changed.is_err() { break },
+                }
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                done = self.run_once(crate::domain::clock::now_ms()) => match done {
+                    Ok(d) if d.deleted > 0 || d.rolled_up > 0 => info!(
+                        rolled_up = d.rolled_up,
+                        deleted = d.deleted,
+                        batches = d.batches,
+                        "retention: digests rolled up, old deliveries deleted"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "retention: the database refused; trying again at the next run"),
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(EVERY) => {}
+            }
+        }
+    }
+}
