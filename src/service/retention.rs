@@ -17,6 +17,8 @@ use crate::store::{Store, StoreResult};
 
 /// Deliveries per deletion transaction: short enough never to hold up a claim or a sign-up.
 pub const BATCH: i64 = 2_000;
+/// Digests asked for at a time, to roll up or to prune.
+const PAGE: i64 = 100;
 /// How often the job runs.
 pub const EVERY: Duration = Duration::from_secs(600);
 
@@ -62,14 +64,17 @@ impl Retention {
     pub async fn run_once(&self, now: Millis) -> StoreResult<Pruned> {
         let mut done = Pruned::default();
         loop {
-            let due = self.store.digests_to_roll_up(100).await?;
-            let n = due.len();
-            for id in due {
-                if self.store.roll_up(&id, now).await? {
-                    done.rolled_up += 1;
+            let due = self.store.digests_to_roll_up(PAGE).await?;
+            let mut rolled = 0;
+            for id in &due {
+                if self.store.roll_up(id, now).await? {
+                    rolled += 1;
                 }
             }
-            if n < 100 {
+            done.rolled_up += rolled;
+            // A short page was the last; a page of which none could be rolled up (each
+            // changed meanwhile) would come back the same.
+            if due.len() < PAGE as usize || rolled == 0 {
                 break;
             }
         }
@@ -78,22 +83,23 @@ impl Retention {
         };
         let cutoff = now - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
         loop {
-            let digests = self.store.digests_to_prune(cutoff).await?;
-            let mut any = false;
+            let digests = self.store.digests_to_prune(cutoff, PAGE).await?;
+            let mut pruned = 0;
             for id in &digests {
                 loop {
-                    let n = self.store.prune_digest(id, cutoff, self.batch, now).await?;
+                    let (n, gone) = self.store.prune_digest(id, cutoff, self.batch, now).await?;
                     self.deleted(&mut done, n);
                     tokio::task::yield_now().await;
                     if n < self.batch as u64 {
+                        pruned += usize::from(gone);
                         break;
                     }
-                    any = true;
                 }
             }
-            // A digest whose deliveries are not all past the cutoff stays unpruned: only
-            // ask again while a whole batch was deleted.
-            if !any {
+            // A digest some of whose deliveries are not past the cutoff yet (a wave made
+            // later) stays unpruned and comes back in the next page: ask again only while
+            // the page was full and pruned some.
+            if digests.len() < PAGE as usize || pruned == 0 {
                 break;
             }
         }

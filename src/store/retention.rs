@@ -24,7 +24,7 @@ const TO_ROLL_UP: &str = "SELECT id FROM digests g
 const TO_PRUNE: &str = "SELECT id FROM digests
      WHERE rolled_up_at IS NOT NULL AND pruned_at IS NULL
        AND COALESCE(started_at, created_at) < $1
-     ORDER BY created_at LIMIT 50";
+     ORDER BY created_at LIMIT $2";
 
 /// One batch of a rolled-up digest's deliveries older than the cutoff.
 const DELETE_OF_DIGEST: &str = "DELETE FROM deliveries WHERE id IN
@@ -170,22 +170,24 @@ impl Store {
     }
 
     /// Rolled-up digests that may hold deliveries older than `cutoff`.
-    pub async fn digests_to_prune(&self, cutoff: Millis) -> StoreResult<Vec<String>> {
+    pub async fn digests_to_prune(&self, cutoff: Millis, limit: i64) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar(TO_PRUNE)
             .bind(cutoff)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?)
     }
 
     /// Deletes up to `batch` of a rolled-up digest's deliveries made before `cutoff`, in one
-    /// statement (its own transaction); how many. Once none is left, the digest is pruned.
+    /// statement (its own transaction): how many, and whether the digest is pruned now (none
+    /// of its deliveries left).
     pub async fn prune_digest(
         &self,
         digest_id: &str,
         cutoff: Millis,
         batch: i64,
         now: Millis,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<(u64, bool)> {
         let mut conn = self.write_conn().await?;
         let deleted = sqlx::query(DELETE_OF_DIGEST)
             .bind(digest_id)
@@ -194,17 +196,20 @@ impl Store {
             .execute(&mut *conn)
             .await?
             .rows_affected();
+        let mut pruned = false;
         if deleted < batch as u64 {
-            sqlx::query(
+            pruned = sqlx::query(
                 "UPDATE digests SET pruned_at = $2 WHERE id = $1 AND rolled_up_at IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries WHERE digest_id = $1)",
             )
             .bind(digest_id)
             .bind(now)
             .execute(&mut *conn)
-            .await?;
+            .await?
+            .rows_affected()
+                == 1;
         }
-        Ok(deleted)
+        Ok((deleted, pruned))
     }
 
     /// Deletes up to `batch` final deliveries of no digest made before `cutoff`, oldest

@@ -240,3 +240,42 @@ async fn sign_ups_and_a_send_go_on_while_the_history_is_deleted_batch_by_batch()
     assert_eq!(app.digest_stats(&old).await.1, old_stats);
     app.stop().await;
 }
+
+/// One run prunes every digest past the retention, not only a first page of them: the first
+/// run after an upgrade finds a year of daily digests past the cutoff at once.
+#[tokio::test]
+async fn one_run_prunes_every_digest_past_the_retention_however_many() {
+    let smtp = SmtpServer::start().await;
+    let app = app_with(&smtp, &[("delivery_retention", "30d")]).await;
+    let long_ago = now_ms() - 400 * DAY_MS;
+    let rows: Vec<String> = (0..250)
+        .map(|i| {
+            let t = long_ago + i * DAY_MS;
+            format!("('old-{i:04}', 'Day {i}', 'sent', 0, {t}, {t}, {t}, {t}, {t})")
+        })
+        .collect();
+    let pool = app.db().await;
+    sqlx::query(&format!(
+        "INSERT INTO digests (id, subject, status, recipients, started_at, finished_at,
+             fanned_out_at, created_at, updated_at) VALUES {}",
+        rows.join(", ")
+    ))
+    .execute(&pool)
+    .await
+    .expect("a year of sent digests");
+    pool.close().await;
+    let done = app
+        .app
+        .retention()
+        .run_once(now_ms())
+        .await
+        .expect("retention");
+    assert_eq!(done.rolled_up, 250, "{done:?}");
+    // 250 days ago to 150 days ago: all past the 30 days kept.
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM digests WHERE pruned_at IS NULL")
+            .await,
+        0
+    );
+    app.stop().await;
+}
