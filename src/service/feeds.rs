@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::leading::every_while_leading;
 use super::{ServiceError, ServiceResult};
 use crate::domain::clock::Millis;
 use crate::feeds::{self, FetchSettings, Fetched, Fetcher, Validators};
@@ -175,26 +176,14 @@ impl Feeds {
     /// feeds that are due, until `shutdown`; only while `leading` says this node holds
     /// the scheduler role, so an installation of several processes on PostgreSQL polls
     /// each feed once (the scheduler's advisory lock decides which node).
-    pub async fn run(self, shutdown: CancellationToken, mut leading: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: CancellationToken, leading: watch::Receiver<bool>) {
         let tick = (self.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
-        loop {
-            if !*leading.borrow_and_update() {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    changed = leading.changed() => if changed.is_err() { break },
-                }
-                continue;
+        let this = &self;
+        every_while_leading(tick, shutdown, leading, || async move {
+            if let Err(e) = this.poll_due(Utc::now()).await {
+                warn!(error = %e, "feed poller: the database refused; trying again");
             }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                polled = self.poll_due(Utc::now()) => if let Err(e) = polled {
-                    warn!(error = %e, "feed poller: the database refused; trying again");
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(tick) => {}
-            }
-        }
+        })
+        .await;
     }
 }

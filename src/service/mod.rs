@@ -12,6 +12,7 @@ pub mod archive;
 pub mod editorial;
 pub mod feeds;
 pub mod inbound;
+mod leading;
 pub mod reporting;
 pub mod retention;
 pub mod sessions;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::leading::every_while_leading;
 use crate::domain::clock::Millis;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreResult};
@@ -124,32 +125,23 @@ impl Retention {
 
     /// Runs every `EVERY` until `shutdown`, only while `leading` says this node holds the
     /// scheduler role (one node of an installation; like the feed poller).
-    pub async fn run(self, shutdown: CancellationToken, mut leading: watch::Receiver<bool>) {
-        loop {
-            if !*leading.borrow_and_update() {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    changed = leading.changed() => if changed.is_err() { break },
-                }
-                continue;
+    pub async fn run(self, shutdown: CancellationToken, leading: watch::Receiver<bool>) {
+        let this = &self;
+        every_while_leading(EVERY, shutdown, leading, || async move {
+            match this.run_once(crate::domain::clock::now_ms()).await {
+                Ok(d) if d.deleted > 0 || d.rolled_up > 0 => info!(
+                    rolled_up = d.rolled_up,
+                    deleted = d.deleted,
+                    batches = d.batches,
+                    "retention: digests rolled up, old deliveries deleted"
+                ),
+                Ok(_) => {}
+                Err(e) => warn!(
+                    error = %e,
+                    "retention: the database refused; trying again at the next run"
+                ),
             }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                done = self.run_once(crate::domain::clock::now_ms()) => match done {
-                    Ok(d) if d.deleted > 0 || d.rolled_up > 0 => info!(
-                        rolled_up = d.rolled_up,
-                        deleted = d.deleted,
-                        batches = d.batches,
-                        "retention: digests rolled up, old deliveries deleted"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "retention: the database refused; trying again at the next run"),
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(EVERY) => {}
-            }
-        }
+        })
+        .await;
     }
 }
