@@ -191,9 +191,9 @@ async fn a_fan_out_cut_short_sends_its_first_chunk_and_is_continued_by_the_next_
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_digest_paused_mid_fan_out_is_fanned_out_but_not_sent_until_resumed() {
-    let smtp = SmtpServer::start().await;
+/// 250 confirmed subscribers, a digest due, its fan-out started in chunks of 100 and left
+/// after the first (no worker: nothing is sent).
+async fn first_chunk_of_250(smtp: &SmtpServer) -> (TestApp, String) {
     let app = TestApp::spawn_with(Options {
         smtp_url: Some(smtp.url()),
         worker: false,
@@ -204,14 +204,21 @@ async fn a_digest_paused_mid_fan_out_is_fanned_out_but_not_sent_until_resumed() 
     helpers::seed(&app, &[("confirmed", 250)], "example.com").await;
     let id = scheduled_digest(&app).await;
     let now = Utc::now().timestamp_millis();
-    let store = &app.app.store;
     assert_eq!(
-        store
+        app.app
+            .store
             .start_fan_out(&id, now + 3_600_000, now, 100)
             .await
             .expect("first chunk"),
         Some((100, false))
     );
+    (app, id)
+}
+
+#[tokio::test]
+async fn a_digest_paused_mid_fan_out_is_fanned_out_but_not_sent_until_resumed() {
+    let smtp = SmtpServer::start().await;
+    let (app, id) = first_chunk_of_250(&smtp).await;
     let (status, body) = app.pause(&id, "wrong link").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let report = app.app.scheduler().tick(Utc::now()).await.expect("tick");
@@ -436,24 +443,7 @@ async fn deliveries_where(app: &TestApp, id: &str, condition: &str) -> i64 {
 #[tokio::test]
 async fn a_digest_cancelled_mid_fan_out_stops_and_suppresses_what_is_queued() {
     let smtp = SmtpServer::start().await;
-    let app = TestApp::spawn_with(Options {
-        smtp_url: Some(smtp.url()),
-        worker: false,
-        settings: vec![("fanout_chunk".into(), "100".into())],
-        ..Options::default()
-    })
-    .await;
-    helpers::seed(&app, &[("confirmed", 250)], "example.com").await;
-    let id = scheduled_digest(&app).await;
-    let now = Utc::now().timestamp_millis();
-    let store = &app.app.store;
-    assert_eq!(
-        store
-            .start_fan_out(&id, now + 3_600_000, now, 100)
-            .await
-            .expect("first chunk"),
-        Some((100, false))
-    );
+    let (app, id) = first_chunk_of_250(&smtp).await;
 
     // An editor stops it (and, to be sure, asks again: nothing changes the second time).
     for _ in 0..2 {
