@@ -47,6 +47,8 @@ use squeeze_test_support::db::TestDb;
 use squeeze_test_support::process::{Reaped, child_command, without_squeeze_env};
 use tokio::net::TcpStream;
 
+mod kill_restart;
+
 const INSTALL_SINK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/smtp-sink.sh");
 const FROM: &str = "Freshly Squeezed <news@squeeze.example>";
 const PUBLIC_URL: &str = "https://news.squeeze.example";
@@ -81,6 +83,15 @@ struct Args {
     /// SMTP connections, for the worker and for the floor alike.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     concurrency: u32,
+    /// Instead of the pipeline and floors: run `squeeze serve` with the sink as relay, SIGKILL
+    /// it in the middle of the digest's fan-out (see --kill-at), restart it on the same
+    /// database, and check from the rows that every confirmed subscriber got exactly one
+    /// delivery, sent (issue 23, point 1).
+    #[arg(long, conflicts_with = "fanout_only")]
+    kill_restart: bool,
+    /// With --kill-restart: the share of the list fanned out when the first process is killed.
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    kill_at: f64,
     /// Measure seeding and fan-out only (no sink, worker or floor): for N = 1,000,000.
     #[arg(long)]
     fanout_only: bool,
@@ -112,6 +123,15 @@ struct Args {
     /// job's rate and its effect on claims and outcomes beside it (issue 23).
     #[arg(long, value_name = "ROWS")]
     history: Option<u64>,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f < 1.0 => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a fraction between 0 and 1 (exclusive)"
+        )),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -255,7 +275,14 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         started.elapsed().as_millis()
     );
 
-    let digest_id = make_digest(&app, args.items, args.summary_chars).await?;
+    if args.kill_restart {
+        let due_at = kill_restart::due_at();
+        let digest_id = make_digest(&app, args.items, args.summary_chars, due_at).await?;
+        app.store.close().await;
+        let sink = sink.context("no smtp-sink")?;
+        return kill_restart::run(args, dir, url, sink.port, &digest_id, due_at).await;
+    }
+    let digest_id = make_digest(&app, args.items, args.summary_chars, now_ms()).await?;
     let (envelope, message) = sample_message(&app, &digest_id).await?;
 
     // Where the worker is when the digest falls due, as in production. On PostgreSQL,
@@ -335,6 +362,13 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
             ms @ 0.. => format!("{ms} ms after the fan-out"),
             ms => format!("{} ms before the fan-out returned", -ms),
         }
+    );
+    // From the instant the headline's clock starts: the fan-out's first chunk, the worker's
+    // wake-up and first claim, and one SMTP transaction (issue 23: within 100 ms).
+    println!(
+        "first message sent {} ms after the digest fell due (the instant the headline starts from; fan-out took {} ms)",
+        pipeline.first_sent_at - due_at,
+        fanout.as_millis()
     );
     println!(
         "worker peak RSS: {:.1} MB; CPU: {:.2} s = {:.3} s per 1,000 emails",
@@ -512,10 +546,11 @@ async fn seed(url: &str, n: u64) -> Result<()> {
 }
 
 /// A realistic digest through the library: `items` items with long summaries (about 20 KB of
-/// HTML by default, and the text part), created and scheduled for now. Like most real ones it
+/// HTML by default, and the text part), created and scheduled. Like most real ones it
 /// is not plain ASCII (a dash, a curly apostrophe): such text once cost four times as much per
-/// email (BENCHMARKS.md, item 34), which an ASCII digest would not show.
-async fn make_digest(app: &App, items: u64, summary_chars: u64) -> Result<String> {
+/// email (BENCHMARKS.md, item 34), which an ASCII digest would not show. It falls due at
+/// `due_at` (ms since the epoch).
+async fn make_digest(app: &App, items: u64, summary_chars: u64, due_at: i64) -> Result<String> {
     let now = now_ms();
     for k in 1..=items {
         let summary = prose(k, usize::try_from(summary_chars).unwrap_or(2000));
@@ -543,7 +578,7 @@ async fn make_digest(app: &App, items: u64, summary_chars: u64) -> Result<String
         .await
         .context("creating the digest")?;
     app.store
-        .schedule_digest(&digest.id, now, now)
+        .schedule_digest(&digest.id, due_at, now)
         .await
         .context("scheduling the digest")?;
     Ok(digest.id)
@@ -635,6 +670,9 @@ struct PipelineFigures {
     /// From the fan-out's end to the first message sent: in a short run, the worker's start
     /// and first claim are a visible part of the whole.
     first_sent_ms: i64,
+    /// When the first message was sent (ms since the epoch): the delay from the digest's due
+    /// instant to it is what a subscriber at the head of the list waits (issue 23: 100 ms).
+    first_sent_at: i64,
     /// When the last message was sent (ms since the epoch): where the headline's clock stops.
     last_sent_at: i64,
     p99_ms: i64,
@@ -654,48 +692,7 @@ struct Worker {
 
 impl Worker {
     fn start(args: &Args, dir: &Path, url: &str, port: u16) -> Result<Self> {
-        let exe = std::env::current_exe()
-            .context("locating squeeze-bench")?
-            .with_file_name("squeeze");
-        ensure!(
-            exe.exists(),
-            "{} is missing: build both binaries with `cargo build --release --bins`",
-            exe.display()
-        );
-        let log_path = dir.join("worker.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let mut cmd = match &args.worker_wrapper {
-            Some(w) => {
-                let mut parts = w.split_whitespace();
-                let mut c = child_command(parts.next().context("--worker-wrapper is empty")?);
-                c.args(parts).arg(&exe);
-                c
-            }
-            None => child_command(&exe),
-        };
-        cmd.arg("worker");
-        // Only the settings below count: none inherited from the caller's environment.
-        without_squeeze_env(&mut cmd);
-        for (k, v) in settings(url, dir, args.concurrency, args.dkim.is_some()) {
-            cmd.env(format!("SQUEEZE_{}", k.to_uppercase()), v);
-        }
-        cmd.env("SQUEEZE_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
-            .env("SQUEEZE_CONFIG", dir.join("bench.toml"))
-            // The product's default, unless the caller asks for more (e.g. sqlx::query=debug
-            // logs every statement with its duration; see --keep-dir).
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "squeeze=info,warn".into()),
-            )
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let process = Reaped(
-            cmd.spawn()
-                .with_context(|| format!("starting {}", exe.display()))?,
-        );
+        let (process, log_path) = squeeze_process(args, dir, url, port, &["worker"], "worker")?;
         // For attaching a profiler: perf record -g -p <pid>.
         println!("worker: pid {}, log {}", process.0.id(), log_path.display());
         Ok(Self {
@@ -729,6 +726,62 @@ impl Worker {
         self.started_before_fanout = true;
         Ok(self)
     }
+}
+
+/// A `squeeze` child process (`subcommand`: `worker`, or `serve --bind …`) with the settings
+/// of the bench process and `port`'s sink as its relay, logging to `<log_name>.log` in the
+/// run's folder.
+fn squeeze_process(
+    args: &Args,
+    dir: &Path,
+    url: &str,
+    port: u16,
+    subcommand: &[&str],
+    log_name: &str,
+) -> Result<(Reaped, PathBuf)> {
+    let exe = std::env::current_exe()
+        .context("locating squeeze-bench")?
+        .with_file_name("squeeze");
+    ensure!(
+        exe.exists(),
+        "{} is missing: build both binaries with `cargo build --release --bins`",
+        exe.display()
+    );
+    let log_path = dir.join(format!("{log_name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = match &args.worker_wrapper {
+        Some(w) => {
+            let mut parts = w.split_whitespace();
+            let mut c = child_command(parts.next().context("--worker-wrapper is empty")?);
+            c.args(parts).arg(&exe);
+            c
+        }
+        None => child_command(&exe),
+    };
+    cmd.args(subcommand);
+    // Only the settings below count: none inherited from the caller's environment.
+    without_squeeze_env(&mut cmd);
+    for (k, v) in settings(url, dir, args.concurrency, args.dkim.is_some()) {
+        cmd.env(format!("SQUEEZE_{}", k.to_uppercase()), v);
+    }
+    cmd.env("SQUEEZE_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
+        .env("SQUEEZE_CONFIG", dir.join("bench.toml"))
+        // The product's default, unless the caller asks for more (e.g. sqlx::query=debug
+        // logs every statement with its duration; see --keep-dir).
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "squeeze=info,warn".into()),
+        )
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let process = Reaped(
+        cmd.spawn()
+            .with_context(|| format!("starting {}", exe.display()))?,
+    );
+    Ok((process, log_path))
 }
 
 /// Sessions of this PostgreSQL database whose last statement was a LISTEN for new work: a
@@ -834,6 +887,7 @@ async fn pipeline(
         seconds,
         p50_ms: percentile(&latencies, 50),
         first_sent_ms: first_sent - fanned_out_at,
+        first_sent_at: first_sent,
         last_sent_at: last_sent,
         p99_ms: percentile(&latencies, 99),
         peak_rss_kb,
