@@ -120,7 +120,7 @@ fn metrics() -> Result<std::sync::Arc<squeeze::metrics::Metrics>> {
 /// The costs now: a fresh digest fanned out to everyone, claims and outcomes of it, the
 /// statistics; the digest is then finished, so the next measure starts from an empty queue.
 async fn measure(app: &App, url: &str, args: &super::Args, n: u64) -> Result<Costs> {
-    let id = super::make_digest(app, args.items, args.summary_chars).await?;
+    let id = super::make_digest(app, args.items, args.summary_chars, now_ms()).await?;
     let started = Instant::now();
     let report = app.scheduler().tick(chrono::Utc::now()).await?;
     let fan_out = ms(started);
@@ -191,7 +191,7 @@ async fn claim_loop(
     limit: Duration,
     until: Option<&tokio::task::JoinHandle<squeeze::store::StoreResult<squeeze::service::Pruned>>>,
 ) -> Result<f64> {
-    super::make_digest(app, args.items, args.summary_chars).await?;
+    super::make_digest(app, args.items, args.summary_chars, now_ms()).await?;
     app.scheduler().tick(chrono::Utc::now()).await?;
     let started = Instant::now();
     let (mut total, mut done) = (0u64, 0u64);
@@ -202,7 +202,7 @@ async fn claim_loop(
         if done + u64::from(CLAIM) > n {
             // Out of deliveries: another digest.
             finish_all(url).await?;
-            super::make_digest(app, args.items, args.summary_chars).await?;
+            super::make_digest(app, args.items, args.summary_chars, now_ms()).await?;
             app.scheduler().tick(chrono::Utc::now()).await?;
             done = 0;
         }
