@@ -15,12 +15,15 @@ use crate::domain::clock::Millis;
 /// number growing in the order the rows are inserted, so the primary key's index is appended
 /// to instead of written on random pages (random keys made the fan-out to a million
 /// subscribers hold SQLite's write lock 12 s instead of 5). The queue rows follow by the
-/// chunk's id range (`SQLITE_QUEUE_CHUNK`).
+/// chunk's id range (`SQLITE_QUEUE_CHUNK`). The unary `+` before `status` (and before
+/// `digest_id` in `SQLITE_QUEUE_CHUNK`, `CHUNK_END`'s `status`) keeps SQLite off that
+/// column's index: never ANALYZEd, it took the equality over the id range, and each chunk
+/// read the whole list (the fan-out to 1,000,000 took 70 s instead of 4).
 const SQLITE_FAN_OUT_CHUNK: &str = "INSERT INTO deliveries (id, kind, subscriber_id, digest_id,
          status, expires_at, created_at, updated_at)
      SELECT $4 || '-' || printf('%012x', row_number() OVER (ORDER BY s.id)), 'digest',
          s.id, $1, 'queued', $3, $2, $2
-     FROM subscribers s WHERE s.status = 'confirmed' AND s.id > $5 AND s.id <= $6
+     FROM subscribers s WHERE +s.status = 'confirmed' AND s.id > $5 AND s.id <= $6
      ON CONFLICT (digest_id, subscriber_id) DO NOTHING";
 
 /// `SQLITE_FAN_OUT_CHUNK` for the last chunk: everyone after the cursor.
@@ -28,7 +31,7 @@ const SQLITE_FAN_OUT_LAST: &str = "INSERT INTO deliveries (id, kind, subscriber_
          status, expires_at, created_at, updated_at)
      SELECT $4 || '-' || printf('%012x', row_number() OVER (ORDER BY s.id)), 'digest',
          s.id, $1, 'queued', $3, $2, $2
-     FROM subscribers s WHERE s.status = 'confirmed' AND s.id > $5
+     FROM subscribers s WHERE +s.status = 'confirmed' AND s.id > $5
      ON CONFLICT (digest_id, subscriber_id) DO NOTHING";
 
 /// PostgreSQL, one chunk of a fan-out in one statement (the same rows and ids as SQLite's):
@@ -74,11 +77,11 @@ const POSTGRES_FAN_OUT_CHUNK: &str = "WITH chunk AS MATERIALIZED (
 /// key, not a re-read of the digest's deliveries.
 const SQLITE_QUEUE_CHUNK: &str = "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
      SELECT id, digest_id, $2 FROM deliveries
-     WHERE id > $3 || '-' AND id < $3 || '.' AND digest_id = $1";
+     WHERE id > $3 || '-' AND id < $3 || '.' AND +digest_id = $1";
 
 /// SQLite: the last subscriber of the next chunk, the `$2`-th confirmed one after the cursor
 /// `$1`.
-const CHUNK_END: &str = "SELECT id FROM subscribers WHERE status = 'confirmed' AND id > $1
+const CHUNK_END: &str = "SELECT id FROM subscribers WHERE +status = 'confirmed' AND id > $1
      ORDER BY id LIMIT 1 OFFSET $2";
 
 /// A running fan-out as `LOCK_FAN_OUT` reads it: status, cursor, expiry, start.
@@ -400,5 +403,55 @@ mod tests {
     #[test]
     fn fan_out_statements_are_written_for_each_backend() {
         super::super::tests::assert_dialects(&[("LOCK_FAN_OUT", LOCK_FAN_OUT)]);
+    }
+
+    /// SQLite's chunks read their subscribers, and queue their deliveries, by a range of
+    /// the primary key. SQLite is never ANALYZEd here, and without statistics it preferred
+    /// the equality of `status` (or `digest_id`) to the id range: a pass over the whole list
+    /// for every chunk, and the fan-out to 1,000,000 took 70 s instead of 4.
+    #[tokio::test]
+    async fn sqlite_chunks_read_a_range_of_ids_not_the_whole_list() {
+        use crate::store::DatabaseKind;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let store = Store::connect(&url, &DatabaseKind::Sqlite)
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        for (name, sql, params) in [
+            ("SQLITE_FAN_OUT_CHUNK", SQLITE_FAN_OUT_CHUNK, 6),
+            ("SQLITE_FAN_OUT_LAST", SQLITE_FAN_OUT_LAST, 5),
+            ("SQLITE_QUEUE_CHUNK", SQLITE_QUEUE_CHUNK, 3),
+            ("CHUNK_END", CHUNK_END, 2),
+        ] {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+            for n in 1..=params {
+                query = query.bind(format!("p{n}"));
+            }
+            let plan: Vec<String> = query
+                .fetch_all(&store.pool)
+                .await
+                .expect("plan")
+                .into_iter()
+                .map(|(_, _, _, detail)| detail)
+                .collect();
+            let reads: Vec<&String> = plan
+                .iter()
+                .filter(|d| {
+                    d.starts_with("SEARCH s ")
+                        || d.starts_with("SCAN s")
+                        || d.contains("subscribers")
+                        || d.contains(" deliveries")
+                })
+                .collect();
+            assert!(!reads.is_empty(), "{name}: {plan:?}");
+            for read in reads {
+                assert!(
+                    read.contains("sqlite_autoindex_") && read.contains("(id>?"),
+                    "{name} reads by something else than the id range: {plan:?}"
+                );
+            }
+        }
     }
 }
