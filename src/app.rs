@@ -106,13 +106,14 @@ impl App {
             config.feed_interval,
         )
         .map_err(|e| StartError::Feeds(e.to_string()))?;
+        let wake = store.wake();
         Ok(Self {
             feeds,
             config: Arc::new(config),
             store,
             renderer,
             transport,
-            wake: Arc::new(Notify::new()),
+            wake,
             metrics: Arc::new(Metrics::new()?),
             signer,
         })

@@ -234,6 +234,8 @@ pub struct Store {
     write_health: Arc<health::WriteHealth>,
     /// Held by every clone; when the last one goes, the write probe and the file watch end.
     _background: Option<Arc<tokio_util::sync::DropGuard>>,
+    /// Wakes this process's idle workers when mail is queued (`notify_work`).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -265,6 +267,7 @@ impl Store {
             _checkpoints: None,
             write_health: Arc::default(),
             _background: None,
+            wake: Arc::default(),
         };
         let background = tokio_util::sync::CancellationToken::new();
         tokio::spawn(store.clone().probe_writes(background.clone()));
@@ -345,14 +348,27 @@ impl Store {
         done
     }
 
-    /// Wakes idle workers (PostgreSQL: delivered at commit); SQLite runs in one process,
-    /// where the in-process notification does this.
+    /// What wakes this process's idle workers when mail is queued: the worker waits on it
+    /// (and on its poll, at most a second).
+    pub fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Wakes idle workers, from inside the transaction that queues mail. PostgreSQL: every
+    /// node's, by NOTIFY, delivered at commit. SQLite (one process): this process's, at once,
+    /// which is early but safe: the woken worker's claim takes the one writer connection,
+    /// which this transaction holds until it commits. Without it a fan-out's first chunk
+    /// waited for the worker's next poll (the first message at 1,000,000 left 1.05 s after
+    /// the fan-out started).
     async fn notify_work(&self, tx: &mut AnyConnection) -> StoreResult<()> {
-        if self.dialect == Dialect::Postgres {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(WORK_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
+        match self.dialect {
+            Dialect::Postgres => {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(WORK_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Dialect::Sqlite => self.wake.notify_one(),
         }
         Ok(())
     }
