@@ -266,13 +266,7 @@ async fn fan_out_reaches_exactly_the_confirmed_subscribers_once_with_list_header
     );
 
     smtp.wait_for(700, Duration::from_secs(60)).await;
-    eventually("digest finished", WAIT, || async {
-        app.app.scheduler().tick(Utc::now()).await.expect("tick");
-        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
-            .await
-            == "sent"
-    })
-    .await;
+    app.tick_until_sent(&id, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let received = smtp.received();
     assert_eq!(received.len(), 700, "one copy each, nothing more");

@@ -219,17 +219,7 @@ async fn a_failing_digest_pauses_itself_and_resumes_without_resending() {
     // The relay is fixed; an editor resumes through the API.
     smtp.faults().rcpt_always.clear();
     assert_eq!(app.resume(&id).await.0, StatusCode::OK);
-    eventually("the digest finishes", WAIT, || async {
-        app.app
-            .scheduler()
-            .tick(chrono::Utc::now())
-            .await
-            .expect("tick");
-        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
-            .await
-            == "sent"
-    })
-    .await;
+    app.tick_until_sent(&id, WAIT).await;
     stop.cancel();
     worker.await.expect("join").expect("worker");
     let mut per: HashMap<String, usize> = HashMap::new();

@@ -77,13 +77,7 @@ async fn a_fan_out_in_chunks_reaches_every_confirmed_subscriber_once() {
     assert_eq!(d["recipients"], 1_850);
 
     smtp.wait_for(1_850, Duration::from_secs(90)).await;
-    eventually("digest sent", WAIT, || async {
-        app.app.scheduler().tick(Utc::now()).await.expect("tick");
-        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
-            .await
-            == "sent"
-    })
-    .await;
+    app.tick_until_sent(&id, WAIT).await;
     assert_once_each(&smtp, &confirmed);
     let (_, stats) = app.digest_stats(&id).await;
     assert_eq!(stats["fan_out"], "complete", "{stats}");
@@ -165,13 +159,7 @@ async fn a_fan_out_cut_short_sends_its_first_chunk_and_is_continued_by_the_next_
     );
 
     smtp.wait_for(1_000, Duration::from_secs(60)).await;
-    eventually("digest sent", WAIT, || async {
-        app.app.scheduler().tick(Utc::now()).await.expect("tick");
-        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
-            .await
-            == "sent"
-    })
-    .await;
+    app.tick_until_sent(&id, WAIT).await;
     assert_once_each(&smtp, &confirmed);
     assert_eq!(
         app.scalar(&format!(

@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{self, Options, SmtpServer, TestApp, WAIT, eventually};
-use chrono::Utc;
+use crate::helpers::{self, Options, SmtpServer, TestApp, WAIT};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use squeeze::domain::clock::now_ms;
@@ -31,13 +30,7 @@ async fn app_with(smtp: &SmtpServer, settings: &[(&str, &str)]) -> TestApp {
 async fn send_and_finish(app: &TestApp, smtp: &SmtpServer, received: usize) -> String {
     let id = app.send_digest_now().await;
     app.wait_all_sent(smtp, received).await;
-    eventually("digest sent", WAIT, || async {
-        app.app.scheduler().tick(Utc::now()).await.expect("tick");
-        app.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
-            .await
-            == "sent"
-    })
-    .await;
+    app.tick_until_sent(&id, WAIT).await;
     id
 }
 
@@ -224,13 +217,7 @@ async fn sign_ups_and_a_send_go_on_while_the_history_is_deleted_batch_by_batch()
     assert!(done.batches >= 1_500 / 50, "in batches of 50: {done:?}");
     smtp.wait_for_at_least(3_000 + 20, Duration::from_secs(60))
         .await;
-    eventually("the new digest sent", WAIT, || async {
-        app.app.scheduler().tick(Utc::now()).await.expect("tick");
-        app.text(&format!("SELECT status FROM digests WHERE id = '{new}'"))
-            .await
-            == "sent"
-    })
-    .await;
+    app.tick_until_sent(&new, WAIT).await;
     assert!(
         sign_ups < Duration::from_secs(5),
         "20 sign-ups took {sign_ups:?}"

@@ -160,6 +160,22 @@ impl TestApp {
         smtp.wait_for(n, WAIT).await
     }
 
+    /// Ticks the scheduler (which finishes digests) until the digest `id` is `sent`, or
+    /// fails the test after `timeout`.
+    pub async fn tick_until_sent(&self, id: &str, timeout: std::time::Duration) {
+        crate::eventually("the digest is sent", timeout, || async {
+            self.app
+                .scheduler()
+                .tick(chrono::Utc::now())
+                .await
+                .expect("tick");
+            self.text(&format!("SELECT status FROM digests WHERE id = '{id}'"))
+                .await
+                == "sent"
+        })
+        .await;
+    }
+
     /// Presses the confirmation page's button: a POST to the link, as a browser sends it from
     /// the page (`Origin` and `Sec-Fetch-Site` of Squeeze's own pages).
     pub async fn confirm(&self, link: &str) -> reqwest::Response {
