@@ -137,7 +137,7 @@ impl App {
     }
 
     pub fn signup(&self) -> Signup {
-        Signup::new(self.store.clone(), self.wake.clone(), self.config.welcome)
+        Signup::new(self.store.clone(), self.config.welcome)
     }
 
     /// Bounces and complaints heard after sending.

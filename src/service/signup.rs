@@ -3,10 +3,6 @@
 //! manage their subscription by their token (name, data export) and unsubscribe. The answers never reveal who is subscribed;
 //! that is the caller's page to keep, with the outcome here only for logs.
 
-use std::sync::Arc;
-
-use tokio::sync::Notify;
-
 use serde_json::json;
 
 use super::{ServiceError, ServiceResult};
@@ -19,30 +15,21 @@ pub use crate::store::{SignUp, SubscriberRow as Subscriber, UnsubscribeOutcome};
 #[derive(Clone)]
 pub struct Signup {
     store: Store,
-    /// Wakes an in-process worker when a confirmation (or a welcome) is queued.
-    wake: Arc<Notify>,
     /// Whether confirming queues the welcome email (setting `welcome`).
     welcome: bool,
 }
 
 impl Signup {
-    pub fn new(store: Store, wake: Arc<Notify>, welcome: bool) -> Self {
-        Self {
-            store,
-            wake,
-            welcome,
-        }
+    pub fn new(store: Store, welcome: bool) -> Self {
+        Self { store, welcome }
     }
 
-    /// Records the sign-up (or leaves a known address as it is) and wakes the worker.
+    /// Records the sign-up (or leaves a known address as it is); the store wakes the workers.
     pub async fn subscribe(&self, signup: &SignUp, now: Millis) -> ServiceResult<SignUpOutcome> {
-        let outcome = self
-            .store
+        self.store
             .sign_up(signup, now)
             .await
-            .map_err(ServiceError::busy_or_fault)?;
-        self.wake.notify_one();
-        Ok(outcome)
+            .map_err(ServiceError::busy_or_fault)
     }
 
     /// What confirming with this link would do now; asking changes nothing.
@@ -59,15 +46,10 @@ impl Signup {
 
     /// Confirms (idempotent) and, the first time, queues the welcome email when it is on.
     pub async fn confirm(&self, token: &Token, now: Millis) -> ServiceResult<ConfirmOutcome> {
-        let outcome = self
-            .store
+        self.store
             .confirm(&token.hash(), now, self.welcome)
             .await
-            .map_err(ServiceError::busy_or_fault)?;
-        if outcome == ConfirmOutcome::Confirmed && self.welcome {
-            self.wake.notify_one();
-        }
-        Ok(outcome)
+            .map_err(ServiceError::busy_or_fault)
     }
 
     /// The subscriber whose own token this is (the token of their manage and unsubscribe

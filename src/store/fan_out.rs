@@ -147,6 +147,9 @@ impl Store {
             .fan_out_chunk_in(&mut tx, id, "", expires_at, now, chunk)
             .await?;
         self.commit(tx).await?;
+        if made > 0 {
+            self.work_queued();
+        }
         self.refresh_queue_statistics().await;
         Ok(Some((made, done)))
     }
@@ -203,6 +206,9 @@ impl Store {
             .fan_out_chunk_in(&mut tx, id, &cursor, expires_at, now, chunk)
             .await?;
         self.commit(tx).await?;
+        if made.0 > 0 {
+            self.work_queued();
+        }
         Ok(Some(made))
     }
 
@@ -249,9 +255,6 @@ impl Store {
         .bind(complete_at)
         .execute(&mut **tx)
         .await?;
-        if made > 0 {
-            self.notify_work(tx).await?;
-        }
         Ok((made, done))
     }
 

@@ -4,7 +4,8 @@
 //! where the backends differ (locking, lists, generated ids) a statement is written out whole
 //! for each, side by side ([`PerDialect`]).
 //!
-//! - `subscribers`: sign-up, confirmation, unsubscribe, tokens, import, erasure, lookups;
+//! - `sign_ups`: sign-ups, written in batches (one transaction for those that arrive together);
+//! - `subscribers`: confirmation, unsubscribe, tokens, import, erasure, lookups;
 //! - `digests`: items, digests and their transitions, the fan-out;
 //! - `claim`: due deliveries into a worker's claim (the send path's first half);
 //! - `record`: their outcomes, each guarded by the claim (its second half);
@@ -14,8 +15,8 @@
 //! - `bounces`: bounces and complaints heard after sending, and what they change;
 //! - `feeds`: feeds, the entries seen of each, and the items they make;
 //! - `schedule`: the daily schedule and the event log;
-//! - `workers`: heartbeats, the scheduler's leadership, work notifications;
-//! - `sqlite`: SQLite-only machinery (the pools, the sign-up batcher, checkpoints);
+//! - `workers`: heartbeats, the scheduler's leadership, work notifications (sent and heard);
+//! - `sqlite`: SQLite-only machinery (the pools, checkpoints);
 //! - `rows`: the rows callers read.
 
 mod bounces;
@@ -30,6 +31,7 @@ mod retention;
 mod rows;
 mod schedule;
 mod sessions;
+mod sign_ups;
 mod sqlite;
 mod stats;
 mod subscribers;
@@ -222,10 +224,11 @@ pub struct Store {
     dialect: Dialect,
     kind: DatabaseKind,
     url: String,
-    /// SQLite: sign-ups go to one task that writes whatever arrived together in one
-    /// transaction (SQLite has one writer at a time; a transaction each capped /subscribe at
-    /// about 2,000 requests/s with a p99 over 100 ms).
-    sign_ups: Option<mpsc::Sender<sqlite::SignUpJob>>,
+    /// Sign-ups go to batchers that write whatever arrived together in one transaction
+    /// (`sign_ups`): a transaction each capped /subscribe at about 2,000 requests/s with a
+    /// p99 over 100 ms on SQLite (one writer at a time) and at 900-1,300 on PostgreSQL (a
+    /// flush to disk each).
+    sign_ups: Option<mpsc::Sender<sign_ups::SignUpJob>>,
     /// SQLite: held, never used, by every clone; when the last one goes, the background
     /// checkpoint task (`sqlite::checkpoints`) sees its channel close and ends.
     _checkpoints: Option<mpsc::Sender<()>>,
@@ -234,8 +237,10 @@ pub struct Store {
     write_health: Arc<health::WriteHealth>,
     /// Held by every clone; when the last one goes, the write probe and the file watch end.
     _background: Option<Arc<tokio_util::sync::DropGuard>>,
-    /// Wakes this process's idle workers when mail is queued (`notify_work`).
+    /// Wakes this process's idle workers when mail is queued (`work_queued`).
     wake: Arc<tokio::sync::Notify>,
+    /// PostgreSQL: asks for a NOTIFY to the other nodes' workers (`workers::announce_work`).
+    announce: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Store {
@@ -268,15 +273,26 @@ impl Store {
             write_health: Arc::default(),
             _background: None,
             wake: Arc::default(),
+            announce: None,
         };
         let background = tokio_util::sync::CancellationToken::new();
         tokio::spawn(store.clone().probe_writes(background.clone()));
+        if dialect == Dialect::Postgres {
+            let announce = Arc::new(tokio::sync::Notify::new());
+            tokio::spawn(workers::announce_work(
+                store.pool.clone(),
+                announce.clone(),
+                background.clone(),
+            ));
+            store.announce = Some(announce);
+        }
         if dialect == Dialect::Sqlite {
             if let Some(path) = sqlite::file_path(url) {
                 store.write_health.watch(path);
             }
             store.start_sqlite_tasks();
         }
+        store.start_sign_up_batchers();
         store._background = Some(Arc::new(background.drop_guard()));
         Ok(store)
     }
@@ -354,23 +370,20 @@ impl Store {
         self.wake.clone()
     }
 
-    /// Wakes idle workers, from inside the transaction that queues mail. PostgreSQL: every
-    /// node's, by NOTIFY, delivered at commit. SQLite (one process): this process's, at once,
-    /// which is early but safe: the woken worker's claim takes the one writer connection,
-    /// which this transaction holds until it commits. Without it a fan-out's first chunk
-    /// waited for the worker's next poll (the first message at 1,000,000 left 1.05 s after
-    /// the fan-out started).
-    async fn notify_work(&self, tx: &mut AnyConnection) -> StoreResult<()> {
-        match self.dialect {
-            Dialect::Postgres => {
-                sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(WORK_CHANNEL)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Dialect::Sqlite => self.wake.notify_one(),
+    /// Says that mail was queued, once the transaction that queued it has committed: this
+    /// process's idle workers wake at once, and on PostgreSQL every node's by a NOTIFY sent
+    /// after the commit (`announce_work`), one for however many commits came meanwhile.
+    /// Not a NOTIFY inside the transaction: PostgreSQL takes a database-wide lock at the
+    /// commit of a transaction that notifies and holds it past the flush to disk, so every
+    /// transaction that queued mail committed one at a time, each waiting for the previous
+    /// one's flush (sign-ups: BENCHMARKS.md, issue 23 d). A worker woken early finds nothing
+    /// new, and one that misses a wake-up (a process that died between the commit and the
+    /// NOTIFY) finds the mail at its next poll.
+    fn work_queued(&self) {
+        self.wake.notify_one();
+        if let Some(announce) = &self.announce {
+            announce.notify_one();
         }
-        Ok(())
     }
 }
 
@@ -404,6 +417,13 @@ fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     // always serialise; were it ever to fail, the empty text is not JSON and the statement
     // fails loudly.
     serde_json::to_string(&items).unwrap_or_default()
+}
+
+/// Rows as a JSON array, for a statement that reads a batch (`json_each`,
+/// `json_to_recordset`). Such rows always serialise; were it ever to fail, the empty text is
+/// not JSON and the statement fails loudly.
+fn json_rows(rows: &[impl serde::Serialize]) -> String {
+    serde_json::to_string(rows).unwrap_or_default()
 }
 
 fn new_id() -> String {

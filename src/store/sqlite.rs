@@ -1,6 +1,5 @@
-//! SQLite-only machinery: the two pools (reads, and the one write connection), the task that
-//! writes the sign-ups that arrive together in one transaction, and the background WAL
-//! checkpoint.
+//! SQLite-only machinery: the two pools (reads, and the one write connection) and the
+//! background WAL checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
@@ -8,27 +7,16 @@ use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::{SignUp, Store, StoreError, StoreResult};
-use crate::domain::clock::Millis;
-use crate::domain::subscriber::SignUpOutcome;
+use super::{Store, StoreError, StoreResult};
 
-/// Most sign-ups written in one transaction.
-const SIGN_UP_BATCH: usize = 128;
 /// How often a background task copies the WAL into the database file (see `checkpoints`).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// At most this many checkpoint passes on a read connection before the writer's.
 const READER_CHECKPOINT_PASSES: usize = 4;
 /// WAL frames (pages): a pass that copied fewer leaves the rest to the writer's pass.
 const LITTLE_LEFT_TO_COPY: i64 = 256;
-
-#[derive(Debug)]
-pub(super) struct SignUpJob {
-    sign_up: SignUp,
-    now: Millis,
-    reply: oneshot::Sender<StoreResult<SignUpOutcome>>,
-}
 
 /// SQLite creates the file when the URL asks for mode `rwc`.
 fn sqlite_url(url: &str) -> String {
@@ -153,74 +141,12 @@ pub(super) async fn pools(url: &str) -> StoreResult<(AnyPool, AnyPool)> {
     Ok((pool, writer))
 }
 
-/// Hands a sign-up to the batcher and waits for its answer.
-pub(super) async fn sign_up_batched(
-    batcher: &mpsc::Sender<SignUpJob>,
-    s: &SignUp,
-    now: Millis,
-) -> StoreResult<SignUpOutcome> {
-    let (reply, answer) = oneshot::channel();
-    let job = SignUpJob {
-        sign_up: s.clone(),
-        now,
-        reply,
-    };
-    let gone = || StoreError::from(sqlx::Error::PoolClosed);
-    batcher.send(job).await.map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())?
-}
-
 impl Store {
-    /// Starts the sign-up batcher and the checkpoint task; both end with the last clone.
+    /// Starts the checkpoint task; it ends with the last clone.
     pub(super) fn start_sqlite_tasks(&mut self) {
-        let (tx, rx) = mpsc::channel(SIGN_UP_BATCH * 4);
-        tokio::spawn(self.clone().sign_up_batches(rx));
-        self.sign_ups = Some(tx);
         let (alive, gone) = mpsc::channel(1);
         tokio::spawn(checkpoints(self.pool.clone(), self.writer.clone(), gone));
         self._checkpoints = Some(alive);
-    }
-
-    /// Writes the sign-ups that arrived together in one transaction. If that fails, each is
-    /// written on its own, so one bad sign-up cannot fail the others and each gets its own
-    /// answer.
-    async fn sign_up_batches(self, mut rx: mpsc::Receiver<SignUpJob>) {
-        let mut jobs = Vec::with_capacity(SIGN_UP_BATCH);
-        while rx.recv_many(&mut jobs, SIGN_UP_BATCH).await > 0 {
-            match self.sign_up_together(&jobs).await {
-                Ok(outcomes) => {
-                    for (job, outcome) in jobs.drain(..).zip(outcomes) {
-                        let _ = job.reply.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, count = jobs.len(), "writing sign-ups together failed; writing each on its own");
-                    for job in jobs.drain(..) {
-                        let outcome = self.sign_up_alone(&job.sign_up, job.now).await;
-                        self.write_health.note(&outcome);
-                        let _ = job.reply.send(outcome);
-                    }
-                }
-            }
-        }
-    }
-
-    async fn sign_up_together(&self, jobs: &[SignUpJob]) -> StoreResult<Vec<SignUpOutcome>> {
-        let mut tx = self.begin_write().await?;
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        // Queued in one statement for the batch: a statement per sign-up more cost a quarter
-        // of the sign-ups per second on SQLite (scripts/bench-subscribe.sh).
-        let mut confirmations = Vec::new();
-        let mut latest = 0;
-        for j in jobs {
-            let (outcome, confirmation) = self.sign_up_in(&mut tx, &j.sign_up, j.now).await?;
-            outcomes.push(outcome);
-            confirmations.extend(confirmation);
-            latest = latest.max(j.now);
-        }
-        self.enqueue(&mut tx, &confirmations, latest).await?;
-        self.commit(tx).await?;
-        Ok(outcomes)
     }
 }
 

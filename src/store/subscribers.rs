@@ -1,7 +1,5 @@
-//! Subscribers: sign-up with its confirmation, confirmation and unsubscribe tokens, the
+//! Subscribers: confirmation and unsubscribe tokens (the sign-up itself is `sign_ups`), the
 //! operator's import and erasure, lookups and listings.
-
-use sqlx::AnyConnection;
 
 use super::rows::StoredDelivery;
 use super::{
@@ -9,10 +7,7 @@ use super::{
 };
 use crate::domain::clock::{Millis, ms};
 use crate::domain::email::key as email_key;
-use crate::domain::subscriber::{
-    CONFIRMATION_DEADLINE, ConfirmOutcome, SignUpOutcome, WELCOME_DEADLINE, confirm_link,
-    sign_up_again,
-};
+use crate::domain::subscriber::{ConfirmOutcome, WELCOME_DEADLINE, confirm_link};
 use crate::domain::{EmailAddress, SubscriberName, SubscriberStatus, Token};
 
 /// A sign-up as the HTTP edge parsed it, with its consent evidence.
@@ -40,23 +35,6 @@ pub enum UnsubscribeOutcome {
     Unsubscribed,
     AlreadyGone,
     UnknownToken,
-}
-
-/// A known address found by a sign-up (and, on PostgreSQL, locked). Addresses are one
-/// subscriber whatever their case: every lookup is by `lower(email)` (a unique index since
-/// migration 0011) bound to `domain::email::key`, and inserts leave a conflict alone.
-const LOCK_BY_EMAIL: PerDialect = PerDialect {
-    sqlite: "SELECT id, status, confirmation_queued_at FROM subscribers WHERE lower(email) = $1",
-    postgres: "SELECT id, status, confirmation_queued_at FROM subscribers WHERE lower(email) = $1
-               FOR UPDATE",
-};
-
-#[derive(sqlx::FromRow)]
-struct Known {
-    id: String,
-    #[sqlx(try_from = "String")]
-    status: SubscriberStatus,
-    confirmation_queued_at: Option<Millis>,
 }
 
 const LOCK_TOKEN: PerDialect = PerDialect {
@@ -95,107 +73,6 @@ const LOCK_ID_BY_EMAIL: PerDialect = PerDialect {
 };
 
 impl Store {
-    /// Records a sign-up and, in the same transaction, queues its confirmation email when one
-    /// is due (never more than one per `RESEND_CONFIRMATION_AFTER` for a pending address; it
-    /// is given up after `CONFIRMATION_DEADLINE`).
-    pub async fn sign_up(&self, s: &SignUp, now: Millis) -> StoreResult<SignUpOutcome> {
-        match &self.sign_ups {
-            Some(batcher) => super::sqlite::sign_up_batched(batcher, s, now).await,
-            None => self.sign_up_alone(s, now).await,
-        }
-    }
-
-    pub(super) async fn sign_up_alone(
-        &self,
-        s: &SignUp,
-        now: Millis,
-    ) -> StoreResult<SignUpOutcome> {
-        let mut tx = self.begin_write().await?;
-        let (outcome, confirmation) = self.sign_up_in(&mut tx, s, now).await?;
-        self.enqueue(&mut tx, confirmation.as_slice(), now).await?;
-        self.commit(tx).await?;
-        Ok(outcome)
-    }
-
-    /// One sign-up inside a write transaction; it writes nothing unless it makes a
-    /// confirmation (never more than one per `RESEND_CONFIRMATION_AFTER` for a pending
-    /// address; it is given up after `CONFIRMATION_DEADLINE`), whose delivery id it returns
-    /// for the caller to queue (`enqueue`).
-    pub(super) async fn sign_up_in(
-        &self,
-        tx: &mut AnyConnection,
-        s: &SignUp,
-        now: Millis,
-    ) -> StoreResult<(SignUpOutcome, Option<String>)> {
-        let name = s.name.as_ref().map(|n| n.as_str());
-        let timezone = s.timezone.map(|tz| tz.name());
-        // Insert first: of two concurrent sign-ups for a new address exactly one inserts,
-        // and the other finds (and locks) the row below.
-        let id = new_id();
-        let inserted = sqlx::query(
-            "INSERT INTO subscribers (id, email, name, status, unsubscribe_token,
-                 consent_at, consent_ip, consent_user_agent, confirmation_queued_at,
-                 created_at, updated_at, timezone)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $5, $5, $5, $8)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&id)
-        .bind(s.email.as_str())
-        .bind(name)
-        .bind(Token::generate().as_str())
-        .bind(now)
-        .bind(&s.ip)
-        .bind(&s.user_agent)
-        .bind(timezone)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-
-        let subscriber_id = if inserted == 1 {
-            id
-        } else {
-            let known: Known = sqlx::query_as(self.sql(&LOCK_BY_EMAIL))
-                .bind(s.email.key())
-                .fetch_one(&mut *tx)
-                .await?;
-            let outcome = sign_up_again(known.status, known.confirmation_queued_at, now);
-            if outcome != SignUpOutcome::ConfirmationQueued {
-                return Ok((outcome, None));
-            }
-            // A returning or repeated sign-up is new consent: record its evidence.
-            sqlx::query(
-                "UPDATE subscribers SET status = 'pending', name = COALESCE($1, name),
-                     consent_at = $2, consent_ip = $3, consent_user_agent = $4,
-                     unsubscribed_at = NULL, confirmation_queued_at = $2, updated_at = $2,
-                     timezone = COALESCE($6, timezone)
-                 WHERE id = $5",
-            )
-            .bind(name)
-            .bind(now)
-            .bind(&s.ip)
-            .bind(&s.user_agent)
-            .bind(&known.id)
-            .bind(timezone)
-            .execute(&mut *tx)
-            .await?;
-            known.id
-        };
-        let delivery_id = new_id();
-        sqlx::query(
-            "INSERT INTO deliveries (id, kind, subscriber_id, status, expires_at, created_at,
-                 updated_at)
-             VALUES ($1, 'confirmation', $2, 'queued', $3, $4, $4)",
-        )
-        .bind(&delivery_id)
-        .bind(&subscriber_id)
-        .bind(now + ms(CONFIRMATION_DEADLINE))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        self.notify_work(tx).await?;
-        Ok((SignUpOutcome::ConfirmationQueued, Some(delivery_id)))
-    }
-
     pub async fn insert_confirmation_token(
         &self,
         subscriber_id: &str,
@@ -252,6 +129,7 @@ impl Store {
             return Ok(ConfirmOutcome::Invalid);
         };
         let outcome = confirm_link(token.status, token.used_at.is_some(), token.expires_at, now);
+        let mut welcomed = false;
         if outcome == ConfirmOutcome::Confirmed {
             let confirmed = sqlx::query(
                 "UPDATE subscribers SET status = 'confirmed', confirmed_at = $1, updated_at = $2
@@ -277,7 +155,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 self.enqueue(&mut tx, &[delivery_id], now).await?;
-                self.notify_work(&mut tx).await?;
+                welcomed = true;
             }
         }
         if token.used_at.is_none() && outcome != ConfirmOutcome::Invalid {
@@ -288,6 +166,9 @@ impl Store {
                 .await?;
         }
         self.commit(tx).await?;
+        if welcomed {
+            self.work_queued();
+        }
         Ok(outcome)
     }
 
@@ -505,7 +386,6 @@ mod tests {
     #[test]
     fn locking_reads_are_written_for_each_backend() {
         super::super::tests::assert_dialects(&[
-            ("LOCK_BY_EMAIL", LOCK_BY_EMAIL),
             ("LOCK_TOKEN", LOCK_TOKEN),
             ("LOCK_BY_UNSUBSCRIBE_TOKEN", LOCK_BY_UNSUBSCRIBE_TOKEN),
             ("LOCK_ID_BY_EMAIL", LOCK_ID_BY_EMAIL),

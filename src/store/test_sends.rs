@@ -77,8 +77,8 @@ impl Store {
         // Queued without a digest: a paused digest's hold and its "finished" wait for its
         // own deliveries only.
         self.enqueue(&mut tx, &ids, now).await?;
-        self.notify_work(&mut tx).await?;
         self.commit(tx).await?;
+        self.work_queued();
         Ok(Ok(()))
     }
 

@@ -192,8 +192,8 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        self.notify_work(&mut tx).await?;
         self.commit(tx).await?;
+        self.work_queued();
         self.refresh_queue_statistics().await;
         Ok(Some(queued))
     }

@@ -9,6 +9,34 @@ use crate::domain::clock::{Millis, ms};
 /// The channel a PostgreSQL store notifies when it queues mail, so idle workers wake at once.
 pub const WORK_CHANNEL: &str = "squeeze_work";
 
+/// PostgreSQL: a NOTIFY on `WORK_CHANNEL` each time `announce` is woken (`Store::work_queued`,
+/// after a commit that queued mail), one at a time: the wake-ups that come while one is on
+/// its way are one more NOTIFY, not one each. Ends with `stop`.
+pub(super) async fn announce_work(
+    pool: sqlx::AnyPool,
+    announce: std::sync::Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = announce.notified() => {}
+        }
+        let sent = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WORK_CHANNEL)
+            .execute(&pool)
+            .await;
+        match sent {
+            Ok(_) => {}
+            Err(sqlx::Error::PoolClosed) => return,
+            // The other nodes' workers find the mail at their next poll.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the other nodes' workers about new mail")
+            }
+        }
+    }
+}
+
 /// The scheduler role's advisory lock is (this, hash of the schema): one scheduler per
 /// installation, even when several share a database in different schemas.
 pub const SCHEDULER_LOCK: i32 = 0x5371_7565; // "Sque"

@@ -739,3 +739,38 @@ async fn three_casings_of_one_address_are_one_subscriber_with_one_confirmation()
     assert_eq!(app.scalar("SELECT COUNT(*) FROM subscribers").await, 0);
     app.stop().await;
 }
+
+/// On PostgreSQL every node's idle workers hear of a confirmation to send: a NOTIFY, sent once
+/// the sign-up has committed (`Store::work_queued`), reaches a listener like another node's
+/// worker.
+#[tokio::test]
+async fn a_sign_up_is_announced_to_the_workers_of_every_node_after_it_commits() {
+    if !helpers::on_postgres() {
+        println!("skipped on SQLite: one process, its workers are woken in-process");
+        return;
+    }
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let mut other_node = sqlx::postgres::PgListener::connect(app.database.url())
+        .await
+        .expect("listen");
+    other_node
+        .listen(squeeze::store::WORK_CHANNEL)
+        .await
+        .expect("listen");
+    app.subscribe("reader@example.com").await;
+    let heard = tokio::time::timeout(WAIT, other_node.recv())
+        .await
+        .expect("no NOTIFY reached the other node within the wait")
+        .expect("notification");
+    assert_eq!(heard.channel(), squeeze::store::WORK_CHANNEL);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM delivery_queue").await,
+        1,
+        "announced with its confirmation queued"
+    );
+    app.stop().await;
+}
