@@ -66,8 +66,21 @@ pub struct Pages {
     pub list_name: Arc<str>,
 }
 
+/// What every handler is given. Behind one `Arc`: axum clones the state for each request, and
+/// cloning the services one by one (each with its store's pools and handles) was a tenth of
+/// the server's CPU under a sign-up load (perf, scripts/bench-subscribe.sh).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub editor: Editor,
     /// The public archive of sent digests.
     pub archive: Archive,
@@ -104,7 +117,7 @@ impl AppState {
         let signup_limiter = settings
             .subscribe_per_minute
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
-        Self {
+        Self(Arc::new(Services {
             editor,
             archive,
             feeds,
@@ -118,7 +131,7 @@ impl AppState {
             signup_limiter,
             sessions,
             throttle: Arc::default(),
-        }
+        }))
     }
 }
 
