@@ -44,9 +44,13 @@ const ENQUEUE: PerDialect = PerDialect {
     sqlite: "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
              SELECT id, digest_id, $2 FROM deliveries WHERE id IN (SELECT value FROM json_each($1))
              ON CONFLICT (delivery_id) DO NOTHING",
+    // Each id looked up by the key (the LIMIT keeps the lookup from being flattened into a
+    // join): as `id IN (…)`, the prepared statement's generic plan read all of `deliveries`
+    // into a hash while the table was small enough to look cheap, 3.5 ms of a sign-up
+    // batch's time at 11,000 rows against 0.25 ms.
     postgres: "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
-             SELECT id, digest_id, $2 FROM deliveries
-             WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))
+             SELECT d.id, d.digest_id, $2 FROM jsonb_array_elements_text($1::jsonb) AS q(id)
+             CROSS JOIN LATERAL (SELECT id, digest_id FROM deliveries WHERE id = q.id LIMIT 1) AS d
              ON CONFLICT (delivery_id) DO NOTHING",
 };
 
