@@ -283,6 +283,87 @@ async fn write_claim(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::DatabaseKind;
+    use squeeze_test_support::db::TestDb;
+
+    /// A worker waits on an empty queue, then a fan-out fills it: the claim's statements,
+    /// prepared on the worker's connection and run there while the tables were empty, must
+    /// be planned for the tables as they are now. With PostgreSQL's default plan cache they
+    /// kept the generic plans made for empty tables (the delete by row locator a `Seq Scan`
+    /// of the whole queue, the update one of all deliveries) until something ANALYZEd them.
+    #[tokio::test]
+    async fn postgres_plans_the_claim_for_the_tables_as_they_are_now() {
+        let db = match TestDb::postgres().await {
+            Ok(db) => db,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("PostgreSQL is required under CI=true: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: PostgreSQL is not available ({e})");
+                return;
+            }
+        };
+        let store = Store::connect(db.url(), &DatabaseKind::Postgres)
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let mut conn = store
+            .pool
+            .acquire()
+            .await
+            .expect("a connection of the store's");
+        for (name, sql, args) in [
+            ("take_due", TAKE_DUE.postgres, "(bigint, bigint)"),
+            (
+                "mark_sending",
+                MARK_SENDING.postgres,
+                "(text, bigint, text)",
+            ),
+        ] {
+            sqlx::query(&format!("PREPARE {name}{args} AS {sql}"))
+                .execute(&mut *conn)
+                .await
+                .expect("prepare");
+        }
+        let runs = [
+            ("take_due", "EXECUTE take_due(0, 40)"),
+            ("mark_sending", r#"EXECUTE mark_sending('c', 0, '["d1"]')"#),
+        ];
+        // Idle claims: more than the five runs after which PostgreSQL may keep a generic plan.
+        for _ in 0..8 {
+            for (_, run) in runs {
+                sqlx::query(run).execute(&mut *conn).await.expect("claim");
+            }
+        }
+        // The fan-out (another connection; nothing ANALYZEs the tables).
+        sqlx::query(
+            "INSERT INTO deliveries (id, kind, subscriber_id, status, expires_at, created_at,
+                 updated_at)
+             SELECT 'd' || i, 'digest', 's' || i, 'queued', 0, 0, 0
+             FROM generate_series(1, 20000) i",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("deliveries");
+        sqlx::query(
+            "INSERT INTO delivery_queue (delivery_id, run_at) SELECT id, 0 FROM deliveries",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("queue");
+        for (name, run) in runs {
+            let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {run}"))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("plan");
+            assert!(
+                !plan.iter().any(|line| line.contains("Seq Scan")),
+                "{name} reads a whole table: {plan:#?}"
+            );
+        }
+        conn.close().await.expect("close");
+        store.close().await;
+    }
 
     #[test]
     fn claim_statements_are_written_for_each_backend() {
