@@ -365,6 +365,30 @@ mod tests {
         store.close().await;
     }
 
+    /// Every connection of a PostgreSQL store runs without JIT (`POSTGRES_SESSION`).
+    #[tokio::test]
+    async fn postgres_connections_compile_no_statement() {
+        let db = match TestDb::postgres().await {
+            Ok(db) => db,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("PostgreSQL is required under CI=true: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: PostgreSQL is not available ({e})");
+                return;
+            }
+        };
+        let store = Store::connect(db.url(), &DatabaseKind::Postgres)
+            .await
+            .expect("store");
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(&store.pool)
+            .await
+            .expect("show");
+        assert_eq!(jit, "off");
+        store.close().await;
+    }
+
     #[test]
     fn claim_statements_are_written_for_each_backend() {
         super::super::tests::assert_dialects(&[

@@ -72,7 +72,12 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// the whole table per statement (`Seq Scan`), never replanned while nothing ANALYZEs it.
 /// At 1,000,000 subscribers that made the send ~1,000/s instead of ~15,000/s
 /// (BENCHMARKS.md, issue 23 c). Planning costs ~0.1 ms a statement.
-const POSTGRES_SESSION: &str = "SET plan_cache_mode = force_custom_plan";
+///
+/// And without JIT compilation: the store's statements are index lookups and counts over one
+/// digest, which JIT never pays back, but a large row estimate crosses `jit_above_cost`:
+/// 157 ms of the 882 ms `/api/stats` spent counting the live digests with 30,000,000 rows of
+/// history was compiling (BENCHMARKS.md, history and retention).
+const POSTGRES_SESSION: &str = "SET plan_cache_mode = force_custom_plan; SET jit = off";
 
 /// Which database a URL names; its scheme decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
