@@ -236,6 +236,9 @@ pub struct Store {
     _background: Option<Arc<tokio_util::sync::DropGuard>>,
     /// Wakes this process's idle workers when mail is queued (`notify_work`).
     wake: Arc<tokio::sync::Notify>,
+    /// Wakes this process's scheduler when a digest is scheduled or resumed, or the daily
+    /// schedule changes (`schedule_wake`).
+    schedule_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -268,6 +271,7 @@ impl Store {
             write_health: Arc::default(),
             _background: None,
             wake: Arc::default(),
+            schedule_wake: Arc::default(),
         };
         let background = tokio_util::sync::CancellationToken::new();
         tokio::spawn(store.clone().probe_writes(background.clone()));
@@ -352,6 +356,14 @@ impl Store {
     /// (and on its poll, at most a second).
     pub fn wake(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()
+    }
+
+    /// What wakes this process's scheduler when an editor schedules or resumes a digest or
+    /// changes the daily schedule here (the API and the scheduler share `squeeze serve`): it
+    /// ticks at once, and a digest sent "now" does not wait for its tick. Another node's
+    /// scheduler sees the change at its next tick, within a second.
+    pub fn schedule_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.schedule_wake.clone()
     }
 
     /// Wakes idle workers, from inside the transaction that queues mail. PostgreSQL: every
