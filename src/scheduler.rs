@@ -1,7 +1,9 @@
 //! Turns intent into deliveries: fires the daily schedule, fans out due digests, queues each
 //! wave of a digest delivered at each subscriber's time when it comes due, marks missed ones
 //! (digests, waves), and closes finished ones. `tick(now)` takes the time as an argument, so
-//! tests drive it with any clock and never sleep.
+//! tests drive it with any clock and never sleep. `run` ticks at least once a second, and
+//! sooner when something falls due before that (`TickReport::next_due`) or when an editor
+//! schedules or resumes in this process (`Store::schedule_wake`).
 
 use std::time::Duration;
 
@@ -14,8 +16,11 @@ use crate::domain::clock::ms;
 use crate::domain::digest::past_grace;
 use crate::domain::timezone::{local_instant, wave_zones, waves};
 use crate::domain::{DeliverAt, ItemSelection, NewDigest};
-use crate::store::{DigestRow, PlannedWave, Store, StoreError, StoreResult};
+use crate::store::{DigestRow, PlannedWave, Store, StoreError, StoreResult, StoredSchedule};
 
+/// The longest the scheduler sleeps between ticks: how soon a node notices it lost or may
+/// take the scheduler role, a fan-out cut short is continued, finished digests are closed,
+/// and a digest scheduled on another node (or by another process) is seen.
 const TICK: Duration = Duration::from_secs(1);
 
 /// What one tick did; for logs and tests.
@@ -31,6 +36,9 @@ pub struct TickReport {
     /// Waves (digest, zone) seen only beyond the grace window: not sent late.
     pub waves_missed: Vec<(String, String)>,
     pub finished: Vec<String>,
+    /// When something next falls due after this tick's `now`: a scheduled digest, a waiting
+    /// wave, or the daily schedule's next firing. `run` wakes then if it is before its tick.
+    pub next_due: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone)]
@@ -40,6 +48,8 @@ pub struct Scheduler {
     digest_ttl: Duration,
     /// Subscribers per fan-out chunk (`fanout_chunk`).
     fan_out_chunk: u32,
+    /// The longest `run` sleeps between ticks (`TICK`).
+    tick: Duration,
     /// Told whether this node holds the scheduler role, for what runs only on the one
     /// scheduler of an installation (the feed poller).
     leading: Option<tokio::sync::watch::Sender<bool>>,
@@ -52,6 +62,7 @@ impl Scheduler {
             grace,
             digest_ttl,
             fan_out_chunk: 5000,
+            tick: TICK,
             leading: None,
         }
     }
@@ -63,6 +74,14 @@ impl Scheduler {
         self
     }
 
+    /// Sleeps at most `tick` between ticks instead of a second (tests: a long tick shows
+    /// that what falls due is not left waiting for it).
+    #[must_use]
+    pub fn with_tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
     /// Says on `leading` whether this node holds the scheduler role, as it changes.
     #[must_use]
     pub fn with_leading(mut self, leading: tokio::sync::watch::Sender<bool>) -> Self {
@@ -70,9 +89,15 @@ impl Scheduler {
         self
     }
 
-    /// Ticks every second while this node holds the scheduler role; otherwise keeps trying
-    /// to take it, so another node takes over within a second or two of the leader dying.
+    /// Ticks every second while this node holds the scheduler role, and in between at the
+    /// moment something falls due (a digest, a wave, the daily schedule: `TickReport::
+    /// next_due`), or at once when an editor schedules or resumes a digest or changes the
+    /// daily schedule in this process (`Store::schedule_wake`); otherwise keeps trying to
+    /// take the role, so another node takes over within a second or two of the leader dying.
+    /// A digest due between two ticks used to wait for the next one: on average half a
+    /// second of its first message's delay (BENCHMARKS.md, issue 23).
     pub async fn run(self, shutdown: CancellationToken) {
+        let schedule_wake = self.store.schedule_wake();
         let mut leadership = None;
         while !shutdown.is_cancelled() {
             match &mut leadership {
@@ -97,14 +122,25 @@ impl Scheduler {
                     std::mem::replace(was, now) != now
                 });
             }
-            if leadership.is_some()
-                && let Err(e) = self.tick(Utc::now()).await
-            {
-                error!(error = %e, "scheduler tick failed; trying again");
+            let mut next_due = None;
+            if leadership.is_some() {
+                match self.tick(Utc::now()).await {
+                    Ok(report) => next_due = report.next_due,
+                    Err(e) => error!(error = %e, "scheduler tick failed; trying again"),
+                }
             }
+            // Until the next due time by the wall clock (the tick may have taken a while), if
+            // that is sooner than the tick.
+            let wait = next_due.map_or(self.tick, |due| {
+                (due - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(self.tick)
+            });
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(TICK) => {}
+                () = schedule_wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         if let Some(tx) = &self.leading {
@@ -113,8 +149,9 @@ impl Scheduler {
     }
 
     pub async fn tick(&self, now: DateTime<Utc>) -> StoreResult<TickReport> {
+        let (daily_created, next_daily) = self.daily(now).await?;
         let mut report = TickReport {
-            daily_created: self.daily(now).await?,
+            daily_created,
             ..TickReport::default()
         };
         let now_ms = now.timestamp_millis();
@@ -179,6 +216,12 @@ impl Scheduler {
             info!(digest_id = %id, "digest sent");
             report.finished.push(id);
         }
+        let next = self.store.next_due_digest_or_wave(now_ms).await?;
+        report.next_due = next
+            .and_then(DateTime::from_timestamp_millis)
+            .into_iter()
+            .chain(next_daily)
+            .min();
         Ok(report)
     }
 
@@ -325,16 +368,18 @@ impl Scheduler {
         })
     }
 
-    /// The daily schedule's latest firing, if not handled yet: a digest of the pending items,
-    /// or a recorded reason why nothing was sent. Only the latest firing is considered, so a
-    /// process that was down for days sends at most one digest, never a backlog.
-    async fn daily(&self, now: DateTime<Utc>) -> StoreResult<Option<String>> {
+    /// The daily schedule's part of a tick: its latest firing handled (`fire_daily`) and its
+    /// next firing after `now`; nothing without an enabled schedule.
+    async fn daily(
+        &self,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Option<String>, Option<DateTime<Utc>>)> {
         let Some(stored) = self.store.schedule().await? else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let s = &stored.schedule;
         if !s.enabled {
-            return Ok(None);
+            return Ok((None, None));
         }
         // Delivering at each subscriber's time, the day's digest is made (its content frozen)
         // when the earliest zone's time comes: the first wave.
@@ -342,7 +387,21 @@ impl Scheduler {
             DeliverAt::List => Vec::new(),
             DeliverAt::Subscriber => self.zones(s.timezone).await?.0,
         };
-        let (date, fire) = s.latest_due_among(now, &zones);
+        let created = self.fire_daily(&stored, &zones, now).await?;
+        Ok((created, Some(s.next_after_among(now, &zones))))
+    }
+
+    /// The daily schedule's latest firing, if not handled yet: a digest of the pending items,
+    /// or a recorded reason why nothing was sent. Only the latest firing is considered, so a
+    /// process that was down for days sends at most one digest, never a backlog.
+    async fn fire_daily(
+        &self,
+        stored: &StoredSchedule,
+        zones: &[Tz],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<String>> {
+        let s = &stored.schedule;
+        let (date, fire) = s.latest_due_among(now, zones);
         let date_str = date.to_string();
         if stored.last_date.as_deref() >= Some(date_str.as_str()) {
             return Ok(None);
@@ -353,7 +412,7 @@ impl Scheduler {
         }
         // Missed as a whole only when even its last wave is beyond the grace window; the
         // waves already beyond it are missed one by one (`open_waves`).
-        let last = s.last_fire(date, &zones);
+        let last = s.last_fire(date, zones);
         if past_grace(last, now, self.grace) {
             let note = format!(
                 "daily digest for {date_str} not sent: its time ({}) passed while nothing was running, beyond the grace window",

@@ -49,6 +49,12 @@ const DUE_DIGESTS: &str = "SELECT id, subject, intro, status, paused_reason, sen
         (SELECT COUNT(*) FROM digest_items di WHERE di.digest_id = digests.id) AS item_count
      FROM digests WHERE status = 'scheduled' AND send_at <= $1 ORDER BY send_at";
 
+/// The next due time after `$1` of `DUE_DIGESTS` and of `due_waves`' statement.
+const NEXT_DUE: &str = "SELECT MIN(due) FROM (
+         SELECT MIN(send_at) AS due FROM digests WHERE status = 'scheduled' AND send_at > $1
+         UNION ALL
+         SELECT MIN(due_at) FROM digest_waves WHERE state = 'waiting' AND due_at > $1) AS next";
+
 const LOCK_ITEM_STATUS: PerDialect = PerDialect {
     sqlite: "SELECT status FROM items WHERE id = $1",
     postgres: "SELECT status FROM items WHERE id = $1 FOR UPDATE",
@@ -446,6 +452,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         self.commit(tx).await?;
+        self.schedule_wake.notify_one();
         Ok(())
     }
 
@@ -539,6 +546,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         self.commit(tx).await?;
+        // Resumed to `scheduled`, it may be due already.
+        self.schedule_wake.notify_one();
         Ok(())
     }
 
@@ -547,6 +556,17 @@ impl Store {
         Ok(sqlx::query_as(DUE_DIGESTS)
             .bind(now)
             .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// The earliest time after `after` at which a scheduled digest (`due_digests`) or a
+    /// waiting wave (`due_waves`) falls due, if any: the scheduler sleeps until then when it
+    /// is sooner than its tick. What is due at or before `after` is the tick's business, not
+    /// a reason to wake again.
+    pub async fn next_due_digest_or_wave(&self, after: Millis) -> StoreResult<Option<Millis>> {
+        Ok(sqlx::query_scalar(NEXT_DUE)
+            .bind(after)
+            .fetch_one(&self.pool)
             .await?)
     }
 }

@@ -256,6 +256,9 @@ pub struct Store {
     wake: Arc<tokio::sync::Notify>,
     /// PostgreSQL: asks for a NOTIFY to the other nodes' workers (`workers::announce_work`).
     announce: Option<Arc<tokio::sync::Notify>>,
+    /// Wakes this process's scheduler when a digest is scheduled or resumed, or the daily
+    /// schedule changes (`schedule_wake`).
+    schedule_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -295,6 +298,7 @@ impl Store {
             _background: None,
             wake: Arc::default(),
             announce: None,
+            schedule_wake: Arc::default(),
         };
         let background = tokio_util::sync::CancellationToken::new();
         tokio::spawn(store.clone().probe_writes(background.clone()));
@@ -389,6 +393,14 @@ impl Store {
     /// (and on its poll, at most a second).
     pub fn wake(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()
+    }
+
+    /// What wakes this process's scheduler when an editor schedules or resumes a digest or
+    /// changes the daily schedule here (the API and the scheduler share `squeeze serve`): it
+    /// ticks at once, and a digest sent "now" does not wait for its tick. Another node's
+    /// scheduler sees the change at its next tick, within a second.
+    pub fn schedule_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.schedule_wake.clone()
     }
 
     /// Says that mail was queued, once the transaction that queued it has committed: this

@@ -67,6 +67,8 @@ impl Store {
         .bind(s.deliver_at.as_str())
         .execute(&mut *conn)
         .await?;
+        // Its next firing may come before the scheduler's next wake.
+        self.schedule_wake.notify_one();
         Ok(())
     }
 

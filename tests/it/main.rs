@@ -21,6 +21,7 @@ mod operators;
 mod pages;
 mod retention;
 mod scaleout;
+mod scheduler;
 mod signup;
 mod storage;
 mod studio;
