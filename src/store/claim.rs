@@ -293,15 +293,8 @@ mod tests {
     /// of the whole queue, the update one of all deliveries) until something ANALYZEd them.
     #[tokio::test]
     async fn postgres_plans_the_claim_for_the_tables_as_they_are_now() {
-        let db = match TestDb::postgres().await {
-            Ok(db) => db,
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("PostgreSQL is required under CI=true: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping: PostgreSQL is not available ({e})");
-                return;
-            }
+        let Some(db) = TestDb::postgres_or_skip().await else {
+            return;
         };
         let store = Store::connect(db.url(), &DatabaseKind::Postgres)
             .await
@@ -368,15 +361,8 @@ mod tests {
     /// Every connection of a PostgreSQL store runs without JIT (`POSTGRES_SESSION`).
     #[tokio::test]
     async fn postgres_connections_compile_no_statement() {
-        let db = match TestDb::postgres().await {
-            Ok(db) => db,
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("PostgreSQL is required under CI=true: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping: PostgreSQL is not available ({e})");
-                return;
-            }
+        let Some(db) = TestDb::postgres_or_skip().await else {
+            return;
         };
         let store = Store::connect(db.url(), &DatabaseKind::Postgres)
             .await

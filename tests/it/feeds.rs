@@ -18,7 +18,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use squeeze::domain::DailySchedule;
 
-use crate::helpers::{Options, SmtpServer, TestApp, seed};
+use crate::helpers::{Options, SmtpServer, TestApp, TestDb, seed};
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/samples/feeds");
 
@@ -677,7 +677,7 @@ async fn the_poller_started_with_the_scheduler_polls_each_feed_every_feed_interv
 /// is the second node's.
 #[tokio::test]
 async fn on_postgres_only_the_node_holding_the_scheduler_role_polls_the_feeds() {
-    let Some(db) = crate::scaleout::postgres().await else {
+    let Some(db) = TestDb::postgres_or_skip().await else {
         return;
     };
     let (server, hits) = feed_server().await;

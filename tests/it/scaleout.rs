@@ -11,19 +11,6 @@ use crate::helpers::{
     wait_exit,
 };
 
-pub(crate) async fn postgres() -> Option<TestDb> {
-    match TestDb::postgres().await {
-        Ok(db) => Some(db),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("PostgreSQL is required under CI=true: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: PostgreSQL is not available ({e})");
-            None
-        }
-    }
-}
-
 async fn web(db: &TestDb, smtp: &SmtpServer) -> TestApp {
     TestApp::spawn_with(Options {
         smtp_url: Some(smtp.url()),
@@ -72,7 +59,9 @@ fn copies(smtp: &SmtpServer) -> HashMap<String, usize> {
 
 #[tokio::test]
 async fn scaleout_three_workers_share_the_queue_and_the_global_rate() {
-    let Some(db) = postgres().await else { return };
+    let Some(db) = TestDb::postgres_or_skip().await else {
+        return;
+    };
     let smtp = SmtpServer::start().await;
     let app = web(&db, &smtp).await;
     let confirmed = seed(&app, &[("confirmed", 3000)], "example.com").await;
@@ -118,7 +107,9 @@ async fn scaleout_three_workers_share_the_queue_and_the_global_rate() {
 
 #[tokio::test]
 async fn scaleout_killing_one_of_three_workers_loses_nothing() {
-    let Some(db) = postgres().await else { return };
+    let Some(db) = TestDb::postgres_or_skip().await else {
+        return;
+    };
     let smtp = SmtpServer::start().await;
     let app = web(&db, &smtp).await;
     let confirmed = seed(&app, &[("confirmed", 3000)], "example.com").await;
@@ -169,7 +160,9 @@ async fn scaleout_killing_one_of_three_workers_loses_nothing() {
 
 #[tokio::test]
 async fn scaleout_two_serve_nodes_elect_one_scheduler_and_fan_out_once() {
-    let Some(db) = postgres().await else { return };
+    let Some(db) = TestDb::postgres_or_skip().await else {
+        return;
+    };
     let smtp = SmtpServer::start().await;
     let app = web(&db, &smtp).await;
     seed(&app, &[("confirmed", 50)], "example.com").await;

@@ -62,6 +62,22 @@ impl TestDb {
             .map_err(|e| format!("{e:#}"))
     }
 
+    /// A PostgreSQL schema for a test that needs PostgreSQL whatever the backend under test:
+    /// `None`, with the reason printed, where there is none (a laptop); under `CI=true` its
+    /// absence fails the test instead.
+    pub async fn postgres_or_skip() -> Option<Self> {
+        match Self::postgres().await {
+            Ok(db) => Some(db),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("PostgreSQL is required under CI=true: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: PostgreSQL is not available ({e})");
+                None
+            }
+        }
+    }
+
     /// A new schema, named `schema_prefix` and a UUID, in the PostgreSQL database at `base`,
     /// with a temporary folder (for the outbox and logs) whose name starts with `dir_prefix`.
     pub async fn postgres_at(
