@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::helpers::{self, Options, SmtpServer, TEMPLATES, TestApp, WAIT, eventually};
-use chrono::{DateTime, Utc};
+use crate::helpers::{self, Options, SmtpServer, TEMPLATES, TestApp, WAIT, at, eventually};
+use chrono::Utc;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use squeeze::domain::DailySchedule;
@@ -566,12 +566,6 @@ async fn cancel_before_sending_returns_items_and_after_keeps_them() {
         "a time in the past"
     );
     app.stop().await;
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("time")
-        .with_timezone(&Utc)
 }
 
 #[tokio::test]

@@ -18,19 +18,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use squeeze::domain::DailySchedule;
 
-use crate::helpers::{Options, SmtpServer, TestApp, TestDb, seed};
+use crate::helpers::{Options, SmtpServer, TestApp, TestDb, at, seed};
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/samples/feeds");
 
 /// The samples' "now": the morning after most of their entries.
 fn now() -> DateTime<Utc> {
     at("2026-12-02T06:00:00Z")
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("time")
-        .with_timezone(&Utc)
 }
 
 fn sample(name: &str) -> Vec<u8> {

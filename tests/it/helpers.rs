@@ -9,6 +9,13 @@ pub use squeeze_test_support::{
     terminate, wait_exit,
 };
 
+/// An instant written in RFC 3339, for tests that drive the scheduler's clock.
+pub fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&chrono::Utc)
+}
+
 /// A port free on 127.0.0.1 for a `squeeze serve` child to bind.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::helpers::{self, Options, SmtpServer, TestApp};
-use chrono::{DateTime, Utc};
+use crate::helpers::{self, Options, SmtpServer, TestApp, at};
+use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::json;
 use squeeze::domain::DailySchedule;
@@ -94,12 +94,6 @@ async fn a_digest_sent_now_wakes_the_scheduler_of_this_process() {
     stop.cancel();
     run.await.expect("scheduler stopped");
     app.stop().await;
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("time")
-        .with_timezone(&Utc)
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use squeeze::domain::DailySchedule;
 use squeeze::domain::DeliverAt;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Options, SmtpServer, TestApp, page_get, studio_login};
+use crate::helpers::{Options, SmtpServer, TestApp, at, page_get, studio_login};
 
 /// A browser logged in to the dashboard, and a page of it.
 async fn dashboard_page(app: &TestApp, path: &str) -> (reqwest::Client, String) {
@@ -28,12 +28,6 @@ async fn dashboard_page(app: &TestApp, path: &str) -> (reqwest::Client, String) 
 /// probe has no heartbeat) and sends them.
 const PROBE: &str = "clock-probe";
 const LEASE: Duration = Duration::from_secs(3600 * 24 * 365 * 2);
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("time")
-        .with_timezone(&Utc)
-}
 
 /// The readers and their zones: one per zone the issue names, one without a zone (the
 /// list's: Europe/Madrid) and one who moves from Kolkata to Kiritimati after the fan-out.
