@@ -188,7 +188,7 @@ impl Store {
         // By address (arrival order within one), so two PostgreSQL batches that share
         // addresses lock them in the same order and never deadlock.
         let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&i| batch[i].0.email.key());
+        order.sort_by_cached_key(|&i| batch[i].0.email.key());
         let rows: Vec<NewRow> = order
             .iter()
             .map(|&i| {
