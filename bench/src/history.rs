@@ -42,7 +42,7 @@ pub(crate) async fn run(
         args.database.name()
     );
     println!("machine: {}", super::machine());
-    let app = App::start(super::config(url, dir, args.concurrency, false)?)
+    let app = App::start(super::config(args, url, dir)?)
         .await
         .context("starting Squeeze")?;
     super::seed(url, n).await.context("seeding subscribers")?;

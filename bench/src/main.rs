@@ -2,10 +2,11 @@
 //! measured against the raw SMTP floor in the same run (issue #7).
 //!
 //! One run: starts Postfix's `smtp-sink` on 127.0.0.1, seeds N confirmed subscribers, makes a
-//! realistic digest through the library and times its fan-out, runs `squeeze worker` as a
-//! child process until every delivery is sent (on PostgreSQL it is already waiting for work
-//! when the fan-out commits, as in production; on SQLite it starts right after the fan-out),
-//! samples the worker's peak RSS and CPU time,
+//! realistic digest through the library, and sends it as production does: on PostgreSQL a
+//! `squeeze worker` child process waits on LISTEN while this process fans out (as another
+//! node's scheduler would); on SQLite one `squeeze serve` child process, whose scheduler fans
+//! the digest out in chunks when it falls due and whose worker sends from the first chunk.
+//! It runs until every delivery is sent, samples the sending process's peak RSS and CPU time,
 //! then sends N copies of the same message over the same kind of TCP_NODELAY connections
 //! twice, with no database or rendering (the floors): with lettre's client alone, and with the
 //! worker's own SMTP code alone; it prints the pipeline's ratio to each. Its headline is the
@@ -123,6 +124,24 @@ struct Args {
     /// job's rate and its effect on claims and outcomes beside it (issue 23).
     #[arg(long, value_name = "ROWS")]
     history: Option<u64>,
+    /// A setting for this run, as in squeeze.toml (repeatable), for this process and the
+    /// `squeeze` processes it starts alike, e.g. `--set fanout_chunk=20000`; it overrides the
+    /// benchmark's own.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
+    set: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("{s:?} is not KEY=VALUE"));
+    };
+    let key = key.trim();
+    if !squeeze::config::SETTINGS.contains(&key) {
+        return Err(format!(
+            "{key:?} is not a setting of squeeze.toml (the configuration reference lists them)"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -264,7 +283,7 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         write_dkim_key(algorithm, dir)?;
         println!("DKIM: every email signed with a fresh {algorithm:?} key");
     }
-    let app = App::start(config(url, dir, args.concurrency, args.dkim.is_some())?)
+    let app = App::start(config(args, url, dir)?)
         .await
         .context("starting Squeeze (database, templates)")?;
 
@@ -282,49 +301,69 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         let sink = sink.context("no smtp-sink")?;
         return kill_restart::run(args, dir, url, sink.port, &digest_id, due_at).await;
     }
-    let digest_id = make_digest(&app, args.items, args.summary_chars, now_ms()).await?;
+    // Where the fan-out runs and where the worker is when the digest falls due, as in
+    // production. SQLite runs as one `squeeze serve`: its scheduler fans the digest out in
+    // chunks and wakes its own worker on the first, so the digest falls due a moment after
+    // that process is up and the process does both. On PostgreSQL, `squeeze worker`
+    // processes run all the time and wait on LISTEN: the worker starts now, this process
+    // fans out (as the scheduler of another node would) and the fan-out's NOTIFY wakes it.
+    let serving = args.database == Database::Sqlite && !args.fanout_only;
+    let scheduled_at = if serving {
+        now_ms() + kill_restart::DUE_AFTER_MS
+    } else {
+        now_ms()
+    };
+    let digest_id = make_digest(&app, args.items, args.summary_chars, scheduled_at).await?;
     let (envelope, message) = sample_message(&app, &digest_id).await?;
 
-    // Where the worker is when the digest falls due, as in production. On PostgreSQL,
-    // `squeeze worker` processes run all the time and wait on LISTEN: the worker starts now and
-    // the fan-out's NOTIFY wakes it. On SQLite, production is one process whose scheduler
-    // wakes its own worker; a separate worker process would only find the work at its next
-    // poll (up to a second later), so it starts right after the fan-out and its start counts.
     let waiting_worker = match (&sink, args.database) {
         (Some(sink), Database::Postgres) => {
             let listening = listeners(url).await?;
             let worker = Worker::start(args, dir, url, sink.port)?;
             Some(worker.wait_listening(url, listening).await?)
         }
-        _ => None,
+        (Some(sink), Database::Sqlite) => Some(Worker::serve(args, dir, url, sink.port)?),
+        (None, _) => None,
     };
+    if serving {
+        println!(
+            "the digest falls due {} ms after squeeze serve started (its scheduler fans out, its worker sends)",
+            kill_restart::DUE_AFTER_MS
+        );
+    }
 
     // Fan-out: what the scheduler does when the digest is due. The headline's clock starts
-    // here: a subscriber's digest is late by the fan-out as much as by the sending.
-    let due_at = now_ms();
-    let started = Instant::now();
-    let report = app
-        .scheduler()
-        .tick(chrono::Utc::now())
-        .await
-        .context("scheduler tick (fan-out)")?;
-    let fanout = started.elapsed();
-    let fanned_out_at = now_ms();
-    let deliveries = report
-        .fanned_out
-        .iter()
-        .find(|(id, _)| *id == digest_id)
-        .map(|(_, count)| *count)
-        .context("the scheduler did not fan out the digest")?;
-    ensure!(
-        deliveries == n,
-        "fan-out made {deliveries} deliveries for {n} subscribers"
-    );
-    println!("fan-out: {n} deliveries in {} ms", fanout.as_millis());
-    if args.fanout_only {
-        app.store.close().await;
-        return Ok(());
-    }
+    // at the due instant: a subscriber's digest is late by the fan-out as much as by the
+    // sending.
+    let (due_at, fanned_out) = if serving {
+        (scheduled_at, None)
+    } else {
+        // This tick is the instant the digest falls due here.
+        let due_at = now_ms();
+        let started = Instant::now();
+        let report = app
+            .scheduler()
+            .tick(chrono::Utc::now())
+            .await
+            .context("scheduler tick (fan-out)")?;
+        let fanout = started.elapsed();
+        let deliveries = report
+            .fanned_out
+            .iter()
+            .find(|(id, _)| *id == digest_id)
+            .map(|(_, count)| *count)
+            .context("the scheduler did not fan out the digest")?;
+        ensure!(
+            deliveries == n,
+            "fan-out made {deliveries} deliveries for {n} subscribers"
+        );
+        println!("fan-out: {n} deliveries in {} ms", fanout.as_millis());
+        if args.fanout_only {
+            app.store.close().await;
+            return Ok(());
+        }
+        (due_at, Some(now_ms()))
+    };
     let sink = sink.context("no smtp-sink")?;
 
     println!(
@@ -339,12 +378,15 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         Some(worker) => worker,
         None => Worker::start(args, dir, url, sink.port)?,
     };
-    let when_started = if worker.started_before_fanout {
-        "the worker was waiting for work before it"
-    } else {
-        "the worker process starts after it"
-    };
-    let pipeline = pipeline(worker, args, url, fanned_out_at, &digest_id).await?;
+    let when_started = worker.when_started();
+    let pipeline = pipeline(worker, args, url, fanned_out, &digest_id).await?;
+    let fanned_out_at = pipeline.fanned_out_at;
+    if serving {
+        println!(
+            "fan-out: {n} deliveries in {} ms after due (squeeze serve's scheduler, in chunks, while its worker sent)",
+            fanned_out_at - due_at
+        );
+    }
     let sink_cpu_pipeline = cpu_seconds(sink.pid)? - sink_cpu;
     let db_cpu_pipeline = pipeline.db_cpu_seconds - db_cpu;
     let others_pipeline =
@@ -360,7 +402,7 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
         pipeline.p99_ms,
         match pipeline.first_sent_ms {
             ms @ 0.. => format!("{ms} ms after the fan-out"),
-            ms => format!("{} ms before the fan-out returned", -ms),
+            ms => format!("{} ms before the fan-out was complete", -ms),
         }
     );
     // From the instant the headline's clock starts: the fan-out's first chunk, the worker's
@@ -368,7 +410,7 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
     println!(
         "first message sent {} ms after the digest fell due (the instant the headline starts from; fan-out took {} ms)",
         pipeline.first_sent_at - due_at,
-        fanout.as_millis()
+        fanned_out_at - due_at
     );
     println!(
         "worker peak RSS: {:.1} MB; CPU: {:.2} s = {:.3} s per 1,000 emails",
@@ -461,26 +503,24 @@ async fn run(args: &Args, dir: &Path, url: &str) -> Result<()> {
 
 /// The configuration the bench process uses for seeding, the digest and fan-out; the worker
 /// child gets the same settings as environment variables.
-fn config(url: &str, dir: &Path, concurrency: u32, dkim: bool) -> Result<Config> {
+fn config(args: &Args, url: &str, dir: &Path) -> Result<Config> {
     // An empty file of our own, so a squeeze.toml in the working directory (or
     // SQUEEZE_CONFIG) cannot change what is measured.
     let file = dir.join("bench.toml");
     std::fs::write(&file, "").with_context(|| format!("writing {}", file.display()))?;
-    let layer = settings(url, dir, concurrency, dkim)
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+    let layer = settings(args, url, dir).into_iter().collect();
     Config::load(Some(&file), layer).map_err(|e| anyhow!("benchmark configuration: {e}"))
 }
 
-fn settings(url: &str, dir: &Path, concurrency: u32, dkim: bool) -> Vec<(&'static str, String)> {
-    let dkim = dkim.then(|| {
+/// The run's settings, by key: the benchmark's own, then `--set` over them.
+fn settings(args: &Args, url: &str, dir: &Path) -> Vec<(String, String)> {
+    let dkim = args.dkim.is_some().then(|| {
         [
             ("dkim_selector", "bench".to_owned()),
             ("dkim_key", dir.join(DKIM_KEY_FILE).display().to_string()),
         ]
     });
-    let mut all = vec![
+    let own = [
         ("database_url", url.to_owned()),
         ("templates", TEMPLATES.to_owned()),
         ("from", FROM.to_owned()),
@@ -488,9 +528,15 @@ fn settings(url: &str, dir: &Path, concurrency: u32, dkim: bool) -> Vec<(&'stati
         ("outbox", dir.join("outbox").display().to_string()),
         ("rate", LIFTED_RATE.to_owned()),
         ("burst", LIFTED_RATE.to_owned()),
-        ("concurrency", concurrency.to_string()),
+        ("concurrency", args.concurrency.to_string()),
     ];
-    all.extend(dkim.into_iter().flatten());
+    let mut all: Vec<(String, String)> = own
+        .into_iter()
+        .chain(dkim.into_iter().flatten())
+        .filter(|(k, _)| !args.set.iter().any(|(set, _)| set == k))
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    all.extend(args.set.iter().cloned());
     all
 }
 
@@ -675,6 +721,8 @@ struct PipelineFigures {
     first_sent_at: i64,
     /// When the last message was sent (ms since the epoch): where the headline's clock stops.
     last_sent_at: i64,
+    /// When the fan-out had written every delivery (ms since the epoch).
+    fanned_out_at: i64,
     p99_ms: i64,
     peak_rss_kb: u64,
     cpu_seconds: f64,
@@ -682,12 +730,23 @@ struct PipelineFigures {
     db_cpu_seconds: f64,
 }
 
-/// A `squeeze worker` child process, with the settings of the bench process, logging to a
-/// file in the run's folder.
+/// The `squeeze` child process that sends (`squeeze worker`, or on SQLite `squeeze serve`),
+/// with the settings of the bench process, logging to a file in the run's folder.
 struct Worker {
     process: Reaped,
     log_path: PathBuf,
-    started_before_fanout: bool,
+    start: WorkerStart,
+}
+
+/// Where the sending process was when the digest fell due.
+#[derive(Clone, Copy, PartialEq)]
+enum WorkerStart {
+    /// `squeeze worker` started after the fan-out: its start counts.
+    AfterFanOut,
+    /// `squeeze worker` waiting on LISTEN before the fan-out (PostgreSQL).
+    Waiting,
+    /// `squeeze serve`, whose scheduler fans out and wakes its own worker (SQLite).
+    Serving,
 }
 
 impl Worker {
@@ -698,8 +757,34 @@ impl Worker {
         Ok(Self {
             process,
             log_path,
-            started_before_fanout: false,
+            start: WorkerStart::AfterFanOut,
         })
+    }
+
+    /// `squeeze serve` on a free port: scheduler, worker and web server in one process, as
+    /// SQLite runs in production.
+    fn serve(args: &Args, dir: &Path, url: &str, port: u16) -> Result<Self> {
+        let bind = format!("127.0.0.1:{}", free_port()?);
+        let (process, log_path) =
+            squeeze_process(args, dir, url, port, &["serve", "--bind", &bind], "serve")?;
+        println!(
+            "worker: squeeze serve pid {}, log {}",
+            process.0.id(),
+            log_path.display()
+        );
+        Ok(Self {
+            process,
+            log_path,
+            start: WorkerStart::Serving,
+        })
+    }
+
+    fn when_started(&self) -> &'static str {
+        match self.start {
+            WorkerStart::AfterFanOut => "the worker process starts after it",
+            WorkerStart::Waiting => "the worker was waiting for work before it",
+            WorkerStart::Serving => "squeeze serve fans out and sends in one process",
+        }
     }
 
     /// Waits until the worker (PostgreSQL only) listens for the fan-out's notification:
@@ -723,7 +808,7 @@ impl Worker {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.started_before_fanout = true;
+        self.start = WorkerStart::Waiting;
         Ok(self)
     }
 }
@@ -762,7 +847,7 @@ fn squeeze_process(
     cmd.args(subcommand);
     // Only the settings below count: none inherited from the caller's environment.
     without_squeeze_env(&mut cmd);
-    for (k, v) in settings(url, dir, args.concurrency, args.dkim.is_some()) {
+    for (k, v) in settings(args, url, dir) {
         cmd.env(format!("SQUEEZE_{}", k.to_uppercase()), v);
     }
     cmd.env("SQUEEZE_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
@@ -805,7 +890,7 @@ async fn pipeline(
     worker: Worker,
     args: &Args,
     url: &str,
-    fanned_out_at: i64,
+    fanned_out_at: Option<i64>,
     digest_id: &str,
 ) -> Result<PipelineFigures> {
     let n = args.subscribers;
@@ -826,12 +911,16 @@ async fn pipeline(
                 tail(&log_path)
             );
         }
-        // Whether a delivery is left queued or claimed, not how many: counting, 20 times a
-        // second, would take CPU from the processes being measured.
+        // Whether the fan-out is still to finish or a delivery is left queued or claimed, not
+        // how many: counting, 20 times a second, would take CPU from the processes measured.
         let busy: i64 = sqlx::query_scalar(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM delivery_queue)
-                           OR EXISTS (SELECT 1 FROM claims) THEN 1 ELSE 0 END",
+                           OR EXISTS (SELECT 1 FROM claims)
+                           OR EXISTS (SELECT 1 FROM digests
+                                      WHERE id = $1 AND fanned_out_at IS NULL)
+                      THEN 1 ELSE 0 END",
         )
+        .bind(digest_id)
         .fetch_one(&mut conn)
         .await?;
         if busy == 0 {
@@ -874,6 +963,15 @@ async fn pipeline(
     .bind(digest_id)
     .fetch_all(&mut conn)
     .await?;
+    // Where this process did not fan out itself, the scheduler's row says when it finished.
+    let fanned_out_at = match fanned_out_at {
+        Some(at) => at,
+        None => sqlx::query_scalar::<_, i64>("SELECT fanned_out_at FROM digests WHERE id = $1")
+            .bind(digest_id)
+            .fetch_one(&mut conn)
+            .await
+            .context("reading when the fan-out finished")?,
+    };
     conn.close().await?;
     let last_sent = rows.iter().map(|(_, s)| *s).max().context("no sent rows")?;
     let first_sent = rows.iter().map(|(_, s)| *s).min().context("no sent rows")?;
@@ -887,6 +985,7 @@ async fn pipeline(
         seconds,
         p50_ms: percentile(&latencies, 50),
         first_sent_ms: first_sent - fanned_out_at,
+        fanned_out_at,
         first_sent_at: first_sent,
         last_sent_at: last_sent,
         p99_ms: percentile(&latencies, 99),
