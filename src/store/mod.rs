@@ -380,6 +380,28 @@ impl Store {
         tx
     }
 
+    /// `begin_write` for statements whose plans do not depend on how big the tables are
+    /// (inserts from a parameter, lookups by a unique key): on PostgreSQL the transaction
+    /// lets the plan cache keep their generic plans (`plan_cache_mode = auto`, in the same
+    /// round trip as `BEGIN`), which the session's `force_custom_plan` (`POSTGRES_SESSION`)
+    /// would make again for every run. Sign-ups spent 14 % of the server's CPU planning
+    /// (`perf record` of the backends under scripts/bench-subscribe.sh, BENCHMARKS.md).
+    async fn begin_write_with_generic_plans(&self) -> StoreResult<Transaction<'static, Any>> {
+        if self.dialect == Dialect::Sqlite {
+            return self.begin_write().await;
+        }
+        self.write_health.admit()?;
+        let tx = self
+            .writer
+            .begin_with("BEGIN; SET LOCAL plan_cache_mode = auto")
+            .await
+            .map_err(StoreError::from);
+        if tx.is_err() {
+            self.write_health.note(&tx);
+        }
+        tx
+    }
+
     /// Commits a write transaction, noting whether writes work (see `health`). A failed
     /// commit leaves nothing behind: the transaction is rolled back as it drops, and on
     /// SQLite a connection still inside one is discarded (`sqlite::sqlite_pool`).
