@@ -283,8 +283,6 @@ async fn write_claim(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::DatabaseKind;
-    use squeeze_test_support::db::TestDb;
 
     /// A worker waits on an empty queue, then a fan-out fills it: the claim's statements,
     /// prepared on the worker's connection and run there while the tables were empty, must
@@ -293,13 +291,9 @@ mod tests {
     /// of the whole queue, the update one of all deliveries) until something ANALYZEd them.
     #[tokio::test]
     async fn postgres_plans_the_claim_for_the_tables_as_they_are_now() {
-        let Some(db) = TestDb::postgres_or_skip().await else {
+        let Some((_db, store)) = super::super::tests::postgres_store().await else {
             return;
         };
-        let store = Store::connect(db.url(), &DatabaseKind::Postgres)
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
         let mut conn = store
             .pool
             .acquire()
@@ -361,12 +355,9 @@ mod tests {
     /// Every connection of a PostgreSQL store runs without JIT (`POSTGRES_SESSION`).
     #[tokio::test]
     async fn postgres_connections_compile_no_statement() {
-        let Some(db) = TestDb::postgres_or_skip().await else {
+        let Some((_db, store)) = super::super::tests::postgres_store().await else {
             return;
         };
-        let store = Store::connect(db.url(), &DatabaseKind::Postgres)
-            .await
-            .expect("store");
         let jit: String = sqlx::query_scalar("SHOW jit")
             .fetch_one(&store.pool)
             .await

@@ -496,6 +496,18 @@ fn not_found(what: &str, id: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use squeeze_test_support::db::TestDb;
+
+    /// A store on a fresh, migrated PostgreSQL database (the database dropped with the
+    /// `TestDb`); `None`, after printing why, without PostgreSQL (a failure under CI=true).
+    pub(super) async fn postgres_store() -> Option<(TestDb, Store)> {
+        let db = TestDb::postgres_or_skip().await?;
+        let store = Store::connect(db.url(), &DatabaseKind::Postgres)
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        Some((db, store))
+    }
 
     /// What only one backend understands (SQLite has window functions such as `row_number()`
     /// since 3.25): a statement for the other that uses it was

@@ -292,8 +292,6 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::EmailAddress;
-    use crate::store::DatabaseKind;
-    use squeeze_test_support::db::TestDb;
 
     /// Sign-ups come thousands a second, and planning their statements again for every batch
     /// was 14 % of PostgreSQL's CPU: after a few batches each connection keeps the generic
@@ -302,13 +300,9 @@ mod tests {
     /// connections at least 8 batches, and every connection is looked at.
     #[tokio::test]
     async fn postgres_keeps_the_sign_up_statements_generic_plans() {
-        let Some(db) = TestDb::postgres_or_skip().await else {
+        let Some((_db, store)) = super::super::tests::postgres_store().await else {
             return;
         };
-        let store = Store::connect(db.url(), &DatabaseKind::Postgres)
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
         for i in 0..120 {
             let s = SignUp {
                 email: EmailAddress::parse(&format!("reader{i}@example.com")).expect("address"),
