@@ -7,8 +7,8 @@
 //! after the retention job's roll-up. Then the job's effect on a real send: a digest to every
 //! subscriber sent by a `squeeze worker` process through the smtp-sink, alone, and again
 //! while the job deletes the history; it prints both rates, their ratio and the job's rows/s
-//! beside the send, then lets the job go on to the end (or `--retention-seconds`) and prints
-//! its rate over what it deleted.
+//! beside the send, then lets the job go on to the end (or `--retention-seconds`), prints
+//! its rate over what it deleted, and sends once more with the job stopped (the control).
 
 use std::time::{Duration, Instant};
 
@@ -189,6 +189,17 @@ pub(crate) async fn run(
         } else {
             "stopped at --retention-seconds"
         }
+    );
+    // The control: the same send again with the job stopped, so a difference between the
+    // first send and those beside the job is the job's, not the later sends' (a larger
+    // table, the deleted rows left in it, a busier cache).
+    let after = send(&app, args, dir, url, sink.port).await?;
+    println!(
+        "send alone again, the job stopped: {:.0} emails/s end to end ({:.2} s), {:.0}/s from the fan-out's end; {:.2}x of the first",
+        after.end_to_end_rate(n),
+        after.end_to_end,
+        after.pipeline_rate(n),
+        after.end_to_end_rate(n) / alone.end_to_end_rate(n)
     );
     app.close().await;
     drop(sink);
