@@ -4,9 +4,11 @@
 //! the fan-out to every subscriber and `/api/stats` (the list's and a digest's) on an empty
 //! history; then seeds N delivery rows of past digests by SQL (one `INSERT … SELECT` over the
 //! subscribers per digest, not by sending), measures the same with that history before and
-//! after the retention job's roll-up; then runs the job to delete it (rows/s) while a loop
-//! of claims and outcome writes runs beside it, and prints that loop's rate with and without
-//! the job.
+//! after the retention job's roll-up. Then the job's effect on a real send: a digest to every
+//! subscriber sent by a `squeeze worker` process through the smtp-sink, alone, and again
+//! while the job deletes the history; it prints both rates, their ratio and the job's rows/s
+//! beside the send, then lets the job go on to the end (or `--retention-seconds`), prints
+//! its rate over what it deleted, and sends once more with the job stopped (the control).
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,11 @@ pub(crate) async fn run(
         args.database.name()
     );
     println!("machine: {}", super::machine());
+    // Started first so a missing or broken sink fails the run before minutes of seeding.
+    let sink = super::Sink::start(args.smtp_sink.as_deref(), dir).await?;
+    if args.database == super::Database::Postgres {
+        println!("PostgreSQL: {}", postgres_settings(url).await?);
+    }
     let app = App::start(super::config(args, url, dir)?)
         .await
         .context("starting Squeeze")?;
@@ -87,30 +94,205 @@ pub(crate) async fn run(
         );
     }
 
-    // The deletion, with a claim-and-record loop beside it.
-    let alone = claim_loop(&app, url, args, n, Duration::from_secs(5), None).await?;
-    let job = squeeze::service::Retention::new(
-        app.store.clone(),
-        metrics()?,
-        Some(Duration::from_millis(90 * DAY_MS as u64)),
+    // The deletion beside a real send: the same digest sent to the N subscribers by a
+    // `squeeze worker` process through the smtp-sink, alone and then while the job deletes.
+    let alone = send(&app, args, dir, url, sink.port).await?;
+    // What the measures and that send finished is rolled up first, so the job beside the
+    // next send deletes from its first batch.
+    squeeze::service::Retention::new(app.store.clone(), metrics()?, None)
+        .run_once(now_ms())
+        .await?;
+    println!(
+        "send alone: {n} emails, {:.0} emails/s end to end (digest due -> last sent, fan-out included; {:.2} s), {:.0}/s from the fan-out's end",
+        alone.end_to_end_rate(n),
+        alone.end_to_end,
+        alone.pipeline_rate(n)
     );
+    let keep = Some(Duration::from_millis(90 * DAY_MS as u64));
+    let job = |pause: Duration| {
+        let job = squeeze::service::Retention::new(app.store.clone(), app.metrics.clone(), keep)
+            .with_pause(pause);
+        tokio::spawn(async move { job.run_once(now_ms()).await })
+    };
+    let deleted_before = deleted_total(&app).await?;
     let started = Instant::now();
-    let handle = tokio::spawn(async move { job.run_once(now_ms()).await });
-    let beside = claim_loop(&app, url, args, n, Duration::from_secs(3600), Some(&handle)).await?;
-    let pruned = handle.await??;
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "retention: {} rows deleted in {} batches in {secs:.1} s: {:.0} rows/s",
-        pruned.deleted,
-        pruned.batches,
-        pruned.deleted as f64 / secs
+    let mut handle = job(Duration::ZERO);
+    let mut pauses = vec![None];
+    pauses.extend(
+        args.retention_pause
+            .map(|ms| Some(Duration::from_millis(ms))),
     );
+    for pause in pauses {
+        if let Some(pause) = pause {
+            // The same job, resting between batches: it starts again where the last stopped
+            // (the digests not pruned yet; a batch cut off rolled back or committed whole).
+            handle.abort();
+            handle = job(pause);
+        }
+        let window = Instant::now();
+        let at_send = deleted_total(&app).await?;
+        let beside = send(&app, args, dir, url, sink.port).await?;
+        let during = deleted_total(&app).await? - at_send;
+        let window = window.elapsed().as_secs_f64();
+        let how = pause.map_or("no pause".to_owned(), |p| {
+            format!("{} ms pause between batches", p.as_millis())
+        });
+        println!(
+            "send beside the retention job ({how}): {:.0} emails/s end to end ({:.2} s), {:.0}/s from the fan-out's end; {:.2}x and {:.2}x of alone",
+            beside.end_to_end_rate(n),
+            beside.end_to_end,
+            beside.pipeline_rate(n),
+            beside.end_to_end_rate(n) / alone.end_to_end_rate(n),
+            beside.pipeline_rate(n) / alone.pipeline_rate(n)
+        );
+        println!(
+            "retention beside the send ({how}): {during} rows deleted in {window:.1} s = {:.0} rows/s (the worker's start, fan-out, send and the worker's stop)",
+            during as f64 / window
+        );
+    }
+    if args.retention_pause.is_some() {
+        handle.abort();
+        handle = job(Duration::ZERO);
+    }
+    // Then the job alone, to the end or to --retention-seconds.
+    let alone_from = Instant::now();
+    let at_alone = deleted_total(&app).await?;
+    let bound = args.retention_seconds.map(Duration::from_secs);
+    let mut finished = false;
+    loop {
+        if handle.is_finished() {
+            handle.await??;
+            finished = true;
+            break;
+        }
+        if bound.is_some_and(|b| started.elapsed() >= b) {
+            handle.abort();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deleted = deleted_total(&app).await?;
+    let alone_secs = alone_from.elapsed().as_secs_f64();
     println!(
-        "claim+record of 100 beside it: {alone:.0} deliveries/s alone, {beside:.0}/s while the job deletes ({:.2}x)",
-        beside / alone
+        "retention alone after the sends: {} rows in {alone_secs:.1} s = {:.0} rows/s",
+        deleted - at_alone,
+        (deleted - at_alone) as f64 / alone_secs
+    );
+    let secs = started.elapsed().as_secs_f64();
+    let deleted = deleted - deleted_before;
+    println!(
+        "retention: {deleted} rows deleted of {} in {secs:.1} s = {:.0} rows/s overall ({})",
+        digests * n,
+        deleted as f64 / secs,
+        if finished {
+            "all of the history"
+        } else {
+            "stopped at --retention-seconds"
+        }
+    );
+    // The control: the same send again with the job stopped, so a difference between the
+    // first send and those beside the job is the job's, not the later sends' (a larger
+    // table, the deleted rows left in it, a busier cache).
+    let after = send(&app, args, dir, url, sink.port).await?;
+    println!(
+        "send alone again, the job stopped: {:.0} emails/s end to end ({:.2} s), {:.0}/s from the fan-out's end; {:.2}x of the first",
+        after.end_to_end_rate(n),
+        after.end_to_end,
+        after.pipeline_rate(n),
+        after.end_to_end_rate(n) / alone.end_to_end_rate(n)
     );
     app.close().await;
+    drop(sink);
     Ok(())
+}
+
+/// Delivery records the retention job has deleted so far, as `/metrics` says.
+async fn deleted_total(app: &App) -> Result<u64> {
+    let text = app.metrics.render(&app.store, now_ms()).await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("squeeze_retention_deleted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no squeeze_retention_deleted_total in /metrics")
+}
+
+/// One real send's figures (seconds).
+struct Sent {
+    /// From the digest falling due (the fan-out's start) to the last message sent.
+    end_to_end: f64,
+    /// From the fan-out's end (or the first message, if earlier) to the last sent.
+    pipeline: f64,
+}
+
+impl Sent {
+    fn end_to_end_rate(&self, n: u64) -> f64 {
+        n as f64 / self.end_to_end.max(1e-3)
+    }
+
+    fn pipeline_rate(&self, n: u64) -> f64 {
+        n as f64 / self.pipeline.max(1e-3)
+    }
+}
+
+/// A digest to every subscriber, sent as the bench's pipeline sends it: on PostgreSQL a
+/// `squeeze worker` process waits on LISTEN while this process fans out (as another node's
+/// scheduler would); on SQLite the worker process starts after the fan-out. Waits until
+/// every delivery of it is sent.
+async fn send(
+    app: &App,
+    args: &super::Args,
+    dir: &std::path::Path,
+    url: &str,
+    port: u16,
+) -> Result<Sent> {
+    let n = args.subscribers;
+    let waiting = if args.database == super::Database::Postgres {
+        let listening = super::listeners(url).await?;
+        let worker = super::Worker::start(args, dir, url, port)?;
+        Some(worker.wait_listening(url, listening).await?)
+    } else {
+        None
+    };
+    let id = super::make_digest(app, args.items, args.summary_chars, now_ms()).await?;
+    let due_at = now_ms();
+    let report = app.scheduler().tick(chrono::Utc::now()).await?;
+    anyhow::ensure!(
+        report
+            .fanned_out
+            .iter()
+            .any(|(d, count)| *d == id && *count == n),
+        "the digest was not fanned out to {n}"
+    );
+    let fanned_out = now_ms();
+    let worker = match waiting {
+        Some(worker) => worker,
+        None => super::Worker::start(args, dir, url, port)?,
+    };
+    let figures = super::pipeline(worker, args, url, Some(fanned_out), &id).await?;
+    finish_all(url).await?;
+    Ok(Sent {
+        end_to_end: (figures.last_sent_at - due_at).max(1) as f64 / 1000.0,
+        pipeline: figures.seconds,
+    })
+}
+
+/// The server settings the figures depend on (autovacuum off leaves every deleted row's
+/// space and index entries in place until something vacuums).
+async fn postgres_settings(url: &str) -> Result<String> {
+    let mut conn = AnyConnection::connect(url).await?;
+    let mut out = Vec::new();
+    for name in [
+        "autovacuum",
+        "shared_buffers",
+        "synchronous_commit",
+        "max_wal_size",
+    ] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {name}"))
+            .fetch_one(&mut conn)
+            .await?;
+        out.push(format!("{name} = {value}"));
+    }
+    conn.close().await?;
+    Ok(out.join(", "))
 }
 
 fn metrics() -> Result<std::sync::Arc<squeeze::metrics::Metrics>> {
@@ -180,36 +362,6 @@ async fn claim_and_record(app: &App) -> Result<(f64, f64)> {
     let started = Instant::now();
     app.store.record(&outcomes, now_ms()).await?;
     Ok((claim, ms(started)))
-}
-
-/// Claims and records in a loop for `limit`, or until `until` ends; deliveries per second.
-async fn claim_loop(
-    app: &App,
-    url: &str,
-    args: &super::Args,
-    n: u64,
-    limit: Duration,
-    until: Option<&tokio::task::JoinHandle<squeeze::store::StoreResult<squeeze::service::Pruned>>>,
-) -> Result<f64> {
-    super::make_digest(app, args.items, args.summary_chars, now_ms()).await?;
-    app.scheduler().tick(chrono::Utc::now()).await?;
-    let started = Instant::now();
-    let (mut total, mut done) = (0u64, 0u64);
-    while started.elapsed() < limit && until.is_none_or(|h| !h.is_finished()) {
-        claim_and_record(app).await?;
-        total += u64::from(CLAIM);
-        done += u64::from(CLAIM);
-        if done + u64::from(CLAIM) > n {
-            // Out of deliveries: another digest.
-            finish_all(url).await?;
-            super::make_digest(app, args.items, args.summary_chars, now_ms()).await?;
-            app.scheduler().tick(chrono::Utc::now()).await?;
-            done = 0;
-        }
-    }
-    let secs = started.elapsed().as_secs_f64().max(1e-3);
-    finish_all(url).await?;
-    Ok(total as f64 / secs)
 }
 
 /// What is left queued becomes sent and the digests sending are sent: the measure's digest

@@ -120,10 +120,18 @@ struct Args {
     #[arg(long, value_enum)]
     dkim: Option<DkimAlgorithm>,
     /// Seed this many delivery rows of past digests by SQL and measure claim, outcome write,
-    /// fan-out and /api/stats with that history against an empty one, then the retention
-    /// job's rate and its effect on claims and outcomes beside it (issue 23).
+    /// fan-out and /api/stats with that history against an empty one, then a real send
+    /// alone and beside the retention job deleting the history, and the job's rate (issue 23).
     #[arg(long, value_name = "ROWS")]
     history: Option<u64>,
+    /// With --history: stop the retention job this many seconds after it started (it
+    /// deletes the whole history otherwise); the rate is then over the part deleted.
+    #[arg(long, value_name = "SECONDS", requires = "history")]
+    retention_seconds: Option<u64>,
+    /// With --history: after the send beside the job, send once more beside the job resting
+    /// this many milliseconds between its batches.
+    #[arg(long, value_name = "MS", requires = "history")]
+    retention_pause: Option<u64>,
     /// A setting for this run, as in squeeze.toml (repeatable), for this process and the
     /// `squeeze` processes it starts alike, e.g. `--set fanout_chunk=20000`; it overrides the
     /// benchmark's own.
@@ -944,10 +952,14 @@ async fn pipeline(
         tail(&log_path)
     );
 
-    let by_status: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, COUNT(*) FROM deliveries GROUP BY status ORDER BY status")
-            .fetch_all(&mut conn)
-            .await?;
+    // The digest's own deliveries (`--history` keeps past digests' beside it).
+    let by_status: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, COUNT(*) FROM deliveries WHERE digest_id = $1
+         GROUP BY status ORDER BY status",
+    )
+    .bind(digest_id)
+    .fetch_all(&mut conn)
+    .await?;
     let sent = by_status
         .iter()
         .find(|(s, _)| s == "sent")

@@ -42,6 +42,7 @@ mod workers;
 
 pub use bounces::{BounceCounts, BounceEventRow, BounceRecorded, BounceTarget, DigestHealth};
 pub use feeds::{FeedRow, SeenEntry};
+pub use retention::PrunedBatch;
 pub use rows::{
     ClaimedDelivery, DeliveryRow, DigestRow, EventRow, FailureRow, HistoryRow, ItemRow, Recorded,
     SubscriberRow, WaveRow,

@@ -7,7 +7,7 @@
 //! or of a digest not finished, is never deleted. The job is `service::retention`.
 
 use super::stats::{COUNTS_OF_DIGEST, rank};
-use super::{DeliveryCounts, PerDialect, Store, StoreResult, json_list};
+use super::{DeliveryCounts, Dialect, PerDialect, Store, StoreResult, json_list};
 use crate::domain::clock::Millis;
 
 /// Finished digests (sent, cancelled, missed) not rolled up yet, nothing of which is queued,
@@ -26,9 +26,29 @@ const TO_PRUNE: &str = "SELECT id FROM digests
        AND COALESCE(started_at, created_at) < $1
      ORDER BY created_at LIMIT $2";
 
-/// One batch of a rolled-up digest's deliveries older than the cutoff.
-const DELETE_OF_DIGEST: &str = "DELETE FROM deliveries WHERE id IN
-     (SELECT id FROM deliveries WHERE digest_id = $1 AND created_at < $2 LIMIT $3)";
+/// One batch of a rolled-up digest's deliveries older than the cutoff `$2`: the next `$3`
+/// of them in the order of the (digest, subscriber) key after the subscriber `$4` (`''`
+/// before the first). The order makes it a range of that key's index, whatever the tables'
+/// statistics say: without it PostgreSQL may read the batch by a sequential scan, from
+/// wherever the scan starts up to this digest's rows (BENCHMARKS.md, "History and
+/// retention", 2026-12-07), and each batch would read again the entries of the rows the batches
+/// before it deleted. PostgreSQL returns how many were deleted, how many were read and the
+/// last subscriber read (in the column's collation); SQLite the subscribers deleted (its
+/// text compares bytewise, as Rust's does).
+const DELETE_OF_DIGEST: PerDialect = PerDialect {
+    sqlite: "DELETE FROM deliveries WHERE id IN
+                 (SELECT id FROM deliveries
+                  WHERE digest_id = $1 AND subscriber_id > $4 AND created_at < $2
+                  ORDER BY subscriber_id LIMIT $3)
+             RETURNING subscriber_id",
+    postgres: "WITH batch AS MATERIALIZED
+                 (SELECT id, subscriber_id FROM deliveries
+                  WHERE digest_id = $1 AND subscriber_id > $4 AND created_at < $2
+                  ORDER BY subscriber_id LIMIT $3),
+             gone AS (DELETE FROM deliveries WHERE id IN (SELECT id FROM batch) RETURNING 1)
+             SELECT (SELECT COUNT(*) FROM gone), (SELECT COUNT(*) FROM batch),
+                    (SELECT MAX(subscriber_id) FROM batch)",
+};
 
 /// The oldest final deliveries of no digest, older than the cutoff (`deliveries_no_digest`).
 const OLD_OF_NO_DIGEST: PerDialect = PerDialect {
@@ -74,6 +94,17 @@ const ADD_TO_MESSAGE_ROLLUP: PerDialect = PerDialect {
                  first_sent_at = LEAST(message_rollups.first_sent_at, excluded.first_sent_at),
                  last_sent_at = GREATEST(message_rollups.last_sent_at, excluded.last_sent_at)",
 };
+
+/// What one deletion batch of a digest's deliveries did (`Store::prune_digest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunedBatch {
+    /// Delivery records deleted.
+    pub deleted: u64,
+    /// The batch was full: the next starts after this subscriber.
+    pub next: Option<String>,
+    /// The batch was the digest's last and none of its deliveries is left.
+    pub pruned: bool,
+}
 
 impl Store {
     /// Finished digests not rolled up yet (at most `limit`), oldest first.
@@ -178,38 +209,64 @@ impl Store {
             .await?)
     }
 
-    /// Deletes up to `batch` of a rolled-up digest's deliveries made before `cutoff`, in one
-    /// statement (its own transaction): how many, and whether the digest is pruned now (none
-    /// of its deliveries left).
+    /// Deletes the next `batch` of a rolled-up digest's deliveries made before `cutoff`,
+    /// those of the subscribers after `after` (`""` at first), in one statement (its own
+    /// transaction). Says how many, where the next batch starts if this one was full, and
+    /// otherwise whether the digest is pruned now (none of its deliveries left).
     pub async fn prune_digest(
         &self,
         digest_id: &str,
         cutoff: Millis,
+        after: &str,
         batch: i64,
         now: Millis,
-    ) -> StoreResult<(u64, bool)> {
+    ) -> StoreResult<PrunedBatch> {
         let mut conn = self.write_conn().await?;
-        let deleted = sqlx::query(DELETE_OF_DIGEST)
-            .bind(digest_id)
-            .bind(cutoff)
-            .bind(batch)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        let mut pruned = false;
-        if deleted < batch as u64 {
-            pruned = sqlx::query(
-                "UPDATE digests SET pruned_at = $2 WHERE id = $1 AND rolled_up_at IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM deliveries WHERE digest_id = $1)",
-            )
-            .bind(digest_id)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-                == 1;
+        let (deleted, read, last): (i64, i64, Option<String>) = match self.dialect {
+            Dialect::Postgres => {
+                sqlx::query_as(DELETE_OF_DIGEST.postgres)
+                    .bind(digest_id)
+                    .bind(cutoff)
+                    .bind(batch)
+                    .bind(after)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+            Dialect::Sqlite => {
+                let gone: Vec<String> = sqlx::query_scalar(DELETE_OF_DIGEST.sqlite)
+                    .bind(digest_id)
+                    .bind(cutoff)
+                    .bind(batch)
+                    .bind(after)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let n = i64::try_from(gone.len()).unwrap_or(i64::MAX);
+                (n, n, gone.into_iter().max())
+            }
+        };
+        let deleted = u64::try_from(deleted).unwrap_or(0);
+        if read >= batch {
+            return Ok(PrunedBatch {
+                deleted,
+                next: last,
+                pruned: false,
+            });
         }
-        Ok((deleted, pruned))
+        let pruned = sqlx::query(
+            "UPDATE digests SET pruned_at = $2 WHERE id = $1 AND rolled_up_at IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM deliveries WHERE digest_id = $1)",
+        )
+        .bind(digest_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        Ok(PrunedBatch {
+            deleted,
+            next: None,
+            pruned,
+        })
     }
 
     /// Deletes up to `batch` final deliveries of no digest made before `cutoff`, oldest
@@ -268,6 +325,100 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::DatabaseKind;
+    use squeeze_test_support::db::TestDb;
+
+    /// Sequential scans of `table` counted in this session's current transaction.
+    async fn seq_scans(conn: &mut sqlx::AnyConnection, table: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT seq_scan FROM pg_stat_xact_user_tables
+             WHERE relname = $1 AND schemaname = current_schema()",
+        )
+        .bind(table)
+        .fetch_one(conn)
+        .await
+        .expect("pg_stat_xact_user_tables")
+    }
+
+    /// A deletion batch reads its own digest's rows by the (digest, subscriber) key, and the
+    /// queue rows of what it deleted by the queue's key: it never reads the whole history,
+    /// nor the queue a send is being claimed from, whatever the statistics say. Before, with
+    /// a few digests whose rows lie in no order of that key, PostgreSQL read a batch by a
+    /// sequential scan of the history (from wherever it started to the digest's rows), and
+    /// the trigger that takes deleted deliveries out of the queue joined 2,000 of them by
+    /// hash, reading every queued row of the send beside it.
+    #[tokio::test]
+    async fn postgres_a_deletion_batch_reads_neither_the_history_nor_the_queue() {
+        let Some(db) = TestDb::postgres_or_skip().await else {
+            return;
+        };
+        let store = Store::connect(db.url(), &DatabaseKind::Postgres)
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        for sql in [
+            "INSERT INTO subscribers (id, email, status, unsubscribe_token, consent_at,
+                 created_at, updated_at)
+             SELECT md5(i::text), 'reader' || i || '@example.com', 'confirmed',
+                 md5('t' || i), 0, 0, 0
+             FROM generate_series(1, 10000) i",
+            "INSERT INTO digests (id, subject, status, recipients, created_at, updated_at,
+                 rolled_up_at)
+             SELECT 'old-' || d, 'Old', 'sent', 10000, 0, 0, 1 FROM generate_series(1, 8) d",
+            // In no order of the (digest, subscriber) key, as the history of a list whose
+            // ids are not made in the order its fan-outs read them.
+            "INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
+                 created_at, updated_at)
+             SELECT 'old-' || d || '-' || s.id, 'digest', s.id, 'old-' || d, 'sent', 0, 0, 0
+             FROM generate_series(1, 8) d, subscribers s ORDER BY random()",
+            // A send beside the job: 50,000 deliveries queued.
+            "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
+             SELECT 'live-' || i, 'live', 0 FROM generate_series(1, 50000) i",
+            "ANALYZE deliveries",
+            "ANALYZE delivery_queue",
+        ] {
+            sqlx::query(sql).execute(&store.pool).await.expect(sql);
+        }
+        let mut conn = store.pool.acquire().await.expect("connection");
+        sqlx::query("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .expect("begin");
+        let (history, queue) = (
+            seq_scans(&mut conn, "deliveries").await,
+            seq_scans(&mut conn, "delivery_queue").await,
+        );
+        // A batch of each digest: more than the five runs after which PostgreSQL may keep a
+        // generic plan.
+        for d in 1..=8 {
+            let (deleted, read, last): (i64, i64, Option<String>) =
+                sqlx::query_as(DELETE_OF_DIGEST.postgres)
+                    .bind(format!("old-{d}"))
+                    .bind(1_i64)
+                    .bind(2_000_i64)
+                    .bind("")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .expect("batch");
+            assert_eq!((deleted, read), (2000, 2000));
+            assert!(last.is_some());
+        }
+        let reads = (
+            seq_scans(&mut conn, "deliveries").await - history,
+            seq_scans(&mut conn, "delivery_queue").await - queue,
+        );
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .expect("rollback");
+        drop(conn);
+        store.close().await;
+        assert_eq!(
+            reads,
+            (0, 0),
+            "sequential scans of (deliveries, delivery_queue) in 8 batches"
+        );
+    }
 
     #[test]
     fn each_dialect_has_its_own_text() {
@@ -275,6 +426,7 @@ mod tests {
             ("OLD_OF_NO_DIGEST", OLD_OF_NO_DIGEST),
             ("DELETE_LISTED", DELETE_LISTED),
             ("ADD_TO_MESSAGE_ROLLUP", ADD_TO_MESSAGE_ROLLUP),
+            ("DELETE_OF_DIGEST", DELETE_OF_DIGEST),
         ]);
     }
 }

@@ -266,3 +266,38 @@ async fn one_run_prunes_every_digest_past_the_retention_however_many() {
     );
     app.stop().await;
 }
+
+/// A test send's record (the address it went to, in `test_sends`) goes with its delivery
+/// when the job deletes that: nothing is left pointing at a delivery that is gone. On
+/// PostgreSQL this is the deletion trigger's work, not a foreign key's (migration 0025).
+#[tokio::test]
+async fn a_test_sends_record_goes_with_its_delivery() {
+    let smtp = SmtpServer::start().await;
+    let app = app_with(&smtp, &[("delivery_retention", "30d")]).await;
+    let item = app.add_item("Tested item").await;
+    let id = app.create_digest(json!([item])).await;
+    let (status, body) = app
+        .post_json(
+            &format!("/api/digests/{id}/test"),
+            json!({ "addresses": ["editor@example.org", "second@example.net"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    app.wait_all_sent(&smtp, 2).await;
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM test_sends").await, 2);
+
+    let done = app
+        .app
+        .retention()
+        .run_once(now_ms() + 31 * DAY_MS)
+        .await
+        .expect("retention");
+    assert_eq!(done.deleted, 2, "{done:?}");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM deliveries WHERE kind = 'test'")
+            .await,
+        0
+    );
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM test_sends").await, 0);
+    app.stop().await;
+}
