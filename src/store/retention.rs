@@ -325,8 +325,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::DatabaseKind;
-    use squeeze_test_support::db::TestDb;
 
     /// Sequential scans of `table` counted in this session's current transaction.
     async fn seq_scans(conn: &mut sqlx::AnyConnection, table: &str) -> i64 {
@@ -349,13 +347,9 @@ mod tests {
     /// hash, reading every queued row of the send beside it.
     #[tokio::test]
     async fn postgres_a_deletion_batch_reads_neither_the_history_nor_the_queue() {
-        let Some(db) = TestDb::postgres_or_skip().await else {
+        let Some((_db, store)) = super::super::tests::postgres_store().await else {
             return;
         };
-        let store = Store::connect(db.url(), &DatabaseKind::Postgres)
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
         for sql in [
             "INSERT INTO subscribers (id, email, status, unsubscribe_token, consent_at,
                  created_at, updated_at)
