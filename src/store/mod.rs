@@ -369,16 +369,11 @@ impl Store {
     /// database's write lock up front, so a read inside it cannot go stale; on PostgreSQL
     /// reads lock their rows (`FOR UPDATE`).
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
-        self.write_health.admit()?;
-        let tx = match self.dialect {
-            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.writer.begin().await,
-        }
-        .map_err(StoreError::from);
-        if tx.is_err() {
-            self.write_health.note(&tx);
-        }
-        tx
+        self.begin_write_as(match self.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        })
+        .await
     }
 
     /// `begin_write` for statements whose plans do not depend on how big the tables are
@@ -388,13 +383,19 @@ impl Store {
     /// would make again for every run. Sign-ups spent 14 % of the server's CPU planning
     /// (`perf record` of the backends under scripts/bench-subscribe.sh, BENCHMARKS.md).
     async fn begin_write_with_generic_plans(&self) -> StoreResult<Transaction<'static, Any>> {
-        if self.dialect == Dialect::Sqlite {
-            return self.begin_write().await;
-        }
+        self.begin_write_as(match self.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN; SET LOCAL plan_cache_mode = auto",
+        })
+        .await
+    }
+
+    /// A write transaction opened by `begin`, admitted by and noted in `write_health`.
+    async fn begin_write_as(&self, begin: &'static str) -> StoreResult<Transaction<'static, Any>> {
         self.write_health.admit()?;
         let tx = self
             .writer
-            .begin_with("BEGIN; SET LOCAL plan_cache_mode = auto")
+            .begin_with(begin)
             .await
             .map_err(StoreError::from);
         if tx.is_err() {
