@@ -6,9 +6,10 @@
 #
 #   scripts/bench-fanout-server.sh old|new [N] [rounds]
 #
-# old: migrations up to 0022 and main 9a18742's statements (CHUNK_END, then the insert with
-# ON CONFLICT, foreign keys checked per row); new: every migration and the statement of
-# store::fan_out (POSTGRES_FAN_OUT_CHUNK). Alternate the two: the machine's load moves both.
+# old: migrations up to 0025 and main 7d3c5de's statement (a queue row per delivery); new:
+# every migration and the statement of store::fan_out (POSTGRES_FAN_OUT_CHUNK: one queue row
+# per chunk). Alternate the two: the machine's load moves both. (Before 0026 this compared
+# main 9a18742's statements, CHUNK_END then ON CONFLICT, with 0024's: BENCHMARKS.md.)
 # Needs psql and a superuser (PGHOST/PGUSER, default 127.0.0.1 and postgres); the database
 # squeeze_fanout_<mode> is dropped and made again.
 set -euo pipefail
@@ -22,7 +23,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 psql -qX -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
 for f in "$here"/migrations/postgres/*.sql; do
   v=$(basename "$f" | cut -c1-4)
-  if [[ $mode == old && $v > 0022 ]]; then continue; fi
+  if [[ $mode == old && $v > 0025 ]]; then continue; fi
   psql -qX -d "$db" -v ON_ERROR_STOP=1 -f "$f" >/dev/null
 done
 psql -qX -d "$db" -v ON_ERROR_STOP=1 >/dev/null <<SQL
@@ -37,66 +38,53 @@ FROM generate_series(1, $n) i;
 ANALYZE subscribers;
 SQL
 
+# The fan-out's statement (store::fan_out::POSTGRES_FAN_OUT_CHUNK); `queue` is its last
+# part: old, a delivery_queue row per delivery (main 7d3c5de); new, the chunk's one
+# queued_chunks row (migration 0026).
+tables="delivery_queue, deliveries"
 if [[ $mode == old ]]; then
-  psql -qX -d "$db" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
-CREATE PROCEDURE fan(dg text, chunk int) LANGUAGE plpgsql AS $$
-DECLARE cur text := ''; e text;
-BEGIN
-  LOOP
-    SELECT id INTO e FROM subscribers WHERE status = 'confirmed' AND id > cur
-      ORDER BY id LIMIT 1 OFFSET chunk - 1;
-    WITH made AS (
-      INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
-          created_at, updated_at)
-      SELECT gen_random_uuid()::text || '-' || lpad(to_hex(row_number() OVER (ORDER BY s.id)), 12, '0'),
-          'digest', s.id, dg, 'queued', 5, 1, 1
-      FROM subscribers s WHERE s.status = 'confirmed' AND s.id > cur AND (e IS NULL OR s.id <= e)
-      ON CONFLICT (digest_id, subscriber_id) DO NOTHING RETURNING id)
-    INSERT INTO delivery_queue (delivery_id, digest_id, run_at) SELECT id, dg, 1 FROM made;
-    UPDATE digests SET fan_out_cursor = COALESCE(e, cur) WHERE id = dg;
-    COMMIT;
-    EXIT WHEN e IS NULL;
-    cur := e;
-  END LOOP;
-END $$;
-SQL
+  queue="queued AS (INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
+           SELECT id, dg, 1 FROM made RETURNING 1)"
 else
-  psql -qX -d "$db" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
-CREATE PROCEDURE fan(dg text, chunk int) LANGUAGE plpgsql AS $$
-DECLARE cur text := ''; r bigint; l text; m bigint;
+  queue="queued AS (INSERT INTO queued_chunks (id, digest_id, run_at, after_id)
+           SELECT p, dg, 1, p || '-' WHERE EXISTS (SELECT 1 FROM made) RETURNING 1)"
+  tables="queued_chunks, $tables"
+fi
+psql -qX -d "$db" -v ON_ERROR_STOP=1 >/dev/null <<SQL
+CREATE PROCEDURE fan(dg text, chunk int) LANGUAGE plpgsql AS \$\$
+DECLARE cur text := ''; r bigint; l text; m bigint; p text;
 BEGIN
   LOOP
     SET LOCAL synchronous_commit = off;
-    WITH chunk AS MATERIALIZED (
-        SELECT id FROM subscribers WHERE status = 'confirmed' AND id > cur
+    p := gen_random_uuid()::text;
+    WITH page AS MATERIALIZED (
+        SELECT id, status FROM subscribers WHERE id > cur
         ORDER BY id LIMIT chunk FOR KEY SHARE),
+      chunk AS MATERIALIZED (SELECT id FROM page WHERE status = 'confirmed'),
       existing AS MATERIALIZED (
         SELECT subscriber_id FROM deliveries
         WHERE digest_id = dg AND subscriber_id > cur
-          AND subscriber_id <= (SELECT MAX(id) FROM chunk)),
+          AND subscriber_id <= (SELECT MAX(id) FROM page)),
       made AS (
         INSERT INTO deliveries (id, kind, subscriber_id, digest_id, status, expires_at,
             created_at, updated_at)
-        SELECT gen_random_uuid()::text || '-' || lpad(to_hex(row_number() OVER (ORDER BY id)), 12, '0'),
+        SELECT p || '-' || lpad(to_hex(row_number() OVER (ORDER BY id)), 12, '0'),
             'digest', id, dg, 'queued', 5, 1, 1
         FROM chunk WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.subscriber_id = chunk.id)
         RETURNING id),
-      queued AS (
-        INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
-        SELECT id, dg, 1 FROM made RETURNING 1)
-    SELECT (SELECT COUNT(*) FROM chunk), (SELECT MAX(id) FROM chunk),
-        (SELECT COUNT(*) FROM queued) INTO r, l, m;
+      $queue
+    SELECT (SELECT COUNT(*) FROM page), (SELECT MAX(id) FROM page),
+        (SELECT COUNT(*) FROM made) INTO r, l, m;
     UPDATE digests SET fan_out_cursor = COALESCE(l, cur) WHERE id = dg;
     COMMIT;
     EXIT WHEN r < chunk;
     cur := l;
   END LOOP;
-END $$;
+END \$\$;
 SQL
-fi
 
 for ((k = 1; k <= rounds; k++)); do
-  psql -qX -d "$db" -c "TRUNCATE delivery_queue, deliveries CASCADE" -c CHECKPOINT >/dev/null 2>&1
+  psql -qX -d "$db" -c "TRUNCATE $tables CASCADE" -c CHECKPOINT >/dev/null 2>&1
   coproc PSQL { psql -qXAt -d "$db" 2>&1; }
   echo "SELECT pg_backend_pid();" >&"${PSQL[1]}"
   read -r -u "${PSQL[0]}" pid

@@ -371,6 +371,7 @@ async fn finish_all(url: &str) -> Result<()> {
     let mut conn = AnyConnection::connect(url).await?;
     for sql in [
         "DELETE FROM delivery_queue",
+        "DELETE FROM queued_chunks",
         "DELETE FROM claims",
         "UPDATE deliveries SET status = 'sent', sent_at = created_at + 1000
          WHERE status IN ('queued', 'sending')",

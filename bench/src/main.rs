@@ -923,6 +923,7 @@ async fn pipeline(
         // how many: counting, 20 times a second, would take CPU from the processes measured.
         let busy: i64 = sqlx::query_scalar(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM delivery_queue)
+                           OR EXISTS (SELECT 1 FROM queued_chunks)
                            OR EXISTS (SELECT 1 FROM claims)
                            OR EXISTS (SELECT 1 FROM digests
                                       WHERE id = $1 AND fanned_out_at IS NULL)

@@ -38,6 +38,34 @@ const TAKE_DUE: PerDialect = PerDialect {
              RETURNING delivery_id, run_at",
 };
 
+/// The fan-out chunk (migration 0026) due first whose digest is not paused, with where its
+/// claims have got to. On PostgreSQL a chunk being claimed is skipped: concurrent workers
+/// take different chunks.
+const TAKE_CHUNK: PerDialect = PerDialect {
+    sqlite: "SELECT id, after_id, run_at FROM queued_chunks
+             WHERE run_at <= $1
+               AND digest_id NOT IN (SELECT id FROM digests WHERE status = 'paused')
+             ORDER BY run_at
+             LIMIT 1",
+    postgres: "SELECT id, after_id, run_at FROM queued_chunks
+             WHERE run_at <= $1
+               AND digest_id NOT IN (SELECT id FROM digests WHERE status = 'paused')
+             ORDER BY run_at
+             LIMIT 1 FOR UPDATE SKIP LOCKED",
+};
+
+/// A chunk's next `$3` deliveries after `$1`, in id order, up to its last possible id `$2`
+/// (the chunk's id, '-' and twelve f's): a range of the primary key, whatever their status
+/// (`MARK_SENDING` takes only the queued ones). The chunk's ids all have one shape (its id,
+/// '-', twelve hex digits), so the range holds only them in any collation.
+const CHUNK_DELIVERIES: &str = "SELECT id FROM deliveries WHERE id > $1 AND id <= $2
+     ORDER BY id LIMIT $3";
+
+/// A claim takes from at most this many chunks: the rest of one and the start of the next
+/// is the common case; a run of chunks whose deliveries were all suppressed is passed over
+/// by the next claims.
+const CHUNKS_PER_CLAIM: usize = 4;
+
 /// The taken deliveries, still queued, become this claim's (`$3`: their ids, `json_list`).
 const MARK_SENDING: PerDialect = PerDialect {
     sqlite: "UPDATE deliveries SET status = 'sending', claim_id = $1, attempts = attempts + 1,
@@ -96,7 +124,12 @@ impl Store {
         // Committed before any SMTP work.
         let mut tx = self.begin_write().await?;
         self.requeue_expired_claims(&mut tx, worker_id, now).await?;
-        let run_at = self.take_due(&mut tx, now, limit).await?;
+        let mut run_at = self.take_due(&mut tx, now, limit).await?;
+        let room = limit.saturating_sub(u32::try_from(run_at.len()).unwrap_or(u32::MAX));
+        if room > 0 {
+            self.take_from_chunks(&mut tx, now, room, &mut run_at)
+                .await?;
+        }
         let taken = self.mark_sending(&mut tx, &claim_id, now, &run_at).await?;
         // Nothing due, or (should the queue ever hold a delivery no longer queued) nothing to
         // send of what was taken.
@@ -117,8 +150,10 @@ impl Store {
         let mut out = hand_out(&claim_id, taken, &subscribers, &tests, &run_at)?;
         write_claim(&mut tx, &claim_id, worker_id, now + ms(lease), &out).await?;
         self.commit(tx).await?;
-        // RETURNING gives no order; the oldest due go first.
-        out.deliveries.sort_by_key(|(run_at, _)| *run_at);
+        // RETURNING gives no order; the oldest due go first, and a chunk's in id order (the
+        // order of their subscribers).
+        out.deliveries
+            .sort_unstable_by(|(a, x), (b, y)| (a, &x.id).cmp(&(b, &y.id)));
         Ok(out.deliveries.into_iter().map(|(_, d)| d).collect())
     }
 
@@ -135,6 +170,58 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         Ok(taken.into_iter().collect())
+    }
+
+    /// Takes up to `room` deliveries from the fan-out chunks due (`TAKE_CHUNK`), in id order,
+    /// into `run_at`: each chunk's `after_id` moves past what was read, and a chunk read to
+    /// its end is deleted. The queue's own rows (`take_due`) go first: a welcome message
+    /// queued during a digest's fan-out to a million does not wait behind it.
+    async fn take_from_chunks(
+        &self,
+        tx: &mut AnyConnection,
+        now: Millis,
+        mut room: u32,
+        run_at: &mut HashMap<String, Millis>,
+    ) -> StoreResult<()> {
+        for _ in 0..CHUNKS_PER_CLAIM {
+            if room == 0 {
+                break;
+            }
+            let Some((chunk, after, due)): Option<(String, String, Millis)> =
+                sqlx::query_as(self.sql(&TAKE_CHUNK))
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            else {
+                break;
+            };
+            let ids: Vec<String> = sqlx::query_scalar(CHUNK_DELIVERIES)
+                .bind(&after)
+                .bind(format!("{chunk}-ffffffffffff"))
+                .bind(i64::from(room))
+                .fetch_all(&mut *tx)
+                .await?;
+            let read = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+            match ids.last() {
+                Some(last) if read == room => {
+                    sqlx::query("UPDATE queued_chunks SET after_id = $2 WHERE id = $1")
+                        .bind(&chunk)
+                        .bind(last)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                // Fewer than asked for: the chunk is read to its end.
+                _ => {
+                    sqlx::query("DELETE FROM queued_chunks WHERE id = $1")
+                        .bind(&chunk)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            room -= read;
+            run_at.extend(ids.into_iter().map(|id| (id, due)));
+        }
+        Ok(())
     }
 
     /// Marks the taken deliveries `sending` for this claim, counting the attempt.
@@ -301,6 +388,7 @@ mod tests {
             .expect("a connection of the store's");
         for (name, sql, args) in [
             ("take_due", TAKE_DUE.postgres, "(bigint, bigint)"),
+            ("chunk_deliveries", CHUNK_DELIVERIES, "(text, text, bigint)"),
             (
                 "mark_sending",
                 MARK_SENDING.postgres,
@@ -314,6 +402,10 @@ mod tests {
         }
         let runs = [
             ("take_due", "EXECUTE take_due(0, 40)"),
+            (
+                "chunk_deliveries",
+                "EXECUTE chunk_deliveries('c-', 'c-ffffffffffff', 40)",
+            ),
             ("mark_sending", r#"EXECUTE mark_sending('c', 0, '["d1"]')"#),
         ];
         // Idle claims: more than the five runs after which PostgreSQL may keep a generic plan.
@@ -322,22 +414,17 @@ mod tests {
                 sqlx::query(run).execute(&mut *conn).await.expect("claim");
             }
         }
-        // The fan-out (another connection; nothing ANALYZEs the tables).
-        sqlx::query(
+        // The fan-out: a chunk's deliveries (`c-…`), here queued as rows too (another
+        // connection; nothing ANALYZEs the tables).
+        for sql in [
             "INSERT INTO deliveries (id, kind, subscriber_id, status, expires_at, created_at,
                  updated_at)
-             SELECT 'd' || i, 'digest', 's' || i, 'queued', 0, 0, 0
+             SELECT 'c-' || lpad(to_hex(i), 12, '0'), 'digest', 's' || i, 'queued', 0, 0, 0
              FROM generate_series(1, 20000) i",
-        )
-        .execute(&store.pool)
-        .await
-        .expect("deliveries");
-        sqlx::query(
             "INSERT INTO delivery_queue (delivery_id, run_at) SELECT id, 0 FROM deliveries",
-        )
-        .execute(&store.pool)
-        .await
-        .expect("queue");
+        ] {
+            sqlx::query(sql).execute(&store.pool).await.expect(sql);
+        }
         for (name, run) in runs {
             let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {run}"))
                 .fetch_all(&mut *conn)
@@ -370,6 +457,7 @@ mod tests {
     fn claim_statements_are_written_for_each_backend() {
         super::super::tests::assert_dialects(&[
             ("TAKE_DUE", TAKE_DUE),
+            ("TAKE_CHUNK", TAKE_CHUNK),
             ("MARK_SENDING", MARK_SENDING),
             ("CLAIMED_SUBSCRIBERS", CLAIMED_SUBSCRIBERS),
         ]);

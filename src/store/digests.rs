@@ -487,10 +487,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("DELETE FROM delivery_queue WHERE digest_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for queue in [
+            "DELETE FROM delivery_queue WHERE digest_id = $1",
+            "DELETE FROM queued_chunks WHERE digest_id = $1",
+        ] {
+            sqlx::query(queue).bind(id).execute(&mut *tx).await?;
+        }
         sqlx::query(
             "UPDATE deliveries SET status = 'suppressed', last_error = $3, updated_at = $2
              WHERE digest_id = $1 AND status = 'queued'",

@@ -14,10 +14,10 @@ use crate::domain::clock::Millis;
 /// ids are `$4` (a fresh UUID v7 per chunk: later chunks sort after earlier ones) and a
 /// number growing in the order the rows are inserted, so the primary key's index is appended
 /// to instead of written on random pages (random keys made the fan-out to a million
-/// subscribers hold SQLite's write lock 12 s instead of 5). The queue rows follow by the
-/// chunk's id range (`SQLITE_QUEUE_CHUNK`). The unary `+` before `status` (and before
-/// `digest_id` in `SQLITE_QUEUE_CHUNK`) keeps SQLite off that column's index: never ANALYZEd, it took the equality over the id range, and each chunk
-/// read the whole list (the fan-out to 1,000,000 took 70 s instead of 4).
+/// subscribers hold SQLite's write lock 12 s instead of 5), and the claim takes a chunk's
+/// deliveries as a range of it (`QUEUE_CHUNK`). The unary `+` before `status` keeps SQLite
+/// off that column's index: never ANALYZEd, it took the equality over the id range, and each
+/// chunk read the whole list (the fan-out to 1,000,000 took 70 s instead of 4).
 const SQLITE_FAN_OUT_CHUNK: &str = "INSERT INTO deliveries (id, kind, subscriber_id, digest_id,
          status, expires_at, created_at, updated_at)
      SELECT $4 || '-' || printf('%012x', row_number() OVER (ORDER BY s.id)), 'digest',
@@ -38,9 +38,9 @@ const SQLITE_FAN_OUT_LAST: &str = "INSERT INTO deliveries (id, kind, subscriber_
 /// SHARE` (the lock the foreign key's per-row check took before migration 0024: an erasure
 /// waits for this chunk to commit and then deletes what it wrote, or this chunk waits for
 /// the erasure and skips the row; the `LIMIT` counts only rows locked), a delivery for each
-/// confirmed one among them and its queue row from what was inserted (`RETURNING`). It
-/// answers how many subscribers it read (fewer than `$5`: the list's end), the last one
-/// (the next cursor) and the deliveries queued.
+/// confirmed one among them, and the chunk's one queue row (`QUEUE_CHUNK`) if it made any.
+/// It answers how many subscribers it read (fewer than `$5`: the list's end), the last one
+/// (the next cursor) and the deliveries made.
 ///
 /// The page is the next rows of the primary key, with no condition on `status` under the
 /// `LIMIT`, so no statistics can make the planner read the whole list: with `status =
@@ -72,20 +72,22 @@ const POSTGRES_FAN_OUT_CHUNK: &str = "WITH page AS MATERIALIZED (
              'digest', id, $1, 'queued', $3, $2, $2
          FROM chunk
          WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.subscriber_id = chunk.id)
-         RETURNING id),
+         RETURNING 1),
      queued AS (
-         INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
-         SELECT id, $1, $2 FROM made
+         INSERT INTO queued_chunks (id, digest_id, run_at, after_id)
+         SELECT $4, $1, $2, $4 || '-' WHERE EXISTS (SELECT 1 FROM made)
          RETURNING 1)
      SELECT (SELECT COUNT(*) FROM page), (SELECT MAX(id) FROM page),
-         (SELECT COUNT(*) FROM queued)";
+         (SELECT COUNT(*) FROM made)";
 
-/// SQLite: the chunk just inserted goes into the queue, found by its ids (`$3 || '-'` up to
-/// `$3 || '.'`, the next character: SQLite compares text bytewise), a range of the primary
-/// key, not a re-read of the digest's deliveries.
-const SQLITE_QUEUE_CHUNK: &str = "INSERT INTO delivery_queue (delivery_id, digest_id, run_at)
-     SELECT id, digest_id, $2 FROM deliveries
-     WHERE id > $3 || '-' AND id < $3 || '.' AND +digest_id = $1";
+/// A chunk's deliveries are queued together, as one row (migration 0026): the claim takes
+/// them in id order after `after_id` (`claim::TAKE_CHUNK`), instead of a queue row and three
+/// index entries per delivery written here and deleted there, a third of the fan-out's cost
+/// on PostgreSQL (BENCHMARKS.md, issue 23). `$1 || '-'` sorts before the chunk's first id
+/// (`$1-000000000001`) in any collation: every id of the chunk starts with it. SQLite's
+/// statement; PostgreSQL's is the `queued` part of `POSTGRES_FAN_OUT_CHUNK`.
+const QUEUE_CHUNK: &str = "INSERT INTO queued_chunks (id, digest_id, run_at, after_id)
+     VALUES ($1, $2, $3, $1 || '-')";
 
 /// SQLite: the last subscriber of the next chunk, the `$2`-th after the cursor `$1`, whatever
 /// their status: a chunk is the next `fanout_chunk` subscribers in id order, of whom the
@@ -167,7 +169,6 @@ impl Store {
         if made > 0 {
             self.work_queued();
         }
-        self.refresh_queue_statistics().await;
         Ok(Some((made, done)))
     }
 
@@ -177,21 +178,12 @@ impl Store {
     /// digest's fan-out goes on: the claim skips its mail until it resumes).
     pub async fn continue_fan_out(&self, id: &str, now: Millis, chunk: u32) -> StoreResult<u64> {
         let mut made = 0;
-        let mut chunks = 0u32;
         while let Some((n, done)) = self.fan_out_next_chunk(id, now, chunk).await? {
             made += n;
-            chunks += 1;
-            // The planner learns the queue grew after the first chunk (it scales what it
-            // learnt by the table's size as it grows from there) and again at the end; an
-            // ANALYZE after every few chunks cost 25-40 ms each at 100,000 (BENCHMARKS.md).
-            if chunks == 1 {
-                self.refresh_queue_statistics().await;
-            }
             if done {
                 break;
             }
         }
-        self.refresh_queue_statistics().await;
         Ok(made)
     }
 
@@ -241,7 +233,7 @@ impl Store {
         .await?)
     }
 
-    /// The chunk after `cursor` in `tx`: its deliveries and queue rows, `recipients` and
+    /// The chunk after `cursor` in `tx`: its deliveries and queue row, `recipients` and
     /// the cursor moved on (or the fan-out marked complete), a wake-up for the workers.
     async fn fan_out_chunk_in(
         &self,
@@ -275,22 +267,6 @@ impl Store {
         Ok((made, done))
     }
 
-    /// PostgreSQL: a fan-out grows the queue from nothing to the whole list at once, and until
-    /// autovacuum gets round to it (a minute or more) the planner believes the table still
-    /// holds the few rows it had. On those statistics it planned each claim as "read every
-    /// queued row and sort them" (120 ms and a 5 MB on-disk sort per claim at 100,000) instead
-    /// of reading the first rows of the `run_at` index (6 ms). Best effort: without it the
-    /// claims are slower, not wrong.
-    pub(super) async fn refresh_queue_statistics(&self) {
-        if self.dialect == super::Dialect::Postgres
-            && let Err(e) = sqlx::query("ANALYZE delivery_queue")
-                .execute(&self.pool)
-                .await
-        {
-            tracing::warn!(error = %e, "could not refresh the queue's statistics after a fan-out");
-        }
-    }
-
     /// A scheduled digest whose time passed while nothing ran becomes `missed`; false if it
     /// was no longer scheduled.
     pub async fn mark_missed(&self, id: &str, note: &str, now: Millis) -> StoreResult<bool> {
@@ -321,6 +297,7 @@ impl Store {
                      THEN 'missed' ELSE 'sent' END
              WHERE status = 'sending' AND fanned_out_at IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM delivery_queue q WHERE q.digest_id = digests.id)
+               AND NOT EXISTS (SELECT 1 FROM queued_chunks q WHERE q.digest_id = digests.id)
                AND NOT EXISTS (SELECT 1 FROM claim_digests c WHERE c.digest_id = digests.id)
                AND NOT EXISTS (SELECT 1 FROM digest_waves w
                    WHERE w.digest_id = digests.id AND w.state = 'waiting')
@@ -376,8 +353,8 @@ async fn postgres_chunk(
     Ok((made, next))
 }
 
-/// SQLite's chunk: its last subscriber (`CHUNK_END`), its deliveries, then their queue
-/// rows; the deliveries made and the chunk's last subscriber, `None` for the list's tail.
+/// SQLite's chunk: its last subscriber (`CHUNK_END`), its deliveries, then its queue row;
+/// the deliveries made and the chunk's last subscriber, `None` for the list's tail.
 async fn sqlite_chunk(
     tx: &mut Transaction<'static, Any>,
     id: &str,
@@ -407,12 +384,14 @@ async fn sqlite_chunk(
         insert = insert.bind(end);
     }
     let made = insert.execute(&mut **tx).await?.rows_affected();
-    sqlx::query(SQLITE_QUEUE_CHUNK)
-        .bind(id)
-        .bind(now)
-        .bind(&prefix)
-        .execute(&mut **tx)
-        .await?;
+    if made > 0 {
+        sqlx::query(QUEUE_CHUNK)
+            .bind(&prefix)
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok((made, end))
 }
 
@@ -425,8 +404,7 @@ mod tests {
         super::super::tests::assert_dialects(&[("LOCK_FAN_OUT", LOCK_FAN_OUT)]);
     }
 
-    /// SQLite's chunks read their subscribers, and queue their deliveries, by a range of
-    /// the primary key. SQLite is never ANALYZEd here, and without statistics it preferred
+    /// SQLite's chunks read their subscribers by a range of the primary key. SQLite is never ANALYZEd here, and without statistics it preferred
     /// the equality of `status` (or `digest_id`) to the id range: a pass over the whole list
     /// for every chunk, and the fan-out to 1,000,000 took 70 s instead of 4.
     #[tokio::test]
@@ -441,7 +419,6 @@ mod tests {
         for (name, sql, params) in [
             ("SQLITE_FAN_OUT_CHUNK", SQLITE_FAN_OUT_CHUNK, 6),
             ("SQLITE_FAN_OUT_LAST", SQLITE_FAN_OUT_LAST, 5),
-            ("SQLITE_QUEUE_CHUNK", SQLITE_QUEUE_CHUNK, 3),
             ("CHUNK_END", CHUNK_END, 2),
         ] {
             let explain = format!("EXPLAIN QUERY PLAN {sql}");

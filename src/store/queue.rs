@@ -121,6 +121,8 @@ impl Store {
             "SELECT MIN(t) FROM (
                  SELECT MIN(run_at) AS t FROM delivery_queue
                  UNION ALL
+                 SELECT MIN(run_at) AS t FROM queued_chunks
+                 UNION ALL
                  SELECT MIN(lease_until) AS t FROM claims) AS next",
         )
         .fetch_one(&self.pool)

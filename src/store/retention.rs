@@ -15,6 +15,7 @@ use crate::domain::clock::Millis;
 const TO_ROLL_UP: &str = "SELECT id FROM digests g
      WHERE g.status IN ('sent', 'cancelled', 'missed') AND g.rolled_up_at IS NULL
        AND NOT EXISTS (SELECT 1 FROM delivery_queue q WHERE q.digest_id = g.id)
+       AND NOT EXISTS (SELECT 1 FROM queued_chunks q WHERE q.digest_id = g.id)
        AND NOT EXISTS (SELECT 1 FROM claim_digests c WHERE c.digest_id = g.id)
        AND NOT EXISTS (SELECT 1 FROM deliveries d
                        WHERE d.digest_id = g.id AND d.status IN ('queued', 'sending'))

@@ -287,12 +287,15 @@ impl Store {
 
     /// When the longest-waiting due delivery became due.
     pub async fn oldest_due(&self, now: Millis) -> StoreResult<Option<Millis>> {
-        Ok(
-            sqlx::query_scalar("SELECT MIN(run_at) FROM delivery_queue WHERE run_at <= $1")
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(t) FROM (
+                     SELECT MIN(run_at) AS t FROM delivery_queue WHERE run_at <= $1
+                     UNION ALL
+                     SELECT MIN(run_at) AS t FROM queued_chunks WHERE run_at <= $1) AS due",
         )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Messages sent per minute (minutes since the epoch) since `since`.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::helpers::{self, Options, SmtpServer, TestApp, WAIT, eventually};
+use crate::helpers::{self, CLAIMABLE, Options, SmtpServer, TestApp, WAIT, eventually};
 use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -282,11 +282,121 @@ async fn a_digest_paused_mid_fan_out_is_fanned_out_but_not_sent_until_resumed() 
     assert_eq!(d["status"], "paused", "{d}");
     assert_eq!(d["fan_out"], "complete", "{d}");
     assert_eq!(d["recipients"], 250);
+    // Its chunks stay queued, and no claim takes them until it resumes.
+    assert!(
+        claim_all(&app, 40).await.is_empty(),
+        "a paused digest's mail was claimed"
+    );
+    assert_eq!(app.claimable(&id).await, 250);
+    let (status, body) = app.resume(&id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(claim_all(&app, 40).await.len(), 250);
     app.stop().await;
 }
 
-/// How many deliveries and queue rows the subscriber `id` has, and how many queue rows in
-/// all have no delivery.
+/// Claims `limit` at a time until a claim comes back empty: the ids of everything claimed.
+async fn claim_all(app: &TestApp, limit: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let claimed = app
+            .app
+            .store
+            .claim("tester", Utc::now().timestamp_millis(), WAIT, limit)
+            .await
+            .expect("claim");
+        if claimed.is_empty() {
+            return ids;
+        }
+        assert!(
+            claimed.len() <= limit as usize,
+            "{} > {limit}",
+            claimed.len()
+        );
+        ids.extend(claimed.into_iter().map(|d| d.id));
+    }
+}
+
+/// A fan-out's chunks are queued as one row each and claimed as ranges of their deliveries'
+/// ids (migration 0026): claims of any size take every queued delivery once, pass over
+/// those suppressed since the fan-out, and leave no queue row behind.
+#[tokio::test]
+async fn a_fan_outs_chunks_are_claimed_once_each_and_who_left_is_passed_over() {
+    let smtp = SmtpServer::start().await;
+    let (app, id) = first_chunk_of_250(&smtp).await;
+    let report = app.app.scheduler().tick(Utc::now()).await.expect("tick");
+    assert_eq!(report.fanned_out, vec![(id.clone(), 150)]);
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM queued_chunks WHERE digest_id = '{id}'"
+        ))
+        .await,
+        3,
+        "one queue row per chunk (100, 100, 50)"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM delivery_queue").await,
+        0,
+        "no queue row per delivery"
+    );
+    // Five who left after the fan-out, in the middle of the first chunks.
+    app.exec(&format!(
+        "UPDATE deliveries SET status = 'suppressed' WHERE id IN
+             (SELECT id FROM deliveries WHERE digest_id = '{id}' ORDER BY subscriber_id
+              LIMIT 5 OFFSET 95)"
+    ))
+    .await;
+    let expected: Vec<String> = {
+        let pool = app.db().await;
+        let ids = sqlx::query_scalar(&format!(
+            "SELECT id FROM deliveries d WHERE d.digest_id = '{id}' AND d.status = 'queued'
+             ORDER BY id"
+        ))
+        .fetch_all(&pool)
+        .await
+        .expect("queued");
+        pool.close().await;
+        ids
+    };
+    assert_eq!(expected.len(), 245);
+    let mut claimed = claim_all(&app, 7).await;
+    claimed.sort();
+    assert_eq!(
+        claimed, expected,
+        "every queued delivery once, nobody who left"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM queued_chunks").await,
+        0,
+        "every chunk read to its end is gone"
+    );
+    app.stop().await;
+}
+
+/// A confirmation asked for while a digest's fan-out fills the queue goes out first: the
+/// queue's own rows are claimed before a fan-out's chunks, not behind every recipient the
+/// digest has.
+#[tokio::test]
+async fn a_confirmation_asked_for_during_a_big_send_is_claimed_before_the_digest() {
+    let smtp = SmtpServer::start().await;
+    let (app, _id) = first_chunk_of_250(&smtp).await;
+    let res = app.subscribe("late@example.com").await;
+    assert!(res.status().is_success(), "{}", res.status());
+    let first = app
+        .app
+        .store
+        .claim("tester", Utc::now().timestamp_millis(), WAIT, 1)
+        .await
+        .expect("claim");
+    assert_eq!(
+        first.iter().map(|d| d.email.as_str()).collect::<Vec<_>>(),
+        ["late@example.com"],
+        "the first claim takes the confirmation"
+    );
+    app.stop().await;
+}
+
+/// How many deliveries the subscriber `id` has and how many of them a claim would take, and
+/// how many queue rows in all have no delivery.
 async fn traces_of(app: &TestApp, id: &str) -> (i64, i64, i64) {
     let deliveries = app
         .scalar(&format!(
@@ -295,8 +405,7 @@ async fn traces_of(app: &TestApp, id: &str) -> (i64, i64, i64) {
         .await;
     let queued = app
         .scalar(&format!(
-            "SELECT COUNT(*) FROM delivery_queue q JOIN deliveries d ON d.id = q.delivery_id
-             WHERE d.subscriber_id = '{id}'"
+            "SELECT COUNT(*) FROM deliveries d WHERE d.subscriber_id = '{id}' AND {CLAIMABLE}"
         ))
         .await;
     let orphans = app
@@ -385,14 +494,17 @@ async fn an_erased_subscriber_leaves_no_delivery_and_nothing_queued() {
         assert_eq!(traces_of(&app, gone).await, (0, 0, 0), "subscriber {gone}");
     }
     let left = 300 - i64::try_from(erased.len()).unwrap_or(0);
-    for table in ["deliveries", "delivery_queue"] {
-        let rows = app
-            .scalar(&format!(
-                "SELECT COUNT(*) FROM {table} WHERE digest_id = '{id}'"
-            ))
-            .await;
-        assert_eq!(rows, left, "{table}: everyone else, once");
-    }
+    let rows = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(rows, left, "deliveries: everyone else, once");
+    assert_eq!(
+        app.claimable(&id).await,
+        left,
+        "queued: everyone else, once"
+    );
     app.stop().await;
 }
 
@@ -423,11 +535,7 @@ async fn deleting_deliveries_or_subscribers_leaves_no_orphan_queue_rows() {
     ))
     .await;
     assert_eq!(traces_of(&app, &subscriber).await, (0, 0, 0));
-    let queued = app
-        .scalar(&format!(
-            "SELECT COUNT(*) FROM delivery_queue WHERE digest_id = '{id}'"
-        ))
-        .await;
+    let queued = app.claimable(&id).await;
     let deliveries = app
         .scalar(&format!(
             "SELECT COUNT(*) FROM deliveries WHERE digest_id = '{id}'"
@@ -479,11 +587,7 @@ async fn a_chunk_written_again_skips_who_already_has_a_delivery() {
         ))
         .await;
     assert_eq!((once, rows), (250, 250));
-    let queued = app
-        .scalar(&format!(
-            "SELECT COUNT(*) FROM delivery_queue WHERE digest_id = '{id}'"
-        ))
-        .await;
+    let queued = app.claimable(&id).await;
     assert_eq!(queued, 250);
     app.stop().await;
 }
@@ -523,11 +627,12 @@ async fn a_digest_cancelled_mid_fan_out_stops_and_suppresses_what_is_queued() {
     );
     assert_eq!(
         app.scalar(&format!(
-            "SELECT COUNT(*) FROM delivery_queue WHERE digest_id = '{id}'"
+            "SELECT (SELECT COUNT(*) FROM delivery_queue WHERE digest_id = '{id}')
+                 + (SELECT COUNT(*) FROM queued_chunks WHERE digest_id = '{id}')"
         ))
         .await,
         0,
-        "nothing of it is left to claim"
+        "nothing of it is left in the queue"
     );
     let (_, d) = app.digest(&id).await;
     assert_eq!(d["status"], "cancelled", "{d}");

@@ -5,8 +5,8 @@ use std::process::Child;
 
 pub use squeeze_test_support::smtp::{self, SmtpServer};
 pub use squeeze_test_support::{
-    ADMIN_TOKEN, Options, TEMPLATES, TestApp, TestDb, WAIT, eventually, on_postgres, seed,
-    terminate, wait_exit,
+    ADMIN_TOKEN, CLAIMABLE, Options, TEMPLATES, TestApp, TestDb, WAIT, eventually, on_postgres,
+    seed, terminate, wait_exit,
 };
 
 /// An instant written in RFC 3339, for tests that drive the scheduler's clock.

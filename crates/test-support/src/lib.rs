@@ -182,6 +182,14 @@ impl TestApp {
         self.database.pool().await
     }
 
+    /// How many deliveries of the digest `id` a claim would take (`CLAIMABLE`).
+    pub async fn claimable(&self, digest_id: &str) -> i64 {
+        self.scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries d WHERE d.digest_id = '{digest_id}' AND {CLAIMABLE}"
+        ))
+        .await
+    }
+
     pub async fn scalar(&self, sql: &str) -> i64 {
         let pool = self.db().await;
         let v: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.expect(sql);
@@ -196,6 +204,15 @@ impl TestApp {
         v
     }
 }
+
+/// A delivery `d` that a claim would take (a SQL condition): queued, and either in the queue
+/// itself (welcome mail, tests, retries, waves, what an expired claim gave back) or in the
+/// range of a fan-out chunk's queue row (migration 0026: after its `after_id`, up to its last
+/// possible id).
+pub const CLAIMABLE: &str = "d.status = 'queued' AND (
+    EXISTS (SELECT 1 FROM delivery_queue q WHERE q.delivery_id = d.id)
+    OR EXISTS (SELECT 1 FROM queued_chunks c
+               WHERE d.id > c.after_id AND d.id <= c.id || '-ffffffffffff'))";
 
 /// Polls `check` until it holds, or panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
