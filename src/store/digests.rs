@@ -548,8 +548,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         self.commit(tx).await?;
-        // Resumed to `scheduled`, it may be due already.
+        // Resumed to `scheduled`, it may be due already; resumed to `sending`, its queued
+        // mail is claimable again (idle workers look again only now and then: `idle_wait`).
         self.schedule_wake.notify_one();
+        self.work_queued();
         Ok(())
     }
 

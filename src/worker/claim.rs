@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{CLAIMED_AHEAD, IDLE_POLL, Worker};
-use crate::domain::clock::now_ms;
+use crate::domain::clock::{Millis, now_ms};
 use crate::store::ClaimedDelivery;
 
 impl Worker {
@@ -75,13 +75,8 @@ impl Worker {
                 }
             };
             if claimed.is_empty() {
-                let wait = match self.store.next_due().await {
-                    Ok(Some(due)) => {
-                        Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0))
-                    }
-                    _ => IDLE_POLL,
-                };
-                self.idle(wait.min(IDLE_POLL), shutdown).await;
+                let next_due = self.store.next_due().await.ok().flatten();
+                self.idle(idle_wait(next_due, now_ms()), shutdown).await;
                 continue;
             }
             debug!(count = claimed.len(), "claimed deliveries");
@@ -108,5 +103,37 @@ impl Worker {
             () = self.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// How long to wait after a claim that took nothing, given when the next queued delivery is
+/// due (`Store::next_due`): until then, at most `IDLE_POLL`. Something due already that the
+/// claim could not take is held: a paused digest's mail, or rows another worker's claim is
+/// taking right now. Looking again at once would spin (a write transaction after another,
+/// for as long as a digest stays paused), so it waits `HELD_RECHECK`; new work, and a
+/// resumed digest, wake the worker sooner (`Store::work_queued`).
+fn idle_wait(next_due: Option<Millis>, now: Millis) -> Duration {
+    match next_due {
+        Some(due) if due <= now => HELD_RECHECK,
+        Some(due) => Duration::from_millis(u64::try_from(due - now).unwrap_or(0)).min(IDLE_POLL),
+        None => IDLE_POLL,
+    }
+}
+
+/// How soon to look again at due work a claim could not take (`idle_wait`).
+const HELD_RECHECK: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_worker_sleeps_until_the_next_due_and_never_spins_on_held_work() {
+        assert_eq!(idle_wait(None, 1_000), IDLE_POLL);
+        assert_eq!(idle_wait(Some(1_200), 1_000), Duration::from_millis(200));
+        assert_eq!(idle_wait(Some(60_000), 1_000), IDLE_POLL);
+        // Due already, yet not claimed (a paused digest's mail): not at once again.
+        assert_eq!(idle_wait(Some(1_000), 1_000), HELD_RECHECK);
+        assert_eq!(idle_wait(Some(10), 1_000), HELD_RECHECK);
     }
 }
