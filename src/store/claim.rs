@@ -55,7 +55,7 @@ const TAKE_CHUNK: PerDialect = PerDialect {
 };
 
 /// A chunk's next `$3` deliveries after `$1`, in id order, up to its last possible id `$2`
-/// (the chunk's id, '-' and twelve f's): a range of the primary key, whatever their status
+/// (`fan_out::last_id_of_chunk`): a range of the primary key, whatever their status
 /// (`MARK_SENDING` takes only the queued ones). The chunk's ids all have one shape (its id,
 /// '-', twelve hex digits), so the range holds only them in any collation.
 const CHUNK_DELIVERIES: &str = "SELECT id FROM deliveries WHERE id > $1 AND id <= $2
@@ -197,7 +197,7 @@ impl Store {
             };
             let ids: Vec<String> = sqlx::query_scalar(CHUNK_DELIVERIES)
                 .bind(&after)
-                .bind(format!("{chunk}-ffffffffffff"))
+                .bind(super::fan_out::last_id_of_chunk(&chunk))
                 .bind(i64::from(room))
                 .fetch_all(&mut *tx)
                 .await?;

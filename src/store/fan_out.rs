@@ -89,6 +89,13 @@ const POSTGRES_FAN_OUT_CHUNK: &str = "WITH page AS MATERIALIZED (
 const QUEUE_CHUNK: &str = "INSERT INTO queued_chunks (id, digest_id, run_at, after_id)
      VALUES ($1, $2, $3, $1 || '-')";
 
+/// The last id a delivery of the chunk `chunk` can have: the chunk's ids are its id, '-' and
+/// twelve hex digits (the fan-out statements above), so this bounds the range a claim reads
+/// (`claim::CHUNK_DELIVERIES`).
+pub(super) fn last_id_of_chunk(chunk: &str) -> String {
+    format!("{chunk}-ffffffffffff")
+}
+
 /// SQLite: the last subscriber of the next chunk, the `$2`-th after the cursor `$1`, whatever
 /// their status: a chunk is the next `fanout_chunk` subscribers in id order, of whom the
 /// confirmed get a delivery, as on PostgreSQL (`POSTGRES_FAN_OUT_CHUNK`: a condition on
