@@ -2,7 +2,8 @@
 // only: log in, add three items (one wrong URL first), create a digest from two of them in
 // reverse order, look at the preview at desktop and phone width, send a test (one wrong
 // address first), edit the draft (new introduction, one more item) and see the preview
-// change, press "Send now".
+// change, press "Send now"; then a second digest, sent now and cancelled before its time
+// comes.
 // Usage: node studio.mjs BASE_URL TOKEN SCREENSHOT_DIR; prints what it saw as JSON.
 import { chromium } from 'playwright-core';
 
@@ -98,6 +99,23 @@ try {
 
   await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Send now' }).click()]);
   result.status = (await page.textContent('#digest-status')).trim();
+
+  // A second digest, sent now and stopped with its Cancel button before its time comes (the
+  // test drives the scheduler): none of it may go out.
+  await page.getByRole('link', { name: 'Items', exact: true }).click();
+  await page.waitForURL(`${base}/admin/items`);
+  await add('Fourth item', 'https://example.com/fourth', 'Four');
+  await page.getByRole('link', { name: 'Digests', exact: true }).click();
+  await page.waitForURL(`${base}/admin/digests`);
+  await page.getByLabel('Subject', { exact: true }).fill('Cancelled digest');
+  await page.getByLabel('Fourth item', { exact: true }).check();
+  await Promise.all([page.waitForURL(/\/admin\/digests\/[^/]+$/), page.getByRole('button', { name: 'Create digest' }).click()]);
+  await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Send now' }).click()]);
+  result.beforeCancel = (await page.textContent('#digest-status')).trim();
+  await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Cancel' }).click()]);
+  result.afterCancel = (await page.textContent('#digest-status')).trim();
+  result.cancelButtons = await page.getByRole('button', { name: 'Cancel' }).count();
+  await page.screenshot({ path: `${dir}/studio-cancelled.png`, fullPage: true });
   result.blocked = blocked;
   console.log(JSON.stringify(result));
 } finally {

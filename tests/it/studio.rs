@@ -304,11 +304,26 @@ async fn an_editor_composes_previews_and_sends_a_digest_in_headless_chromium() {
         "{seen}"
     );
     assert_eq!(seen["status"], "scheduled", "{seen}");
+    // The second digest, sent now and then cancelled in the browser before its time came:
+    // its page says so and offers no Cancel any more.
+    assert_eq!(seen["beforeCancel"], "scheduled", "{seen}");
+    assert_eq!(seen["afterCancel"], "cancelled", "{seen}");
+    assert_eq!(seen["cancelButtons"], 0, "{seen}");
     app.app
         .scheduler()
         .tick(chrono::Utc::now())
         .await
         .expect("tick");
+    // The tick that fans the first digest out makes nothing of the cancelled one.
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM deliveries d JOIN digests g ON g.id = d.digest_id
+             WHERE g.subject = 'Cancelled digest'"
+        )
+        .await,
+        0,
+        "a cancelled digest is never sent"
+    );
     let all = app.wait_all_sent(&smtp, 4).await;
     let (tests, got): (Vec<_>, Vec<_>) = all.into_iter().partition(|m| {
         m.header("Subject")
